@@ -1,0 +1,163 @@
+//! Server settings: defaults, an optional TOML file, `OCELLUS_*` environment variables and
+//! command-line flags, in rising order of precedence.
+//!
+//! Flags and environment variables are declared once, in `ServeArgs`, through clap; the file is
+//! read into `FileConfig`; `Config::resolve` merges them. Nothing here opens stores or sockets.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Glance's default `image_size_cap`: 1 TiB.
+pub const DEFAULT_IMAGE_SIZE_CAP: u64 = 1 << 40;
+
+/// How requests are authenticated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// Lab mode: no credentials; every request acts as an admin of the default project unless
+    /// the X-Project-Id, X-User-Id and X-Roles headers say otherwise.
+    None,
+}
+
+/// Flags of `ocellus serve`; each can also come from the environment variable named.
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct ServeArgs {
+    /// Address and port to listen on [default: 127.0.0.1:9292]
+    #[arg(long, env = "OCELLUS_LISTEN", value_name = "ADDR:PORT")]
+    pub listen: Option<SocketAddr>,
+    /// Directory for the metadata database and the blob store, created if missing
+    /// [default: ./ocellus-data]
+    #[arg(long, env = "OCELLUS_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// TOML file with any of: listen, data_dir, auth, default_project, image_size_cap, log
+    #[arg(long, env = "OCELLUS_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Authentication mode [default: none]
+    #[arg(long, env = "OCELLUS_AUTH", value_enum)]
+    pub auth: Option<AuthMode>,
+    /// Project that owns what unauthenticated (lab mode) callers create [default: lab]
+    #[arg(long, env = "OCELLUS_DEFAULT_PROJECT", value_name = "PROJECT_ID")]
+    pub default_project: Option<String>,
+    /// Largest accepted image upload in bytes [default: 1099511627776 (1 TiB)]
+    #[arg(long, env = "OCELLUS_IMAGE_SIZE_CAP", value_name = "BYTES")]
+    pub image_size_cap: Option<u64>,
+    /// Log filter in tracing's EnvFilter syntax [default: info]
+    #[arg(long, env = "OCELLUS_LOG", value_name = "FILTER")]
+    pub log: Option<String>,
+}
+
+/// The TOML file's contents; every key is optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub listen: Option<SocketAddr>,
+    pub data_dir: Option<PathBuf>,
+    pub auth: Option<AuthMode>,
+    pub default_project: Option<String>,
+    pub image_size_cap: Option<u64>,
+    pub log: Option<String>,
+}
+
+/// The resolved settings.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub auth: AuthMode,
+    pub default_project: String,
+    pub image_size_cap: u64,
+    pub log: String,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9292)),
+            data_dir: PathBuf::from("ocellus-data"),
+            auth: AuthMode::None,
+            default_project: "lab".into(),
+            image_size_cap: DEFAULT_IMAGE_SIZE_CAP,
+            log: "info".into(),
+        }
+    }
+}
+
+impl Config {
+    /// Merges flags (and their environment variables) over the file over the defaults.
+    pub fn resolve(args: &ServeArgs) -> Result<Config, String> {
+        let file = match &args.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        let defaults = Config::default();
+        let config = Config {
+            listen: args.listen.or(file.listen).unwrap_or(defaults.listen),
+            data_dir: args
+                .data_dir
+                .clone()
+                .or(file.data_dir)
+                .unwrap_or(defaults.data_dir),
+            auth: args.auth.or(file.auth).unwrap_or(defaults.auth),
+            default_project: args
+                .default_project
+                .clone()
+                .or(file.default_project)
+                .unwrap_or(defaults.default_project),
+            image_size_cap: args
+                .image_size_cap
+                .or(file.image_size_cap)
+                .unwrap_or(defaults.image_size_cap),
+            log: args.log.clone().or(file.log).unwrap_or(defaults.log),
+        };
+        if config.default_project.is_empty() || config.default_project.len() > 255 {
+            return Err("default_project must be 1 to 255 characters".into());
+        }
+        Ok(config)
+    }
+}
+
+fn read_file(path: &Path) -> Result<FileConfig, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|error| format!("cannot read {}: {error}", path.display()))?;
+    toml::from_str(&text).map_err(|error| format!("{}: {error}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_win_over_file_and_file_over_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ocellus.toml");
+        std::fs::write(
+            &path,
+            "listen = \"127.0.0.1:9999\"\ndata_dir = \"/srv/images\"\nimage_size_cap = 10\n",
+        )
+        .unwrap();
+        let args = ServeArgs {
+            config: Some(path),
+            data_dir: Some("/tmp/flag".into()),
+            ..ServeArgs::default()
+        };
+        let config = Config::resolve(&args).unwrap();
+        assert_eq!(config.listen, "127.0.0.1:9999".parse().unwrap());
+        assert_eq!(config.data_dir, PathBuf::from("/tmp/flag"));
+        assert_eq!(config.image_size_cap, 10);
+        assert_eq!(config.default_project, "lab");
+    }
+
+    #[test]
+    fn unknown_file_keys_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, "lisen = \"127.0.0.1:1\"\n").unwrap();
+        let args = ServeArgs {
+            config: Some(path),
+            ..ServeArgs::default()
+        };
+        assert!(Config::resolve(&args).unwrap_err().contains("lisen"));
+    }
+}

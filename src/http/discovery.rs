@@ -1,0 +1,107 @@
+//! Discovery documents: API versions, JSON schemas, import and store info, and the health check.
+//!
+//! The versions document lists a v2 minor version only when ocellus serves the feature that
+//! version introduced (Glance itself leaves out versions of features it has not enabled), and
+//! the highest listed is CURRENT.
+
+use axum::Json;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use super::{base_url, schemas};
+
+/// The store id reported in `OpenStack-image-store-ids` and `/v2/info/stores`.
+pub const STORE_ID: &str = "fs";
+
+/// Import methods served; empty until interoperable import is implemented.
+pub const IMPORT_METHODS: &[&str] = &[];
+
+/// v2 minor versions with whether we serve what they added.
+const VERSIONS: &[(&str, bool)] = &[
+    ("v2.0", true),  // images, image data, tags, schemas
+    ("v2.1", false), // image members
+    ("v2.2", false), // metadata definitions
+    ("v2.3", true),  // deactivate and reactivate
+    ("v2.4", false), // tasks
+    ("v2.5", true),  // community and shared visibility
+    ("v2.6", false), // interoperable import
+    ("v2.7", true),  // hidden images and multiple hashes (os_hidden, os_hash_*)
+];
+
+fn versions_document(headers: &HeaderMap) -> Value {
+    let href = format!("{}/v2/", base_url(headers));
+    let served: Vec<&str> = VERSIONS
+        .iter()
+        .filter(|(_, served)| *served)
+        .map(|(id, _)| *id)
+        .collect();
+    let entries: Vec<Value> = served
+        .iter()
+        .rev()
+        .enumerate()
+        .map(|(position, id)| {
+            json!({
+                "id": id,
+                "status": if position == 0 { "CURRENT" } else { "SUPPORTED" },
+                "links": [{"rel": "self", "href": href}],
+            })
+        })
+        .collect();
+    json!({ "versions": entries })
+}
+
+/// `GET /`: 300 Multiple Choices with the versions document.
+pub async fn versions_root(headers: HeaderMap) -> Response {
+    (
+        StatusCode::MULTIPLE_CHOICES,
+        Json(versions_document(&headers)),
+    )
+        .into_response()
+}
+
+/// `GET /versions`.
+pub async fn versions(headers: HeaderMap) -> Response {
+    Json(versions_document(&headers)).into_response()
+}
+
+/// `GET /healthcheck`: plain `OK` while the process serves requests.
+pub async fn healthcheck() -> Response {
+    ([(header::CONTENT_TYPE, "text/plain; charset=UTF-8")], "OK").into_response()
+}
+
+/// https://docs.openstack.org/api-ref/image/v2/index.html#show-image-schema
+pub async fn image_schema() -> Json<Value> {
+    Json(schemas::image_schema())
+}
+
+/// https://docs.openstack.org/api-ref/image/v2/index.html#show-images-schema
+pub async fn images_schema() -> Json<Value> {
+    Json(schemas::images_schema())
+}
+
+/// https://docs.openstack.org/api-ref/image/v2/index.html#show-image-member-schema
+pub async fn member_schema() -> Json<Value> {
+    Json(schemas::member_schema())
+}
+
+/// https://docs.openstack.org/api-ref/image/v2/index.html#show-image-members-schema
+pub async fn members_schema() -> Json<Value> {
+    Json(schemas::members_schema())
+}
+
+/// https://docs.openstack.org/api-ref/image/v2/index.html#import-methods-and-values-discovery
+pub async fn import_info() -> Json<Value> {
+    Json(json!({
+        "import-methods": {
+            "description": "Import methods this server offers.",
+            "type": "array",
+            "value": IMPORT_METHODS,
+        }
+    }))
+}
+
+/// https://docs.openstack.org/api-ref/image/v2/index.html#list-stores
+pub async fn stores_info() -> Json<Value> {
+    Json(json!({ "stores": [{ "id": STORE_ID, "default": "true" }] }))
+}

@@ -1,0 +1,187 @@
+//! `http::Error`: the only error type that knows status codes, and Glance's error bodies.
+//!
+//! Handlers return `Error`; its response carries the status and message in an extension and no
+//! body. The `finish_response` middleware in `http::mod` then renders Glance's body, HTML by
+//! default and JSON when the request accepts `application/json`, because only it sees the
+//! request's `Accept` header. Internal details (storage errors) go to the log, never to clients.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+use crate::blob::BlobError;
+use crate::kv::KvError;
+
+/// An error answer.
+#[derive(Debug)]
+pub struct Error {
+    pub status: StatusCode,
+    pub message: String,
+    /// `Allow` for 405, `Accept-Patch` for 415 on PATCH.
+    pub header: Option<(header::HeaderName, HeaderValue)>,
+}
+
+impl Error {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Error {
+        Error {
+            status,
+            message: message.into(),
+            header: None,
+        }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> Error {
+        Error::new(StatusCode::BAD_REQUEST, message)
+    }
+
+    pub fn forbidden(message: impl Into<String>) -> Error {
+        Error::new(StatusCode::FORBIDDEN, message)
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Error {
+        Error::new(StatusCode::NOT_FOUND, message)
+    }
+
+    pub fn conflict(message: impl Into<String>) -> Error {
+        Error::new(StatusCode::CONFLICT, message)
+    }
+
+    pub fn too_large(message: impl Into<String>) -> Error {
+        Error::new(StatusCode::PAYLOAD_TOO_LARGE, message)
+    }
+
+    pub fn internal() -> Error {
+        Error::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "The server has either erred or is incapable of performing the requested operation.",
+        )
+    }
+
+    /// 404 for an image id that is malformed, unknown or not visible to the caller.
+    pub fn no_image(id: &str) -> Error {
+        Error::not_found(format!("No image found with ID {id}"))
+    }
+
+    /// 405 with the methods the resource allows.
+    pub fn method_not_allowed(method: &str, allow: &'static str) -> Error {
+        Error {
+            status: StatusCode::METHOD_NOT_ALLOWED,
+            message: format!("The method {method} is not allowed for this resource."),
+            header: Some((header::ALLOW, HeaderValue::from_static(allow))),
+        }
+    }
+
+    pub fn with_header(mut self, name: header::HeaderName, value: &'static str) -> Error {
+        self.header = Some((name, HeaderValue::from_static(value)));
+        self
+    }
+}
+
+impl From<KvError> for Error {
+    fn from(error: KvError) -> Error {
+        tracing::error!(%error, "metadata store failed");
+        Error::internal()
+    }
+}
+
+impl From<BlobError> for Error {
+    fn from(error: BlobError) -> Error {
+        tracing::error!(%error, "blob store failed");
+        Error::internal()
+    }
+}
+
+/// The part of an error the rendering middleware needs.
+#[derive(Clone, Debug)]
+pub struct ErrorMessage(pub String);
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        let mut response = self.status.into_response();
+        if let Some((name, value)) = self.header {
+            response.headers_mut().insert(name, value);
+        }
+        response.extensions_mut().insert(ErrorMessage(self.message));
+        response
+    }
+}
+
+/// The reason phrase Glance (webob) uses for a status.
+pub fn title(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        413 => "Request Entity Too Large",
+        416 => "Request Range Not Satisfiable",
+        _ => status.canonical_reason().unwrap_or("Error"),
+    }
+}
+
+/// Glance's message text: the explanation followed by webob's fixed trailer.
+fn decorated(message: &str) -> String {
+    format!("{message}<br /><br />\n\n\n")
+}
+
+/// The JSON error body.
+pub fn json_body(status: StatusCode, message: &str) -> String {
+    serde_json::json!({
+        "message": decorated(message),
+        "code": format!("{} {}", status.as_u16(), title(status)),
+        "title": title(status),
+    })
+    .to_string()
+}
+
+/// The HTML error body, as webob renders it.
+pub fn html_body(status: StatusCode, message: &str) -> String {
+    let heading = format!("{} {}", status.as_u16(), title(status));
+    format!(
+        "<html>\n <head>\n  <title>{heading}</title>\n </head>\n <body>\n  <h1>{heading}</h1>\n  {}\n </body>\n</html>",
+        decorated(&escape_html(message))
+    )
+}
+
+fn escape_html(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len());
+    for character in text.chars() {
+        match character {
+            '&' => escaped.push_str("&amp;"),
+            '<' => escaped.push_str("&lt;"),
+            '>' => escaped.push_str("&gt;"),
+            '"' => escaped.push_str("&quot;"),
+            '\'' => escaped.push_str("&#x27;"),
+            other => escaped.push(other),
+        }
+    }
+    escaped
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn html_matches_webob_layout() {
+        let body = html_body(StatusCode::NOT_FOUND, "The resource could not be found.");
+        assert_eq!(body.len(), 154);
+        assert!(body.contains("<title>404 Not Found</title>"));
+        assert_eq!(
+            html_body(StatusCode::FORBIDDEN, "Attribute 'status' is read-only.").len(),
+            164
+        );
+    }
+
+    #[test]
+    fn json_matches_glance_shape() {
+        let body: serde_json::Value = serde_json::from_str(&json_body(
+            StatusCode::NOT_FOUND,
+            "No image found with ID x",
+        ))
+        .unwrap();
+        assert_eq!(
+            body,
+            serde_json::json!({
+                "message": "No image found with ID x<br /><br />\n\n\n",
+                "code": "404 Not Found",
+                "title": "Not Found"
+            })
+        );
+    }
+}

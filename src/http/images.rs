@@ -1,0 +1,471 @@
+//! Image metadata handlers: create, list, show, update (JSON-patch), delete, deactivate and
+//! reactivate. Image data is in `image_data`, tags in `tags`.
+
+use axum::Json;
+use axum::extract::{Path, RawQuery, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use super::discovery::{IMPORT_METHODS, STORE_ID};
+use super::wire::{apply_property, check_quotas, check_writable, image_view, is_core, now_micros};
+use super::{
+    AppState, Error, JsonBody, base_url, blocking, list_query, no_content, read_small_body,
+};
+use crate::kv::{
+    ImageId, ImageRecord, ImageStatus, InsertOutcome, ListOutcome, ListRequest, Visibility,
+};
+use crate::policy::Caller;
+
+/// The JSON-patch media types Glance accepts on PATCH.
+const PATCH_V2_1: &str = "application/openstack-images-v2.1-json-patch";
+const PATCH_V2_0: &str = "application/openstack-images-v2.0-json-patch";
+const ACCEPT_PATCH: &str =
+    "application/openstack-images-v2.0-json-patch, application/openstack-images-v2.1-json-patch";
+
+/// Loads an image the caller can see, or 404.
+pub async fn load_visible(
+    state: &AppState,
+    caller: &Caller,
+    raw_id: &str,
+) -> Result<ImageRecord, Error> {
+    let Some(id) = ImageId::parse(raw_id) else {
+        return Err(Error::no_image(raw_id));
+    };
+    let store = state.store.clone();
+    let record = blocking(move || Ok(store.kv.image(id)?)).await?;
+    match record {
+        Some(record) if caller.can_see(&record) => Ok(record),
+        _ => Err(Error::no_image(raw_id)),
+    }
+}
+
+/// Applies `change` to an image the caller may modify, in one transaction, and bumps
+/// `updated_at`. 404 if the caller cannot see the image; 403 if they may not change it.
+pub async fn modify_image(
+    state: &AppState,
+    caller: Caller,
+    raw_id: &str,
+    change: impl FnOnce(&mut ImageRecord, &Caller) -> Result<(), Error> + Send + 'static,
+) -> Result<ImageRecord, Error> {
+    let Some(id) = ImageId::parse(raw_id) else {
+        return Err(Error::no_image(raw_id));
+    };
+    let store = state.store.clone();
+    let raw = raw_id.to_owned();
+    let changed = blocking(move || {
+        store.kv.update_image(id, |record| {
+            if !caller.can_see(record) {
+                return Err(Error::no_image(&raw));
+            }
+            if !caller.can_modify(record) {
+                return Err(Error::forbidden("You are not allowed to modify this image"));
+            }
+            change(record, &caller)?;
+            record.updated_at = now_micros().max(record.updated_at);
+            Ok(())
+        })
+    })
+    .await?;
+    match changed {
+        Some(change) => Ok(change.record),
+        None => Err(Error::no_image(raw_id)),
+    }
+}
+
+/// https://docs.openstack.org/api-ref/image/v2/index.html#create-image
+pub async fn create_image(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody,
+) -> Result<Response, Error> {
+    let Value::Object(fields) = body else {
+        return Err(Error::bad_request(
+            "Provided object does not match schema 'image': the body must be a JSON object",
+        ));
+    };
+    let now = now_micros();
+    let mut record = ImageRecord {
+        id: ImageId::random(),
+        name: None,
+        status: ImageStatus::Queued,
+        visibility: Visibility::Shared,
+        protected: false,
+        os_hidden: false,
+        owner: Some(caller.project_id.clone()),
+        disk_format: None,
+        container_format: None,
+        min_ram: 0,
+        min_disk: 0,
+        data: None,
+        created_at: now,
+        updated_at: now,
+        tags: Vec::new(),
+        properties: Default::default(),
+    };
+    for (key, value) in &fields {
+        check_writable(key)?;
+        apply_property(&mut record, key, value, &caller)?;
+    }
+    check_quotas(&record)?;
+
+    let store = state.store.clone();
+    let stored = record.clone();
+    let outcome = blocking(move || Ok(store.kv.insert_image(&stored)?)).await?;
+    if outcome == InsertOutcome::IdTaken {
+        return Err(Error::conflict(format!(
+            "An image with ID {} exists or existed",
+            record.id
+        )));
+    }
+    tracing::info!(image = %record.id, project = %caller.project_id, "image created");
+
+    let location = format!("{}/v2/images/{}", base_url(&headers), record.id);
+    let mut response = (StatusCode::CREATED, Json(image_view(&record))).into_response();
+    let response_headers = response.headers_mut();
+    if let Ok(value) = HeaderValue::from_str(&location) {
+        response_headers.insert(header::LOCATION, value);
+    }
+    if let Ok(value) = HeaderValue::from_str(&IMPORT_METHODS.join(",")) {
+        response_headers.insert("OpenStack-image-import-methods", value);
+    }
+    response_headers.insert(
+        "OpenStack-image-store-ids",
+        HeaderValue::from_static(STORE_ID),
+    );
+    Ok(response)
+}
+
+/// https://docs.openstack.org/api-ref/image/v2/index.html#show-image
+pub async fn show_image(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(image_id): Path<String>,
+) -> Result<Json<Value>, Error> {
+    let record = load_visible(&state, &caller, &image_id).await?;
+    Ok(Json(image_view(&record)))
+}
+
+/// https://docs.openstack.org/api-ref/image/v2/index.html#list-images
+pub async fn list_images(
+    State(state): State<AppState>,
+    caller: Caller,
+    RawQuery(query): RawQuery,
+) -> Result<Json<Value>, Error> {
+    let params = list_query::parse(query.as_deref())?;
+    let store = state.store.clone();
+    let (outcome, params) = blocking(move || {
+        let request = ListRequest {
+            sort: &params.sort,
+            tiebreak: params.tiebreak,
+            marker: params.marker,
+            limit: params.limit,
+        };
+        let visible = |record: &ImageRecord| caller.can_see(record);
+        let matches = |record: &ImageRecord| params.filters.matches(record, &caller);
+        let outcome = store.kv.list_images(&request, &visible, &matches)?;
+        Ok((outcome, params))
+    })
+    .await?;
+    let (images, more) = match outcome {
+        ListOutcome::Page { images, more } => (images, more),
+        ListOutcome::MarkerNotFound => {
+            let marker = params.marker.map(|id| id.to_string()).unwrap_or_default();
+            return Err(list_query::marker_not_found(&marker));
+        }
+    };
+
+    let encode = |pairs: &[(String, String)]| {
+        form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(
+                pairs
+                    .iter()
+                    .map(|(key, value)| (key.as_str(), value.as_str())),
+            )
+            .finish()
+    };
+    let query = encode(&params.link_pairs);
+    let first = if query.is_empty() {
+        "/v2/images".to_owned()
+    } else {
+        format!("/v2/images?{query}")
+    };
+    let mut body = json!({
+        "images": images.iter().map(image_view).collect::<Vec<_>>(),
+        "first": first,
+        "schema": "/v2/schemas/images",
+    });
+    if more {
+        if let Some(last) = images.last() {
+            let mut pairs = params.link_pairs.clone();
+            pairs.push(("marker".into(), last.id.to_string()));
+            body["next"] = format!("/v2/images?{}", encode(&pairs)).into();
+        }
+    }
+    Ok(Json(body))
+}
+
+/// One JSON-patch operation, normalized from either patch dialect.
+struct PatchOperation {
+    op: String,
+    path: String,
+    value: Option<Value>,
+}
+
+fn parse_patch(body: &Value, dialect_v2_0: bool) -> Result<Vec<PatchOperation>, Error> {
+    let Some(items) = body.as_array() else {
+        return Err(Error::bad_request(
+            "The request body must be a JSON array of patch operations",
+        ));
+    };
+    let mut operations = Vec::with_capacity(items.len());
+    for item in items {
+        let Some(object) = item.as_object() else {
+            return Err(Error::bad_request(
+                "Each patch operation must be a JSON object",
+            ));
+        };
+        let (op, path) = if dialect_v2_0 {
+            // The older dialect names the operation as the key: {"replace": "/name", "value": ..}.
+            let found = ["add", "remove", "replace"]
+                .iter()
+                .find_map(|op| object.get(*op).map(|path| (op.to_string(), path.clone())));
+            let Some((op, path)) = found else {
+                return Err(Error::bad_request(
+                    "Patch operation must be one of: add, remove, replace",
+                ));
+            };
+            (op, path)
+        } else {
+            let op = object
+                .get("op")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned();
+            if !["add", "remove", "replace"].contains(&op.as_str()) {
+                return Err(Error::bad_request(format!(
+                    "Unsupported patch operation `{op}`: use add, remove or replace"
+                )));
+            }
+            (op, object.get("path").cloned().unwrap_or(Value::Null))
+        };
+        let Some(path) = path.as_str() else {
+            return Err(Error::bad_request("Each patch operation needs a path"));
+        };
+        let value = object.get("value").cloned();
+        if op != "remove" && value.is_none() {
+            return Err(Error::bad_request(format!(
+                "The {op} operation needs a value"
+            )));
+        }
+        operations.push(PatchOperation {
+            op,
+            path: parse_pointer(path)?,
+            value,
+        });
+    }
+    Ok(operations)
+}
+
+/// A one-level JSON pointer (`/name`), unescaped.
+fn parse_pointer(pointer: &str) -> Result<String, Error> {
+    let Some(rest) = pointer.strip_prefix('/') else {
+        return Err(Error::bad_request(format!(
+            "Invalid path {pointer}: it must start with /"
+        )));
+    };
+    if rest.is_empty() {
+        return Err(Error::bad_request("The patch path names no property"));
+    }
+    if rest.starts_with("locations/") || rest == "locations" {
+        return Err(Error::forbidden(
+            "Image locations are not exposed by this server",
+        ));
+    }
+    if rest.contains('/') {
+        return Err(Error::bad_request(format!(
+            "Invalid path {pointer}: nested paths are not supported"
+        )));
+    }
+    // Per RFC 6901, ~1 is '/' and ~0 is '~'; in this order so that "~01" becomes "~1".
+    Ok(rest.replace("~1", "/").replace("~0", "~"))
+}
+
+fn apply_patch(
+    record: &mut ImageRecord,
+    operations: &[PatchOperation],
+    caller: &Caller,
+) -> Result<(), Error> {
+    for operation in operations {
+        let key = operation.path.as_str();
+        if key == "id" {
+            return Err(Error::forbidden("Attribute 'id' is read-only."));
+        }
+        check_writable(key)?;
+        match operation.op.as_str() {
+            "remove" => {
+                if is_core(key) {
+                    return Err(Error::forbidden(format!(
+                        "Property {key} cannot be removed"
+                    )));
+                }
+                if record.properties.remove(key).is_none() {
+                    return Err(Error::conflict(format!("Property {key} does not exist")));
+                }
+            }
+            op => {
+                if op == "replace" && !is_core(key) && !record.properties.contains_key(key) {
+                    return Err(Error::conflict(format!("Property {key} does not exist")));
+                }
+                apply_property(
+                    record,
+                    key,
+                    operation.value.as_ref().unwrap_or(&Value::Null),
+                    caller,
+                )?;
+            }
+        }
+    }
+    check_quotas(record)
+}
+
+/// https://docs.openstack.org/api-ref/image/v2/index.html#update-image
+pub async fn update_image(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(image_id): Path<String>,
+    request: Request,
+) -> Result<Json<Value>, Error> {
+    let content_type = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .map(|value| {
+            value
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        })
+        .unwrap_or_default();
+    let dialect_v2_0 = match content_type.as_str() {
+        PATCH_V2_1 => false,
+        PATCH_V2_0 => true,
+        other => {
+            return Err(Error::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                format!("Image PATCH takes one of: {ACCEPT_PATCH}; got '{other}'"),
+            )
+            .with_header(
+                header::HeaderName::from_static("accept-patch"),
+                ACCEPT_PATCH,
+            ));
+        }
+    };
+    // Look the image up first so that an unknown image is 404 whatever the body says.
+    load_visible(&state, &caller, &image_id).await?;
+    let bytes = read_small_body(request, &state).await?;
+    let body: Value = serde_json::from_slice(&bytes)
+        .map_err(|_| Error::bad_request("Malformed JSON in request body."))?;
+    let operations = parse_patch(&body, dialect_v2_0)?;
+    let record = modify_image(&state, caller, &image_id, move |record, caller| {
+        apply_patch(record, &operations, caller)
+    })
+    .await?;
+    Ok(Json(image_view(&record)))
+}
+
+/// https://docs.openstack.org/api-ref/image/v2/index.html#delete-image
+pub async fn delete_image(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(image_id): Path<String>,
+) -> Result<Response, Error> {
+    let Some(id) = ImageId::parse(&image_id) else {
+        return Err(Error::no_image(&image_id));
+    };
+    let store = state.store.clone();
+    let raw = image_id.clone();
+    let deleted = blocking(move || {
+        let change = store.kv.delete_image(id, now_micros(), |record| {
+            if !caller.can_see(record) {
+                return Err(Error::no_image(&raw));
+            }
+            if !caller.can_modify(record) {
+                return Err(Error::forbidden("You are not allowed to delete this image"));
+            }
+            if record.protected {
+                return Err(Error::forbidden(format!(
+                    "Image {raw} is protected and cannot be deleted"
+                )));
+            }
+            Ok(())
+        })?;
+        if let Some(change) = &change {
+            store.release(&change.unreferenced);
+        }
+        Ok(change)
+    })
+    .await?;
+    match deleted {
+        Some(_) => {
+            tracing::info!(image = %image_id, "image deleted");
+            Ok(no_content())
+        }
+        None => Err(Error::no_image(&image_id)),
+    }
+}
+
+/// https://docs.openstack.org/api-ref/image/v2/index.html#deactivate-image
+pub async fn deactivate_image(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(image_id): Path<String>,
+) -> Result<Response, Error> {
+    set_active(state, caller, image_id, false).await
+}
+
+/// https://docs.openstack.org/api-ref/image/v2/index.html#reactivate-image
+pub async fn reactivate_image(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(image_id): Path<String>,
+) -> Result<Response, Error> {
+    set_active(state, caller, image_id, true).await
+}
+
+async fn set_active(
+    state: AppState,
+    caller: Caller,
+    image_id: String,
+    active: bool,
+) -> Result<Response, Error> {
+    load_visible(&state, &caller, &image_id).await?;
+    if !caller.can_deactivate() {
+        return Err(Error::forbidden(
+            "Only administrators may deactivate or reactivate images",
+        ));
+    }
+    modify_image(&state, caller, &image_id, move |record, _| {
+        let (from, to, verb) = if active {
+            (ImageStatus::Deactivated, ImageStatus::Active, "reactivate")
+        } else {
+            (ImageStatus::Active, ImageStatus::Deactivated, "deactivate")
+        };
+        if record.status == to {
+            return Ok(());
+        }
+        if record.status != from {
+            return Err(Error::forbidden(format!(
+                "Cannot {verb} an image in status '{}'",
+                record.status.as_str()
+            )));
+        }
+        record.status = to;
+        Ok(())
+    })
+    .await?;
+    Ok(no_content())
+}

@@ -1,0 +1,245 @@
+//! The HTTP face of ocellus: the only code that knows URLs, headers, JSON and Glance's error
+//! bodies.
+//!
+//! `router` is the whole route table. Handlers live one file per resource (`images`,
+//! `image_data`, `tags`, `discovery`); wire formats in `wire`; list parameters in `list_query`;
+//! the caller's identity in `auth`. Every response passes through `finish_response`, which adds
+//! `x-openstack-request-id`, renders error bodies and logs the request.
+
+mod auth;
+mod discovery;
+mod error;
+mod image_data;
+mod images;
+mod list_query;
+pub mod schemas;
+mod tags;
+mod wire;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{FromRequest, Request};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{MethodRouter, get, post, put};
+
+pub use error::Error;
+
+use crate::config::Config;
+use crate::store::Store;
+
+/// Largest JSON request body (image create, PATCH); image data is streamed and not bound by it.
+const JSON_BODY_LIMIT: usize = 1 << 20;
+
+/// Everything handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    /// Image metadata and bytes.
+    pub store: Arc<Store>,
+    /// The resolved settings.
+    pub config: Arc<Config>,
+}
+
+/// The whole route table.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/", resource("GET", get(discovery::versions_root)))
+        .route("/versions", resource("GET", get(discovery::versions)))
+        .route("/healthcheck", resource("GET", get(discovery::healthcheck)))
+        .route(
+            "/v2/schemas/image",
+            resource("GET", get(discovery::image_schema)),
+        )
+        .route(
+            "/v2/schemas/images",
+            resource("GET", get(discovery::images_schema)),
+        )
+        .route(
+            "/v2/schemas/member",
+            resource("GET", get(discovery::member_schema)),
+        )
+        .route(
+            "/v2/schemas/members",
+            resource("GET", get(discovery::members_schema)),
+        )
+        .route(
+            "/v2/info/import",
+            resource("GET", get(discovery::import_info)),
+        )
+        .route(
+            "/v2/info/stores",
+            resource("GET", get(discovery::stores_info)),
+        )
+        .route(
+            "/v2/images",
+            resource(
+                "GET, POST",
+                get(images::list_images).post(images::create_image),
+            ),
+        )
+        .route(
+            "/v2/images/{image_id}",
+            resource(
+                "GET, PATCH, DELETE",
+                get(images::show_image)
+                    .patch(images::update_image)
+                    .delete(images::delete_image),
+            ),
+        )
+        .route(
+            "/v2/images/{image_id}/file",
+            resource(
+                "GET, PUT",
+                get(image_data::download_image_data).put(image_data::upload_image_data),
+            ),
+        )
+        .route(
+            "/v2/images/{image_id}/actions/deactivate",
+            resource("POST", post(images::deactivate_image)),
+        )
+        .route(
+            "/v2/images/{image_id}/actions/reactivate",
+            resource("POST", post(images::reactivate_image)),
+        )
+        .route(
+            "/v2/images/{image_id}/tags/{tag}",
+            resource(
+                "PUT, DELETE",
+                put(tags::add_image_tag).delete(tags::delete_image_tag),
+            ),
+        )
+        .fallback(|| async { Error::not_found("The resource could not be found.") })
+        .layer(middleware::from_fn(finish_response))
+        .with_state(state)
+}
+
+/// Adds Glance's 405 answers to a route: for methods it lacks, and for HEAD, which axum would
+/// otherwise answer with the GET handler but Glance refuses.
+fn resource(allow: &'static str, methods: MethodRouter<AppState>) -> MethodRouter<AppState> {
+    methods
+        .head(move || async move { Error::method_not_allowed("HEAD", allow) })
+        .fallback(
+            move |method: Method| async move { Error::method_not_allowed(method.as_str(), allow) },
+        )
+}
+
+/// Adds the request id, renders error bodies in the format the client accepts, and logs.
+async fn finish_response(request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let wants_json = request
+        .headers()
+        .get(header::ACCEPT)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|accept| accept.contains("application/json"));
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let request_id = format!("req-{}", uuid::Uuid::new_v4());
+
+    let mut response = next.run(request).await;
+    if let Some(error::ErrorMessage(message)) =
+        response.extensions_mut().remove::<error::ErrorMessage>()
+    {
+        let status = response.status();
+        let (content_type, body) = if wants_json {
+            ("application/json", error::json_body(status, &message))
+        } else {
+            (
+                "text/html; charset=UTF-8",
+                error::html_body(status, &message),
+            )
+        };
+        if status.is_server_error() {
+            tracing::warn!(%method, %path, %status, "request failed");
+        } else {
+            tracing::debug!(%method, %path, %status, %message, "request refused");
+        }
+        response
+            .headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+        response.headers_mut().remove(header::CONTENT_LENGTH);
+        *response.body_mut() = Body::from(body);
+    }
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        response
+            .headers_mut()
+            .insert("x-openstack-request-id", value);
+    }
+    tracing::info!(
+        %method,
+        %path,
+        status = response.status().as_u16(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        request_id,
+        "request"
+    );
+    response
+}
+
+/// A JSON request body; a malformed or oversized body gets Glance's error instead of axum's.
+pub struct JsonBody(pub serde_json::Value);
+
+impl<S: Send + Sync> FromRequest<S> for JsonBody {
+    type Rejection = Error;
+
+    async fn from_request(request: Request, state: &S) -> Result<JsonBody, Error> {
+        let bytes = read_small_body(request, state).await?;
+        match serde_json::from_slice(&bytes) {
+            Ok(value) => Ok(JsonBody(value)),
+            Err(_) => Err(Error::bad_request("Malformed JSON in request body.")),
+        }
+    }
+}
+
+/// Reads a bounded request body.
+async fn read_small_body<S: Send + Sync>(request: Request, _state: &S) -> Result<Bytes, Error> {
+    match axum::body::to_bytes(request.into_body(), JSON_BODY_LIMIT).await {
+        Ok(bytes) => Ok(bytes),
+        Err(_) => Err(Error::too_large(format!(
+            "The request body is larger than {JSON_BODY_LIMIT} bytes or was cut off"
+        ))),
+    }
+}
+
+/// The scheme and authority clients used to reach us, for absolute links.
+fn base_url(headers: &HeaderMap) -> String {
+    let host = headers
+        .get(header::HOST)
+        .and_then(|value| value.to_str().ok())
+        .filter(|host| !host.is_empty() && host.chars().all(|c| c.is_ascii_graphic()))
+        .unwrap_or("localhost");
+    format!("http://{host}")
+}
+
+/// Runs blocking store work off the async threads.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, Error> + Send + 'static,
+) -> Result<T, Error> {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(result) => result,
+        Err(error) => {
+            tracing::error!(%error, "blocking task failed");
+            Err(Error::internal())
+        }
+    }
+}
+
+/// Serves the API on `listener` until `shutdown` completes, then drains open requests.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// A 204 with no body.
+fn no_content() -> Response {
+    StatusCode::NO_CONTENT.into_response()
+}

@@ -1,0 +1,343 @@
+//! The JSON clients see for an image, and the checks on what they may write into one.
+//!
+//! `image_view` turns a stored record into Glance's flat image document (custom properties
+//! beside the core ones, nulls for unset fields). `apply_property` is the single place that
+//! validates a client-supplied property value, shared by create and PATCH, so both refuse the
+//! same things with the same errors.
+
+use serde_json::{Map, Value};
+use time::OffsetDateTime;
+use time::macros::format_description;
+
+use super::Error;
+use super::discovery::STORE_ID;
+use super::schemas::{CONTAINER_FORMATS, DISK_FORMATS};
+use crate::kv::{ImageId, ImageRecord, ImageStatus, Visibility};
+use crate::policy::Caller;
+
+/// Glance's `image_property_quota` and `image_tag_quota`.
+pub const PROPERTY_QUOTA: usize = 128;
+pub const TAG_QUOTA: usize = 128;
+/// Longest name, owner, tag, property key or value.
+const MAX_LENGTH: usize = 255;
+
+/// Properties the server computes; writing them is 403.
+const READ_ONLY: &[&str] = &[
+    "status",
+    "checksum",
+    "size",
+    "virtual_size",
+    "created_at",
+    "updated_at",
+    "os_hash_algo",
+    "os_hash_value",
+    "direct_url",
+    "self",
+    "file",
+    "schema",
+    "stores",
+];
+
+/// Properties Glance reserves for itself; writing them is 403.
+const RESERVED: &[&str] = &["location", "deleted", "deleted_at"];
+
+/// Core properties: stored as fields, never as custom properties, and never removable.
+const CORE: &[&str] = &[
+    "id",
+    "name",
+    "visibility",
+    "protected",
+    "os_hidden",
+    "owner",
+    "min_ram",
+    "min_disk",
+    "disk_format",
+    "container_format",
+    "tags",
+    "locations",
+];
+
+/// Current time in unix microseconds.
+pub fn now_micros() -> i64 {
+    (OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000) as i64
+}
+
+/// Glance's timestamp format: seconds precision, UTC, `Z`.
+pub fn format_time(micros: i64) -> String {
+    let format = format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]Z");
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(micros) * 1000)
+        .ok()
+        .and_then(|time| time.format(&format).ok())
+        .unwrap_or_default()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    let mut text = String::with_capacity(bytes.len() * 2);
+    for byte in bytes {
+        text.push_str(&format!("{byte:02x}"));
+    }
+    text
+}
+
+/// MD5 of the image data as Glance's `checksum`, if there is data.
+pub fn checksum(record: &ImageRecord) -> Option<String> {
+    record.data.as_ref().map(|data| hex(&data.md5))
+}
+
+/// The image document, in Glance's key order: custom properties first, then the core ones.
+pub fn image_view(record: &ImageRecord) -> Value {
+    let mut object = Map::new();
+    for (key, value) in &record.properties {
+        object.insert(key.clone(), Value::String(value.clone()));
+    }
+    let data = record.data.as_ref();
+    let id = record.id.to_string();
+    object.insert("name".into(), record.name.clone().into());
+    object.insert("disk_format".into(), record.disk_format.clone().into());
+    object.insert(
+        "container_format".into(),
+        record.container_format.clone().into(),
+    );
+    object.insert("visibility".into(), record.visibility.as_str().into());
+    object.insert("size".into(), data.map(|data| data.size).into());
+    object.insert(
+        "virtual_size".into(),
+        data.and_then(|data| data.virtual_size).into(),
+    );
+    object.insert("status".into(), record.status.as_str().into());
+    object.insert("checksum".into(), checksum(record).into());
+    object.insert("protected".into(), record.protected.into());
+    object.insert("min_ram".into(), record.min_ram.into());
+    object.insert("min_disk".into(), record.min_disk.into());
+    object.insert("owner".into(), record.owner.clone().into());
+    object.insert("os_hidden".into(), record.os_hidden.into());
+    object.insert("os_hash_algo".into(), data.map(|_| "sha512").into());
+    object.insert(
+        "os_hash_value".into(),
+        data.map(|data| hex(&data.sha512)).into(),
+    );
+    object.insert("id".into(), id.clone().into());
+    object.insert("created_at".into(), format_time(record.created_at).into());
+    object.insert("updated_at".into(), format_time(record.updated_at).into());
+    object.insert("tags".into(), record.tags.clone().into());
+    object.insert("self".into(), format!("/v2/images/{id}").into());
+    object.insert("file".into(), format!("/v2/images/{id}/file").into());
+    object.insert("schema".into(), "/v2/schemas/image".into());
+    if data.is_some() {
+        object.insert("stores".into(), STORE_ID.into());
+    }
+    Value::Object(object)
+}
+
+/// 403 for properties no client may write.
+pub fn check_writable(key: &str) -> Result<(), Error> {
+    if READ_ONLY.contains(&key) {
+        return Err(Error::forbidden(format!("Attribute '{key}' is read-only.")));
+    }
+    if RESERVED.contains(&key) || key.starts_with("os_glance") {
+        return Err(Error::forbidden(format!("Attribute '{key}' is reserved.")));
+    }
+    Ok(())
+}
+
+pub fn is_core(key: &str) -> bool {
+    CORE.contains(&key)
+}
+
+fn schema_error(detail: impl std::fmt::Display) -> Error {
+    Error::bad_request(format!(
+        "Provided object does not match schema 'image': {detail}"
+    ))
+}
+
+fn optional_text(key: &str, value: &Value) -> Result<Option<String>, Error> {
+    match value {
+        Value::Null => Ok(None),
+        Value::String(text) if text.chars().count() <= MAX_LENGTH => Ok(Some(text.clone())),
+        Value::String(_) => Err(schema_error(format_args!(
+            "{key} is longer than {MAX_LENGTH} characters"
+        ))),
+        _ => Err(schema_error(format_args!("{key} must be a string or null"))),
+    }
+}
+
+fn boolean(key: &str, value: &Value) -> Result<bool, Error> {
+    value
+        .as_bool()
+        .ok_or_else(|| schema_error(format_args!("{key} must be a boolean")))
+}
+
+fn non_negative(key: &str, value: &Value) -> Result<i64, Error> {
+    match value.as_i64() {
+        Some(number) if number >= 0 => Ok(number),
+        Some(_) => Err(schema_error(format_args!("{key} cannot be negative"))),
+        None => Err(schema_error(format_args!("{key} must be an integer"))),
+    }
+}
+
+fn one_of(key: &str, value: &Value, allowed: &[&str]) -> Result<Option<String>, Error> {
+    match value {
+        Value::Null => Ok(None),
+        Value::String(text) if allowed.contains(&text.as_str()) => Ok(Some(text.clone())),
+        _ => Err(schema_error(format_args!(
+            "{value} is not a valid {key}; use one of: {}",
+            allowed.join(", ")
+        ))),
+    }
+}
+
+fn uuid_text(key: &str, value: &Value) -> Result<Option<String>, Error> {
+    match value {
+        Value::Null => Ok(None),
+        Value::String(text) if ImageId::parse(text).is_some() => Ok(Some(text.clone())),
+        _ => Err(schema_error(format_args!(
+            "{key} must be an image id (UUID) or null"
+        ))),
+    }
+}
+
+/// The tag list from a JSON array: strings of at most 255 characters, duplicates dropped.
+pub fn tags_from(value: &Value) -> Result<Vec<String>, Error> {
+    let Some(items) = value.as_array() else {
+        return Err(schema_error("tags must be an array of strings"));
+    };
+    let mut tags: Vec<String> = Vec::with_capacity(items.len());
+    for item in items {
+        let tag = check_tag(
+            item.as_str()
+                .ok_or_else(|| schema_error("tags must be an array of strings"))?,
+        )?;
+        if !tags.contains(&tag) {
+            tags.push(tag);
+        }
+    }
+    Ok(tags)
+}
+
+/// A single tag, as given in a URL or a tag list.
+pub fn check_tag(tag: &str) -> Result<String, Error> {
+    if tag.chars().count() > MAX_LENGTH {
+        return Err(schema_error(format_args!(
+            "tags may be at most {MAX_LENGTH} characters"
+        )));
+    }
+    Ok(tag.to_owned())
+}
+
+/// Sets one property from client JSON, after `check_writable`. Core properties go to their
+/// fields; anything else becomes a custom string property (null removes it).
+pub fn apply_property(
+    record: &mut ImageRecord,
+    key: &str,
+    value: &Value,
+    caller: &Caller,
+) -> Result<(), Error> {
+    match key {
+        "id" => {
+            let text = value.as_str().unwrap_or_default();
+            record.id = ImageId::parse(text).ok_or_else(|| schema_error("id must be a UUID"))?;
+        }
+        "name" => record.name = optional_text(key, value)?,
+        "visibility" => {
+            let visibility = value.as_str().and_then(Visibility::parse).ok_or_else(|| {
+                schema_error("visibility must be one of: community, public, private, shared")
+            })?;
+            if visibility == Visibility::Public
+                && record.visibility != Visibility::Public
+                && !caller.is_admin()
+            {
+                return Err(Error::forbidden(
+                    "Only administrators may make an image public",
+                ));
+            }
+            record.visibility = visibility;
+        }
+        "protected" => record.protected = boolean(key, value)?,
+        "os_hidden" => record.os_hidden = boolean(key, value)?,
+        "owner" => {
+            let owner = optional_text(key, value)?;
+            if owner != record.owner && !caller.is_admin() {
+                return Err(Error::forbidden(
+                    "Only administrators may change an image's owner",
+                ));
+            }
+            record.owner = owner;
+        }
+        "min_ram" => record.min_ram = non_negative(key, value)?,
+        "min_disk" => record.min_disk = non_negative(key, value)?,
+        "disk_format" | "container_format" => {
+            let allowed = if key == "disk_format" {
+                DISK_FORMATS
+            } else {
+                CONTAINER_FORMATS
+            };
+            let format = one_of(key, value, allowed)?;
+            let current = if key == "disk_format" {
+                &mut record.disk_format
+            } else {
+                &mut record.container_format
+            };
+            if *current != format {
+                if !matches!(record.status, ImageStatus::Queued | ImageStatus::Importing) {
+                    return Err(Error::forbidden(format!(
+                        "{key} can only be changed while the image is queued"
+                    )));
+                }
+                *current = format;
+            }
+        }
+        "tags" => record.tags = tags_from(value)?,
+        "locations" => {
+            return Err(Error::forbidden(
+                "Image locations are not exposed by this server",
+            ));
+        }
+        _ => {
+            if key.is_empty() || key.chars().count() > MAX_LENGTH {
+                return Err(schema_error(format_args!(
+                    "property names must be 1 to {MAX_LENGTH} characters"
+                )));
+            }
+            let text = match key {
+                "kernel_id" | "ramdisk_id" => uuid_text(key, value)?,
+                "cinder_encryption_key_deletion_policy" => {
+                    one_of(key, value, &["on_image_deletion", "do_not_delete"])?
+                }
+                _ => match value {
+                    Value::String(text) => Some(text.clone()),
+                    _ => {
+                        return Err(schema_error(format_args!(
+                            "{value} is not a string (property {key})"
+                        )));
+                    }
+                },
+            };
+            match text {
+                Some(text) => {
+                    record.properties.insert(key.to_owned(), text);
+                }
+                None => {
+                    record.properties.remove(key);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// 413 when an image carries more custom properties or tags than the quotas allow.
+pub fn check_quotas(record: &ImageRecord) -> Result<(), Error> {
+    if record.properties.len() > PROPERTY_QUOTA {
+        return Err(Error::too_large(format!(
+            "Too many image properties: {} given, at most {PROPERTY_QUOTA} allowed",
+            record.properties.len()
+        )));
+    }
+    if record.tags.len() > TAG_QUOTA {
+        return Err(Error::too_large(format!(
+            "Too many image tags: {} given, at most {TAG_QUOTA} allowed",
+            record.tags.len()
+        )));
+    }
+    Ok(())
+}

@@ -1,0 +1,553 @@
+//! Metadata storage: the only code that talks to redb.
+//!
+//! `Kv` offers whole operations (insert, update, delete, list) that each run in one write or read
+//! transaction, so callers never see a half-applied change and indexes never drift from records.
+//! Every write transaction commits durably with two-phase commit: the data is ours to keep once
+//! a caller gets `Ok`. All methods block; async callers run them in `spawn_blocking`.
+//!
+//! Invariants kept here, in the same transaction as the change that could break them:
+//! - each image has exactly one `IMAGE_SORT_INDEX` entry per sort key, built from its record;
+//! - a blob's reference count equals the number of image records whose data names its digest,
+//!   and a blob row exists only while that count is positive;
+//! - an id in `DELETED_IMAGES` is never in `IMAGES` and is never accepted again.
+//!
+//! This module knows nothing of HTTP, JSON or files.
+
+mod index;
+mod records;
+mod tables;
+
+use std::collections::HashSet;
+use std::ops::Bound;
+use std::path::Path;
+
+use redb::{
+    Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, WriteTransaction,
+};
+
+pub use index::{Direction, SortKey};
+pub use records::{ImageData, ImageRecord, ImageStatus, Visibility};
+pub use tables::{Digest, ImageId};
+
+use tables::{BLOBS, DELETED_IMAGES, IMAGE_SORT_INDEX, IMAGES, META};
+
+/// The schema version this build writes. Older databases are upgraded at open.
+const SCHEMA_VERSION: u64 = 1;
+
+/// What can go wrong in the metadata store.
+#[derive(Debug)]
+pub enum KvError {
+    /// redb failed: I/O, a full disk, a corrupted file.
+    Redb(redb::Error),
+    /// A stored record could not be decoded.
+    Corrupt(String),
+    /// The database was written by a newer ocellus.
+    SchemaTooNew { found: u64 },
+}
+
+impl std::fmt::Display for KvError {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KvError::Redb(error) => write!(formatter, "metadata store: {error}"),
+            KvError::Corrupt(detail) => {
+                write!(formatter, "metadata store holds a bad record: {detail}")
+            }
+            KvError::SchemaTooNew { found } => write!(
+                formatter,
+                "metadata schema version {found} is newer than this build understands ({SCHEMA_VERSION})"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for KvError {}
+
+macro_rules! from_redb_error {
+    ($($error:ty),*) => {
+        $(impl From<$error> for KvError {
+            fn from(error: $error) -> KvError {
+                KvError::Redb(error.into())
+            }
+        })*
+    };
+}
+
+from_redb_error!(
+    redb::Error,
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError,
+    redb::SetDurabilityError
+);
+
+impl From<records::DecodeError> for KvError {
+    fn from(error: records::DecodeError) -> KvError {
+        KvError::Corrupt(error.0)
+    }
+}
+
+/// The result of inserting an image.
+#[derive(Debug, PartialEq, Eq)]
+pub enum InsertOutcome {
+    Inserted,
+    /// The id belongs to an existing or a deleted image.
+    IdTaken,
+}
+
+/// A change applied by `update_image` or `delete_image`.
+#[derive(Debug)]
+pub struct Change {
+    /// The record after the change (for a delete, the record that was removed).
+    pub record: ImageRecord,
+    /// Blobs that lost their last reference in this change: their files may be removed.
+    pub unreferenced: Vec<Digest>,
+}
+
+/// One page of a listing.
+#[derive(Debug)]
+pub enum ListOutcome {
+    Page {
+        images: Vec<ImageRecord>,
+        /// Whether more matching images follow this page.
+        more: bool,
+    },
+    /// The marker names no image the caller can see.
+    MarkerNotFound,
+}
+
+/// What to list and in which order.
+pub struct ListRequest<'a> {
+    /// Sort keys with their directions, as the client gave them (at least one).
+    pub sort: &'a [(SortKey, Direction)],
+    /// Direction of the implicit `created_at`, `id` tie-breakers.
+    pub tiebreak: Direction,
+    /// Start after this image.
+    pub marker: Option<ImageId>,
+    /// Page size.
+    pub limit: usize,
+}
+
+/// The metadata store.
+pub struct Kv {
+    database: Database,
+}
+
+impl Kv {
+    /// Opens or creates the database file, creates every table and upgrades old schemas.
+    pub fn open(path: &Path) -> Result<Kv, KvError> {
+        let database = Database::create(path)?;
+        let kv = Kv { database };
+        let transaction = kv.begin_write()?;
+        {
+            let mut meta = transaction.open_table(META)?;
+            let found = meta.get("schema_version")?.map(|value| value.value());
+            match found {
+                Some(version) if version > SCHEMA_VERSION => {
+                    return Err(KvError::SchemaTooNew { found: version });
+                }
+                // Version 1 is the first schema; later versions add their migrations here.
+                Some(_) | None => {
+                    meta.insert("schema_version", SCHEMA_VERSION)?;
+                }
+            }
+            transaction.open_table(IMAGES)?;
+            transaction.open_table(IMAGE_SORT_INDEX)?;
+            transaction.open_table(DELETED_IMAGES)?;
+            transaction.open_table(BLOBS)?;
+        }
+        transaction.commit()?;
+        Ok(kv)
+    }
+
+    fn begin_write(&self) -> Result<WriteTransaction, KvError> {
+        let mut transaction = self.database.begin_write()?;
+        // Request bodies are untrusted input; two-phase commit keeps a crafted page from being
+        // mistaken for a valid commit after a crash.
+        transaction.set_two_phase_commit(true);
+        transaction.set_durability(Durability::Immediate)?;
+        Ok(transaction)
+    }
+
+    /// Puts back to `queued` every image left in `saving` by a crash, and returns their ids.
+    /// Run at startup, before serving.
+    pub fn requeue_interrupted_uploads(&self) -> Result<Vec<ImageId>, KvError> {
+        let stuck: Vec<ImageRecord> = {
+            let transaction = self.database.begin_read()?;
+            let images = transaction.open_table(IMAGES)?;
+            let mut stuck = Vec::new();
+            for entry in images.iter()? {
+                let (_, bytes) = entry?;
+                let record = ImageRecord::decode(bytes.value())?;
+                if record.status == ImageStatus::Saving {
+                    stuck.push(record);
+                }
+            }
+            stuck
+        };
+        let mut ids = Vec::new();
+        for record in stuck {
+            let changed = self.update_image(record.id, |image| {
+                if image.status == ImageStatus::Saving {
+                    image.status = ImageStatus::Queued;
+                }
+                Ok::<(), KvError>(())
+            })?;
+            if changed.is_some() {
+                ids.push(record.id);
+            }
+        }
+        Ok(ids)
+    }
+
+    /// One image by id.
+    pub fn image(&self, id: ImageId) -> Result<Option<ImageRecord>, KvError> {
+        let transaction = self.database.begin_read()?;
+        let images = transaction.open_table(IMAGES)?;
+        match images.get(id)? {
+            Some(bytes) => Ok(Some(ImageRecord::decode(bytes.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Stores a new image unless its id is, or was, in use.
+    pub fn insert_image(&self, record: &ImageRecord) -> Result<InsertOutcome, KvError> {
+        let transaction = self.begin_write()?;
+        {
+            let deleted = transaction.open_table(DELETED_IMAGES)?;
+            let mut images = transaction.open_table(IMAGES)?;
+            if deleted.get(record.id)?.is_some() || images.get(record.id)?.is_some() {
+                return Ok(InsertOutcome::IdTaken);
+            }
+            let mut sort_index = transaction.open_table(IMAGE_SORT_INDEX)?;
+            let mut blobs = transaction.open_table(BLOBS)?;
+            write_record(&mut images, &mut sort_index, &mut blobs, None, record)?;
+        }
+        transaction.commit()?;
+        Ok(InsertOutcome::Inserted)
+    }
+
+    /// Applies `change` to an image in one transaction. Returns `None` if there is no such image;
+    /// if `change` fails, nothing is written and its error is returned.
+    pub fn update_image<E: From<KvError>>(
+        &self,
+        id: ImageId,
+        change: impl FnOnce(&mut ImageRecord) -> Result<(), E>,
+    ) -> Result<Option<Change>, E> {
+        let transaction = self.begin_write()?;
+        let unreferenced;
+        let record;
+        {
+            let mut images = transaction.open_table(IMAGES).map_err(KvError::from)?;
+            let old = match images.get(id).map_err(KvError::from)? {
+                Some(bytes) => ImageRecord::decode(bytes.value()).map_err(KvError::from)?,
+                None => return Ok(None),
+            };
+            let mut new = old.clone();
+            change(&mut new)?;
+            let mut sort_index = transaction
+                .open_table(IMAGE_SORT_INDEX)
+                .map_err(KvError::from)?;
+            let mut blobs = transaction.open_table(BLOBS).map_err(KvError::from)?;
+            unreferenced =
+                write_record(&mut images, &mut sort_index, &mut blobs, Some(&old), &new)?;
+            record = new;
+        }
+        transaction.commit().map_err(KvError::from)?;
+        Ok(Some(Change {
+            record,
+            unreferenced,
+        }))
+    }
+
+    /// Deletes an image if `check` allows it, and remembers its id so it is never reused.
+    pub fn delete_image<E: From<KvError>>(
+        &self,
+        id: ImageId,
+        deleted_at: i64,
+        check: impl FnOnce(&ImageRecord) -> Result<(), E>,
+    ) -> Result<Option<Change>, E> {
+        let transaction = self.begin_write()?;
+        let unreferenced;
+        let record;
+        {
+            let mut images = transaction.open_table(IMAGES).map_err(KvError::from)?;
+            let old = match images.get(id).map_err(KvError::from)? {
+                Some(bytes) => ImageRecord::decode(bytes.value()).map_err(KvError::from)?,
+                None => return Ok(None),
+            };
+            check(&old)?;
+            images.remove(id).map_err(KvError::from)?;
+            let mut sort_index = transaction
+                .open_table(IMAGE_SORT_INDEX)
+                .map_err(KvError::from)?;
+            for key in index::all_index_keys(&old) {
+                sort_index.remove(key.as_slice()).map_err(KvError::from)?;
+            }
+            let mut blobs = transaction.open_table(BLOBS).map_err(KvError::from)?;
+            unreferenced = match &old.data {
+                Some(data) => release_blob(&mut blobs, data.digest)?,
+                None => Vec::new(),
+            };
+            let mut deleted = transaction
+                .open_table(DELETED_IMAGES)
+                .map_err(KvError::from)?;
+            deleted.insert(id, deleted_at).map_err(KvError::from)?;
+            record = old;
+        }
+        transaction.commit().map_err(KvError::from)?;
+        Ok(Some(Change {
+            record,
+            unreferenced,
+        }))
+    }
+
+    /// How many images reference a blob.
+    pub fn blob_references(&self, digest: Digest) -> Result<u64, KvError> {
+        let transaction = self.database.begin_read()?;
+        let blobs = transaction.open_table(BLOBS)?;
+        Ok(blobs.get(digest)?.map(|value| value.value().1).unwrap_or(0))
+    }
+
+    /// Every blob some image references.
+    pub fn referenced_blobs(&self) -> Result<HashSet<Digest>, KvError> {
+        let transaction = self.database.begin_read()?;
+        let blobs = transaction.open_table(BLOBS)?;
+        let mut digests = HashSet::new();
+        for entry in blobs.iter()? {
+            digests.insert(entry?.0.value());
+        }
+        Ok(digests)
+    }
+
+    /// Number of images.
+    pub fn image_count(&self) -> Result<u64, KvError> {
+        let transaction = self.database.begin_read()?;
+        Ok(transaction.open_table(IMAGES)?.len()?)
+    }
+
+    /// One page of images in the requested order, starting after the marker, keeping those for
+    /// which `matches` holds. The marker must exist and satisfy `visible`.
+    ///
+    /// A single sort key (with tie-breakers in its direction) is answered straight from the
+    /// index. Several keys scan the index of the first key one group of equal values at a time
+    /// and order each group in memory by the remaining keys.
+    pub fn list_images(
+        &self,
+        request: &ListRequest<'_>,
+        visible: &dyn Fn(&ImageRecord) -> bool,
+        matches: &dyn Fn(&ImageRecord) -> bool,
+    ) -> Result<ListOutcome, KvError> {
+        let transaction = self.database.begin_read()?;
+        let images = transaction.open_table(IMAGES)?;
+        let sort_index = transaction.open_table(IMAGE_SORT_INDEX)?;
+        let (first_key, first_direction) = request.sort[0];
+
+        let marker_key = match request.marker {
+            None => None,
+            Some(marker) => match images.get(marker)? {
+                Some(bytes) => {
+                    let record = ImageRecord::decode(bytes.value())?;
+                    if !visible(&record) {
+                        return Ok(ListOutcome::MarkerNotFound);
+                    }
+                    Some(index::index_key(first_key, &record))
+                }
+                None => return Ok(ListOutcome::MarkerNotFound),
+            },
+        };
+
+        let single = request.sort.len() == 1 && request.tiebreak == first_direction;
+        let range_start = first_key.range_start();
+        let range_end = first_key.range_end();
+        // For several keys, the scan starts at the beginning of the marker's group (or ends at
+        // its end, scanning backwards) and skips up to the marker inside that group.
+        let group_bound = marker_key.as_ref().map(|key| {
+            let group = index::group_of(key).to_vec();
+            let mut group_end = group.clone();
+            group_end.extend_from_slice(&[0xff; index::SUFFIX_LEN + 1]);
+            (group, group_end)
+        });
+        let lower: Bound<&[u8]>;
+        let upper: Bound<&[u8]>;
+        match (first_direction, &marker_key, &group_bound, single) {
+            (_, None, _, _) => {
+                lower = Bound::Included(&range_start);
+                upper = Bound::Excluded(&range_end);
+            }
+            (Direction::Asc, Some(key), _, true) => {
+                lower = Bound::Excluded(key.as_slice());
+                upper = Bound::Excluded(&range_end);
+            }
+            (Direction::Desc, Some(key), _, true) => {
+                lower = Bound::Included(&range_start);
+                upper = Bound::Excluded(key.as_slice());
+            }
+            (Direction::Asc, Some(_), Some((group, _)), false) => {
+                lower = Bound::Included(group.as_slice());
+                upper = Bound::Excluded(&range_end);
+            }
+            (Direction::Desc, Some(_), Some((_, group_end)), false) => {
+                lower = Bound::Included(&range_start);
+                upper = Bound::Excluded(group_end.as_slice());
+            }
+            (_, Some(_), None, _) => unreachable!("a marker key always has a group bound"),
+        }
+        let range = sort_index.range::<&[u8]>((lower, upper))?;
+        let entries: Box<dyn Iterator<Item = _>> = match first_direction {
+            Direction::Asc => Box::new(range),
+            Direction::Desc => Box::new(range.rev()),
+        };
+
+        let wanted = request.limit.saturating_add(1);
+        let mut page: Vec<ImageRecord> = Vec::new();
+        let load = |key: &[u8]| -> Result<ImageRecord, KvError> {
+            let id = index::id_of(key).ok_or_else(|| KvError::Corrupt("short index key".into()))?;
+            match images.get(id)? {
+                Some(bytes) => Ok(ImageRecord::decode(bytes.value())?),
+                None => Err(KvError::Corrupt(format!("index names missing image {id}"))),
+            }
+        };
+
+        if single {
+            for entry in entries {
+                let (key, _) = entry?;
+                let record = load(key.value())?;
+                if matches(&record) {
+                    page.push(record);
+                    if page.len() == wanted {
+                        break;
+                    }
+                }
+            }
+        } else {
+            let comparator =
+                |left: &ImageRecord, right: &ImageRecord| compare_records(request, left, right);
+            let mut skipping_to = request.marker;
+            let mut group_key: Vec<u8> = Vec::new();
+            let mut group: Vec<ImageRecord> = Vec::new();
+            let mut flush = |group: &mut Vec<ImageRecord>, page: &mut Vec<ImageRecord>| {
+                group.sort_by(comparator);
+                for record in group.drain(..) {
+                    if page.len() == wanted {
+                        break;
+                    }
+                    if let Some(marker) = skipping_to {
+                        if record.id == marker {
+                            skipping_to = None;
+                        }
+                        continue;
+                    }
+                    if matches(&record) {
+                        page.push(record);
+                    }
+                }
+            };
+            for entry in entries {
+                let (key, _) = entry?;
+                let key = key.value();
+                if index::group_of(key) != group_key.as_slice() {
+                    flush(&mut group, &mut page);
+                    if page.len() == wanted {
+                        break;
+                    }
+                    group_key = index::group_of(key).to_vec();
+                }
+                group.push(load(key)?);
+            }
+            flush(&mut group, &mut page);
+        }
+
+        let more = page.len() > request.limit;
+        page.truncate(request.limit);
+        Ok(ListOutcome::Page { images: page, more })
+    }
+}
+
+/// Orders two records by every requested key, then the tie-breakers.
+fn compare_records(
+    request: &ListRequest<'_>,
+    left: &ImageRecord,
+    right: &ImageRecord,
+) -> std::cmp::Ordering {
+    let keys = request.sort.iter().copied().chain([
+        (SortKey::CreatedAt, request.tiebreak),
+        (SortKey::Id, request.tiebreak),
+    ]);
+    for (key, direction) in keys {
+        let mut left_value = Vec::new();
+        let mut right_value = Vec::new();
+        key.encode_value(left, &mut left_value);
+        key.encode_value(right, &mut right_value);
+        let ordering = match direction {
+            Direction::Asc => left_value.cmp(&right_value),
+            Direction::Desc => right_value.cmp(&left_value),
+        };
+        if ordering.is_ne() {
+            return ordering;
+        }
+    }
+    std::cmp::Ordering::Equal
+}
+
+type ImagesTable<'t> = redb::Table<'t, ImageId, &'static [u8]>;
+type SortIndexTable<'t> = redb::Table<'t, &'static [u8], ()>;
+type BlobsTable<'t> = redb::Table<'t, Digest, (u64, u64)>;
+
+/// Writes `new` over `old`, keeping the sort index and blob reference counts in step.
+/// Returns blobs that lost their last reference.
+fn write_record(
+    images: &mut ImagesTable<'_>,
+    sort_index: &mut SortIndexTable<'_>,
+    blobs: &mut BlobsTable<'_>,
+    old: Option<&ImageRecord>,
+    new: &ImageRecord,
+) -> Result<Vec<Digest>, KvError> {
+    images.insert(new.id, new.encode().as_slice())?;
+    let new_keys = index::all_index_keys(new);
+    if let Some(old) = old {
+        for key in index::all_index_keys(old) {
+            if !new_keys.contains(&key) {
+                sort_index.remove(key.as_slice())?;
+            }
+        }
+    }
+    for key in &new_keys {
+        sort_index.insert(key.as_slice(), ())?;
+    }
+    let old_blob = old
+        .and_then(|record| record.data.as_ref())
+        .map(|data| data.digest);
+    let new_data = new.data.as_ref();
+    let mut unreferenced = Vec::new();
+    if old_blob != new_data.map(|data| data.digest) {
+        if let Some(data) = new_data {
+            let (size, references) = blobs
+                .get(data.digest)?
+                .map(|value| value.value())
+                .unwrap_or((data.size, 0));
+            blobs.insert(data.digest, (size, references + 1))?;
+        }
+        if let Some(digest) = old_blob {
+            unreferenced = release_blob(blobs, digest)?;
+        }
+    }
+    Ok(unreferenced)
+}
+
+/// Drops one reference to a blob; returns it if that was the last.
+fn release_blob(blobs: &mut BlobsTable<'_>, digest: Digest) -> Result<Vec<Digest>, KvError> {
+    let Some((size, references)) = blobs.get(digest)?.map(|value| value.value()) else {
+        return Err(KvError::Corrupt(format!(
+            "image references unknown blob {digest:?}"
+        )));
+    };
+    if references <= 1 {
+        blobs.remove(digest)?;
+        Ok(vec![digest])
+    } else {
+        blobs.insert(digest, (size, references - 1))?;
+        Ok(Vec::new())
+    }
+}

@@ -1,0 +1,161 @@
+//! Every redb table of ocellus, in one place.
+//!
+//! A table's name carries a version suffix: when the key or value layout of a table changes,
+//! the new layout gets a new name and a migration in `kv::migrate` copies the old rows over.
+//! This module only names tables and their key types; the encodings of values live in
+//! `kv::records` and `kv::index`.
+
+use std::cmp::Ordering;
+
+use redb::{Key, TableDefinition, TypeName, Value};
+
+/// Schema bookkeeping: `schema_version` and other small counters.
+pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta_v1");
+
+/// Image records by id; values are `kv::records::ImageRecord` in its versioned encoding.
+pub const IMAGES: TableDefinition<ImageId, &[u8]> = TableDefinition::new("images_v1");
+
+/// Secondary index for sorted, paged listing; keys are built by `kv::index`, values are empty.
+pub const IMAGE_SORT_INDEX: TableDefinition<&[u8], ()> =
+    TableDefinition::new("image_sort_index_v1");
+
+/// Ids of deleted images with their deletion time (unix microseconds), so an id is never reused.
+pub const DELETED_IMAGES: TableDefinition<ImageId, i64> = TableDefinition::new("deleted_images_v1");
+
+/// Content-addressed blobs: digest to (size in bytes, number of images referencing it).
+pub const BLOBS: TableDefinition<Digest, (u64, u64)> = TableDefinition::new("blobs_v1");
+
+/// The 16 bytes of an image UUID.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
+pub struct ImageId(pub [u8; 16]);
+
+impl ImageId {
+    /// Parses the canonical hyphenated form; anything else is not an image id.
+    pub fn parse(text: &str) -> Option<ImageId> {
+        // Glance's schema pattern only admits the hyphenated 36-character form.
+        if text.len() != 36 {
+            return None;
+        }
+        uuid::Uuid::try_parse(text)
+            .ok()
+            .map(|uuid| ImageId(*uuid.as_bytes()))
+    }
+
+    /// A fresh random (version 4) id.
+    pub fn random() -> ImageId {
+        ImageId(*uuid::Uuid::new_v4().as_bytes())
+    }
+}
+
+impl std::fmt::Display for ImageId {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        uuid::Uuid::from_bytes(self.0).hyphenated().fmt(formatter)
+    }
+}
+
+/// The BLAKE3 digest that names a blob.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Digest(pub [u8; 32]);
+
+impl Digest {
+    /// Lower-case hex, as used in blob file names.
+    pub fn to_hex(&self) -> String {
+        let mut hex = String::with_capacity(64);
+        for byte in self.0 {
+            hex.push_str(&format!("{byte:02x}"));
+        }
+        hex
+    }
+
+    /// Parses 64 lower-case hex characters, as found in blob file names.
+    pub fn from_hex(text: &str) -> Option<Digest> {
+        if text.len() != 64
+            || !text
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
+            return None;
+        }
+        let mut bytes = [0u8; 32];
+        for (index, byte) in bytes.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(&text[index * 2..index * 2 + 2], 16).ok()?;
+        }
+        Some(Digest(bytes))
+    }
+}
+
+impl std::fmt::Debug for Digest {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(formatter, "Digest({})", self.to_hex())
+    }
+}
+
+/// Implements redb's `Value` and `Key` for a newtype over a fixed byte array.
+macro_rules! fixed_bytes_key {
+    ($name:ident, $width:literal, $type_name:literal) => {
+        impl Value for $name {
+            type SelfType<'a> = $name;
+            type AsBytes<'a> = [u8; $width];
+
+            fn fixed_width() -> Option<usize> {
+                Some($width)
+            }
+
+            fn from_bytes<'a>(data: &'a [u8]) -> $name
+            where
+                Self: 'a,
+            {
+                let mut bytes = [0u8; $width];
+                // redb hands back exactly the bytes `as_bytes` produced, which are fixed width.
+                bytes.copy_from_slice(&data[..$width]);
+                $name(bytes)
+            }
+
+            fn as_bytes<'a, 'b: 'a>(value: &'a $name) -> [u8; $width]
+            where
+                Self: 'b,
+            {
+                value.0
+            }
+
+            fn type_name() -> TypeName {
+                TypeName::new($type_name)
+            }
+        }
+
+        impl Key for $name {
+            fn compare(left: &[u8], right: &[u8]) -> Ordering {
+                left.cmp(right)
+            }
+        }
+    };
+}
+
+fixed_bytes_key!(ImageId, 16, "ocellus::ImageId");
+fixed_bytes_key!(Digest, 32, "ocellus::Digest");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_id_round_trips_and_rejects_other_forms() {
+        let text = "0784579a-2ba1-487a-acd6-e261e56b7c32";
+        let id = ImageId::parse(text).unwrap();
+        assert_eq!(id.to_string(), text);
+        assert_eq!(ImageId::parse("0784579a2ba1487aacd6e261e56b7c32"), None);
+        assert_eq!(
+            ImageId::parse("{0784579a-2ba1-487a-acd6-e261e56b7c32}"),
+            None
+        );
+        assert_eq!(ImageId::parse("not-an-id"), None);
+    }
+
+    #[test]
+    fn digest_hex_round_trips() {
+        let digest = Digest([0xab; 32]);
+        assert_eq!(Digest::from_hex(&digest.to_hex()), Some(digest));
+        assert_eq!(Digest::from_hex("AB"), None);
+        assert_eq!(Digest::from_hex(&"AB".repeat(32)), None);
+    }
+}

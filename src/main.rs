@@ -1,0 +1,118 @@
+//! The `ocellus` command: parses flags, starts logging and runtime, and hands over to the library.
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use ocellus::config::{Config, ServeArgs};
+use tracing_subscriber::EnvFilter;
+
+/// An OpenStack Glance-compatible image service in one binary.
+///
+/// Serves the Glance Image API v2 with image metadata in a redb database and image bytes in a
+/// content-addressed blob directory. Settings come from flags, OCELLUS_* environment variables
+/// and an optional TOML file, in that order of precedence.
+#[derive(Parser)]
+#[command(name = "ocellus", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the Glance Image API (default 127.0.0.1:9292, data in ./ocellus-data, no
+    /// authentication: every request acts as an admin of the default project)
+    Serve(ServeArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => serve(&args),
+    }
+}
+
+fn serve(args: &ServeArgs) -> ExitCode {
+    let config = match Config::resolve(args) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("ocellus: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    let filter = match EnvFilter::try_new(&config.log) {
+        Ok(filter) => filter,
+        Err(error) => {
+            eprintln!("ocellus: bad log filter {:?}: {error}", config.log);
+            return ExitCode::from(2);
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .init();
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            tracing::error!(%error, "cannot start the async runtime");
+            return ExitCode::FAILURE;
+        }
+    };
+    let listen = config.listen;
+    let data_dir = config.data_dir.clone();
+    let result = runtime.block_on(async move {
+        let state = tokio::task::spawn_blocking(move || ocellus::open(config))
+            .await
+            .map_err(|error| error.to_string())?
+            .map_err(|error| format!("cannot open {}: {error}", data_dir.display()))?;
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .map_err(|error| format!("cannot listen on {listen}: {error}"))?;
+        let address = listener.local_addr().map_err(|error| error.to_string())?;
+        tracing::info!(%address, data_dir = %state.config.data_dir.display(), "ocellus is serving");
+        ocellus::serve(listener, state, shutdown_signal())
+            .await
+            .map_err(|error| format!("server failed: {error}"))
+    });
+    match result {
+        Ok(()) => {
+            tracing::info!("ocellus stopped");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            tracing::error!("{error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(signal) => signal,
+                Err(_) => {
+                    let _ = interrupt.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = interrupt.await;
+    }
+    tracing::info!("shutting down");
+}
