@@ -36,20 +36,23 @@ impl Drop for SavingGuard {
         }
         let store = self.store.clone();
         let id = self.id;
-        // Drop may run outside a blocking context (the handler future was cancelled), so the
-        // transaction goes to the blocking pool.
-        tokio::task::spawn_blocking(move || {
-            let result = store.kv.update_image(id, |record| {
-                if record.status == ImageStatus::Saving {
-                    record.status = ImageStatus::Queued;
-                    record.updated_at = now_micros().max(record.updated_at);
-                }
-                Ok::<(), crate::kv::KvError>(())
-            });
-            if let Err(error) = result {
-                tracing::error!(image = %id, %error, "could not put a failed upload back to queued");
-            }
-        });
+        // Only a cancelled handler gets here (the client went away), and Drop cannot wait, so
+        // the transaction goes to the blocking pool.
+        tokio::task::spawn_blocking(move || requeue(&store, id));
+    }
+}
+
+/// Puts an image that is still `saving` back to `queued`.
+fn requeue(store: &Store, id: ImageId) {
+    let result = store.kv.update_image(id, |record| {
+        if record.status == ImageStatus::Saving {
+            record.status = ImageStatus::Queued;
+            record.updated_at = now_micros().max(record.updated_at);
+        }
+        Ok::<(), crate::kv::KvError>(())
+    });
+    if let Err(error) = result {
+        tracing::error!(image = %id, %error, "could not put a failed upload back to queued");
     }
 }
 
@@ -125,6 +128,29 @@ pub async fn upload_image_data(
         armed: true,
     };
 
+    let outcome = receive_and_attach(&state, &record, request, declared_size, cap).await;
+    // Failures answer only after the image is queued again, so a client may retry at once.
+    guard.armed = false;
+    if outcome.is_err() {
+        let store = state.store.clone();
+        let id = record.id;
+        blocking(move || {
+            requeue(&store, id);
+            Ok(())
+        })
+        .await?;
+    }
+    outcome
+}
+
+/// Streams the body into the blob store, checks it, and attaches it to the image.
+async fn receive_and_attach(
+    state: &AppState,
+    record: &ImageRecord,
+    request: Request,
+    declared_size: Option<u64>,
+    cap: u64,
+) -> Result<Response, Error> {
     let limit = declared_size.unwrap_or(cap).min(cap);
     let body = request.into_body().into_data_stream();
     let received = match state.store.blobs.receive(body, limit).await {
@@ -148,7 +174,7 @@ pub async fn upload_image_data(
             return Err(size_mismatch(declared, received.size));
         }
     }
-    let virtual_size = check_format(&record, &received)?;
+    let virtual_size = check_format(record, &received)?;
 
     let store = state.store.clone();
     let id = record.id;
@@ -172,7 +198,6 @@ pub async fn upload_image_data(
             "The image was deleted while its data was uploading",
         ));
     };
-    guard.armed = false;
     let data = change.record.data.as_ref();
     tracing::info!(
         image = %id,
@@ -246,7 +271,7 @@ fn parse_range(headers: &HeaderMap, size: u64) -> Option<Result<(u64, u64), ()>>
     }
     let first: u64 = start.parse().ok()?;
     let last: u64 = if end.is_empty() {
-        size.saturating_sub(1)
+        u64::MAX
     } else {
         end.parse().ok()?
     };

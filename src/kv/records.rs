@@ -316,8 +316,8 @@ mod tests {
             b"bare",                                 // container_format
             &[128, 1, 2],                            // min_ram 64, min_disk 1 (zigzag varints)
             &[0],                                    // data: none
-            &[128, 128, 200, 180, 160, 237, 233, 5], // created_at (zigzag varint)
-            &[130, 128, 200, 180, 160, 237, 233, 5], // updated_at
+            &[128, 128, 242, 129, 131, 137, 133, 6], // created_at (zigzag varint)
+            &[130, 128, 242, 129, 131, 137, 133, 6], // updated_at
             &[1, 6],
             b"golden", // tags
             &[0],      // properties

@@ -1,0 +1,338 @@
+//! Image data: upload, download, ranges, format checks, dedupe and cut-off uploads.
+
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::common::{Server, eventually, md5_hex, qcow2_image, random_bytes, sha512_hex};
+
+#[tokio::test]
+async fn qcow2_round_trip_reports_glance_fields() {
+    let server = Server::start().await;
+    let bytes = qcow2_image(server.dir.path(), "cirros", "64M");
+    let image = server
+        .create(json!({"name": "cirros", "disk_format": "qcow2", "container_format": "bare"}))
+        .await;
+    let id = image["id"].as_str().unwrap();
+    assert_eq!(
+        server.download(id).await,
+        (StatusCode::NO_CONTENT, Vec::new())
+    );
+
+    assert_eq!(
+        server.upload(id, bytes.clone()).await,
+        StatusCode::NO_CONTENT
+    );
+    let (_, shown) = server.show(id).await;
+    assert_eq!(shown["status"], "active");
+    assert_eq!(shown["size"], bytes.len());
+    assert_eq!(shown["virtual_size"], 64 * 1024 * 1024);
+    assert_eq!(shown["checksum"], md5_hex(&bytes));
+    assert_eq!(shown["os_hash_algo"], "sha512");
+    assert_eq!(shown["os_hash_value"], sha512_hex(&bytes));
+    assert_eq!(shown["stores"], "fs");
+
+    let response = server
+        .request(Method::GET, &format!("/v2/images/{id}/file"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/octet-stream"
+    );
+    assert_eq!(response.headers()["content-md5"], md5_hex(&bytes).as_str());
+    assert_eq!(
+        response.headers()["content-length"],
+        bytes.len().to_string().as_str()
+    );
+    assert_eq!(response.bytes().await.unwrap().as_ref(), bytes.as_slice());
+
+    // Uploading again to an active image is a conflict.
+    assert_eq!(server.upload(id, bytes.clone()).await, StatusCode::CONFLICT);
+}
+
+#[tokio::test]
+async fn ranges_are_served_and_checked() {
+    let server = Server::start().await;
+    let bytes = random_bytes(12_296, 1);
+    let image = server
+        .create(json!({"disk_format": "raw", "container_format": "bare"}))
+        .await;
+    let id = image["id"].as_str().unwrap();
+    assert_eq!(
+        server.upload(id, bytes.clone()).await,
+        StatusCode::NO_CONTENT
+    );
+    let file = format!("/v2/images/{id}/file");
+    let cases = [
+        ("bytes=0-15", 0..16),
+        ("bytes=-100", 12_196..12_296),
+        ("bytes=12000-", 12_000..12_296),
+    ];
+    for (range, expected) in cases {
+        let response = server
+            .request(Method::GET, &file)
+            .header("Range", range)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::PARTIAL_CONTENT, "{range}");
+        let content_range = format!("bytes {}-{}/12296", expected.start, expected.end - 1);
+        assert_eq!(response.headers()["content-range"], content_range.as_str());
+        assert_eq!(response.bytes().await.unwrap().as_ref(), &bytes[expected]);
+    }
+    let response = server
+        .request(Method::GET, &file)
+        .header("Range", "bytes=999999-")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::RANGE_NOT_SATISFIABLE);
+    assert_eq!(response.headers()["content-range"], "bytes */12296");
+}
+
+#[tokio::test]
+async fn chunked_upload_streams() {
+    let server = Server::start().await;
+    let bytes = random_bytes(3 * 1024 * 1024 + 17, 2);
+    let image = server
+        .create(json!({"disk_format": "raw", "container_format": "bare"}))
+        .await;
+    let id = image["id"].as_str().unwrap();
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = bytes
+        .chunks(100_000)
+        .map(|chunk| Ok(chunk.to_vec()))
+        .collect();
+    let response = server
+        .request(Method::PUT, &format!("/v2/images/{id}/file"))
+        .header("Content-Type", "application/octet-stream")
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+            chunks,
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    assert_eq!(server.show(id).await.1["virtual_size"], bytes.len());
+    assert_eq!(server.download(id).await.1, bytes);
+}
+
+#[tokio::test]
+async fn refused_uploads_leave_the_image_queued_and_no_bytes() {
+    let server = Server::start_with(|config| config.image_size_cap = 1024 * 1024).await;
+    let queued_after = async |id: &str| server.show(id).await.1["status"] == "queued";
+
+    // Random bytes declared as qcow2: 415, and (unlike Glance) nothing left behind, so a retry
+    // with the right data succeeds.
+    let image = server
+        .create(json!({"disk_format": "qcow2", "container_format": "bare"}))
+        .await;
+    let id = image["id"].as_str().unwrap();
+    assert_eq!(
+        server.upload(id, random_bytes(65_536, 3)).await,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE
+    );
+    assert!(queued_after(id).await);
+    assert_eq!(server.show(id).await.1["checksum"], serde_json::Value::Null);
+    assert!(server.blob_files().is_empty());
+    let qcow2 = qcow2_image(server.dir.path(), "retry", "1M");
+    assert_eq!(server.upload(id, qcow2).await, StatusCode::NO_CONTENT);
+
+    // A size header that disagrees with the data.
+    let image = server
+        .create(json!({"disk_format": "raw", "container_format": "bare"}))
+        .await;
+    let id = image["id"].as_str().unwrap();
+    let response = server
+        .request(Method::PUT, &format!("/v2/images/{id}/file"))
+        .header("Content-Type", "application/octet-stream")
+        .header("x-openstack-image-size", "10")
+        .body(vec![0u8; 20])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    assert!(queued_after(id).await);
+
+    // Over the size cap, declared or streamed.
+    assert_eq!(
+        server.upload(id, vec![1u8; 1024 * 1024 + 1]).await,
+        StatusCode::PAYLOAD_TOO_LARGE
+    );
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        (0..20).map(|_| Ok(vec![2u8; 100_000])).collect();
+    let response = server
+        .request(Method::PUT, &format!("/v2/images/{id}/file"))
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+            chunks,
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(queued_after(id).await);
+
+    // No formats set yet, and a wrong content type.
+    let bare = server.create(json!({})).await;
+    assert_eq!(
+        server
+            .upload(bare["id"].as_str().unwrap(), vec![0u8; 10])
+            .await,
+        StatusCode::BAD_REQUEST
+    );
+    let response = server
+        .request(Method::PUT, &format!("/v2/images/{id}/file"))
+        .header("Content-Type", "application/json")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+
+    // A qcow2 that points at a backing file is refused as unsafe.
+    let dir = server.dir.path();
+    let backing = dir.join("backing.qcow2");
+    let overlay = dir.join("overlay.qcow2");
+    let make = |args: &[&str]| {
+        assert!(
+            std::process::Command::new("qemu-img")
+                .args(args)
+                .status()
+                .unwrap()
+                .success()
+        )
+    };
+    make(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        backing.to_str().unwrap(),
+        "1M",
+    ]);
+    make(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-F",
+        "qcow2",
+        "-b",
+        backing.to_str().unwrap(),
+        overlay.to_str().unwrap(),
+    ]);
+    let unsafe_image = server
+        .create(json!({"disk_format": "qcow2", "container_format": "bare"}))
+        .await;
+    let unsafe_id = unsafe_image["id"].as_str().unwrap();
+    assert_eq!(
+        server
+            .upload(unsafe_id, std::fs::read(&overlay).unwrap())
+            .await,
+        StatusCode::BAD_REQUEST
+    );
+    assert!(queued_after(unsafe_id).await);
+
+    assert!(server.temp_files().is_empty());
+    assert_eq!(
+        server.blob_files().len(),
+        1,
+        "only the good qcow2 is stored"
+    );
+}
+
+#[tokio::test]
+async fn identical_bytes_share_one_blob() {
+    let server = Server::start().await;
+    let bytes = random_bytes(500_000, 4);
+    let mut ids = Vec::new();
+    for name in ["first", "second"] {
+        let image = server
+            .create(json!({"name": name, "disk_format": "raw", "container_format": "bare"}))
+            .await;
+        let id = image["id"].as_str().unwrap().to_owned();
+        assert_eq!(
+            server.upload(&id, bytes.clone()).await,
+            StatusCode::NO_CONTENT
+        );
+        ids.push(id);
+    }
+    let blobs = server.blob_files();
+    assert_eq!(blobs.len(), 1);
+    assert_eq!(std::fs::metadata(&blobs[0]).unwrap().len(), 500_000);
+    assert_eq!(server.delete(&ids[0]).await, StatusCode::NO_CONTENT);
+    assert_eq!(server.download(&ids[1]).await, (StatusCode::OK, bytes));
+    assert_eq!(server.delete(&ids[1]).await, StatusCode::NO_CONTENT);
+    assert!(server.blob_files().is_empty());
+}
+
+#[tokio::test]
+async fn corrupted_blob_aborts_the_download() {
+    let server = Server::start().await;
+    let bytes = random_bytes(2_000_000, 5);
+    let image = server
+        .create(json!({"disk_format": "raw", "container_format": "bare"}))
+        .await;
+    let id = image["id"].as_str().unwrap();
+    assert_eq!(
+        server.upload(id, bytes.clone()).await,
+        StatusCode::NO_CONTENT
+    );
+    let blob = server.blob_files().pop().unwrap();
+    let mut tampered = bytes.clone();
+    tampered[1_500_000] ^= 0xff;
+    std::fs::write(&blob, &tampered).unwrap();
+    let response = server
+        .request(Method::GET, &format!("/v2/images/{id}/file"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(
+        response.bytes().await.is_err(),
+        "a corrupted full download must not end cleanly"
+    );
+    // A range cannot be verified, but is still served.
+    let response = server
+        .request(Method::GET, &format!("/v2/images/{id}/file"))
+        .header("Range", "bytes=0-9")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.bytes().await.unwrap().as_ref(), &bytes[..10]);
+}
+
+/// An upload whose client disappears mid-body: the image goes back to queued, no bytes stay.
+#[tokio::test]
+async fn upload_cut_off_mid_stream_is_rolled_back() {
+    let server = Server::start().await;
+    let image = server
+        .create(json!({"disk_format": "raw", "container_format": "bare"}))
+        .await;
+    let id = image["id"].as_str().unwrap().to_owned();
+    let address = server.base.trim_start_matches("http://").to_owned();
+    let mut socket = tokio::net::TcpStream::connect(&address).await.unwrap();
+    let head = format!(
+        "PUT /v2/images/{id}/file HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/octet-stream\r\nContent-Length: 10000000\r\n\r\n"
+    );
+    socket.write_all(head.as_bytes()).await.unwrap();
+    socket.write_all(&random_bytes(3_000_000, 6)).await.unwrap();
+    socket.flush().await.unwrap();
+    // Wait until the server has seen the upload start, then vanish.
+    eventually(async || server.show(&id).await.1["status"] == "saving").await;
+    socket.shutdown().await.unwrap();
+    let mut rest = Vec::new();
+    let _ = socket.read_to_end(&mut rest).await;
+    drop(socket);
+
+    eventually(async || server.show(&id).await.1["status"] == "queued").await;
+    eventually(async || server.temp_files().is_empty()).await;
+    assert!(server.blob_files().is_empty());
+    // The image takes a complete upload afterwards.
+    assert_eq!(
+        server.upload(&id, b"complete".to_vec()).await,
+        StatusCode::NO_CONTENT
+    );
+}

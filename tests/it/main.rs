@@ -1,0 +1,8 @@
+//! Integration tests: the real server on an ephemeral loopback port, with a real redb file and
+//! blob directory in a temp dir. One binary, one module per area.
+
+mod common;
+mod data;
+mod images;
+mod list;
+mod restart;
