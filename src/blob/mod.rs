@@ -79,12 +79,11 @@ pub struct TempBlob {
 
 impl Drop for TempBlob {
     fn drop(&mut self) {
-        if let Some(path) = self.path.take() {
-            if let Err(error) = fs::remove_file(&path) {
-                if error.kind() != io::ErrorKind::NotFound {
-                    tracing::warn!(path = %path.display(), %error, "could not remove temp blob");
-                }
-            }
+        if let Some(path) = self.path.take()
+            && let Err(error) = fs::remove_file(&path)
+            && error.kind() != io::ErrorKind::NotFound
+        {
+            tracing::warn!(path = %path.display(), %error, "could not remove temp blob");
         }
     }
 }
@@ -407,15 +406,14 @@ fn read_into(
         if let Some(hasher) = hasher.as_mut() {
             hasher.update(&buffer);
         }
-        if remaining == 0 {
-            if let Some(hasher) = hasher.take() {
-                if hasher.finalize().as_bytes() != &digest.0 {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        "blob content does not match its digest",
-                    ));
-                }
-            }
+        if remaining == 0
+            && let Some(hasher) = hasher.take()
+            && hasher.finalize().as_bytes() != &digest.0
+        {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "blob content does not match its digest",
+            ));
         }
         if sender.blocking_send(Ok(buffer.freeze())).is_err() {
             // The client went away; stop reading.

@@ -94,10 +94,10 @@ pub async fn upload_image_data(
     let declared_size = header_u64(headers, "x-openstack-image-size")?;
     let content_length = header_u64(headers, header::CONTENT_LENGTH.as_str())?;
     let cap = state.config.image_size_cap;
-    if let (Some(declared), Some(length)) = (declared_size, content_length) {
-        if declared != length {
-            return Err(size_mismatch(declared, length));
-        }
+    if let (Some(declared), Some(length)) = (declared_size, content_length)
+        && declared != length
+    {
+        return Err(size_mismatch(declared, length));
     }
     if declared_size
         .or(content_length)
@@ -169,10 +169,10 @@ async fn receive_and_attach(
         }
         Err(error) => return Err(error.into()),
     };
-    if let Some(declared) = declared_size {
-        if declared != received.size {
-            return Err(size_mismatch(declared, received.size));
-        }
+    if let Some(declared) = declared_size
+        && declared != received.size
+    {
+        return Err(size_mismatch(declared, received.size));
     }
     let virtual_size = check_format(record, &received)?;
 
@@ -328,12 +328,11 @@ pub async fn download_image_data(
         response_headers.insert("Content-MD5", md5);
     }
     response_headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
-    if status == StatusCode::PARTIAL_CONTENT {
-        if let Ok(value) =
+    if status == StatusCode::PARTIAL_CONTENT
+        && let Ok(value) =
             HeaderValue::from_str(&format!("bytes {first}-{}/{size}", first + length - 1))
-        {
-            response_headers.insert(header::CONTENT_RANGE, value);
-        }
+    {
+        response_headers.insert(header::CONTENT_RANGE, value);
     }
     Ok(response.into_response())
 }

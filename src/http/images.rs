@@ -196,12 +196,10 @@ pub async fn list_images(
         "first": first,
         "schema": "/v2/schemas/images",
     });
-    if more {
-        if let Some(last) = images.last() {
-            let mut pairs = params.link_pairs.clone();
-            pairs.push(("marker".into(), last.id.to_string()));
-            body["next"] = format!("/v2/images?{}", encode(&pairs)).into();
-        }
+    if more && let Some(last) = images.last() {
+        let mut pairs = params.link_pairs.clone();
+        pairs.push(("marker".into(), last.id.to_string()));
+        body["next"] = format!("/v2/images?{}", encode(&pairs)).into();
     }
     Ok(Json(body))
 }

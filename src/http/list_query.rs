@@ -331,12 +331,12 @@ fn parse_in(key: &str, value: &str) -> Result<Vec<String>, Error> {
     if let Some(single) = value.strip_prefix("eq:") {
         return Ok(vec![single.to_owned()]);
     }
-    if let Some((operator, _)) = value.split_once(':') {
-        if ["gt", "gte", "lt", "lte", "neq"].contains(&operator) {
-            return Err(Error::bad_request(format!(
-                "The operator '{operator}' cannot filter {key}"
-            )));
-        }
+    if let Some((operator, _)) = value.split_once(':')
+        && ["gt", "gte", "lt", "lte", "neq"].contains(&operator)
+    {
+        return Err(Error::bad_request(format!(
+            "The operator '{operator}' cannot filter {key}"
+        )));
     }
     Ok(vec![value.to_owned()])
 }

@@ -546,7 +546,7 @@ async fn tags_add_and_delete() {
             .status(),
         StatusCode::BAD_REQUEST
     );
-    let other = format!("/v2/images/00000000-0000-0000-0000-000000000000/tags/x");
+    let other = "/v2/images/00000000-0000-0000-0000-000000000000/tags/x".to_string();
     assert_eq!(
         server
             .request(Method::PUT, &other)
