@@ -109,6 +109,11 @@ qemu-img check -q "$image"
 port=$("$pyenv/bin/python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 url=http://127.0.0.1:$port
 
+# Settings the server would take from the environment are cleared so a
+# developer's shell cannot switch the test off lab mode or onto another
+# config; OCELLUS_LOG is kept on purpose to allow more verbose server logs.
+unset OCELLUS_CONFIG OCELLUS_AUTH OCELLUS_DEFAULT_PROJECT OCELLUS_IMAGE_SIZE_CAP OCELLUS_LISTEN OCELLUS_DATA_DIR
+
 mkdir -p "$tmp/data"
 "$bin" serve --listen "127.0.0.1:$port" --data-dir "$tmp/data" >"$tmp/server.log" 2>&1 &
 server_pid=$!

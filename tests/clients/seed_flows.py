@@ -119,6 +119,7 @@ class Env:
         self.size = len(self.data)
         self.md5 = hashlib.md5(self.data).hexdigest()
         self.sha512 = hashlib.sha512(self.data).hexdigest()
+        self.virtual_size = qcow2_virtual_size(self.data)
         self.workdir = Path(workdir)
         self.bindir = Path(sys.executable).parent
         self.cli_env = isolated_env(self.workdir)
@@ -171,6 +172,18 @@ class Env:
         if path.exists():
             path.unlink()
         return path
+
+
+def qcow2_virtual_size(data):
+    """Reads the virtual disk size from a qcow2 header, or None for other data.
+
+    Glance inspects uploaded qcow2 data and records the disk's virtual size,
+    so the expected value comes straight from the header the server parses:
+    the magic "QFI\\xfb" and, at offset 24, the size as a big-endian u64.
+    """
+    if len(data) < 32 or data[:4] != b"QFI\xfb":
+        return None
+    return int.from_bytes(data[24:32], "big")
 
 
 def to_text(value):
@@ -319,6 +332,8 @@ def glance_flow(r, env):
         expect_eq(t.get("checksum"), env.md5, "checksum", cmd)
         expect_eq(t.get("os_hash_algo"), "sha512", "os_hash_algo", cmd)
         expect_eq(t.get("os_hash_value"), env.sha512, "os_hash_value", cmd)
+        if env.virtual_size is not None:
+            expect_eq(t.get("virtual_size"), str(env.virtual_size), "virtual_size", cmd)
 
     r.step("glance image-show", lambda: show(check_show), image_id)
 
@@ -442,6 +457,8 @@ def osc_flow(r, env):
         expect_eq(i.get("checksum"), env.md5, "checksum", cmd)
         expect_eq(osc_field(i, "os_hash_algo"), "sha512", "os_hash_algo", cmd)
         expect_eq(osc_field(i, "os_hash_value"), env.sha512, "os_hash_value", cmd)
+        if env.virtual_size is not None:
+            expect_eq(i.get("virtual_size"), env.virtual_size, "virtual_size", cmd)
 
     r.step("openstack image show", lambda: show(check_show), image_id)
 
@@ -536,6 +553,8 @@ def sdk_flow(r, env):
         expect_eq(fresh.checksum, env.md5, "checksum")
         expect_eq(fresh.hash_algo, "sha512", "os_hash_algo")
         expect_eq(fresh.hash_value, env.sha512, "os_hash_value")
+        if env.virtual_size is not None:
+            expect_eq(fresh.virtual_size, env.virtual_size, "virtual_size")
 
     r.step("openstacksdk get_image", get, image)
 
@@ -602,7 +621,7 @@ def main():
     with tempfile.TemporaryDirectory(prefix="ocellus-clients-") as workdir:
         env = Env(args.url, args.image, workdir)
         os.environ.update({k: env.cli_env[k] for k in ("HOME", "XDG_CONFIG_HOME", "no_proxy", "NO_PROXY")})
-        print(f"image: {env.image} ({env.size} bytes, md5 {env.md5})", flush=True)
+        print(f"image: {env.image} ({env.size} bytes, virtual size {env.virtual_size}, md5 {env.md5})", flush=True)
         r = Runner()
         glance_flow(r, env)
         osc_flow(r, env)
