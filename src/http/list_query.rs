@@ -117,7 +117,7 @@ impl Filters {
                 record
                     .data
                     .as_ref()
-                    .is_some_and(|data| &hex(&data.sha512) == hash)
+                    .is_some_and(|data| &super::wire::hex(&data.sha512) == hash)
             })
             && self.min_ram.is_none_or(|min_ram| record.min_ram == min_ram)
             && self
@@ -130,10 +130,6 @@ impl Filters {
                 .iter()
                 .all(|(key, value)| record.properties.get(key) == Some(value))
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
 }
 
 fn time_matches(conditions: &[(TimeOp, i64)], micros: i64) -> bool {

@@ -71,7 +71,8 @@ pub fn format_time(micros: i64) -> String {
         .unwrap_or_default()
 }
 
-fn hex(bytes: &[u8]) -> String {
+/// Lower-case hex of a digest, as Glance reports checksums.
+pub fn hex(bytes: &[u8]) -> String {
     let mut text = String::with_capacity(bytes.len() * 2);
     for byte in bytes {
         text.push_str(&format!("{byte:02x}"));
