@@ -86,6 +86,19 @@ impl Server {
         )
     }
 
+    /// Sends a bodiless request and returns only its status.
+    pub async fn status(&self, method: Method, path: &str) -> StatusCode {
+        self.request(method, path).send().await.unwrap().status()
+    }
+
+    /// Creates a queued raw/bare image, ready for data, and returns its id.
+    pub async fn create_raw(&self) -> String {
+        let image = self
+            .create(serde_json::json!({"disk_format": "raw", "container_format": "bare"}))
+            .await;
+        image["id"].as_str().unwrap().to_owned()
+    }
+
     pub async fn create(&self, body: Value) -> Value {
         let (status, image) = self
             .json(self.request(Method::POST, "/v2/images").json(&body))

@@ -57,10 +57,7 @@ async fn qcow2_round_trip_reports_glance_fields() {
 async fn ranges_are_served_and_checked() {
     let server = Server::start().await;
     let bytes = random_bytes(12_296, 1);
-    let image = server
-        .create(json!({"disk_format": "raw", "container_format": "bare"}))
-        .await;
-    let id = image["id"].as_str().unwrap();
+    let id = &server.create_raw().await;
     assert_eq!(
         server.upload(id, bytes.clone()).await,
         StatusCode::NO_CONTENT
@@ -97,10 +94,7 @@ async fn ranges_are_served_and_checked() {
 async fn chunked_upload_streams() {
     let server = Server::start().await;
     let bytes = random_bytes(3 * 1024 * 1024 + 17, 2);
-    let image = server
-        .create(json!({"disk_format": "raw", "container_format": "bare"}))
-        .await;
-    let id = image["id"].as_str().unwrap();
+    let id = &server.create_raw().await;
     let chunks: Vec<Result<Vec<u8>, std::io::Error>> = bytes
         .chunks(100_000)
         .map(|chunk| Ok(chunk.to_vec()))
@@ -141,10 +135,7 @@ async fn refused_uploads_leave_the_image_queued_and_no_bytes() {
     assert_eq!(server.upload(id, qcow2).await, StatusCode::NO_CONTENT);
 
     // A size header that disagrees with the data.
-    let image = server
-        .create(json!({"disk_format": "raw", "container_format": "bare"}))
-        .await;
-    let id = image["id"].as_str().unwrap();
+    let id = &server.create_raw().await;
     let response = server
         .request(Method::PUT, &format!("/v2/images/{id}/file"))
         .header("Content-Type", "application/octet-stream")
@@ -272,10 +263,7 @@ async fn identical_bytes_share_one_blob() {
 async fn corrupted_blob_aborts_the_download() {
     let server = Server::start().await;
     let bytes = random_bytes(2_000_000, 5);
-    let image = server
-        .create(json!({"disk_format": "raw", "container_format": "bare"}))
-        .await;
-    let id = image["id"].as_str().unwrap();
+    let id = &server.create_raw().await;
     assert_eq!(
         server.upload(id, bytes.clone()).await,
         StatusCode::NO_CONTENT
@@ -308,10 +296,7 @@ async fn corrupted_blob_aborts_the_download() {
 #[tokio::test]
 async fn upload_cut_off_mid_stream_is_rolled_back() {
     let server = Server::start().await;
-    let image = server
-        .create(json!({"disk_format": "raw", "container_format": "bare"}))
-        .await;
-    let id = image["id"].as_str().unwrap().to_owned();
+    let id = server.create_raw().await;
     let address = server.base.trim_start_matches("http://").to_owned();
     let mut socket = tokio::net::TcpStream::connect(&address).await.unwrap();
     let head = format!(

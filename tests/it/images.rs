@@ -428,12 +428,7 @@ async fn deactivate_blocks_downloads_for_non_admins() {
     let reactivate = format!("/v2/images/{id}/actions/reactivate");
     // Only active images can be deactivated.
     assert_eq!(
-        server
-            .request(Method::POST, &deactivate)
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        server.status(Method::POST, &deactivate).await,
         StatusCode::FORBIDDEN
     );
     assert_eq!(
@@ -450,12 +445,7 @@ async fn deactivate_blocks_downloads_for_non_admins() {
         StatusCode::FORBIDDEN
     );
     assert_eq!(
-        server
-            .request(Method::POST, &deactivate)
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        server.status(Method::POST, &deactivate).await,
         StatusCode::NO_CONTENT
     );
     assert_eq!(server.show(id).await.1["status"], "deactivated");
@@ -473,12 +463,7 @@ async fn deactivate_blocks_downloads_for_non_admins() {
         (StatusCode::OK, b"some bytes".to_vec())
     );
     assert_eq!(
-        server
-            .request(Method::POST, &reactivate)
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        server.status(Method::POST, &reactivate).await,
         StatusCode::NO_CONTENT
     );
     assert_eq!(server.show(id).await.1["status"], "active");
@@ -499,61 +484,31 @@ async fn tags_add_and_delete() {
     let id = image["id"].as_str().unwrap();
     let tag = |name: &str| format!("/v2/images/{id}/tags/{name}");
     assert_eq!(
-        server
-            .request(Method::PUT, &tag("extra"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        server.status(Method::PUT, &tag("extra")).await,
         StatusCode::NO_CONTENT
     );
     assert_eq!(
-        server
-            .request(Method::PUT, &tag("extra"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        server.status(Method::PUT, &tag("extra")).await,
         StatusCode::NO_CONTENT
     );
     assert_eq!(server.show(id).await.1["tags"], json!(["golden", "extra"]));
     assert_eq!(
-        server
-            .request(Method::DELETE, &tag("extra"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        server.status(Method::DELETE, &tag("extra")).await,
         StatusCode::NO_CONTENT
     );
     assert_eq!(
-        server
-            .request(Method::DELETE, &tag("missing"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        server.status(Method::DELETE, &tag("missing")).await,
         StatusCode::NOT_FOUND
     );
     assert_eq!(server.show(id).await.1["tags"], json!(["golden"]));
     let long = "x".repeat(256);
     assert_eq!(
-        server
-            .request(Method::PUT, &tag(&long))
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        server.status(Method::PUT, &tag(&long)).await,
         StatusCode::BAD_REQUEST
     );
     let other = "/v2/images/00000000-0000-0000-0000-000000000000/tags/x".to_string();
     assert_eq!(
-        server
-            .request(Method::PUT, &other)
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        server.status(Method::PUT, &other).await,
         StatusCode::NOT_FOUND
     );
 }
