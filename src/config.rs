@@ -19,6 +19,9 @@ pub enum AuthMode {
     /// Lab mode: no credentials; every request acts as an admin of the default project unless
     /// the X-Project-Id, X-User-Id and X-Roles headers say otherwise.
     None,
+    /// Every request needs an API key, or a token minted from one, in X-Auth-Token or
+    /// `Authorization: Bearer`.
+    Keys,
 }
 
 /// Flags of `ocellus serve`; each can also come from the environment variable named.
@@ -31,7 +34,8 @@ pub struct ServeArgs {
     /// [default: ./ocellus-data]
     #[arg(long, env = "OCELLUS_DATA_DIR", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
-    /// TOML file with any of: listen, data_dir, auth, default_project, image_size_cap, log
+    /// TOML file with any of: listen, data_dir, auth, default_project, image_size_cap, log,
+    /// tls_cert, tls_key, public_url, auth_failure_limit, max_connections
     #[arg(long, env = "OCELLUS_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Authentication mode [default: none]
@@ -46,6 +50,23 @@ pub struct ServeArgs {
     /// Log filter in tracing's EnvFilter syntax [default: info]
     #[arg(long, env = "OCELLUS_LOG", value_name = "FILTER")]
     pub log: Option<String>,
+    /// PEM certificate chain; with --tls-key, serve HTTPS (TLS 1.2 and 1.3)
+    #[arg(long, env = "OCELLUS_TLS_CERT", value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert
+    #[arg(long, env = "OCELLUS_TLS_KEY", value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Base URL clients should use (in the identity catalog and version links)
+    /// [default: the scheme and Host header of each request]
+    #[arg(long, env = "OCELLUS_PUBLIC_URL", value_name = "URL")]
+    pub public_url: Option<String>,
+    /// Failed authentications per client address per minute before it gets 429; 0 disables
+    /// [default: 10]
+    #[arg(long, env = "OCELLUS_AUTH_FAILURE_LIMIT", value_name = "COUNT")]
+    pub auth_failure_limit: Option<u32>,
+    /// Most connections served at once; more wait in the kernel's backlog [default: 1024]
+    #[arg(long, env = "OCELLUS_MAX_CONNECTIONS", value_name = "COUNT")]
+    pub max_connections: Option<usize>,
 }
 
 /// The TOML file's contents; every key is optional.
@@ -58,6 +79,18 @@ pub struct FileConfig {
     pub default_project: Option<String>,
     pub image_size_cap: Option<u64>,
     pub log: Option<String>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub public_url: Option<String>,
+    pub auth_failure_limit: Option<u32>,
+    pub max_connections: Option<usize>,
+}
+
+/// Certificate and key files for HTTPS.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 /// The resolved settings.
@@ -69,6 +102,11 @@ pub struct Config {
     pub default_project: String,
     pub image_size_cap: u64,
     pub log: String,
+    pub tls: Option<TlsFiles>,
+    /// Without a trailing slash.
+    pub public_url: Option<String>,
+    pub auth_failure_limit: u32,
+    pub max_connections: usize,
 }
 
 impl Default for Config {
@@ -80,6 +118,10 @@ impl Default for Config {
             default_project: "lab".into(),
             image_size_cap: DEFAULT_IMAGE_SIZE_CAP,
             log: "info".into(),
+            tls: None,
+            public_url: None,
+            auth_failure_limit: 10,
+            max_connections: 1024,
         }
     }
 }
@@ -110,9 +152,38 @@ impl Config {
                 .or(file.image_size_cap)
                 .unwrap_or(defaults.image_size_cap),
             log: args.log.clone().or(file.log).unwrap_or(defaults.log),
+            tls: match (
+                args.tls_cert.clone().or(file.tls_cert),
+                args.tls_key.clone().or(file.tls_key),
+            ) {
+                (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+                (None, None) => None,
+                _ => return Err("tls_cert and tls_key must be given together".into()),
+            },
+            public_url: args
+                .public_url
+                .clone()
+                .or(file.public_url)
+                .map(|url| url.trim_end_matches('/').to_owned()),
+            auth_failure_limit: args
+                .auth_failure_limit
+                .or(file.auth_failure_limit)
+                .unwrap_or(defaults.auth_failure_limit),
+            max_connections: args
+                .max_connections
+                .or(file.max_connections)
+                .unwrap_or(defaults.max_connections),
         };
         if config.default_project.is_empty() || config.default_project.len() > 255 {
             return Err("default_project must be 1 to 255 characters".into());
+        }
+        if let Some(url) = &config.public_url {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(format!("public_url {url:?} must start with http:// or https://"));
+            }
+        }
+        if config.max_connections == 0 {
+            return Err("max_connections must be at least 1".into());
         }
         Ok(config)
     }

@@ -8,6 +8,7 @@
 pub mod blob;
 pub mod config;
 pub mod http;
+pub mod identity;
 pub mod kv;
 pub mod policy;
 pub mod store;
@@ -16,12 +17,83 @@ use std::sync::Arc;
 
 pub use http::{AppState, serve};
 
-/// Opens (and repairs, after a crash) the stores named by `config`. Blocks: call it before the
-/// runtime serves requests, or from `spawn_blocking`.
-pub fn open(config: config::Config) -> Result<AppState, store::StoreError> {
-    let store = store::Store::open(&config.data_dir)?;
+/// Why the service could not start.
+#[derive(Debug)]
+pub enum OpenError {
+    Store(store::StoreError),
+    Tls(String),
+    Bootstrap(String),
+}
+
+impl std::fmt::Display for OpenError {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OpenError::Store(error) => error.fmt(formatter),
+            OpenError::Tls(error) => write!(formatter, "TLS: {error}"),
+            OpenError::Bootstrap(error) => write!(formatter, "bootstrap key: {error}"),
+        }
+    }
+}
+
+impl std::error::Error for OpenError {}
+
+/// Name of the file, in the data directory, that receives the bootstrap admin key.
+pub const BOOTSTRAP_KEY_FILE: &str = "bootstrap-admin.key";
+
+/// Opens (and repairs, after a crash) the stores named by `config`, reads the TLS files and,
+/// with `auth = "keys"` and no keys yet, writes a bootstrap admin key. Blocks: call it before
+/// the runtime serves requests, or from `spawn_blocking`.
+pub fn open(config: config::Config) -> Result<AppState, OpenError> {
+    let tls = match &config.tls {
+        Some(files) => Some(http::listener::tls_config(files).map_err(OpenError::Tls)?),
+        None => None,
+    };
+    let store = Arc::new(store::Store::open(&config.data_dir).map_err(OpenError::Store)?);
+    let kv_error = |error: kv::KvError| OpenError::Store(store::StoreError::Kv(error));
+    if config.auth == config::AuthMode::Keys && store.kv.key_count().map_err(kv_error)? == 0 {
+        bootstrap_key(&store.kv, &config.data_dir)?;
+    }
+    let identity = identity::Identity::new(store.clone(), config.auth_failure_limit)
+        .map_err(kv_error)?;
     Ok(AppState {
-        store: Arc::new(store),
+        store,
         config: Arc::new(config),
+        identity: Arc::new(identity),
+        tls,
     })
+}
+
+/// Creates the first admin key and writes it to a file only the service user can read.
+fn bootstrap_key(kv: &kv::Kv, data_dir: &std::path::Path) -> Result<(), OpenError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+
+    let path = data_dir.join(BOOTSTRAP_KEY_FILE);
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let request = identity::KeyRequest {
+        project: "admin".into(),
+        role: kv::Role::Admin,
+        name: Some("bootstrap-admin".into()),
+        expires_at: None,
+    };
+    // Write the file before the key exists, so a failure leaves no key nobody knows.
+    let _ = std::fs::remove_file(&path);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|error| OpenError::Bootstrap(format!("{}: {error}", path.display())))?;
+    let created = identity::create_key(kv, &request, now)
+        .map_err(|error| OpenError::Bootstrap(error.to_string()))?;
+    file.write_all(format!("{}\n", created.key()).as_bytes())
+        .and_then(|()| file.sync_all())
+        .map_err(|error| OpenError::Bootstrap(format!("{}: {error}", path.display())))?;
+    tracing::warn!(
+        path = %path.display(),
+        key = %created.record.id,
+        "no API keys existed: created admin key 'bootstrap-admin' (project 'admin'); \
+         its secret is in this file, readable by the service user only"
+    );
+    Ok(())
 }

@@ -2,13 +2,22 @@
 //!
 //! In the lab mode (`auth = "none"`) nobody proves anything: like Glance deployed without
 //! Keystone, a request acts as an admin of the default project unless the `X-Project-Id` (or
-//! `X-Tenant-Id`), `X-User-Id` and `X-Roles` headers say otherwise. API keys come later.
+//! `X-Tenant-Id`), `X-User-Id` and `X-Roles` headers say otherwise. With `auth = "keys"`, the
+//! request must carry an API key or a token minted from one, in `X-Auth-Token` (what
+//! glanceclient and openstacksdk send) or `Authorization: Bearer`; `Identity` checks it.
+//! Either way the caller's image memberships are loaded here, for the visibility rules.
+
+use std::net::{IpAddr, Ipv4Addr};
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
+use axum::http::{HeaderValue, StatusCode, header};
 
-use super::{AppState, Error};
+use super::listener::Connection;
+use super::{AppState, BaseUrl, Error};
 use crate::config::AuthMode;
+use crate::identity::{AuthError, Authenticated};
+use crate::kv::KeyRecord;
 use crate::policy::Caller;
 
 /// Roles of a lab-mode caller that names none.
@@ -18,9 +27,101 @@ impl FromRequestParts<AppState> for Caller {
     type Rejection = Error;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Caller, Error> {
-        match state.config.auth {
-            AuthMode::None => Ok(lab_caller(parts, &state.config.default_project)),
+        let mut caller = match state.config.auth {
+            AuthMode::None => lab_caller(parts, &state.config.default_project),
+            AuthMode::Keys => caller_for(&authenticate(parts, state).await?.key),
+        };
+        // One short read transaction; usually an empty range.
+        caller.memberships = state.store.kv.memberships(&caller.project_id)?;
+        Ok(caller)
+    }
+}
+
+/// The caller an API key (or a token minted from it) stands for.
+pub fn caller_for(key: &KeyRecord) -> Caller {
+    Caller {
+        project_id: key.project_id.clone(),
+        user_id: Some(key.id.clone()),
+        roles: key
+            .role
+            .effective()
+            .iter()
+            .map(|role| role.as_str().to_owned())
+            .collect(),
+        memberships: Default::default(),
+    }
+}
+
+/// The credential a request carries: `X-Auth-Token`, else a bearer token.
+pub fn credential(parts: &Parts) -> Option<&str> {
+    let header = |name: header::HeaderName| {
+        parts
+            .headers
+            .get(name)
+            .and_then(|value| value.to_str().ok())
+            .map(str::trim)
+            .filter(|value| !value.is_empty())
+    };
+    header(header::HeaderName::from_static("x-auth-token")).or_else(|| {
+        header(header::AUTHORIZATION).and_then(|value| {
+            let (scheme, token) = value.split_once(' ')?;
+            scheme
+                .eq_ignore_ascii_case("bearer")
+                .then(|| token.trim())
+                .filter(|token| !token.is_empty())
+        })
+    })
+}
+
+/// The address failures are counted against.
+pub fn client_address(parts: &Parts) -> IpAddr {
+    parts
+        .extensions
+        .get::<Connection>()
+        .map(|connection| connection.peer.ip())
+        .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
+}
+
+/// Checks the request's credential; 401 (with Keystone's `WWW-Authenticate`) or 429 if it
+/// fails.
+pub async fn authenticate(parts: &mut Parts, state: &AppState) -> Result<Authenticated, Error> {
+    let Ok(BaseUrl(base)) = BaseUrl::from_request_parts(parts, state).await;
+    let Some(credential) = credential(parts) else {
+        return Err(unauthorized(&base));
+    };
+    let client = client_address(parts);
+    state
+        .identity
+        .authenticate(credential, client)
+        .await
+        .map_err(|error| auth_error(error, &base))
+}
+
+/// Renders an authentication failure.
+pub fn auth_error(error: AuthError, base: &str) -> Error {
+    match error {
+        AuthError::Invalid => unauthorized(base),
+        AuthError::Throttled { retry_after } => Error::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "Too many failed authentication attempts from this address; retry later.",
+        )
+        .with_header_value(header::RETRY_AFTER, HeaderValue::from(retry_after)),
+        AuthError::Internal(error) => {
+            tracing::error!(%error, "authentication failed internally");
+            Error::internal()
         }
+    }
+}
+
+/// 401 pointing at our Keystone-compatible endpoint, as keystonemiddleware does.
+pub fn unauthorized(base: &str) -> Error {
+    let error = Error::new(
+        StatusCode::UNAUTHORIZED,
+        "Authentication required: send an API key or a token in the X-Auth-Token header.",
+    );
+    match HeaderValue::from_str(&format!("Keystone uri=\"{base}/v3\"")) {
+        Ok(value) => error.with_header_value(header::WWW_AUTHENTICATE, value),
+        Err(_) => error,
     }
 }
 
@@ -49,5 +150,6 @@ fn lab_caller(parts: &Parts, default_project: &str) -> Caller {
         project_id,
         user_id: header("x-user-id").map(str::to_owned),
         roles,
+        memberships: Default::default(),
     }
 }

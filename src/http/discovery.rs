@@ -5,11 +5,11 @@
 //! the highest listed is CURRENT.
 
 use axum::Json;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
-use super::{base_url, schemas};
+use super::{BaseUrl, schemas};
 
 /// The store id reported in `OpenStack-image-store-ids` and `/v2/info/stores`.
 pub const STORE_ID: &str = "fs";
@@ -20,7 +20,7 @@ pub const IMPORT_METHODS: &[&str] = &[];
 /// v2 minor versions with whether we serve what they added.
 const VERSIONS: &[(&str, bool)] = &[
     ("v2.0", true),  // images, image data, tags, schemas
-    ("v2.1", false), // image members
+    ("v2.1", true),  // image members
     ("v2.2", false), // metadata definitions
     ("v2.3", true),  // deactivate and reactivate
     ("v2.4", false), // tasks
@@ -29,8 +29,8 @@ const VERSIONS: &[(&str, bool)] = &[
     ("v2.7", true),  // hidden images and multiple hashes (os_hidden, os_hash_*)
 ];
 
-fn versions_document(headers: &HeaderMap) -> Value {
-    let href = format!("{}/v2/", base_url(headers));
+fn versions_document(base: &str) -> Value {
+    let href = format!("{base}/v2/");
     let served: Vec<&str> = VERSIONS
         .iter()
         .filter(|(_, served)| *served)
@@ -52,17 +52,17 @@ fn versions_document(headers: &HeaderMap) -> Value {
 }
 
 /// `GET /`: 300 Multiple Choices with the versions document.
-pub async fn versions_root(headers: HeaderMap) -> Response {
+pub async fn versions_root(BaseUrl(base): BaseUrl) -> Response {
     (
         StatusCode::MULTIPLE_CHOICES,
-        Json(versions_document(&headers)),
+        Json(versions_document(&base)),
     )
         .into_response()
 }
 
 /// `GET /versions`.
-pub async fn versions(headers: HeaderMap) -> Response {
-    Json(versions_document(&headers)).into_response()
+pub async fn versions(BaseUrl(base): BaseUrl) -> Response {
+    Json(versions_document(&base)).into_response()
 }
 
 /// `GET /healthcheck`: plain `OK` while the process serves requests.

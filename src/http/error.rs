@@ -70,8 +70,12 @@ impl Error {
         }
     }
 
-    pub fn with_header(mut self, name: header::HeaderName, value: &'static str) -> Error {
-        self.header = Some((name, HeaderValue::from_static(value)));
+    pub fn with_header(self, name: header::HeaderName, value: &'static str) -> Error {
+        self.with_header_value(name, HeaderValue::from_static(value))
+    }
+
+    pub fn with_header_value(mut self, name: header::HeaderName, value: HeaderValue) -> Error {
+        self.header = Some((name, value));
         self
     }
 }

@@ -13,7 +13,7 @@ use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
-use super::images::{load_visible, modify_image};
+use super::images::{load_visible, modify_image, not_authorized};
 use super::wire::{checksum, now_micros};
 use super::{AppState, Error, blocking, no_content};
 use crate::blob::inspect::inspect;
@@ -106,7 +106,7 @@ pub async fn upload_image_data(
         return Err(too_large(cap));
     }
 
-    let record = modify_image(&state, caller, &image_id, |record, _| {
+    let record = modify_image(&state, caller, &image_id, "upload_image", |record, _| {
         if record.status != ImageStatus::Queued {
             return Err(Error::conflict(format!(
                 "Image status transition from {} to saving is not allowed",
@@ -292,6 +292,9 @@ pub async fn download_image_data(
     headers: HeaderMap,
 ) -> Result<Response, Error> {
     let record = load_visible(&state, &caller, &image_id).await?;
+    if !caller.can_download() {
+        return Err(not_authorized("download_image"));
+    }
     if record.status == ImageStatus::Deactivated && !caller.can_download_deactivated() {
         return Err(Error::forbidden(
             "The image is deactivated; its data cannot be downloaded",

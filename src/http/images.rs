@@ -3,14 +3,14 @@
 
 use axum::Json;
 use axum::extract::{Path, RawQuery, Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use super::discovery::{IMPORT_METHODS, STORE_ID};
 use super::wire::{apply_property, check_quotas, check_writable, image_view, is_core, now_micros};
 use super::{
-    AppState, Error, JsonBody, base_url, blocking, list_query, no_content, read_small_body,
+    AppState, BaseUrl, Error, JsonBody, blocking, list_query, no_content, read_small_body,
 };
 use crate::kv::{
     ImageId, ImageRecord, ImageStatus, InsertOutcome, ListOutcome, ListRequest, Visibility,
@@ -40,12 +40,21 @@ pub async fn load_visible(
     }
 }
 
+/// Glance's 403 message for a policy refusal.
+pub fn not_authorized(action: &str) -> Error {
+    Error::forbidden(format!(
+        "You are not authorized to complete {action} action."
+    ))
+}
+
 /// Applies `change` to an image the caller may modify, in one transaction, and bumps
-/// `updated_at`. 404 if the caller cannot see the image; 403 if they may not change it.
+/// `updated_at`. 404 if the caller cannot see the image; 403 (naming the policy `action`) if
+/// they may not change it.
 pub async fn modify_image(
     state: &AppState,
     caller: Caller,
     raw_id: &str,
+    action: &'static str,
     change: impl FnOnce(&mut ImageRecord, &Caller) -> Result<(), Error> + Send + 'static,
 ) -> Result<ImageRecord, Error> {
     let Some(id) = ImageId::parse(raw_id) else {
@@ -59,7 +68,7 @@ pub async fn modify_image(
                 return Err(Error::no_image(&raw));
             }
             if !caller.can_modify(record) {
-                return Err(Error::forbidden("You are not allowed to modify this image"));
+                return Err(not_authorized(action));
             }
             change(record, &caller)?;
             record.updated_at = now_micros().max(record.updated_at);
@@ -77,7 +86,7 @@ pub async fn modify_image(
 pub async fn create_image(
     State(state): State<AppState>,
     caller: Caller,
-    headers: HeaderMap,
+    BaseUrl(base): BaseUrl,
     JsonBody(body): JsonBody,
 ) -> Result<Response, Error> {
     let Value::Object(fields) = body else {
@@ -108,6 +117,9 @@ pub async fn create_image(
         check_writable(key)?;
         apply_property(&mut record, key, value, &caller)?;
     }
+    if !caller.can_create(record.owner.as_deref()) {
+        return Err(not_authorized("add_image"));
+    }
     check_quotas(&record)?;
 
     let store = state.store.clone();
@@ -121,7 +133,7 @@ pub async fn create_image(
     }
     tracing::info!(image = %record.id, project = %caller.project_id, "image created");
 
-    let location = format!("{}/v2/images/{}", base_url(&headers), record.id);
+    let location = format!("{base}/v2/images/{}", record.id);
     let mut response = (StatusCode::CREATED, Json(image_view(&record))).into_response();
     let response_headers = response.headers_mut();
     if let Ok(value) = HeaderValue::from_str(&location) {
@@ -144,6 +156,9 @@ pub async fn show_image(
     Path(image_id): Path<String>,
 ) -> Result<Json<Value>, Error> {
     let record = load_visible(&state, &caller, &image_id).await?;
+    if !caller.can_read() {
+        return Err(not_authorized("get_image"));
+    }
     Ok(Json(image_view(&record)))
 }
 
@@ -153,6 +168,9 @@ pub async fn list_images(
     caller: Caller,
     RawQuery(query): RawQuery,
 ) -> Result<Json<Value>, Error> {
+    if !caller.can_read() {
+        return Err(not_authorized("get_images"));
+    }
     let params = list_query::parse(query.as_deref())?;
     let store = state.store.clone();
     let (outcome, params) = blocking(move || {
@@ -368,7 +386,7 @@ pub async fn update_image(
     let body: Value = serde_json::from_slice(&bytes)
         .map_err(|_| Error::bad_request("Malformed JSON in request body."))?;
     let operations = parse_patch(&body, dialect_v2_0)?;
-    let record = modify_image(&state, caller, &image_id, move |record, caller| {
+    let record = modify_image(&state, caller, &image_id, "modify_image", move |record, caller| {
         apply_patch(record, &operations, caller)
     })
     .await?;
@@ -392,7 +410,7 @@ pub async fn delete_image(
                 return Err(Error::no_image(&raw));
             }
             if !caller.can_modify(record) {
-                return Err(Error::forbidden("You are not allowed to delete this image"));
+                return Err(not_authorized("delete_image"));
             }
             if record.protected {
                 return Err(Error::forbidden(format!(
@@ -440,13 +458,8 @@ async fn set_active(
     image_id: String,
     active: bool,
 ) -> Result<Response, Error> {
-    load_visible(&state, &caller, &image_id).await?;
-    if !caller.can_deactivate() {
-        return Err(Error::forbidden(
-            "Only administrators may deactivate or reactivate images",
-        ));
-    }
-    modify_image(&state, caller, &image_id, move |record, _| {
+    let action = if active { "reactivate" } else { "deactivate" };
+    modify_image(&state, caller, &image_id, action, move |record, _| {
         let (from, to, verb) = if active {
             (ImageStatus::Deactivated, ImageStatus::Active, "reactivate")
         } else {

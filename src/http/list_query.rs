@@ -12,7 +12,8 @@ use time::macros::format_description;
 
 use super::Error;
 use crate::kv::{Direction, ImageId, ImageRecord, ImageStatus, SortKey, Visibility};
-use crate::policy::Caller;
+use crate::kv::MemberStatus;
+use crate::policy::{Caller, MemberStatusFilter, VisibilityFilter};
 
 /// Glance's `limit_param_default` and `api_limit_max`.
 pub const DEFAULT_LIMIT: usize = 25;
@@ -48,6 +49,7 @@ pub struct Filters {
     disk_formats: Option<Vec<String>>,
     container_formats: Option<Vec<String>>,
     visibility: Option<VisibilityFilter>,
+    member_status: Option<MemberStatusFilter>,
     owner: Option<String>,
     tags: Vec<String>,
     size_min: Option<u64>,
@@ -63,22 +65,16 @@ pub struct Filters {
     properties: Vec<(String, String)>,
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum VisibilityFilter {
-    Only(Visibility),
-    All,
-}
 
 impl Filters {
     /// Whether `record` belongs in the caller's listing.
     pub fn matches(&self, record: &ImageRecord, caller: &Caller) -> bool {
-        let visible = match self.visibility {
-            None => caller.lists_by_default(record),
-            Some(VisibilityFilter::All) => caller.can_see(record),
-            Some(VisibilityFilter::Only(visibility)) => {
-                record.visibility == visibility && caller.can_see(record)
-            }
-        };
+        let visible = caller.lists(
+            record,
+            self.visibility.unwrap_or(VisibilityFilter::Default),
+            self.member_status
+                .unwrap_or(MemberStatusFilter::Only(MemberStatus::Accepted)),
+        );
         if !visible || record.os_hidden != self.os_hidden {
             return false;
         }
@@ -205,13 +201,12 @@ pub fn parse(query: Option<&str>) -> Result<ListParams, Error> {
                 });
             }
             "member_status" => {
-                // Image members are not served yet, so no listing depends on membership; the
-                // value is still checked so that scripts learn about typos now.
-                if !["accepted", "pending", "rejected", "all"].contains(&value.as_str()) {
-                    return Err(Error::bad_request(format!(
-                        "Invalid member_status value: {value}"
-                    )));
-                }
+                filters.member_status = Some(match value.as_str() {
+                    "all" => MemberStatusFilter::All,
+                    other => MemberStatusFilter::Only(MemberStatus::parse(other).ok_or_else(
+                        || Error::bad_request(format!("Invalid member_status value: {other}")),
+                    )?),
+                });
             }
             "owner" => filters.owner = Some(value.clone()),
             "tag" => filters.tags.push(value.clone()),

@@ -6,31 +6,37 @@
 //! the caller's identity in `auth`. Every response passes through `finish_response`, which adds
 //! `x-openstack-request-id`, renders error bodies and logs the request.
 
+mod admin;
 mod auth;
 mod discovery;
 mod error;
+mod identity;
 mod image_data;
 mod images;
 mod list_query;
+pub mod listener;
+mod members;
 pub mod schemas;
 mod tags;
 mod wire;
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::{FromRequest, Request};
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get, post, put};
 
 pub use error::Error;
+pub use listener::serve;
 
 use crate::config::Config;
+use crate::identity::Identity;
 use crate::store::Store;
 
 /// Largest JSON request body (image create, PATCH); image data is streamed and not bound by it.
@@ -43,6 +49,10 @@ pub struct AppState {
     pub store: Arc<Store>,
     /// The resolved settings.
     pub config: Arc<Config>,
+    /// API keys and tokens.
+    pub identity: Arc<Identity>,
+    /// The HTTPS configuration, when `tls_cert` and `tls_key` are set.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// The whole route table.
@@ -113,6 +123,38 @@ pub fn router(state: AppState) -> Router {
                 put(tags::add_image_tag).delete(tags::delete_image_tag),
             ),
         )
+        .route(
+            "/v2/images/{image_id}/members",
+            resource(
+                "GET, POST",
+                get(members::list_members).post(members::create_member),
+            ),
+        )
+        .route(
+            "/v2/images/{image_id}/members/{member_id}",
+            resource(
+                "GET, PUT, DELETE",
+                get(members::show_member)
+                    .put(members::update_member)
+                    .delete(members::delete_member),
+            ),
+        )
+        .route("/identity", identity_resource(get(identity::identity_versions)))
+        .route("/identity/", identity_resource(get(identity::identity_versions)))
+        .route("/v3", identity_resource(get(identity::identity_version)))
+        .route("/v3/", identity_resource(get(identity::identity_version)))
+        .route("/identity/v3", identity_resource(get(identity::identity_version)))
+        .route("/identity/v3/", identity_resource(get(identity::identity_version)))
+        .route("/v3/auth/tokens", tokens_resource())
+        .route("/identity/v3/auth/tokens", tokens_resource())
+        .route(
+            "/ocellus/v1/keys",
+            resource("GET, POST", get(admin::list_keys).post(admin::create_key)),
+        )
+        .route(
+            "/ocellus/v1/keys/{key_id}",
+            resource("DELETE", axum::routing::delete(admin::revoke_key)),
+        )
         .fallback(|| async { Error::not_found("The resource could not be found.") })
         .layer(middleware::from_fn(finish_response))
         .with_state(state)
@@ -126,6 +168,18 @@ fn resource(allow: &'static str, methods: MethodRouter<AppState>) -> MethodRoute
         .fallback(
             move |method: Method| async move { Error::method_not_allowed(method.as_str(), allow) },
         )
+}
+
+/// Keystone's 405 (its own JSON body and `Allow`) for methods an identity route lacks.
+fn identity_resource(methods: MethodRouter<AppState>) -> MethodRouter<AppState> {
+    methods.fallback(|| identity::identity_method_not_allowed("GET, HEAD"))
+}
+
+fn tokens_resource() -> MethodRouter<AppState> {
+    get(identity::validate_token)
+        .head(identity::validate_token)
+        .post(identity::issue_token)
+        .fallback(|| identity::identity_method_not_allowed("GET, HEAD, POST"))
 }
 
 /// Adds the request id, renders error bodies in the format the client accepts, and logs.
@@ -205,14 +259,33 @@ async fn read_small_body<S: Send + Sync>(request: Request, _state: &S) -> Result
     }
 }
 
-/// The scheme and authority clients used to reach us, for absolute links.
-fn base_url(headers: &HeaderMap) -> String {
-    let host = headers
-        .get(header::HOST)
-        .and_then(|value| value.to_str().ok())
-        .filter(|host| !host.is_empty() && host.chars().all(|c| c.is_ascii_graphic()))
-        .unwrap_or("localhost");
-    format!("http://{host}")
+/// The scheme and authority clients use to reach us, for absolute links: `public_url` if set,
+/// else the request's scheme and Host header. No trailing slash.
+pub struct BaseUrl(pub String);
+
+impl FromRequestParts<AppState> for BaseUrl {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<BaseUrl, std::convert::Infallible> {
+        if let Some(url) = &state.config.public_url {
+            return Ok(BaseUrl(url.clone()));
+        }
+        let tls = parts
+            .extensions
+            .get::<listener::Connection>()
+            .is_some_and(|connection| connection.tls);
+        let host = parts
+            .headers
+            .get(header::HOST)
+            .and_then(|value| value.to_str().ok())
+            .filter(|host| !host.is_empty() && host.chars().all(|c| c.is_ascii_graphic()))
+            .unwrap_or("localhost");
+        let scheme = if tls { "https" } else { "http" };
+        Ok(BaseUrl(format!("{scheme}://{host}")))
+    }
 }
 
 /// Runs blocking store work off the async threads.
@@ -226,17 +299,6 @@ async fn blocking<T: Send + 'static>(
             Err(Error::internal())
         }
     }
-}
-
-/// Serves the API on `listener` until `shutdown` completes, then drains open requests.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    state: AppState,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
 }
 
 /// A 204 with no body.

@@ -15,7 +15,7 @@ pub async fn add_image_tag(
     Path((image_id, tag)): Path<(String, String)>,
 ) -> Result<Response, Error> {
     let tag = check_tag(&tag)?;
-    modify_image(&state, caller, &image_id, move |record, _| {
+    modify_image(&state, caller, &image_id, "modify_image", move |record, _| {
         if !record.tags.contains(&tag) {
             record.tags.push(tag);
         }
@@ -31,7 +31,7 @@ pub async fn delete_image_tag(
     caller: Caller,
     Path((image_id, tag)): Path<(String, String)>,
 ) -> Result<Response, Error> {
-    modify_image(&state, caller, &image_id, move |record, _| {
+    modify_image(&state, caller, &image_id, "modify_image", move |record, _| {
         let before = record.tags.len();
         record.tags.retain(|existing| *existing != tag);
         if record.tags.len() == before {

@@ -245,10 +245,10 @@ pub fn apply_property(
             })?;
             if visibility == Visibility::Public
                 && record.visibility != Visibility::Public
-                && !caller.is_admin()
+                && !caller.can_publicize()
             {
                 return Err(Error::forbidden(
-                    "Only administrators may make an image public",
+                    "You are not authorized to complete publicize_image action.",
                 ));
             }
             record.visibility = visibility;

@@ -13,6 +13,7 @@
 //!
 //! This module knows nothing of HTTP, JSON or files.
 
+mod access;
 mod index;
 mod records;
 mod tables;
@@ -25,14 +26,21 @@ use redb::{
     Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, WriteTransaction,
 };
 
+pub use access::{AddMember, CreateKey, KeyRecord, MemberRecord, MemberStatus, NewKey, Role};
 pub use index::{Direction, SortKey};
 pub use records::{ImageData, ImageRecord, ImageStatus, Visibility};
 pub use tables::{Digest, ImageId};
 
-use tables::{BLOBS, DELETED_IMAGES, IMAGE_SORT_INDEX, IMAGES, META};
+use tables::{
+    API_KEY_NAMES, API_KEYS, BLOBS, DELETED_IMAGES, IMAGE_SORT_INDEX, IMAGES, MEMBERS,
+    MEMBERSHIPS, META, PROJECTS, SECRETS,
+};
 
 /// The schema version this build writes. Older databases are upgraded at open.
-const SCHEMA_VERSION: u64 = 1;
+///
+/// - 1: images, sort index, tombstones, blobs.
+/// - 2: adds image members, API keys, projects and secrets (new, empty tables).
+const SCHEMA_VERSION: u64 = 2;
 
 /// What can go wrong in the metadata store.
 #[derive(Debug)]
@@ -147,7 +155,8 @@ impl Kv {
                 Some(version) if version > SCHEMA_VERSION => {
                     return Err(KvError::SchemaTooNew { found: version });
                 }
-                // Version 1 is the first schema; later versions add their migrations here.
+                // Version 1 to 2 only adds tables, which the `open_table` calls below create;
+                // later versions add their row migrations here.
                 Some(_) | None => {
                     meta.insert("schema_version", SCHEMA_VERSION)?;
                 }
@@ -156,6 +165,12 @@ impl Kv {
             transaction.open_table(IMAGE_SORT_INDEX)?;
             transaction.open_table(DELETED_IMAGES)?;
             transaction.open_table(BLOBS)?;
+            transaction.open_table(MEMBERS)?;
+            transaction.open_table(MEMBERSHIPS)?;
+            transaction.open_table(API_KEYS)?;
+            transaction.open_table(API_KEY_NAMES)?;
+            transaction.open_table(PROJECTS)?;
+            transaction.open_table(SECRETS)?;
         }
         transaction.commit()?;
         Ok(kv)
@@ -294,6 +309,7 @@ impl Kv {
                 .open_table(DELETED_IMAGES)
                 .map_err(KvError::from)?;
             deleted.insert(id, deleted_at).map_err(KvError::from)?;
+            access::remove_all_members(&transaction, id)?;
             record = old;
         }
         transaction.commit().map_err(KvError::from)?;

@@ -25,6 +25,26 @@ pub const DELETED_IMAGES: TableDefinition<ImageId, i64> = TableDefinition::new("
 /// Content-addressed blobs: digest to (size in bytes, number of images referencing it).
 pub const BLOBS: TableDefinition<Digest, (u64, u64)> = TableDefinition::new("blobs_v1");
 
+/// Image members: key = image id (16 bytes) followed by the member (a project id, UTF-8);
+/// values are `kv::access::MemberRecord` in its versioned encoding.
+pub const MEMBERS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("image_members_v1");
+
+/// The reverse of `MEMBERS`, for listing the images shared with a project: key = member, a NUL
+/// byte, then the image id. Values are empty.
+pub const MEMBERSHIPS: TableDefinition<&[u8], ()> = TableDefinition::new("member_images_v1");
+
+/// API keys by key id (32 hex digits); values are `kv::access::KeyRecord`.
+pub const API_KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("api_keys_v1");
+
+/// Key names (unique: they are the user names of the Keystone password method) to key ids.
+pub const API_KEY_NAMES: TableDefinition<&str, &str> = TableDefinition::new("api_key_names_v1");
+
+/// Projects: name to the id assigned when the first key of that project was created.
+pub const PROJECTS: TableDefinition<&str, &str> = TableDefinition::new("projects_v1");
+
+/// Server secrets, generated once: the key that signs identity tokens.
+pub const SECRETS: TableDefinition<&str, &[u8]> = TableDefinition::new("secrets_v1");
+
 /// The 16 bytes of an image UUID.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
 pub struct ImageId(pub [u8; 16]);

@@ -1,0 +1,124 @@
+//! The key-management endpoint used by `ocellus key …` while the server runs (redb allows one
+//! process per database file, so the CLI cannot open it then).
+//!
+//! `GET /ocellus/v1/keys`, `POST /ocellus/v1/keys` and `DELETE /ocellus/v1/keys/{id}`, for
+//! admins only. Created keys' secrets appear in the creation response and nowhere else.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::images::not_authorized;
+use super::{AppState, Error, JsonBody, blocking, no_content};
+use crate::identity::{self, CreateKeyError, KeyRequest};
+use crate::kv::{KeyRecord, Role};
+use crate::policy::Caller;
+
+/// A key as listed: everything but the hash.
+pub fn key_view(key: &KeyRecord, now: i64) -> Value {
+    json!({
+        "id": key.id,
+        "name": key.name,
+        "project": key.project_name,
+        "project_id": key.project_id,
+        "role": key.role.as_str(),
+        "created_at": key.created_at,
+        "expires_at": key.expires_at,
+        "expired": key.expired(now),
+    })
+}
+
+fn now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+fn require_admin(caller: &Caller) -> Result<(), Error> {
+    if caller.is_admin() {
+        Ok(())
+    } else {
+        Err(not_authorized("manage_keys"))
+    }
+}
+
+pub async fn list_keys(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<Value>, Error> {
+    require_admin(&caller)?;
+    let store = state.store.clone();
+    let keys = blocking(move || Ok(store.kv.keys()?)).await?;
+    let now = now();
+    let views: Vec<Value> = keys.iter().map(|key| key_view(key, now)).collect();
+    Ok(Json(json!({ "keys": views })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateBody {
+    project: String,
+    role: String,
+    name: Option<String>,
+    /// A duration from now (`30d`) or an RFC 3339 time.
+    expires: Option<String>,
+}
+
+pub async fn create_key(
+    State(state): State<AppState>,
+    caller: Caller,
+    JsonBody(body): JsonBody,
+) -> Result<Response, Error> {
+    require_admin(&caller)?;
+    let body: CreateBody = serde_json::from_value(body)
+        .map_err(|error| Error::bad_request(format!("Bad key request: {error}")))?;
+    let role = Role::parse(&body.role)
+        .ok_or_else(|| Error::bad_request("role must be one of: admin, member, reader"))?;
+    let now = now();
+    let expires_at = match &body.expires {
+        Some(text) => Some(identity::parse_expiry(text, now).map_err(Error::bad_request)?),
+        None => None,
+    };
+    let request = KeyRequest {
+        project: body.project,
+        role,
+        name: body.name,
+        expires_at,
+    };
+    let store = state.store.clone();
+    let created = blocking(move || {
+        identity::create_key(&store.kv, &request, now).map_err(|error| match error {
+            CreateKeyError::Invalid(message) => Error::bad_request(message),
+            CreateKeyError::NameTaken(name) => {
+                Error::conflict(format!("A key named {name} already exists"))
+            }
+            CreateKeyError::Kv(error) => error.into(),
+        })
+    })
+    .await?;
+    tracing::info!(key = %created.record.id, name = %created.record.name, project = %created.record.project_name, role = created.record.role.as_str(), "API key created");
+    let mut view = key_view(&created.record, now);
+    view["secret"] = Value::String(created.secret.clone());
+    view["key"] = Value::String(created.key());
+    Ok((StatusCode::CREATED, Json(view)).into_response())
+}
+
+pub async fn revoke_key(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(key_id): Path<String>,
+) -> Result<Response, Error> {
+    require_admin(&caller)?;
+    let store = state.store.clone();
+    let id = key_id.clone();
+    let revoked = blocking(move || Ok(store.kv.revoke_key(&id)?)).await?;
+    state.identity.forget(&key_id);
+    match revoked {
+        Some(key) => {
+            tracing::info!(key = %key.id, name = %key.name, "API key revoked");
+            Ok(no_content())
+        }
+        None => Err(Error::not_found(format!("No key with id {key_id}"))),
+    }
+}

@@ -1,0 +1,162 @@
+//! The accept loop: TCP (and TLS) connections handed to hyper, with the limits `axum::serve`
+//! lacks.
+//!
+//! - At most `max_connections` connections are served at once; further ones wait in the
+//!   kernel's listen backlog until a slot frees.
+//! - A TLS handshake must finish within `HANDSHAKE_TIMEOUT`, and request headers must arrive
+//!   within `HEADER_READ_TIMEOUT` (hyper only enforces this with a timer installed, which is
+//!   done here).
+//! - On shutdown, the listener closes and open connections finish their current request,
+//!   for at most `DRAIN_TIMEOUT`.
+//!
+//! Each request carries a `Connection` extension with the peer address (for the
+//! authentication failure limiter) and whether it came over TLS (for absolute links).
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::sync::Semaphore;
+use tower::ServiceExt;
+
+use super::{AppState, router};
+use crate::config::TlsFiles;
+
+/// Time allowed for a client to send a request's headers (and between keep-alive requests).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time allowed for a TLS handshake.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time open requests get to finish after shutdown is requested.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Largest request head (request line plus headers) accepted.
+const MAX_HEAD_BYTES: usize = 64 * 1024;
+
+/// Where a request came from.
+#[derive(Clone, Copy, Debug)]
+pub struct Connection {
+    pub peer: SocketAddr,
+    pub tls: bool,
+}
+
+/// Reads a PEM certificate chain and private key into a rustls server configuration (TLS 1.2
+/// and 1.3, ring provider, HTTP/1.1 over ALPN).
+pub fn tls_config(files: &TlsFiles) -> Result<Arc<rustls::ServerConfig>, String> {
+    let read_error =
+        |path: &Path, error: rustls::pki_types::pem::Error| format!("{}: {error}", path.display());
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.cert)
+        .map_err(|error| read_error(&files.cert, error))?
+        .collect::<Result<_, _>>()
+        .map_err(|error| read_error(&files.cert, error))?;
+    if chain.is_empty() {
+        return Err(format!("{}: no certificate found", files.cert.display()));
+    }
+    let key = PrivateKeyDer::from_pem_file(&files.key)
+        .map_err(|error| read_error(&files.key, error))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|error| error.to_string())?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(|error| format!("{}: {error}", files.key.display()))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Serves the API on `listener` until `shutdown` completes, then drains open requests.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let acceptor = state.tls.clone().map(tokio_rustls::TlsAcceptor::from);
+    let slots = Arc::new(Semaphore::new(state.config.max_connections));
+    let app = router(state);
+    let graceful = GracefulShutdown::new();
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(MAX_HEAD_BYTES);
+    let builder = Arc::new(builder);
+    tokio::pin!(shutdown);
+
+    loop {
+        let permit = tokio::select! {
+            permit = slots.clone().acquire_owned() => permit.expect("the slot semaphore is never closed"),
+            () = &mut shutdown => break,
+        };
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let connection = Connection {
+            peer,
+            tls: acceptor.is_some(),
+        };
+        let app = app.clone();
+        let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+            request.extensions_mut().insert(connection);
+            app.clone().oneshot(request.map(Body::new))
+        });
+        let watcher = graceful.watcher();
+        let builder = builder.clone();
+        let acceptor = acceptor.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let result = match acceptor {
+                None => {
+                    let served = builder.serve_connection(TokioIo::new(stream), service);
+                    watcher.watch(served).await
+                }
+                Some(acceptor) => {
+                    let stream =
+                        match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream))
+                            .await
+                        {
+                            Ok(Ok(stream)) => stream,
+                            Ok(Err(error)) => {
+                                tracing::debug!(%peer, %error, "TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => {
+                                tracing::debug!(%peer, "TLS handshake timed out");
+                                return;
+                            }
+                        };
+                    let served = builder.serve_connection(TokioIo::new(stream), service);
+                    watcher.watch(served).await
+                }
+            };
+            if let Err(error) = result {
+                tracing::debug!(%peer, %error, "connection ended with an error");
+            }
+        });
+    }
+
+    drop(listener);
+    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("open connections did not finish in time; closing them");
+    }
+    Ok(())
+}

@@ -1,0 +1,539 @@
+//! Who may reach what: image members, API keys, projects and server secrets.
+//!
+//! Like image records, member and key records are stored as a version byte followed by the
+//! postcard encoding of that version's struct. Every operation is one transaction, so the
+//! `MEMBERS`/`MEMBERSHIPS` pair and the `API_KEYS`/`API_KEY_NAMES` pair never disagree.
+
+use std::collections::HashMap;
+
+use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata};
+use serde::{Deserialize, Serialize};
+
+use super::records::ImageRecord;
+use super::tables::{
+    API_KEY_NAMES, API_KEYS, IMAGES, ImageId, MEMBERS, MEMBERSHIPS, PROJECTS, SECRETS,
+};
+use super::{Kv, KvError};
+
+const MEMBER_RECORD_V1: u8 = 1;
+const KEY_RECORD_V1: u8 = 1;
+
+/// Where a member stands on an image shared with it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum MemberStatus {
+    Pending,
+    Accepted,
+    Rejected,
+}
+
+impl MemberStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MemberStatus::Pending => "pending",
+            MemberStatus::Accepted => "accepted",
+            MemberStatus::Rejected => "rejected",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<MemberStatus> {
+        [
+            MemberStatus::Pending,
+            MemberStatus::Accepted,
+            MemberStatus::Rejected,
+        ]
+        .into_iter()
+        .find(|status| status.as_str() == text)
+    }
+}
+
+/// A project an image is shared with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemberRecord {
+    pub image_id: ImageId,
+    /// The member's project id.
+    pub member: String,
+    pub status: MemberStatus,
+    /// Unix microseconds.
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct MemberValueV1 {
+    status: MemberStatus,
+    created_at: i64,
+    updated_at: i64,
+}
+
+impl MemberRecord {
+    fn key(image_id: ImageId, member: &str) -> Vec<u8> {
+        let mut key = image_id.0.to_vec();
+        key.extend_from_slice(member.as_bytes());
+        key
+    }
+
+    fn reverse_key(image_id: ImageId, member: &str) -> Vec<u8> {
+        let mut key = member.as_bytes().to_vec();
+        key.push(0);
+        key.extend_from_slice(&image_id.0);
+        key
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        let value = MemberValueV1 {
+            status: self.status,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+        };
+        let mut bytes = vec![MEMBER_RECORD_V1];
+        bytes.extend(postcard::to_allocvec(&value).expect("member records always serialize"));
+        bytes
+    }
+
+    fn decode(key: &[u8], bytes: &[u8]) -> Result<MemberRecord, KvError> {
+        let corrupt = || KvError::Corrupt("bad member record".into());
+        if key.len() < 16 || bytes.first() != Some(&MEMBER_RECORD_V1) {
+            return Err(corrupt());
+        }
+        let value: MemberValueV1 = postcard::from_bytes(&bytes[1..]).map_err(|_| corrupt())?;
+        let mut id = [0u8; 16];
+        id.copy_from_slice(&key[..16]);
+        Ok(MemberRecord {
+            image_id: ImageId(id),
+            member: String::from_utf8(key[16..].to_vec()).map_err(|_| corrupt())?,
+            status: value.status,
+            created_at: value.created_at,
+            updated_at: value.updated_at,
+        })
+    }
+}
+
+/// The outcome of adding a member.
+#[derive(Debug)]
+pub enum AddMember {
+    Added(MemberRecord),
+    NoImage,
+    Duplicate,
+    /// The image already has this many members.
+    OverQuota(usize),
+}
+
+/// The role an API key grants within its project. Each role implies the ones below it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Role {
+    Reader,
+    Member,
+    Admin,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Reader => "reader",
+            Role::Member => "member",
+            Role::Admin => "admin",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Role> {
+        [Role::Reader, Role::Member, Role::Admin]
+            .into_iter()
+            .find(|role| role.as_str() == text)
+    }
+
+    /// This role and every role it implies, strongest first.
+    pub fn effective(self) -> Vec<Role> {
+        [Role::Admin, Role::Member, Role::Reader]
+            .into_iter()
+            .filter(|role| *role <= self)
+            .collect()
+    }
+}
+
+/// A stored API key. The secret itself is never stored, only its argon2id hash.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyRecord {
+    /// 32 lower-case hex digits; also the Keystone user and application-credential id.
+    pub id: String,
+    /// Unique; the Keystone user name for the password method.
+    pub name: String,
+    pub project_id: String,
+    pub project_name: String,
+    pub role: Role,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// Unix seconds; `None` for a key that never expires.
+    pub expires_at: Option<i64>,
+    /// The argon2id hash of the secret, as a PHC string.
+    pub secret_hash: String,
+}
+
+impl KeyRecord {
+    fn encode(&self) -> Vec<u8> {
+        let mut bytes = vec![KEY_RECORD_V1];
+        bytes.extend(postcard::to_allocvec(self).expect("key records always serialize"));
+        bytes
+    }
+
+    fn decode(bytes: &[u8]) -> Result<KeyRecord, KvError> {
+        match bytes.split_first() {
+            Some((&KEY_RECORD_V1, rest)) => postcard::from_bytes(rest)
+                .map_err(|error| KvError::Corrupt(format!("bad key record: {error}"))),
+            _ => Err(KvError::Corrupt("unknown key record version".into())),
+        }
+    }
+
+    /// Whether the key has expired at `now` (unix seconds).
+    pub fn expired(&self, now: i64) -> bool {
+        self.expires_at.is_some_and(|expires| expires <= now)
+    }
+}
+
+/// A key to create; the project id is looked up (or assigned) by name.
+pub struct NewKey {
+    pub id: String,
+    pub name: String,
+    pub project_name: String,
+    pub role: Role,
+    pub created_at: i64,
+    pub expires_at: Option<i64>,
+    pub secret_hash: String,
+}
+
+/// The outcome of creating a key.
+#[derive(Debug)]
+pub enum CreateKey {
+    Created(KeyRecord),
+    NameTaken,
+}
+
+impl Kv {
+    /// Every member of an image, in member order.
+    pub fn members(&self, image_id: ImageId) -> Result<Vec<MemberRecord>, KvError> {
+        let transaction = self.database.begin_read()?;
+        let members = transaction.open_table(MEMBERS)?;
+        let start = image_id.0.to_vec();
+        let mut end = start.clone();
+        end.push(0xff);
+        let mut found = Vec::new();
+        for entry in members.range::<&[u8]>(start.as_slice()..end.as_slice())? {
+            let (key, value) = entry?;
+            found.push(MemberRecord::decode(key.value(), value.value())?);
+        }
+        Ok(found)
+    }
+
+    /// One member of an image.
+    pub fn member(&self, image_id: ImageId, member: &str) -> Result<Option<MemberRecord>, KvError> {
+        let transaction = self.database.begin_read()?;
+        let members = transaction.open_table(MEMBERS)?;
+        let key = MemberRecord::key(image_id, member);
+        match members.get(key.as_slice())? {
+            Some(value) => Ok(Some(MemberRecord::decode(&key, value.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Adds a pending member if the image exists, `check` accepts it, the member is new and the
+    /// image has fewer than `quota` members.
+    pub fn add_member<E: From<KvError>>(
+        &self,
+        image_id: ImageId,
+        member: &str,
+        now: i64,
+        quota: usize,
+        check: impl FnOnce(&ImageRecord) -> Result<(), E>,
+    ) -> Result<AddMember, E> {
+        let transaction = self.begin_write()?;
+        let record;
+        {
+            let images = transaction.open_table(IMAGES).map_err(KvError::from)?;
+            let Some(bytes) = images.get(image_id).map_err(KvError::from)? else {
+                return Ok(AddMember::NoImage);
+            };
+            check(&ImageRecord::decode(bytes.value()).map_err(KvError::from)?)?;
+            let mut members = transaction.open_table(MEMBERS).map_err(KvError::from)?;
+            let key = MemberRecord::key(image_id, member);
+            if members.get(key.as_slice()).map_err(KvError::from)?.is_some() {
+                return Ok(AddMember::Duplicate);
+            }
+            let start = image_id.0.to_vec();
+            let mut end = start.clone();
+            end.push(0xff);
+            let count = members
+                .range::<&[u8]>(start.as_slice()..end.as_slice())
+                .map_err(KvError::from)?
+                .count();
+            if count >= quota {
+                return Ok(AddMember::OverQuota(quota));
+            }
+            record = MemberRecord {
+                image_id,
+                member: member.to_owned(),
+                status: MemberStatus::Pending,
+                created_at: now,
+                updated_at: now,
+            };
+            members
+                .insert(key.as_slice(), record.encode().as_slice())
+                .map_err(KvError::from)?;
+            let mut memberships = transaction.open_table(MEMBERSHIPS).map_err(KvError::from)?;
+            memberships
+                .insert(MemberRecord::reverse_key(image_id, member).as_slice(), ())
+                .map_err(KvError::from)?;
+        }
+        transaction.commit().map_err(KvError::from)?;
+        Ok(AddMember::Added(record))
+    }
+
+    /// Sets a member's status; `None` if there is no such member.
+    pub fn set_member_status(
+        &self,
+        image_id: ImageId,
+        member: &str,
+        status: MemberStatus,
+        now: i64,
+    ) -> Result<Option<MemberRecord>, KvError> {
+        let transaction = self.begin_write()?;
+        let record;
+        {
+            let mut members = transaction.open_table(MEMBERS)?;
+            let key = MemberRecord::key(image_id, member);
+            let mut current = match members.get(key.as_slice())? {
+                Some(value) => MemberRecord::decode(&key, value.value())?,
+                None => return Ok(None),
+            };
+            current.status = status;
+            current.updated_at = now;
+            members.insert(key.as_slice(), current.encode().as_slice())?;
+            record = current;
+        }
+        transaction.commit()?;
+        Ok(Some(record))
+    }
+
+    /// Removes a member; false if there was none.
+    pub fn remove_member(&self, image_id: ImageId, member: &str) -> Result<bool, KvError> {
+        let transaction = self.begin_write()?;
+        {
+            let mut members = transaction.open_table(MEMBERS)?;
+            if members
+                .remove(MemberRecord::key(image_id, member).as_slice())?
+                .is_none()
+            {
+                return Ok(false);
+            }
+            let mut memberships = transaction.open_table(MEMBERSHIPS)?;
+            memberships.remove(MemberRecord::reverse_key(image_id, member).as_slice())?;
+        }
+        transaction.commit()?;
+        Ok(true)
+    }
+
+    /// The images shared with a project, with the project's status on each.
+    pub fn memberships(&self, member: &str) -> Result<HashMap<ImageId, MemberStatus>, KvError> {
+        let transaction = self.database.begin_read()?;
+        let memberships = transaction.open_table(MEMBERSHIPS)?;
+        let members = transaction.open_table(MEMBERS)?;
+        let mut start = member.as_bytes().to_vec();
+        start.push(0);
+        let mut end = member.as_bytes().to_vec();
+        end.push(1);
+        let mut found = HashMap::new();
+        for entry in memberships.range::<&[u8]>(start.as_slice()..end.as_slice())? {
+            let (key, _) = entry?;
+            let key = key.value();
+            let mut id = [0u8; 16];
+            id.copy_from_slice(&key[start.len()..]);
+            let image_id = ImageId(id);
+            let member_key = MemberRecord::key(image_id, member);
+            if let Some(value) = members.get(member_key.as_slice())? {
+                let record = MemberRecord::decode(&member_key, value.value())?;
+                found.insert(image_id, record.status);
+            }
+        }
+        Ok(found)
+    }
+
+    /// Creates an API key, assigning its project an id if the project is new.
+    pub fn create_key(&self, new: NewKey) -> Result<CreateKey, KvError> {
+        let transaction = self.begin_write()?;
+        let record;
+        {
+            let mut names = transaction.open_table(API_KEY_NAMES)?;
+            if names.get(new.name.as_str())?.is_some() {
+                return Ok(CreateKey::NameTaken);
+            }
+            let mut projects = transaction.open_table(PROJECTS)?;
+            let existing = projects
+                .get(new.project_name.as_str())?
+                .map(|id| id.value().to_owned());
+            let project_id = match existing {
+                Some(id) => id,
+                None => {
+                    let id = uuid::Uuid::new_v4().simple().to_string();
+                    projects.insert(new.project_name.as_str(), id.as_str())?;
+                    id
+                }
+            };
+            record = KeyRecord {
+                id: new.id,
+                name: new.name,
+                project_id,
+                project_name: new.project_name,
+                role: new.role,
+                created_at: new.created_at,
+                expires_at: new.expires_at,
+                secret_hash: new.secret_hash,
+            };
+            names.insert(record.name.as_str(), record.id.as_str())?;
+            let mut keys = transaction.open_table(API_KEYS)?;
+            keys.insert(record.id.as_str(), record.encode().as_slice())?;
+        }
+        transaction.commit()?;
+        Ok(CreateKey::Created(record))
+    }
+
+    /// One key by id.
+    pub fn key(&self, id: &str) -> Result<Option<KeyRecord>, KvError> {
+        let transaction = self.database.begin_read()?;
+        let keys = transaction.open_table(API_KEYS)?;
+        match keys.get(id)? {
+            Some(bytes) => Ok(Some(KeyRecord::decode(bytes.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    /// One key by its unique name.
+    pub fn key_by_name(&self, name: &str) -> Result<Option<KeyRecord>, KvError> {
+        let transaction = self.database.begin_read()?;
+        let names = transaction.open_table(API_KEY_NAMES)?;
+        let Some(id) = names.get(name)?.map(|id| id.value().to_owned()) else {
+            return Ok(None);
+        };
+        let keys = transaction.open_table(API_KEYS)?;
+        match keys.get(id.as_str())? {
+            Some(bytes) => Ok(Some(KeyRecord::decode(bytes.value())?)),
+            None => Err(KvError::Corrupt(format!("key name {name} names no key"))),
+        }
+    }
+
+    /// Every key, ordered by id.
+    pub fn keys(&self) -> Result<Vec<KeyRecord>, KvError> {
+        let transaction = self.database.begin_read()?;
+        let keys = transaction.open_table(API_KEYS)?;
+        let mut found = Vec::new();
+        for entry in keys.iter()? {
+            found.push(KeyRecord::decode(entry?.1.value())?);
+        }
+        Ok(found)
+    }
+
+    /// Number of keys.
+    pub fn key_count(&self) -> Result<u64, KvError> {
+        let transaction = self.database.begin_read()?;
+        Ok(transaction.open_table(API_KEYS)?.len()?)
+    }
+
+    /// Deletes a key; returns it, or `None` if there was none.
+    pub fn revoke_key(&self, id: &str) -> Result<Option<KeyRecord>, KvError> {
+        let transaction = self.begin_write()?;
+        let record;
+        {
+            let mut keys = transaction.open_table(API_KEYS)?;
+            let Some(bytes) = keys.remove(id)? else {
+                return Ok(None);
+            };
+            record = KeyRecord::decode(bytes.value())?;
+            drop(bytes);
+            let mut names = transaction.open_table(API_KEY_NAMES)?;
+            names.remove(record.name.as_str())?;
+        }
+        transaction.commit()?;
+        Ok(Some(record))
+    }
+
+    /// The id of a project, by name.
+    pub fn project_id(&self, name: &str) -> Result<Option<String>, KvError> {
+        let transaction = self.database.begin_read()?;
+        let projects = transaction.open_table(PROJECTS)?;
+        Ok(projects.get(name)?.map(|id| id.value().to_owned()))
+    }
+
+    /// A named server secret, generated by `generate` and stored the first time it is asked for.
+    pub fn secret(&self, name: &str, generate: impl FnOnce() -> Vec<u8>) -> Result<Vec<u8>, KvError> {
+        {
+            let transaction = self.database.begin_read()?;
+            let secrets = transaction.open_table(SECRETS)?;
+            if let Some(value) = secrets.get(name)? {
+                return Ok(value.value().to_vec());
+            }
+        }
+        let transaction = self.begin_write()?;
+        let value;
+        {
+            let mut secrets = transaction.open_table(SECRETS)?;
+            let existing = secrets.get(name)?.map(|value| value.value().to_vec());
+            value = match existing {
+                Some(existing) => existing,
+                None => {
+                    let fresh = generate();
+                    secrets.insert(name, fresh.as_slice())?;
+                    fresh
+                }
+            };
+        }
+        transaction.commit()?;
+        Ok(value)
+    }
+}
+
+/// Removes every member of a deleted image, inside the deleting transaction.
+pub(super) fn remove_all_members(
+    transaction: &redb::WriteTransaction,
+    image_id: ImageId,
+) -> Result<(), KvError> {
+    let mut members = transaction.open_table(MEMBERS)?;
+    let start = image_id.0.to_vec();
+    let mut end = start.clone();
+    end.push(0xff);
+    let mut names = Vec::new();
+    for entry in members.range::<&[u8]>(start.as_slice()..end.as_slice())? {
+        let (key, _) = entry?;
+        names.push(key.value().to_vec());
+    }
+    let mut memberships = transaction.open_table(MEMBERSHIPS)?;
+    for key in names {
+        members.remove(key.as_slice())?;
+        let member = String::from_utf8_lossy(&key[16..]).into_owned();
+        memberships.remove(MemberRecord::reverse_key(image_id, &member).as_slice())?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roles_imply_the_weaker_ones() {
+        assert_eq!(
+            Role::Admin.effective(),
+            vec![Role::Admin, Role::Member, Role::Reader]
+        );
+        assert_eq!(Role::Reader.effective(), vec![Role::Reader]);
+    }
+
+    #[test]
+    fn member_records_round_trip() {
+        let record = MemberRecord {
+            image_id: ImageId([7; 16]),
+            member: "beta".into(),
+            status: MemberStatus::Accepted,
+            created_at: 1,
+            updated_at: 2,
+        };
+        let key = MemberRecord::key(record.image_id, &record.member);
+        assert_eq!(MemberRecord::decode(&key, &record.encode()).unwrap(), record);
+    }
+}
