@@ -51,10 +51,20 @@ pub struct ServeArgs {
     #[arg(long, env = "OCELLUS_LOG", value_name = "FILTER")]
     pub log: Option<String>,
     /// PEM certificate chain; with --tls-key, serve HTTPS (TLS 1.2 and 1.3)
-    #[arg(long, env = "OCELLUS_TLS_CERT", value_name = "FILE", requires = "tls_key")]
+    #[arg(
+        long,
+        env = "OCELLUS_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
     pub tls_cert: Option<PathBuf>,
     /// PEM private key of --tls-cert
-    #[arg(long, env = "OCELLUS_TLS_KEY", value_name = "FILE", requires = "tls_cert")]
+    #[arg(
+        long,
+        env = "OCELLUS_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
     pub tls_key: Option<PathBuf>,
     /// Base URL clients should use (in the identity catalog and version links)
     /// [default: the scheme and Host header of each request]
@@ -179,7 +189,9 @@ impl Config {
         }
         if let Some(url) = &config.public_url {
             if !(url.starts_with("http://") || url.starts_with("https://")) {
-                return Err(format!("public_url {url:?} must start with http:// or https://"));
+                return Err(format!(
+                    "public_url {url:?} must start with http:// or https://"
+                ));
             }
         }
         if config.max_connections == 0 {

@@ -92,9 +92,7 @@ pub fn hash_secret(secret: &str) -> String {
 
 fn verify_secret(secret_hash: &str, secret: &str) -> bool {
     match PasswordHash::new(secret_hash) {
-        Ok(parsed) => argon2()
-            .verify_password(secret.as_bytes(), &parsed)
-            .is_ok(),
+        Ok(parsed) => argon2().verify_password(secret.as_bytes(), &parsed).is_ok(),
         Err(_) => false,
     }
 }
@@ -167,11 +165,16 @@ pub fn create_key(kv: &Kv, request: &KeyRequest, now: i64) -> Result<CreatedKey,
         }
     }
     if request.expires_at.is_some_and(|expires| expires <= now) {
-        return Err(CreateKeyError::Invalid("the expiry lies in the past".into()));
+        return Err(CreateKeyError::Invalid(
+            "the expiry lies in the past".into(),
+        ));
     }
     let id = hex(&random_bytes::<16>());
     let secret = hex(&random_bytes::<32>());
-    let name = request.name.clone().unwrap_or_else(|| format!("key-{}", &id[..8]));
+    let name = request
+        .name
+        .clone()
+        .unwrap_or_else(|| format!("key-{}", &id[..8]));
     let new = NewKey {
         id,
         name: name.clone(),
@@ -185,6 +188,20 @@ pub fn create_key(kv: &Kv, request: &KeyRequest, now: i64) -> Result<CreatedKey,
         CreateKey::Created(record) => Ok(CreatedKey { record, secret }),
         CreateKey::NameTaken => Err(CreateKeyError::NameTaken(name)),
     }
+}
+
+/// A key as `ocellus key list` and the admin endpoint show it: everything but the hash.
+pub fn key_view(key: &KeyRecord, now: i64) -> serde_json::Value {
+    serde_json::json!({
+        "id": key.id,
+        "name": key.name,
+        "project": key.project_name,
+        "project_id": key.project_id,
+        "role": key.role.as_str(),
+        "created_at": key.created_at,
+        "expires_at": key.expires_at,
+        "expired": key.expired(now),
+    })
 }
 
 /// Parses an expiry: a duration from now (`90s`, `15m`, `12h`, `30d`, `8w`) or an RFC 3339
@@ -277,7 +294,10 @@ impl TokenClaims {
         if let Some(parent) = self.audit_ids.get(1) {
             payload[49..65].copy_from_slice(parent);
         }
-        payload[65] = self.methods.iter().fold(0, |bits, method| bits | method.bit());
+        payload[65] = self
+            .methods
+            .iter()
+            .fold(0, |bits, method| bits | method.bit());
         Some(payload)
     }
 
@@ -434,13 +454,16 @@ impl Identity {
             .await
             .map_err(|error| AuthError::Internal(error.to_string()))?;
         if matches {
-            self.verified.lock().expect("verified-key cache lock").insert(
-                key.id.clone(),
-                CachedSecret {
-                    hash_fingerprint: fingerprint,
-                    secret_digest: digest,
-                },
-            );
+            self.verified
+                .lock()
+                .expect("verified-key cache lock")
+                .insert(
+                    key.id.clone(),
+                    CachedSecret {
+                        hash_fingerprint: fingerprint,
+                        secret_digest: digest,
+                    },
+                );
         }
         Ok(matches)
     }
@@ -450,7 +473,11 @@ impl Identity {
         if !is_key_id(id) {
             return Ok(None);
         }
-        Ok(self.store.kv.key(id)?.filter(|key| !key.expired(Self::now())))
+        Ok(self
+            .store
+            .kv
+            .key(id)?
+            .filter(|key| !key.expired(Self::now())))
     }
 
     /// Authenticates a key by id and secret (the application-credential method, and

@@ -9,6 +9,7 @@ pub mod blob;
 pub mod config;
 pub mod http;
 pub mod identity;
+pub mod keycmd;
 pub mod kv;
 pub mod policy;
 pub mod store;
@@ -37,6 +38,9 @@ impl std::fmt::Display for OpenError {
 
 impl std::error::Error for OpenError {}
 
+/// Name of the metadata database file in the data directory.
+pub const DATABASE_FILE: &str = "ocellus.redb";
+
 /// Name of the file, in the data directory, that receives the bootstrap admin key.
 pub const BOOTSTRAP_KEY_FILE: &str = "bootstrap-admin.key";
 
@@ -53,8 +57,8 @@ pub fn open(config: config::Config) -> Result<AppState, OpenError> {
     if config.auth == config::AuthMode::Keys && store.kv.key_count().map_err(kv_error)? == 0 {
         bootstrap_key(&store.kv, &config.data_dir)?;
     }
-    let identity = identity::Identity::new(store.clone(), config.auth_failure_limit)
-        .map_err(kv_error)?;
+    let identity =
+        identity::Identity::new(store.clone(), config.auth_failure_limit).map_err(kv_error)?;
     Ok(AppState {
         store,
         config: Arc::new(config),

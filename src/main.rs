@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use ocellus::config::{Config, ServeArgs};
+use ocellus::keycmd::KeyCommand;
 use tracing_subscriber::EnvFilter;
 
 /// An OpenStack Glance-compatible image service in one binary.
@@ -21,15 +22,26 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve the Glance Image API (default 127.0.0.1:9292, data in ./ocellus-data, no
-    /// authentication: every request acts as an admin of the default project)
+    /// Serve the Glance Image API and a Keystone-compatible token endpoint (default
+    /// 127.0.0.1:9292, data in ./ocellus-data, no authentication: every request acts as an
+    /// admin of the default project)
     Serve(ServeArgs),
+    /// Manage API keys, in the data directory or through the running server
+    #[command(subcommand)]
+    Key(KeyCommand),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => serve(&args),
+        Command::Key(command) => match ocellus::keycmd::run(command) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("ocellus: {error}");
+                ExitCode::FAILURE
+            }
+        },
     }
 }
 

@@ -118,7 +118,8 @@ impl Caller {
 
     /// `get_member(s)`: admin, or a reader of the owning project or of the member project.
     pub fn can_read_members(&self, image: &ImageRecord) -> bool {
-        self.is_admin() || (self.has_role("reader") && (self.owns(image) || self.membership(image).is_some()))
+        self.is_admin()
+            || (self.has_role("reader") && (self.owns(image) || self.membership(image).is_some()))
     }
 
     /// Which members of an image the caller sees: all for admins and the owner, else only
@@ -152,7 +153,9 @@ impl Caller {
         match image.visibility {
             Visibility::Public => true,
             Visibility::Community => visibility != VisibilityFilter::Default,
-            Visibility::Shared | Visibility::Private if self.is_admin() || image.owner.is_none() => {
+            Visibility::Shared | Visibility::Private
+                if self.is_admin() || image.owner.is_none() =>
+            {
                 true
             }
             Visibility::Shared => self
@@ -242,6 +245,10 @@ mod tests {
             VisibilityFilter::Only(Visibility::Community),
             accepted
         ));
-        assert!(caller("alpha", &["reader"]).lists(&community, VisibilityFilter::Default, accepted));
+        assert!(caller("alpha", &["reader"]).lists(
+            &community,
+            VisibilityFilter::Default,
+            accepted
+        ));
     }
 }

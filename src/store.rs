@@ -46,7 +46,7 @@ impl Store {
     pub fn open(data_dir: &Path) -> Result<Store, StoreError> {
         std::fs::create_dir_all(data_dir)
             .map_err(|error| StoreError::Blob(BlobError::Io(error)))?;
-        let kv = Kv::open(&data_dir.join("ocellus.redb")).map_err(StoreError::Kv)?;
+        let kv = Kv::open(&data_dir.join(crate::DATABASE_FILE)).map_err(StoreError::Kv)?;
         let blobs = BlobStore::open(data_dir).map_err(StoreError::Blob)?;
         let requeued = kv.requeue_interrupted_uploads().map_err(StoreError::Kv)?;
         for id in &requeued {

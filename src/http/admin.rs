@@ -13,23 +13,9 @@ use serde_json::{Value, json};
 
 use super::images::not_authorized;
 use super::{AppState, Error, JsonBody, blocking, no_content};
-use crate::identity::{self, CreateKeyError, KeyRequest};
-use crate::kv::{KeyRecord, Role};
+use crate::identity::{self, CreateKeyError, KeyRequest, key_view};
+use crate::kv::Role;
 use crate::policy::Caller;
-
-/// A key as listed: everything but the hash.
-pub fn key_view(key: &KeyRecord, now: i64) -> Value {
-    json!({
-        "id": key.id,
-        "name": key.name,
-        "project": key.project_name,
-        "project_id": key.project_id,
-        "role": key.role.as_str(),
-        "created_at": key.created_at,
-        "expires_at": key.expires_at,
-        "expired": key.expired(now),
-    })
-}
 
 fn now() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp()

@@ -53,11 +53,7 @@ fn versions_document(base: &str) -> Value {
 
 /// `GET /`: 300 Multiple Choices with the versions document.
 pub async fn versions_root(BaseUrl(base): BaseUrl) -> Response {
-    (
-        StatusCode::MULTIPLE_CHOICES,
-        Json(versions_document(&base)),
-    )
-        .into_response()
+    (StatusCode::MULTIPLE_CHOICES, Json(versions_document(&base))).into_response()
 }
 
 /// `GET /versions`.

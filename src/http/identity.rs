@@ -220,7 +220,9 @@ fn token_body(key: &KeyRecord, claims: &TokenClaims, catalog: Option<Value>) -> 
 
 fn token_response(status: StatusCode, token: &str, body: Value, head_only: bool) -> Response {
     let mut response = if head_only {
-        let length = serde_json::to_vec(&body).map(|bytes| bytes.len()).unwrap_or(0);
+        let length = serde_json::to_vec(&body)
+            .map(|bytes| bytes.len())
+            .unwrap_or(0);
         let mut response = status.into_response();
         response.headers_mut().insert(
             header::CONTENT_TYPE,
@@ -340,7 +342,9 @@ async fn issue(
             let user = credential.get("user");
             let user_matches = |key: &KeyRecord| {
                 user.is_none_or(|user| {
-                    user.get("id").and_then(Value::as_str).is_none_or(|id| id == key.id)
+                    user.get("id")
+                        .and_then(Value::as_str)
+                        .is_none_or(|id| id == key.id)
                         && user
                             .get("name")
                             .and_then(Value::as_str)
@@ -439,13 +443,15 @@ pub async fn validate_token(
     let result = async {
         let caller = credential(&parts).ok_or_else(|| KeystoneError::unauthorized(&base))?;
         let client = client_address(&parts);
-        let Authenticated { key: caller, .. } = state
-            .identity
-            .authenticate(caller, client)
-            .await
-            .map_err(|error| KeystoneError::from_auth(error, &base))?;
+        let Authenticated { key: caller, .. } =
+            state
+                .identity
+                .authenticate(caller, client)
+                .await
+                .map_err(|error| KeystoneError::from_auth(error, &base))?;
         let subject = subject_token(&parts.headers)?;
-        let not_found = || KeystoneError::new(StatusCode::NOT_FOUND, "The token is not recognized.");
+        let not_found =
+            || KeystoneError::new(StatusCode::NOT_FOUND, "The token is not recognized.");
         let Authenticated { key, token } = state
             .identity
             .verify_token(subject)
@@ -520,10 +526,22 @@ mod tests {
     #[test]
     fn scopes_must_name_the_keys_project() {
         let key = key();
-        assert!(scope_matches(&json!({"project": {"name": "alpha", "domain": {"name": "Default"}}}), &key));
-        assert!(scope_matches(&json!({"project": {"id": key.project_id}}), &key));
-        assert!(!scope_matches(&json!({"project": {"name": "beta", "domain": {"name": "Default"}}}), &key));
-        assert!(!scope_matches(&json!({"project": {"name": "alpha", "domain": {"name": "Other"}}}), &key));
+        assert!(scope_matches(
+            &json!({"project": {"name": "alpha", "domain": {"name": "Default"}}}),
+            &key
+        ));
+        assert!(scope_matches(
+            &json!({"project": {"id": key.project_id}}),
+            &key
+        ));
+        assert!(!scope_matches(
+            &json!({"project": {"name": "beta", "domain": {"name": "Default"}}}),
+            &key
+        ));
+        assert!(!scope_matches(
+            &json!({"project": {"name": "alpha", "domain": {"name": "Other"}}}),
+            &key
+        ));
         assert!(!scope_matches(&json!({"system": {"all": true}}), &key));
     }
 

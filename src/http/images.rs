@@ -386,9 +386,13 @@ pub async fn update_image(
     let body: Value = serde_json::from_slice(&bytes)
         .map_err(|_| Error::bad_request("Malformed JSON in request body."))?;
     let operations = parse_patch(&body, dialect_v2_0)?;
-    let record = modify_image(&state, caller, &image_id, "modify_image", move |record, caller| {
-        apply_patch(record, &operations, caller)
-    })
+    let record = modify_image(
+        &state,
+        caller,
+        &image_id,
+        "modify_image",
+        move |record, caller| apply_patch(record, &operations, caller),
+    )
     .await?;
     Ok(Json(image_view(&record)))
 }

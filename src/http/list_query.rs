@@ -11,8 +11,8 @@ use time::format_description::well_known::Rfc3339;
 use time::macros::format_description;
 
 use super::Error;
-use crate::kv::{Direction, ImageId, ImageRecord, ImageStatus, SortKey, Visibility};
 use crate::kv::MemberStatus;
+use crate::kv::{Direction, ImageId, ImageRecord, ImageStatus, SortKey, Visibility};
 use crate::policy::{Caller, MemberStatusFilter, VisibilityFilter};
 
 /// Glance's `limit_param_default` and `api_limit_max`.
@@ -64,7 +64,6 @@ pub struct Filters {
     updated_at: Vec<(TimeOp, i64)>,
     properties: Vec<(String, String)>,
 }
-
 
 impl Filters {
     /// Whether `record` belongs in the caller's listing.
@@ -201,12 +200,13 @@ pub fn parse(query: Option<&str>) -> Result<ListParams, Error> {
                 });
             }
             "member_status" => {
-                filters.member_status = Some(match value.as_str() {
-                    "all" => MemberStatusFilter::All,
-                    other => MemberStatusFilter::Only(MemberStatus::parse(other).ok_or_else(
-                        || Error::bad_request(format!("Invalid member_status value: {other}")),
-                    )?),
-                });
+                filters.member_status =
+                    Some(match value.as_str() {
+                        "all" => MemberStatusFilter::All,
+                        other => MemberStatusFilter::Only(MemberStatus::parse(other).ok_or_else(
+                            || Error::bad_request(format!("Invalid member_status value: {other}")),
+                        )?),
+                    });
             }
             "owner" => filters.owner = Some(value.clone()),
             "tag" => filters.tags.push(value.clone()),

@@ -58,8 +58,8 @@ pub fn tls_config(files: &TlsFiles) -> Result<Arc<rustls::ServerConfig>, String>
     if chain.is_empty() {
         return Err(format!("{}: no certificate found", files.cert.display()));
     }
-    let key = PrivateKeyDer::from_pem_file(&files.key)
-        .map_err(|error| read_error(&files.key, error))?;
+    let key =
+        PrivateKeyDer::from_pem_file(&files.key).map_err(|error| read_error(&files.key, error))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
@@ -121,30 +121,31 @@ pub async fn serve(
         let acceptor = acceptor.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            let result = match acceptor {
-                None => {
-                    let served = builder.serve_connection(TokioIo::new(stream), service);
-                    watcher.watch(served).await
-                }
-                Some(acceptor) => {
-                    let stream =
-                        match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream))
-                            .await
-                        {
-                            Ok(Ok(stream)) => stream,
-                            Ok(Err(error)) => {
-                                tracing::debug!(%peer, %error, "TLS handshake failed");
-                                return;
-                            }
-                            Err(_) => {
-                                tracing::debug!(%peer, "TLS handshake timed out");
-                                return;
-                            }
-                        };
-                    let served = builder.serve_connection(TokioIo::new(stream), service);
-                    watcher.watch(served).await
-                }
-            };
+            let result =
+                match acceptor {
+                    None => {
+                        let served = builder.serve_connection(TokioIo::new(stream), service);
+                        watcher.watch(served).await
+                    }
+                    Some(acceptor) => {
+                        let stream =
+                            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream))
+                                .await
+                            {
+                                Ok(Ok(stream)) => stream,
+                                Ok(Err(error)) => {
+                                    tracing::debug!(%peer, %error, "TLS handshake failed");
+                                    return;
+                                }
+                                Err(_) => {
+                                    tracing::debug!(%peer, "TLS handshake timed out");
+                                    return;
+                                }
+                            };
+                        let served = builder.serve_connection(TokioIo::new(stream), service);
+                        watcher.watch(served).await
+                    }
+                };
             if let Err(error) = result {
                 tracing::debug!(%peer, %error, "connection ended with an error");
             }

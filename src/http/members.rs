@@ -128,7 +128,9 @@ pub async fn list_members(
         .filter(|member| every || member.member == caller.project_id)
         .map(member_view)
         .collect();
-    Ok(Json(json!({"members": views, "schema": "/v2/schemas/members"})))
+    Ok(Json(
+        json!({"members": views, "schema": "/v2/schemas/members"}),
+    ))
 }
 
 /// https://docs.openstack.org/api-ref/image/v2/index.html#show-image-member-details
@@ -170,15 +172,16 @@ pub async fn update_member(
         .get("status")
         .and_then(Value::as_str)
         .and_then(MemberStatus::parse)
-        .ok_or_else(|| {
-            Error::bad_request("status must be one of: pending, accepted, rejected")
-        })?;
+        .ok_or_else(|| Error::bad_request("status must be one of: pending, accepted, rejected"))?;
     let store = state.store.clone();
     let id = image.id;
     let wanted = member.clone();
-    let updated =
-        blocking(move || Ok(store.kv.set_member_status(id, &wanted, status, now_micros())?))
-            .await?;
+    let updated = blocking(move || {
+        Ok(store
+            .kv
+            .set_member_status(id, &wanted, status, now_micros())?)
+    })
+    .await?;
     match updated {
         Some(record) => {
             tracing::info!(image = %id, member = %record.member, status = status.as_str(), "image member updated");

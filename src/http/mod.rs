@@ -139,12 +139,24 @@ pub fn router(state: AppState) -> Router {
                     .delete(members::delete_member),
             ),
         )
-        .route("/identity", identity_resource(get(identity::identity_versions)))
-        .route("/identity/", identity_resource(get(identity::identity_versions)))
+        .route(
+            "/identity",
+            identity_resource(get(identity::identity_versions)),
+        )
+        .route(
+            "/identity/",
+            identity_resource(get(identity::identity_versions)),
+        )
         .route("/v3", identity_resource(get(identity::identity_version)))
         .route("/v3/", identity_resource(get(identity::identity_version)))
-        .route("/identity/v3", identity_resource(get(identity::identity_version)))
-        .route("/identity/v3/", identity_resource(get(identity::identity_version)))
+        .route(
+            "/identity/v3",
+            identity_resource(get(identity::identity_version)),
+        )
+        .route(
+            "/identity/v3/",
+            identity_resource(get(identity::identity_version)),
+        )
         .route("/v3/auth/tokens", tokens_resource())
         .route("/identity/v3/auth/tokens", tokens_resource())
         .route(

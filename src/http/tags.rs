@@ -15,12 +15,18 @@ pub async fn add_image_tag(
     Path((image_id, tag)): Path<(String, String)>,
 ) -> Result<Response, Error> {
     let tag = check_tag(&tag)?;
-    modify_image(&state, caller, &image_id, "modify_image", move |record, _| {
-        if !record.tags.contains(&tag) {
-            record.tags.push(tag);
-        }
-        check_quotas(record)
-    })
+    modify_image(
+        &state,
+        caller,
+        &image_id,
+        "modify_image",
+        move |record, _| {
+            if !record.tags.contains(&tag) {
+                record.tags.push(tag);
+            }
+            check_quotas(record)
+        },
+    )
     .await?;
     Ok(no_content())
 }
@@ -31,14 +37,20 @@ pub async fn delete_image_tag(
     caller: Caller,
     Path((image_id, tag)): Path<(String, String)>,
 ) -> Result<Response, Error> {
-    modify_image(&state, caller, &image_id, "modify_image", move |record, _| {
-        let before = record.tags.len();
-        record.tags.retain(|existing| *existing != tag);
-        if record.tags.len() == before {
-            return Err(Error::not_found(format!("Image has no tag {tag}")));
-        }
-        Ok(())
-    })
+    modify_image(
+        &state,
+        caller,
+        &image_id,
+        "modify_image",
+        move |record, _| {
+            let before = record.tags.len();
+            record.tags.retain(|existing| *existing != tag);
+            if record.tags.len() == before {
+                return Err(Error::not_found(format!("Image has no tag {tag}")));
+            }
+            Ok(())
+        },
+    )
     .await?;
     Ok(no_content())
 }

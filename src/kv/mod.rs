@@ -32,8 +32,8 @@ pub use records::{ImageData, ImageRecord, ImageStatus, Visibility};
 pub use tables::{Digest, ImageId};
 
 use tables::{
-    API_KEY_NAMES, API_KEYS, BLOBS, DELETED_IMAGES, IMAGE_SORT_INDEX, IMAGES, MEMBERS,
-    MEMBERSHIPS, META, PROJECTS, SECRETS,
+    API_KEY_NAMES, API_KEYS, BLOBS, DELETED_IMAGES, IMAGE_SORT_INDEX, IMAGES, MEMBERS, MEMBERSHIPS,
+    META, PROJECTS, SECRETS,
 };
 
 /// The schema version this build writes. Older databases are upgraded at open.
@@ -51,6 +51,8 @@ pub enum KvError {
     Corrupt(String),
     /// The database was written by a newer ocellus.
     SchemaTooNew { found: u64 },
+    /// Another process (a running server) has the database open.
+    Locked,
 }
 
 impl std::fmt::Display for KvError {
@@ -60,6 +62,9 @@ impl std::fmt::Display for KvError {
             KvError::Corrupt(detail) => {
                 write!(formatter, "metadata store holds a bad record: {detail}")
             }
+            KvError::Locked => formatter.write_str(
+                "the metadata database is open in another process (is the server running?)",
+            ),
             KvError::SchemaTooNew { found } => write!(
                 formatter,
                 "metadata schema version {found} is newer than this build understands ({SCHEMA_VERSION})"
@@ -145,7 +150,11 @@ pub struct Kv {
 impl Kv {
     /// Opens or creates the database file, creates every table and upgrades old schemas.
     pub fn open(path: &Path) -> Result<Kv, KvError> {
-        let database = Database::create(path)?;
+        let database = match Database::create(path) {
+            Ok(database) => database,
+            Err(redb::DatabaseError::DatabaseAlreadyOpen) => return Err(KvError::Locked),
+            Err(error) => return Err(error.into()),
+        };
         let kv = Kv { database };
         let transaction = kv.begin_write()?;
         {
