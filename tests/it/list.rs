@@ -140,7 +140,7 @@ async fn filters_select_images() {
             server
                 .request(reqwest::Method::GET, "/v2/images")
                 .header("X-Project-Id", "p2")
-                .header("X-Roles", "member"),
+                .header("X-Roles", "member,reader"),
         )
         .await
         .1["images"]
