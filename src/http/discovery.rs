@@ -1,5 +1,8 @@
 //! Discovery documents: API versions, JSON schemas, import and store info, and the health check.
 //!
+//! As behind keystonemiddleware, everything under `/v2` needs a credential in keys mode (the
+//! `Caller` argument); the versions documents and the health check do not.
+//!
 //! The versions document lists a v2 minor version only when ocellus serves the feature that
 //! version introduced (Glance itself leaves out versions of features it has not enabled), and
 //! the highest listed is CURRENT.
@@ -10,6 +13,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use super::{BaseUrl, schemas};
+use crate::policy::Caller;
 
 /// The store id reported in `OpenStack-image-store-ids` and `/v2/info/stores`.
 pub const STORE_ID: &str = "fs";
@@ -67,27 +71,27 @@ pub async fn healthcheck() -> Response {
 }
 
 /// https://docs.openstack.org/api-ref/image/v2/index.html#show-image-schema
-pub async fn image_schema() -> Json<Value> {
+pub async fn image_schema(_caller: Caller) -> Json<Value> {
     Json(schemas::image_schema())
 }
 
 /// https://docs.openstack.org/api-ref/image/v2/index.html#show-images-schema
-pub async fn images_schema() -> Json<Value> {
+pub async fn images_schema(_caller: Caller) -> Json<Value> {
     Json(schemas::images_schema())
 }
 
 /// https://docs.openstack.org/api-ref/image/v2/index.html#show-image-member-schema
-pub async fn member_schema() -> Json<Value> {
+pub async fn member_schema(_caller: Caller) -> Json<Value> {
     Json(schemas::member_schema())
 }
 
 /// https://docs.openstack.org/api-ref/image/v2/index.html#show-image-members-schema
-pub async fn members_schema() -> Json<Value> {
+pub async fn members_schema(_caller: Caller) -> Json<Value> {
     Json(schemas::members_schema())
 }
 
 /// https://docs.openstack.org/api-ref/image/v2/index.html#import-methods-and-values-discovery
-pub async fn import_info() -> Json<Value> {
+pub async fn import_info(_caller: Caller) -> Json<Value> {
     Json(json!({
         "import-methods": {
             "description": "Import methods this server offers.",
@@ -98,6 +102,6 @@ pub async fn import_info() -> Json<Value> {
 }
 
 /// https://docs.openstack.org/api-ref/image/v2/index.html#list-stores
-pub async fn stores_info() -> Json<Value> {
+pub async fn stores_info(_caller: Caller) -> Json<Value> {
     Json(json!({ "stores": [{ "id": STORE_ID, "default": "true" }] }))
 }

@@ -8,6 +8,7 @@
 
 use std::sync::Arc;
 
+use futures_util::StreamExt;
 use axum::body::Body;
 use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -143,6 +144,9 @@ pub async fn upload_image_data(
     outcome
 }
 
+/// How long an upload may go without receiving any bytes before it is abandoned.
+pub const BODY_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Streams the body into the blob store, checks it, and attaches it to the image.
 async fn receive_and_attach(
     state: &AppState,
@@ -152,7 +156,24 @@ async fn receive_and_attach(
     cap: u64,
 ) -> Result<Response, Error> {
     let limit = declared_size.unwrap_or(cap).min(cap);
-    let body = request.into_body().into_data_stream();
+    // A client that stops sending mid-upload must not hold the image in `saving` (and a
+    // connection slot) forever.
+    let body = futures_util::stream::unfold(
+        Box::pin(request.into_body().into_data_stream()),
+        |mut body| async move {
+            match tokio::time::timeout(BODY_IDLE_TIMEOUT, body.next()).await {
+                Ok(Some(chunk)) => Some((chunk.map_err(|error| error.to_string()), body)),
+                Ok(None) => None,
+                Err(_) => Some((
+                    Err(format!(
+                        "no data for {} s",
+                        BODY_IDLE_TIMEOUT.as_secs()
+                    )),
+                    body,
+                )),
+            }
+        },
+    );
     let received = match state.store.blobs.receive(body, limit).await {
         Ok(received) => received,
         Err(BlobError::TooLarge { .. }) if declared_size.is_some() => {

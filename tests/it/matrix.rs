@@ -269,11 +269,9 @@ impl Endpoint {
                 .body(b"matrix upload".to_vec()),
             Endpoint::Download => ctx.request(cred, Method::GET, &format!("{image}/file")),
             Endpoint::AddTag => ctx.request(cred, Method::PUT, &format!("{image}/tags/x")),
-            Endpoint::Deactivate => ctx.request(
-                cred,
-                Method::POST,
-                &format!("{image}/actions/deactivate"),
-            ),
+            Endpoint::Deactivate => {
+                ctx.request(cred, Method::POST, &format!("{image}/actions/deactivate"))
+            }
             Endpoint::ListMembers => ctx.request(cred, Method::GET, &format!("{image}/members")),
             Endpoint::AddMember => ctx
                 .request(cred, Method::POST, &format!("{image}/members"))
@@ -297,10 +295,7 @@ impl Endpoint {
 /// public and community images, and shared images it is a member of, whatever its member
 /// status. Only meaningful for authenticated credentials.
 fn can_see(cred: Cred, vis: Vis) -> bool {
-    match cred {
-        Cred::OtherMember => vis != Vis::Private,
-        _ => true,
-    }
+    cred != Cred::OtherMember || vis != Vis::Private
 }
 
 /// A listing cell's status: 200 if the image is listed, `NOT_LISTED` if not.
@@ -510,7 +505,7 @@ async fn setup() -> Ctx {
     })
     .await;
     let bootstrap = server.data_dir().join(ocellus::BOOTSTRAP_KEY_FILE);
-    let admin = std::fs::read_to_string(&bootstrap)
+    let admin = std::fs::read_to_string(bootstrap)
         .expect("auth=keys without keys writes a bootstrap admin key")
         .trim()
         .to_owned();
@@ -541,7 +536,11 @@ async fn setup() -> Ctx {
                 .header("X-Auth-Token", revoked_key.as_str()),
         )
         .await;
-    assert_eq!(status, StatusCode::OK, "the key works before revocation: {body}");
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "the key works before revocation: {body}"
+    );
     let status = server
         .request(
             Method::DELETE,
@@ -556,7 +555,11 @@ async fn setup() -> Ctx {
 
     let alpha = field(&alpha_member, "project_id");
     let beta = field(&beta_member, "project_id");
-    assert_eq!(field(&alpha_reader, "project_id"), alpha, "one project, one id");
+    assert_eq!(
+        field(&alpha_reader, "project_id"),
+        alpha,
+        "one project, one id"
+    );
     assert_ne!(alpha, beta, "two projects, two ids");
 
     let wrong_secret = format!("ock-{}-{}", field(&alpha_member, "id"), "0".repeat(64));
@@ -611,12 +614,20 @@ async fn make_image(
         )
         .await;
     let id = field(&image, "id");
-    assert_eq!(image["owner"], ctx.alpha.as_str(), "matrix images belong to alpha");
+    assert_eq!(
+        image["owner"],
+        ctx.alpha.as_str(),
+        "matrix images belong to alpha"
+    );
 
     if let Some(status) = membership {
         ctx.expect(
-            ctx.request(Cred::Member, Method::POST, &format!("/v2/images/{id}/members"))
-                .json(&json!({"member": ctx.beta})),
+            ctx.request(
+                Cred::Member,
+                Method::POST,
+                &format!("/v2/images/{id}/members"),
+            )
+            .json(&json!({"member": ctx.beta})),
             StatusCode::OK,
             "adding beta as a member",
         )
@@ -766,7 +777,10 @@ async fn every_endpoint_credential_and_visibility_answers_exactly() {
         }
     }
 
-    assert_eq!(checked, Endpoint::ALL.len() * Cred::ALL.len() * Vis::ALL.len());
+    assert_eq!(
+        checked,
+        Endpoint::ALL.len() * Cred::ALL.len() * Vis::ALL.len()
+    );
     assert_eq!(checked, 15 * 9 * 6, "every cell of the matrix ran");
     assert!(
         challenged > 0,
