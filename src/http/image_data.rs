@@ -8,11 +8,11 @@
 
 use std::sync::Arc;
 
-use futures_util::StreamExt;
 use axum::body::Body;
 use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt;
 
 use super::images::{load_visible, modify_image, not_authorized};
 use super::wire::{checksum, now_micros};
@@ -165,10 +165,7 @@ async fn receive_and_attach(
                 Ok(Some(chunk)) => Some((chunk.map_err(|error| error.to_string()), body)),
                 Ok(None) => None,
                 Err(_) => Some((
-                    Err(format!(
-                        "no data for {} s",
-                        BODY_IDLE_TIMEOUT.as_secs()
-                    )),
+                    Err(format!("no data for {} s", BODY_IDLE_TIMEOUT.as_secs())),
                     body,
                 )),
             }

@@ -5,4 +5,5 @@ mod common;
 mod data;
 mod images;
 mod list;
+mod matrix;
 mod restart;
