@@ -187,12 +187,12 @@ impl Config {
         if config.default_project.is_empty() || config.default_project.len() > 255 {
             return Err("default_project must be 1 to 255 characters".into());
         }
-        if let Some(url) = &config.public_url {
-            if !(url.starts_with("http://") || url.starts_with("https://")) {
-                return Err(format!(
-                    "public_url {url:?} must start with http:// or https://"
-                ));
-            }
+        if let Some(url) = &config.public_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return Err(format!(
+                "public_url {url:?} must start with http:// or https://"
+            ));
         }
         if config.max_connections == 0 {
             return Err("max_connections must be at least 1".into());

@@ -51,7 +51,7 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 fn unhex(text: &str) -> Option<Vec<u8>> {
-    if text.len() % 2 != 0
+    if !text.len().is_multiple_of(2)
         || !text
             .bytes()
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
@@ -157,12 +157,12 @@ pub fn create_key(kv: &Kv, request: &KeyRequest, now: i64) -> Result<CreatedKey,
             "project names are 1 to 64 letters, digits, '-', '_', '.' or '@'".into(),
         ));
     }
-    if let Some(name) = &request.name {
-        if !valid_name(name) {
-            return Err(CreateKeyError::Invalid(
-                "key names are 1 to 64 letters, digits, '-', '_', '.' or '@'".into(),
-            ));
-        }
+    if let Some(name) = &request.name
+        && !valid_name(name)
+    {
+        return Err(CreateKeyError::Invalid(
+            "key names are 1 to 64 letters, digits, '-', '_', '.' or '@'".into(),
+        ));
     }
     if request.expires_at.is_some_and(|expires| expires <= now) {
         return Err(CreateKeyError::Invalid(
@@ -436,11 +436,11 @@ impl Identity {
         let digest = blake3::keyed_hash(&self.cache_key, secret.as_bytes());
         {
             let verified = self.verified.lock().expect("verified-key cache lock");
-            if let Some(cached) = verified.get(&key.id) {
-                if cached.hash_fingerprint == fingerprint {
-                    // blake3::Hash compares in constant time.
-                    return Ok(cached.secret_digest == digest);
-                }
+            if let Some(cached) = verified.get(&key.id)
+                && cached.hash_fingerprint == fingerprint
+            {
+                // blake3::Hash compares in constant time.
+                return Ok(cached.secret_digest == digest);
             }
         }
         let _slot = self

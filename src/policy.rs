@@ -142,10 +142,10 @@ impl Caller {
         visibility: VisibilityFilter,
         member_status: MemberStatusFilter,
     ) -> bool {
-        if let VisibilityFilter::Only(wanted) = visibility {
-            if image.visibility != wanted {
-                return false;
-            }
+        if let VisibilityFilter::Only(wanted) = visibility
+            && image.visibility != wanted
+        {
+            return false;
         }
         if self.owns(image) {
             return true;

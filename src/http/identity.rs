@@ -413,10 +413,10 @@ async fn issue(
         return Err(KeystoneError::unauthorized(base));
     };
 
-    if let Some(scope) = scope {
-        if !scope_matches(scope, &key) {
-            return Err(KeystoneError::unauthorized(base));
-        }
+    if let Some(scope) = scope
+        && !scope_matches(scope, &key)
+    {
+        return Err(KeystoneError::unauthorized(base));
     }
     let (token, claims) = identity_api.issue_token(&key, method, parent.as_ref());
     tracing::info!(key = %key.id, method = method.as_str(), "token issued");
