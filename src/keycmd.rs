@@ -152,7 +152,15 @@ fn backend(mut target: KeyTarget) -> Result<Backend, String> {
             } else {
                 "http"
             };
-            let url = format!("{scheme}://{}", config.listen);
+            // A server listening on all addresses is reached on loopback.
+            let mut address = config.listen;
+            if address.ip().is_unspecified() {
+                address.set_ip(match address {
+                    std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                    std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+                });
+            }
+            let url = format!("{scheme}://{address}");
             eprintln!(
                 "ocellus: the server holds {}; using its admin endpoint at {url}",
                 database.display()

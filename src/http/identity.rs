@@ -363,10 +363,9 @@ async fn issue(
         }
         .map_err(|error| KeystoneError::from_auth(error, base))?;
         if scope.is_some() {
-            return Err(KeystoneError::new(
-                StatusCode::UNAUTHORIZED,
-                "Application credentials cannot request a scope.",
-            ));
+            let mut error = KeystoneError::unauthorized(base);
+            error.message = "Application credentials cannot request a scope.".into();
+            return Err(error);
         }
         (key, AuthMethod::ApplicationCredential, None)
     } else if methods.contains(&"password") {

@@ -1,15 +1,28 @@
 #!/usr/bin/env bash
 # Client-compatibility smoke test: runs the real OpenStack python clients
-# (glanceclient, openstackclient, openstacksdk) against a freshly started
-# ocellus server and checks the seed flows end to end.
+# (glanceclient, openstackclient, openstacksdk) against freshly started
+# ocellus servers, twice:
+#   1. lab mode (no authentication, plain http): the seed flows end to end
+#      (seed_flows.py);
+#   2. API keys over https (auth = "keys", a server certificate signed by a
+#      test CA from examples/test_cert.rs): keys provisioned with `ocellus
+#      key` before the server starts, the clients authenticating through its
+#      Keystone-compatible endpoint, and `ocellus key` against the running
+#      server (keys_flows.py).
+# The exit status is non-zero if either run failed.
 #
 # Usage: tests/clients/run.sh PATH_TO_OCELLUS_BINARY
+#
+# Needs qemu-img, curl and cargo (which builds and runs the test_cert
+# example in the repository).
 #
 # Environment:
 #   OCELLUS_PYENV  venv holding the pinned clients (default: target/pyenv in
 #                  the repository); created and filled on first use.
 #   PYTHON         interpreter used to create that venv (default: python3.11
 #                  if present, else python3).
+#   OCELLUS_LOG    passed on to the servers, for more verbose logs; every
+#                  other OCELLUS_* variable is ignored.
 set -euo pipefail
 
 if [[ $# -ne 1 ]]; then
@@ -37,6 +50,10 @@ for tool in qemu-img curl; do
         exit 2
     fi
 done
+if ! command -v cargo >/dev/null; then
+    echo "error: cargo is required to make the test certificates (examples/test_cert.rs)" >&2
+    exit 2
+fi
 
 # Install the pinned clients once; the stamp holds the hash of the
 # requirements and the interpreter version, so editing the pins or
@@ -60,21 +77,35 @@ if [[ ! -f $stamp || $(cat "$stamp") != "$want" ]]; then
 fi
 
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/ocellus-clients.XXXXXX")
+# The runs are sequential, so one server runs at a time: its pid, and its
+# log while its run is in progress. failed_logs collects the logs of the
+# runs whose flows failed.
 server_pid=
+current_log=
+failed_logs=()
 
-# The server is stopped and the scratch space removed however the script
-# ends; the server log is only shown when something went wrong, because
-# that is when it explains the failure.
-cleanup() {
-    local rc=$?
+stop_server() {
     if [[ -n $server_pid ]] && kill -0 "$server_pid" 2>/dev/null; then
         kill "$server_pid" 2>/dev/null || true
         wait "$server_pid" 2>/dev/null || true
     fi
-    if [[ $rc -ne 0 && -f $tmp/server.log ]]; then
-        echo "---- server log ($tmp/server.log) ----" >&2
-        cat "$tmp/server.log" >&2
-        echo "---- end of server log ----" >&2
+    server_pid=
+}
+
+# The server is stopped and the scratch space removed however the script
+# ends; server logs are only shown when something went wrong, because that
+# is when they explain the failure: the logs of the runs whose flows failed,
+# and that of the run in progress if the script stopped in its middle.
+cleanup() {
+    local rc=$? log
+    stop_server
+    if [[ $rc -ne 0 ]]; then
+        for log in "${failed_logs[@]}" ${current_log:+"$current_log"}; do
+            [[ -f $log ]] || continue
+            echo "---- server log ($log) ----" >&2
+            cat "$log" >&2
+            echo "---- end of server log ----" >&2
+        done
     fi
     rm -rf "$tmp"
     exit "$rc"
@@ -106,36 +137,115 @@ qemu-img check -q "$image"
 # Binding port 0 lets the kernel pick a free port; it is released right
 # away for the server to take, which is racy only against other processes
 # grabbing ports in the same instant.
-port=$("$pyenv/bin/python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-url=http://127.0.0.1:$port
+free_port() {
+    "$pyenv/bin/python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
 
-# Settings the server would take from the environment are cleared so a
-# developer's shell cannot switch the test off lab mode or onto another
-# config; OCELLUS_LOG is kept on purpose to allow more verbose server logs.
-unset OCELLUS_CONFIG OCELLUS_AUTH OCELLUS_DEFAULT_PROJECT OCELLUS_IMAGE_SIZE_CAP OCELLUS_LISTEN OCELLUS_DATA_DIR
-
-mkdir -p "$tmp/data"
-"$bin" serve --listen "127.0.0.1:$port" --data-dir "$tmp/data" >"$tmp/server.log" 2>&1 &
-server_pid=$!
-
-for _ in $(seq 100); do
-    if curl -sf --max-time 2 -o /dev/null "$url/versions"; then
-        break
-    fi
-    if ! kill -0 "$server_pid" 2>/dev/null; then
-        echo "error: server exited before answering $url/versions" >&2
-        exit 1
-    fi
-    sleep 0.1
-done
-if ! curl -sf --max-time 2 -o /dev/null "$url/versions"; then
+# Waits up to 10 s for the server just started ($server_pid) to answer
+# URL/versions, which needs no credential in any mode; further arguments go
+# to curl (--cacert for https).
+wait_for_server() {
+    local url=$1
+    shift
+    for _ in $(seq 100); do
+        if curl -sf --max-time 2 -o /dev/null "$@" "$url/versions"; then
+            echo "server up at $url (pid $server_pid)" >&2
+            return 0
+        fi
+        if ! kill -0 "$server_pid" 2>/dev/null; then
+            echo "error: server exited before answering $url/versions" >&2
+            return 1
+        fi
+        sleep 0.1
+    done
     echo "error: server did not answer $url/versions within 10 s" >&2
-    exit 1
-fi
-echo "server up at $url (pid $server_pid)" >&2
+    return 1
+}
 
-set +e
-"$pyenv/bin/python" "$here/seed_flows.py" "$url" "$image"
-status=$?
-set -e
+# Settings the server and `ocellus key` would take from the environment are
+# cleared, so a developer's shell cannot switch a run to another mode,
+# config, server or admin key; OCELLUS_LOG is kept on purpose to allow more
+# verbose server logs.
+for var in $(compgen -e); do
+    if [[ $var == OCELLUS_* && $var != OCELLUS_LOG ]]; then
+        unset "$var"
+    fi
+done
+
+status=0
+
+# ---- Run 1: lab mode, plain http ----
+
+echo "== lab mode (auth = none, http): seed_flows.py"
+port=$(free_port)
+url=http://127.0.0.1:$port
+mkdir -p "$tmp/data"
+current_log=$tmp/server.log
+"$bin" serve --listen "127.0.0.1:$port" --data-dir "$tmp/data" >"$current_log" 2>&1 &
+server_pid=$!
+wait_for_server "$url" || exit 1
+
+if ! "$pyenv/bin/python" "$here/seed_flows.py" "$url" "$image"; then
+    status=1
+    failed_logs+=("$current_log")
+fi
+stop_server
+current_log=
+
+# ---- Run 2: API keys, https ----
+
+echo "== API keys (auth = keys, https): keys_flows.py"
+
+# A CA, and a server certificate for localhost and 127.0.0.1 signed by it:
+# the clients are given the CA, as they would a real deployment's.
+tls=$tmp/tls
+(cd "$root" && cargo run --quiet --locked --example test_cert -- "$tls")
+
+# The settings go in a file because `ocellus key` has no TLS flags: it reads
+# listen, data_dir and tls_cert from the server's file to find the running
+# server's admin endpoint and to know that it speaks https. The paths are
+# TOML literal strings, which need no escaping but cannot hold a quote.
+if [[ $tmp == *"'"* ]]; then
+    echo "error: the scratch directory $tmp has a single quote in its path" >&2
+    exit 2
+fi
+keys_port=$(free_port)
+keys_url=https://127.0.0.1:$keys_port
+config=$tmp/keys.toml
+cat >"$config" <<TOML
+# ocellus settings for the API-key run of tests/clients/run.sh
+listen = "127.0.0.1:$keys_port"
+data_dir = '$tmp/keys-data'
+auth = "keys"
+tls_cert = '$tls/server.pem'
+tls_key = '$tls/server.key'
+TOML
+
+# Keys are provisioned before the first start, by the CLI opening the data
+# directory itself (the stopped-server path): an admin key (only admins may
+# publish images or manage keys) and a member key of another project. As
+# keys exist, the server writes no bootstrap admin key, so keys_flows.py
+# gives `ocellus key` the admin key explicitly. The JSON files hold the
+# secrets; $tmp is readable by its owner only.
+mkdir -p "$tmp/keys"
+"$bin" key create --config "$config" --project admin --role admin --name ci-admin --json >"$tmp/keys/admin.json"
+"$bin" key create --config "$config" --project alpha --role member --name ci-member --json >"$tmp/keys/member.json"
+
+current_log=$tmp/keys-server.log
+"$bin" serve --config "$config" >"$current_log" 2>&1 &
+server_pid=$!
+wait_for_server "$keys_url" --cacert "$tls/ca.pem" || exit 1
+
+if ! "$pyenv/bin/python" "$here/keys_flows.py" "$keys_url" "$image" \
+    --cacert "$tls/ca.pem" \
+    --config "$config" \
+    --ocellus "$bin" \
+    --admin-key "$tmp/keys/admin.json" \
+    --member-key "$tmp/keys/member.json"; then
+    status=1
+    failed_logs+=("$current_log")
+fi
+stop_server
+current_log=
+
 exit "$status"

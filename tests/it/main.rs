@@ -4,6 +4,9 @@
 mod common;
 mod data;
 mod images;
+mod keys_support;
+mod keystone;
 mod list;
 mod matrix;
 mod restart;
+mod tls;
