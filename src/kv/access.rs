@@ -533,6 +533,80 @@ mod tests {
     }
 
     #[test]
+    fn a_version_1_database_is_upgraded_at_open() {
+        use super::super::tables::META;
+        use redb::ReadableDatabase;
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.redb");
+        {
+            // What the first release wrote: schema version 1, without the access tables.
+            let database = redb::Database::create(&path).unwrap();
+            let transaction = database.begin_write().unwrap();
+            transaction
+                .open_table(META)
+                .unwrap()
+                .insert("schema_version", 1)
+                .unwrap();
+            transaction.commit().unwrap();
+        }
+        let kv = Kv::open(&path).unwrap();
+        assert_eq!(kv.key_count().unwrap(), 0);
+        assert!(kv.memberships("beta").unwrap().is_empty());
+        let transaction = kv.database.begin_read().unwrap();
+        let meta = transaction.open_table(META).unwrap();
+        assert_eq!(meta.get("schema_version").unwrap().unwrap().value(), 2);
+    }
+
+    #[test]
+    fn keys_and_members_keep_their_pairs_in_step() {
+        let dir = tempfile::tempdir().unwrap();
+        let kv = Kv::open(&dir.path().join("kv.redb")).unwrap();
+        let new_key = |name: &str| NewKey {
+            id: format!("{name:0>32}"),
+            name: name.into(),
+            project_name: "alpha".into(),
+            role: Role::Member,
+            created_at: 0,
+            expires_at: None,
+            secret_hash: "hash".into(),
+        };
+        let CreateKey::Created(first) = kv.create_key(new_key("a")).unwrap() else {
+            panic!("first key refused");
+        };
+        let CreateKey::Created(second) = kv.create_key(new_key("b")).unwrap() else {
+            panic!("second key refused");
+        };
+        assert_eq!(first.project_id, second.project_id);
+        assert!(matches!(
+            kv.create_key(NewKey {
+                id: "c".repeat(32),
+                ..new_key("a")
+            })
+            .unwrap(),
+            CreateKey::NameTaken
+        ));
+        assert_eq!(kv.revoke_key(&first.id).unwrap(), Some(first.clone()));
+        assert_eq!(kv.key_by_name("a").unwrap(), None);
+        assert_eq!(kv.key_count().unwrap(), 1);
+
+        let image = ImageId([3; 16]);
+        // No image, no member.
+        assert!(matches!(
+            kv.add_member::<KvError>(image, "beta", 1, 128, |_| Ok(()))
+                .unwrap(),
+            AddMember::NoImage
+        ));
+        assert!(
+            kv.set_member_status(image, "beta", MemberStatus::Accepted, 2)
+                .unwrap()
+                .is_none()
+        );
+        assert!(!kv.remove_member(image, "beta").unwrap());
+        assert!(kv.memberships("beta").unwrap().is_empty());
+    }
+
+    #[test]
     fn member_records_round_trip() {
         let record = MemberRecord {
             image_id: ImageId([7; 16]),

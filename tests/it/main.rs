@@ -8,5 +8,6 @@ mod keys_support;
 mod keystone;
 mod list;
 mod matrix;
+mod members;
 mod restart;
 mod tls;
