@@ -9,7 +9,8 @@
 //!
 //! Argon2 is deliberately slow, so `Identity` verifies a secret once and then remembers a keyed
 //! BLAKE3 digest of it (compared in constant time). At most `ARGON2_SLOTS` verifications run at
-//! once, and a client with too many recent failures is refused before any hashing. Secrets are
+//! once, and a client with too many recent failures gets 429 instead of any further hashing or
+//! 401; credentials that verify cheaply (valid tokens, keys verified before) still pass. Secrets are
 //! never logged: nothing here implements `Debug` for them or passes them to `tracing`.
 
 use std::collections::HashMap;
@@ -33,6 +34,30 @@ pub const TOKEN_LIFETIME_SECS: i64 = 3600;
 pub const ARGON2_SLOTS: usize = 2;
 /// The window over which authentication failures are counted per client.
 pub const FAILURE_WINDOW: Duration = Duration::from_secs(60);
+
+/// The unit failures are counted per: an IPv4 address (IPv4-mapped IPv6 included), or an IPv6
+/// /64, since one host commonly owns a whole /64.
+fn failure_bucket(client: IpAddr) -> IpAddr {
+    match client {
+        IpAddr::V4(_) => client,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let segments = v6.segments();
+                IpAddr::V6(std::net::Ipv6Addr::new(
+                    segments[0],
+                    segments[1],
+                    segments[2],
+                    segments[3],
+                    0,
+                    0,
+                    0,
+                    0,
+                ))
+            }
+        },
+    }
+}
 
 /// Argon2id with OWASP's parameters: 19 MiB of memory, 2 passes, 1 lane.
 fn argon2() -> Argon2<'static> {
@@ -398,51 +423,81 @@ impl Identity {
         time::OffsetDateTime::now_utc().unix_timestamp()
     }
 
-    /// Refuses clients over the failure limit.
-    fn check_throttle(&self, client: IpAddr) -> Result<(), AuthError> {
+    /// How long a client over the failure limit must wait, if it is over.
+    fn over_limit(&self, client: IpAddr) -> Option<u64> {
         if self.failure_limit == 0 {
-            return Ok(());
+            return None;
         }
         let failures = self.failures.lock().expect("failure map lock");
-        if let Some(count) = failures.get(&client) {
-            let elapsed = count.window_start.elapsed();
-            if elapsed < FAILURE_WINDOW && count.failures >= self.failure_limit {
-                let retry_after = (FAILURE_WINDOW - elapsed).as_secs().max(1);
-                return Err(AuthError::Throttled { retry_after });
-            }
-        }
-        Ok(())
+        let count = failures.get(&failure_bucket(client))?;
+        let elapsed = count.window_start.elapsed();
+        (elapsed < FAILURE_WINDOW && count.failures >= self.failure_limit)
+            .then(|| (FAILURE_WINDOW - elapsed).as_secs().max(1))
     }
 
-    fn record_failure(&self, client: IpAddr) {
+    /// Adds one failure to the client's count (or takes one back, for a provisional failure
+    /// that turned out to be a success).
+    fn count_failure(&self, client: IpAddr, failed: bool) {
         let mut failures = self.failures.lock().expect("failure map lock");
         if failures.len() > 10_000 {
             failures.retain(|_, count| count.window_start.elapsed() < FAILURE_WINDOW);
         }
-        let count = failures.entry(client).or_insert(FailureCount {
-            window_start: Instant::now(),
-            failures: 0,
-        });
+        let count = failures
+            .entry(failure_bucket(client))
+            .or_insert(FailureCount {
+                window_start: Instant::now(),
+                failures: 0,
+            });
         if count.window_start.elapsed() >= FAILURE_WINDOW {
             count.window_start = Instant::now();
             count.failures = 0;
         }
-        count.failures = count.failures.saturating_add(1);
+        count.failures = if failed {
+            count.failures.saturating_add(1)
+        } else {
+            count.failures.saturating_sub(1)
+        };
     }
 
-    /// Checks a key's secret, from the cache when possible, else with argon2 in a bounded pool.
-    async fn check_secret(&self, key: &KeyRecord, secret: &str) -> Result<bool, AuthError> {
+    /// The answer to a failed credential: 429 for a client already over the limit, else a
+    /// counted 401.
+    fn refuse(&self, client: IpAddr) -> AuthError {
+        if let Some(retry_after) = self.over_limit(client) {
+            return AuthError::Throttled { retry_after };
+        }
+        self.count_failure(client, true);
+        AuthError::Invalid
+    }
+
+    /// Checks a key's secret: from the cache when this key was verified before (cheap, never
+    /// throttled when right), else with argon2 in the bounded pool. A client over the failure
+    /// limit gets no argon2 at all; an attempt counts as a failure before it waits for a slot,
+    /// so concurrent guesses cannot slip past the limit, and is taken back if it succeeds.
+    async fn check_secret(
+        &self,
+        key: &KeyRecord,
+        secret: &str,
+        client: IpAddr,
+    ) -> Result<(), AuthError> {
         let fingerprint = blake3::hash(key.secret_hash.as_bytes());
         let digest = blake3::keyed_hash(&self.cache_key, secret.as_bytes());
-        {
+        let cached = {
             let verified = self.verified.lock().expect("verified-key cache lock");
-            if let Some(cached) = verified.get(&key.id)
-                && cached.hash_fingerprint == fingerprint
-            {
+            verified
+                .get(&key.id)
+                .filter(|cached| cached.hash_fingerprint == fingerprint)
                 // blake3::Hash compares in constant time.
-                return Ok(cached.secret_digest == digest);
-            }
+                .map(|cached| cached.secret_digest == digest)
+        };
+        match cached {
+            Some(true) => return Ok(()),
+            Some(false) => return Err(self.refuse(client)),
+            None => {}
         }
+        if let Some(retry_after) = self.over_limit(client) {
+            return Err(AuthError::Throttled { retry_after });
+        }
+        self.count_failure(client, true);
         let _slot = self
             .argon2_slots
             .acquire()
@@ -453,19 +508,21 @@ impl Identity {
         let matches = tokio::task::spawn_blocking(move || verify_secret(&secret_hash, &secret))
             .await
             .map_err(|error| AuthError::Internal(error.to_string()))?;
-        if matches {
-            self.verified
-                .lock()
-                .expect("verified-key cache lock")
-                .insert(
-                    key.id.clone(),
-                    CachedSecret {
-                        hash_fingerprint: fingerprint,
-                        secret_digest: digest,
-                    },
-                );
+        if !matches {
+            return Err(AuthError::Invalid);
         }
-        Ok(matches)
+        self.count_failure(client, false);
+        self.verified
+            .lock()
+            .expect("verified-key cache lock")
+            .insert(
+                key.id.clone(),
+                CachedSecret {
+                    hash_fingerprint: fingerprint,
+                    secret_digest: digest,
+                },
+            );
+        Ok(())
     }
 
     /// Looks a key up by id and checks that it is live (present and not expired).
@@ -488,18 +545,12 @@ impl Identity {
         secret: &str,
         client: IpAddr,
     ) -> Result<KeyRecord, AuthError> {
-        self.check_throttle(client)?;
-        let key = key.filter(|key| !key.expired(Self::now()));
-        let verified = match &key {
-            Some(key) => self.check_secret(key, secret).await?,
-            None => false,
-        };
-        match key {
-            Some(key) if verified => Ok(key),
-            _ => {
-                self.record_failure(client);
-                Err(AuthError::Invalid)
+        match key.filter(|key| !key.expired(Self::now())) {
+            Some(key) => {
+                self.check_secret(&key, secret, client).await?;
+                Ok(key)
             }
+            None => Err(self.refuse(client)),
         }
     }
 
@@ -515,7 +566,6 @@ impl Identity {
             Some((key_id, inner)) if key_id == id => inner,
             _ => secret,
         };
-        self.check_throttle(client)?;
         let key = self.live_key(id)?;
         self.authenticate_secret(key, secret, client).await
     }
@@ -527,7 +577,6 @@ impl Identity {
         secret: &str,
         client: IpAddr,
     ) -> Result<KeyRecord, AuthError> {
-        self.check_throttle(client)?;
         let key = self.store.kv.key_by_name(name)?;
         let secret = match (&key, parse_key(secret)) {
             (Some(key), Some((key_id, inner))) if key_id == key.id => inner,
@@ -542,7 +591,6 @@ impl Identity {
         credential: &str,
         client: IpAddr,
     ) -> Result<Authenticated, AuthError> {
-        self.check_throttle(client)?;
         if let Some((id, secret)) = parse_key(credential) {
             let key = self.live_key(id)?;
             let key = self.authenticate_secret(key, secret, client).await?;
@@ -550,10 +598,7 @@ impl Identity {
         }
         match self.verify_token(credential)? {
             Some(authenticated) => Ok(authenticated),
-            None => {
-                self.record_failure(client);
-                Err(AuthError::Invalid)
-            }
+            None => Err(self.refuse(client)),
         }
     }
 

@@ -35,6 +35,26 @@ pub struct KeyTarget {
     /// Address of the running server, if it holds the database [default: 127.0.0.1:9292]
     #[arg(long, env = "OCELLUS_LISTEN", value_name = "ADDR:PORT")]
     pub listen: Option<std::net::SocketAddr>,
+    /// The server's certificate: the running server is reached over https, trusting this
+    /// file unless --cacert says otherwise
+    #[arg(
+        long,
+        env = "OCELLUS_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<PathBuf>,
+    /// The server's private key (only checked for presence, as by `serve`)
+    #[arg(
+        long,
+        env = "OCELLUS_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<PathBuf>,
+    /// The server's public URL, used to reach it if it runs [default: from --listen]
+    #[arg(long, env = "OCELLUS_PUBLIC_URL", value_name = "URL")]
+    pub public_url: Option<String>,
     /// Always use the admin endpoint of the server at this URL (http:// or https://)
     #[arg(long, env = "OCELLUS_URL", value_name = "URL")]
     pub url: Option<String>,
@@ -95,7 +115,7 @@ pub enum KeyCommand {
 
 enum Backend {
     Local(Kv),
-    Remote { url: String, target: KeyTarget },
+    Remote { url: String, target: Box<KeyTarget> },
 }
 
 fn now() -> i64 {
@@ -126,20 +146,27 @@ fn backend(mut target: KeyTarget) -> Result<Backend, String> {
         config: target.config.clone(),
         data_dir: target.data_dir.clone(),
         listen: target.listen,
+        tls_cert: target.tls_cert.clone(),
+        tls_key: target.tls_key.clone(),
+        public_url: target.public_url.clone(),
         ..ServeArgs::default()
     };
     let config = Config::resolve(&args)?;
     if target.cacert.is_none() {
         target.cacert = config.tls.as_ref().map(|tls| tls.cert.clone());
     }
-    if target.admin_key.is_none() {
+    // The bootstrap key is only ever sent to the server that owns this data directory.
+    if target.admin_key.is_none() && target.url.is_none() {
         let path = config.data_dir.join(crate::BOOTSTRAP_KEY_FILE);
         if let Ok(text) = std::fs::read_to_string(&path) {
             target.admin_key = Some(text.trim().to_owned());
         }
     }
     if let Some(url) = target.url.clone() {
-        return Ok(Backend::Remote { url, target });
+        return Ok(Backend::Remote {
+            url,
+            target: Box::new(target),
+        });
     }
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|error| format!("cannot create {}: {error}", config.data_dir.display()))?;
@@ -160,12 +187,18 @@ fn backend(mut target: KeyTarget) -> Result<Backend, String> {
                     std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
                 });
             }
-            let url = format!("{scheme}://{address}");
+            let url = config
+                .public_url
+                .clone()
+                .unwrap_or_else(|| format!("{scheme}://{address}"));
             eprintln!(
                 "ocellus: the server holds {}; using its admin endpoint at {url}",
                 database.display()
             );
-            Ok(Backend::Remote { url, target })
+            Ok(Backend::Remote {
+                url,
+                target: Box::new(target),
+            })
         }
         Err(error) => Err(format!("cannot open {}: {error}", database.display())),
     }

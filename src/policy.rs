@@ -79,12 +79,12 @@ impl Caller {
     }
 
     /// Whether the image exists as far as this caller is concerned (Glance's
-    /// `is_image_visible`): admins see all; everyone sees public, community and ownerless
-    /// images; a project sees its own images and shared images it is a member of, whatever
-    /// its member status.
+    /// `is_image_visible` combined with the `get_image` rule): admins see all; everyone sees
+    /// public and community images, and shared images without an owner; a project sees its
+    /// own images and shared images it is a member of, whatever its member status.
     pub fn can_see(&self, image: &ImageRecord) -> bool {
         self.is_admin()
-            || image.owner.is_none()
+            || (image.owner.is_none() && image.visibility == Visibility::Shared)
             || self.owns(image)
             || matches!(image.visibility, Visibility::Public | Visibility::Community)
             || self.membership(image).is_some()
@@ -153,11 +153,7 @@ impl Caller {
         match image.visibility {
             Visibility::Public => true,
             Visibility::Community => visibility != VisibilityFilter::Default,
-            Visibility::Shared | Visibility::Private
-                if self.is_admin() || image.owner.is_none() =>
-            {
-                true
-            }
+            Visibility::Shared | Visibility::Private if self.is_admin() => true,
             Visibility::Shared => self
                 .membership(image)
                 .is_some_and(|status| member_status.admits(status)),

@@ -13,6 +13,10 @@ use serde_json::{Value, json};
 
 use super::images::not_authorized;
 use super::{AppState, Error, JsonBody, blocking, no_content};
+use axum::http::request::Parts;
+
+use super::auth::client_address;
+use crate::config::AuthMode;
 use crate::identity::{self, CreateKeyError, KeyRequest, key_view};
 use crate::kv::Role;
 use crate::policy::Caller;
@@ -21,8 +25,12 @@ fn now() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp()
 }
 
-fn require_admin(caller: &Caller) -> Result<(), Error> {
-    if caller.is_admin() {
+/// Admins only; in lab mode, where anyone may claim the admin role, only from loopback, so
+/// that a lab server reachable from the network cannot be made to mint keys that would outlive
+/// a switch to `auth = "keys"`.
+fn require_admin(state: &AppState, caller: &Caller, parts: &Parts) -> Result<(), Error> {
+    let lab = state.config.auth == AuthMode::None;
+    if caller.is_admin() && (!lab || client_address(parts).is_loopback()) {
         Ok(())
     } else {
         Err(not_authorized("manage_keys"))
@@ -32,8 +40,9 @@ fn require_admin(caller: &Caller) -> Result<(), Error> {
 pub async fn list_keys(
     State(state): State<AppState>,
     caller: Caller,
+    parts: Parts,
 ) -> Result<Json<Value>, Error> {
-    require_admin(&caller)?;
+    require_admin(&state, &caller, &parts)?;
     let store = state.store.clone();
     let keys = blocking(move || Ok(store.kv.keys()?)).await?;
     let now = now();
@@ -54,9 +63,10 @@ struct CreateBody {
 pub async fn create_key(
     State(state): State<AppState>,
     caller: Caller,
+    parts: Parts,
     JsonBody(body): JsonBody,
 ) -> Result<Response, Error> {
-    require_admin(&caller)?;
+    require_admin(&state, &caller, &parts)?;
     let body: CreateBody = serde_json::from_value(body)
         .map_err(|error| Error::bad_request(format!("Bad key request: {error}")))?;
     let role = Role::parse(&body.role)
@@ -93,9 +103,10 @@ pub async fn create_key(
 pub async fn revoke_key(
     State(state): State<AppState>,
     caller: Caller,
+    parts: Parts,
     Path(key_id): Path<String>,
 ) -> Result<Response, Error> {
-    require_admin(&caller)?;
+    require_admin(&state, &caller, &parts)?;
     let store = state.store.clone();
     let id = key_id.clone();
     let revoked = blocking(move || Ok(store.kv.revoke_key(&id)?)).await?;

@@ -306,9 +306,25 @@ async fn issue(
             "Token requests must be sent as application/json.",
         ));
     }
-    let bytes: Bytes = axum::body::to_bytes(body, BODY_LIMIT)
-        .await
-        .map_err(|_| KeystoneError::bad_request("The request body is too large or was cut off."))?;
+    let bytes: Bytes = match tokio::time::timeout(
+        super::SMALL_BODY_TIMEOUT,
+        axum::body::to_bytes(body, BODY_LIMIT),
+    )
+    .await
+    {
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(_)) => {
+            return Err(KeystoneError::bad_request(
+                "The request body is too large or was cut off.",
+            ));
+        }
+        Err(_) => {
+            return Err(KeystoneError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "The request body did not arrive in time.",
+            ));
+        }
+    };
     let body: Value = serde_json::from_slice(&bytes)
         .map_err(|_| KeystoneError::bad_request("The request body is not valid JSON."))?;
     let auth = body

@@ -261,13 +261,21 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
     }
 }
 
-/// Reads a bounded request body.
+/// Time allowed for a whole small (JSON) request body to arrive.
+pub const SMALL_BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Reads a bounded request body; 408 if it does not arrive within `SMALL_BODY_TIMEOUT`.
 async fn read_small_body<S: Send + Sync>(request: Request, _state: &S) -> Result<Bytes, Error> {
-    match axum::body::to_bytes(request.into_body(), JSON_BODY_LIMIT).await {
-        Ok(bytes) => Ok(bytes),
-        Err(_) => Err(Error::too_large(format!(
+    let body = axum::body::to_bytes(request.into_body(), JSON_BODY_LIMIT);
+    match tokio::time::timeout(SMALL_BODY_TIMEOUT, body).await {
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(_)) => Err(Error::too_large(format!(
             "The request body is larger than {JSON_BODY_LIMIT} bytes or was cut off"
         ))),
+        Err(_) => Err(Error::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "The request body did not arrive in time",
+        )),
     }
 }
 

@@ -202,6 +202,35 @@ async fn incomplete_request_headers_time_out() {
     );
 }
 
+/// A JSON body that stops arriving is answered 408 instead of holding the connection: the
+/// token endpoint needs no credential, so this is what an anonymous slow client would try.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_small_bodies_get_408() {
+    let server = Server::start().await;
+    let mut stream = TcpStream::connect(plain_address(&server)).await.unwrap();
+    stream
+        .write_all(
+            b"POST /v3/auth/tokens HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+              Content-Length: 100\r\n\r\n{\"auth\":",
+        )
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut received = Vec::new();
+    let limit = ocellus::http::SMALL_BODY_TIMEOUT + Duration::from_secs(10);
+    let outcome = tokio::time::timeout(limit, stream.read_to_end(&mut received)).await;
+    assert!(
+        outcome.is_ok(),
+        "still waiting after {:?}",
+        started.elapsed()
+    );
+    assert!(
+        received.starts_with(b"HTTP/1.1 408"),
+        "a stalled body got: {}",
+        String::from_utf8_lossy(&received[..received.len().min(200)])
+    );
+}
+
 /// A request head over the 64 KiB limit is refused with 431, even when it arrives in small
 /// pieces (hyper once let one extra read past its buffer limit).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
