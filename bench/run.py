@@ -1,0 +1,451 @@
+#!/usr/bin/env python3
+"""The ocellus benchmark: the release binary against this machine's own limits.
+
+One command (`python3 bench/run.py`) builds the release binary, starts it on
+loopback with a fresh data directory, and measures in the same run:
+
+- the machine's limits: single-core md5, sha512 and BLAKE3 rates of the crates
+  ocellus uses (examples/hash_rates.rs) on the benchmark's own data, fsync'd
+  sequential write throughput in the data directory's filesystem, and the
+  loopback delivery limit (the same file served by a minimal sendfile(2)
+  server to the same curl);
+- 1 GiB upload (`curl -T`, random data, `Expect:` disabled) and full verified
+  download, MB/s; a re-upload of identical bytes (dedupe): MB/s and bytes added;
+- 10,000 metadata-only images created by 1 and by 8 concurrent clients; the
+  latency of `GET /v2/images?limit=1000`; paging through all at the default
+  page size;
+- `GET /v2/images/{id}` with wrk (16 connections, 10 s), lab mode and with an
+  API key;
+- peak RSS idle, during one 1 GiB upload and during 8 parallel ones;
+- cold start to the first answered request with 10,000 images.
+
+It prints one table (figure, limit, ratio, target) and writes it as JSON.
+Byte flows and latencies are the median of --runs runs (default 3). Every
+subprocess and request has a timeout; nothing leaves loopback.
+"""
+
+import argparse
+import http.client
+import json
+import os
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = ROOT / "target" / "release" / "ocellus"
+HASH_RATES = ROOT / "target" / "release" / "examples" / "hash_rates"
+MB = 1e6
+MIB = 1 << 20
+TIMEOUT = 600
+
+
+def log(message):
+    print(message, file=sys.stderr, flush=True)
+
+
+def free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def run(argv, **kwargs):
+    return subprocess.run(argv, check=True, timeout=TIMEOUT, text=True, capture_output=True, **kwargs)
+
+
+class Server:
+    """One ocellus process on a loopback port."""
+
+    def __init__(self, data_dir, extra=()):
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.log = open(Path(data_dir).parent / f"server-{self.port}.log", "w")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("OCELLUS_")}
+        env["OCELLUS_LOG"] = "warn"
+        started = time.perf_counter()
+        self.process = subprocess.Popen(
+            [str(BIN), "serve", "--listen", f"127.0.0.1:{self.port}", "--data-dir", str(data_dir), *extra],
+            stdout=self.log, stderr=subprocess.STDOUT, env=env,
+        )
+        self.startup_seconds = self.wait_ready(started)
+
+    def wait_ready(self, started):
+        deadline = started + 30
+        while time.perf_counter() < deadline:
+            try:
+                connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=1)
+                connection.request("GET", "/versions")
+                if connection.getresponse().status == 200:
+                    return time.perf_counter() - started
+            except OSError:
+                pass
+            if self.process.poll() is not None:
+                raise RuntimeError("the server exited during startup")
+            time.sleep(0.002)
+        raise RuntimeError("the server did not answer within 30 s")
+
+    def rss_kib(self):
+        with open(f"/proc/{self.process.pid}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+        return 0
+
+    def stop(self):
+        self.process.terminate()
+        self.process.wait(timeout=60)
+        self.log.close()
+
+
+class RssPeak:
+    """Samples a server's RSS every 10 ms while active; `peak_mib` after exit."""
+
+    def __init__(self, server):
+        self.server = server
+        self.peak = 0
+        self.stopping = threading.Event()
+
+    def __enter__(self):
+        self.thread = threading.Thread(target=self.sample, daemon=True)
+        self.thread.start()
+        return self
+
+    def sample(self):
+        while not self.stopping.is_set():
+            try:
+                self.peak = max(self.peak, self.server.rss_kib())
+            except OSError:
+                return
+            time.sleep(0.01)
+
+    def __exit__(self, *exc):
+        self.stopping.set()
+        self.thread.join()
+
+    @property
+    def peak_mib(self):
+        return self.peak / 1024
+
+
+def request(connection, method, path, body=None, headers=None):
+    headers = dict(headers or {})
+    if body is not None:
+        body = json.dumps(body)
+        headers["Content-Type"] = "application/json"
+    connection.request(method, path, body=body, headers=headers)
+    response = connection.getresponse()
+    data = response.read()
+    if response.status >= 300:
+        raise RuntimeError(f"{method} {path}: {response.status} {data[:200]!r}")
+    return json.loads(data) if data else None
+
+
+def connect(server):
+    return http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+
+
+def create_image(connection, name="bench"):
+    image = request(connection, "POST", "/v2/images", {"name": name, "disk_format": "raw", "container_format": "bare"})
+    return image["id"]
+
+
+def curl_upload(server, image_id, path, headers=()):
+    argv = ["curl", "-s", "-f", "-o", "/dev/null", "-w", "%{speed_upload}", "-H", "Expect:",
+            "-H", "Content-Type: application/octet-stream", "-T", str(path)]
+    for header in headers:
+        argv += ["-H", header]
+    return float(run(argv + [f"{server.base}/v2/images/{image_id}/file"]).stdout) / MB
+
+
+def curl_download(url):
+    return float(run(["curl", "-s", "-f", "-o", "/dev/null", "-w", "%{speed_download}", url]).stdout) / MB
+
+
+def blob_bytes(data_dir):
+    total = 0
+    for directory, _, files in os.walk(Path(data_dir) / "blobs"):
+        for name in files:
+            total += os.path.getsize(os.path.join(directory, name))
+    return total
+
+
+def fsync_write_rate(directory, size):
+    path = Path(directory) / "fsync-probe"
+    chunk = os.urandom(MIB)
+    started = time.perf_counter()
+    with open(path, "wb") as file:
+        for _ in range(size // MIB):
+            file.write(chunk)
+        file.flush()
+        os.fsync(file.fileno())
+    elapsed = time.perf_counter() - started
+    path.unlink()
+    return size / elapsed / MB
+
+
+def sendfile_reference(path, runs):
+    """Serves `path` with sendfile(2) to curl; returns the median MB/s."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    port = listener.getsockname()[1]
+    size = os.path.getsize(path)
+
+    def serve():
+        for _ in range(runs):
+            connection, _ = listener.accept()
+            with connection:
+                received = b""
+                while b"\r\n\r\n" not in received:
+                    more = connection.recv(4096)
+                    if not more:
+                        break
+                    received += more
+                connection.sendall(f"HTTP/1.1 200 OK\r\nContent-Length: {size}\r\nConnection: close\r\n\r\n".encode())
+                with open(path, "rb") as file:
+                    connection.sendfile(file)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    rates = [curl_download(f"http://127.0.0.1:{port}/file") for _ in range(runs)]
+    thread.join(timeout=60)
+    listener.close()
+    return statistics.median(rates)
+
+
+def wrk(url, headers=()):
+    argv = ["wrk", "-t2", "-c16", "-d10s", "--latency"]
+    for header in headers:
+        argv += ["-H", header]
+    output = run(argv + [url]).stdout
+    units = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+
+    def latency(percent):
+        match = re.search(rf"^\s+{percent}%\s+([\d.]+)(us|ms|s)\s*$", output, re.M)
+        return float(match.group(1)) * units[match.group(2)]
+
+    requests = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))
+    non_2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", output)
+    if non_2xx:
+        raise RuntimeError(f"wrk saw {non_2xx.group(1)} error answers")
+    return requests, latency(50), latency(99)
+
+
+def create_many(server, count, clients):
+    """Creates `count` images with `clients` concurrent keep-alive connections; images/s."""
+    per_client = count // clients
+    errors = []
+
+    def worker(index):
+        try:
+            connection = connect(server)
+            for number in range(per_client):
+                create_image(connection, f"bench-{clients}-{index}-{number}")
+        except Exception as error:  # reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=worker, args=(index,)) for index in range(clients)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=TIMEOUT)
+    elapsed = time.perf_counter() - started
+    if errors:
+        raise errors[0]
+    return per_client * clients / elapsed
+
+
+def timed(action):
+    started = time.perf_counter()
+    action()
+    return time.perf_counter() - started
+
+
+def page_through(server):
+    connection = connect(server)
+    path, pages, seen = "/v2/images", 0, 0
+    while path:
+        body = request(connection, "GET", path)
+        pages += 1
+        seen += len(body["images"])
+        path = body.get("next")
+    return pages, seen
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size-mib", type=int, default=1024, help="size of each upload (default 1024)")
+    parser.add_argument("--images", type=int, default=10000, help="metadata-only images (default 10000)")
+    parser.add_argument("--runs", type=int, default=3, help="repetitions of each byte flow (default 3)")
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results.json"), help="JSON output file")
+    parser.add_argument("--no-build", action="store_true", help="use the existing release binary")
+    args = parser.parse_args()
+    for tool in ("curl", "wrk"):
+        if not shutil.which(tool):
+            sys.exit(f"bench: {tool} is required (apt-get install curl wrk)")
+    if not args.no_build:
+        log("building the release binary")
+        subprocess.run(["cargo", "build", "--release", "--locked", "--bin", "ocellus", "--example", "hash_rates"],
+                       cwd=ROOT, check=True, timeout=1800)
+
+    size = args.size_mib * MIB
+    work = Path(tempfile.mkdtemp(prefix="ocellus-bench-"))
+    figures = {}
+    servers = []
+    try:
+        data_dir = work / "data"
+        files = []
+        for index in range(args.runs):
+            path = work / f"random-{index}.bin"
+            with open("/dev/urandom", "rb") as source, open(path, "wb") as target:
+                for _ in range(args.size_mib):
+                    target.write(source.read(MIB))
+            files.append(path)
+
+        log("machine limits")
+        hashes = json.loads(run([str(HASH_RATES), str(files[0])]).stdout)
+        data_dir.mkdir()
+        fsync_rate = statistics.median(fsync_write_rate(data_dir, size) for _ in range(args.runs))
+        sendfile_rate = sendfile_reference(files[0], args.runs)
+        figures["limit_md5_mbps"] = hashes["md5"]
+        figures["limit_sha512_mbps"] = hashes["sha512"]
+        figures["limit_blake3_mbps"] = hashes["blake3"]
+        figures["limit_fsync_write_mbps"] = fsync_rate
+        figures["limit_sendfile_mbps"] = sendfile_rate
+
+        server = Server(data_dir)
+        servers.append(server)
+        time.sleep(0.5)
+        figures["rss_idle_mib"] = server.rss_kib() / 1024
+        connection = connect(server)
+
+        log(f"{args.runs} uploads and downloads of {args.size_mib} MiB")
+        ids, uploads, downloads = [], [], []
+        with RssPeak(server) as one_upload:
+            for path in files:
+                image_id = create_image(connection)
+                uploads.append(curl_upload(server, image_id, path))
+                ids.append(image_id)
+        for _ in range(args.runs):
+            downloads.append(curl_download(f"{server.base}/v2/images/{ids[0]}/file"))
+        figures["upload_mbps"] = statistics.median(uploads)
+        figures["download_mbps"] = statistics.median(downloads)
+        figures["rss_one_upload_mib"] = one_upload.peak_mib
+
+        before = blob_bytes(data_dir)
+        dedupe = [curl_upload(server, create_image(connection), files[0]) for _ in range(args.runs)]
+        figures["dedupe_upload_mbps"] = statistics.median(dedupe)
+        figures["dedupe_bytes_added"] = blob_bytes(data_dir) - before
+
+        log("8 parallel uploads")
+        parallel_ids = [create_image(connection) for _ in range(8)]
+        with RssPeak(server) as eight_uploads:
+            threads = [threading.Thread(target=curl_upload, args=(server, image_id, files[index % len(files)]))
+                       for index, image_id in enumerate(parallel_ids)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(timeout=TIMEOUT)
+        figures["rss_eight_uploads_mib"] = eight_uploads.peak_mib
+
+        log(f"creating {args.images} images")
+        half = args.images // 2
+        figures["create_1_client_per_s"] = create_many(server, half, 1)
+        figures["create_8_clients_per_s"] = create_many(server, args.images - half, 8)
+        list_times = [timed(lambda: request(connection, "GET", "/v2/images?limit=1000")) for _ in range(5)]
+        figures["list_1000_ms"] = statistics.median(list_times) * 1000
+        pages = {}
+        figures["page_all_s"] = timed(lambda: pages.update(result=page_through(server)))
+        figures["page_all_pages"], figures["page_all_images"] = pages["result"]
+
+        log("show with wrk")
+        show = f"{server.base}/v2/images/{ids[0]}"
+        figures["show_rps"], figures["show_p50_ms"], figures["show_p99_ms"] = wrk(show)
+        server.stop()
+        servers.remove(server)
+
+        log("cold starts and show with an API key")
+        created = json.loads(run([str(BIN), "key", "create", "--data-dir", str(data_dir), "--project", "bench",
+                                  "--role", "admin", "--name", "bench", "--json"]).stdout)
+        starts = []
+        for _ in range(args.runs):
+            server = Server(data_dir, ["--auth", "keys"])
+            servers.append(server)
+            starts.append(server.startup_seconds)
+            if len(starts) < args.runs:
+                server.stop()
+                servers.remove(server)
+        figures["cold_start_ms"] = statistics.median(starts) * 1000
+        figures["cold_start_images"] = figures["page_all_images"]
+        key = f"X-Auth-Token: {created['key']}"
+        show = f"{server.base}/v2/images/{ids[0]}"
+        # The first use verifies the key with argon2; wrk then measures the cached path.
+        run(["curl", "-s", "-f", "-o", "/dev/null", "-H", key, show])
+        figures["show_key_rps"], figures["show_key_p50_ms"], figures["show_key_p99_ms"] = wrk(show, [key])
+        server.stop()
+        servers.remove(server)
+    finally:
+        for server in servers:
+            server.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+    report(figures, args)
+
+
+def report(figures, args):
+    upload_limit = min(figures["limit_fsync_write_mbps"], figures["limit_sha512_mbps"])
+    rows = [
+        # name, value, unit, limit (or None), target description, passes
+        ("upload (curl -T)", figures["upload_mbps"], "MB/s", upload_limit,
+         ">= 0.85 x min(fsync write, sha512)", figures["upload_mbps"] >= 0.85 * upload_limit),
+        ("download (verified)", figures["download_mbps"], "MB/s", figures["limit_sendfile_mbps"],
+         ">= 0.8 x sendfile", figures["download_mbps"] >= 0.8 * figures["limit_sendfile_mbps"]),
+        ("dedupe re-upload", figures["dedupe_upload_mbps"], "MB/s", upload_limit, "", True),
+        ("dedupe bytes added", figures["dedupe_bytes_added"], "B", None, "0", figures["dedupe_bytes_added"] == 0),
+        ("create, 1 client", figures["create_1_client_per_s"], "img/s", None, "", True),
+        ("create, 8 clients", figures["create_8_clients_per_s"], "img/s", None, ">= 500",
+         figures["create_8_clients_per_s"] >= 500),
+        ("list limit=1000", figures["list_1000_ms"], "ms", None, "<= 20", figures["list_1000_ms"] <= 20),
+        (f"page all ({figures['page_all_pages']} pages)", figures["page_all_s"], "s", None, "<= 1",
+         figures["page_all_s"] <= 1),
+        ("show, lab mode", figures["show_rps"], "req/s", None, ">= 10000", figures["show_rps"] >= 10000),
+        ("show p99, lab mode", figures["show_p99_ms"], "ms", None, "<= 5", figures["show_p99_ms"] <= 5),
+        ("show, API key", figures["show_key_rps"], "req/s", None, ">= 10000", figures["show_key_rps"] >= 10000),
+        ("show p99, API key", figures["show_key_p99_ms"], "ms", None, "<= 5", figures["show_key_p99_ms"] <= 5),
+        ("RSS idle", figures["rss_idle_mib"], "MiB", None, "<= 15", figures["rss_idle_mib"] <= 15),
+        ("RSS peak, 1 upload", figures["rss_one_upload_mib"], "MiB", None, "<= 64", figures["rss_one_upload_mib"] <= 64),
+        ("RSS peak, 8 uploads", figures["rss_eight_uploads_mib"], "MiB", None, "<= 128",
+         figures["rss_eight_uploads_mib"] <= 128),
+        (f"cold start ({figures['cold_start_images']} images)", figures["cold_start_ms"], "ms", None, "<= 200",
+         figures["cold_start_ms"] <= 200),
+    ]
+    print(f"{'figure':<30} {'value':>12} {'unit':<6} {'limit':>10} {'ratio':>6}  {'target':<36} ok")
+    print(f"{'machine: md5 / sha512 / blake3':<30} {figures['limit_md5_mbps']:.0f} / {figures['limit_sha512_mbps']:.0f} / "
+          f"{figures['limit_blake3_mbps']:.0f} MB/s single core")
+    print(f"{'machine: fsync write, sendfile':<30} {figures['limit_fsync_write_mbps']:.0f} / "
+          f"{figures['limit_sendfile_mbps']:.0f} MB/s")
+    table = []
+    for name, value, unit, limit, target, passes in rows:
+        ratio = value / limit if limit else None
+        limit_text = f"{limit:.0f}" if limit else ""
+        ratio_text = f"{ratio:.2f}" if ratio is not None else ""
+        print(f"{name:<30} {value:>12.2f} {unit:<6} {limit_text:>10} {ratio_text:>6}  {target:<36} "
+              f"{'yes' if passes else 'NO'}")
+        table.append({"figure": name, "value": value, "unit": unit, "limit": limit, "ratio": ratio,
+                      "target": target, "met": passes})
+    result = {"size_mib": args.size_mib, "images": args.images, "runs": args.runs, "figures": figures, "table": table}
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    log(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,40 @@
+//! Single-core hashing rates of the crates ocellus uses (md-5, sha2, blake3), on a file, for
+//! the benchmark's "machine limits". Prints one JSON object of MB/s (10^6 bytes per second).
+//!
+//! Usage: `cargo run --release --example hash_rates -- FILE`
+
+use std::io::Read;
+use std::time::Instant;
+
+fn rate(path: &str, mut update: impl FnMut(&[u8])) -> f64 {
+    let mut file = std::fs::File::open(path).expect("the input file opens");
+    let mut buffer = vec![0u8; 1 << 20];
+    let mut total = 0usize;
+    let started = Instant::now();
+    loop {
+        let read = file.read(&mut buffer).expect("the input file reads");
+        if read == 0 {
+            break;
+        }
+        update(&buffer[..read]);
+        total += read;
+    }
+    total as f64 / started.elapsed().as_secs_f64() / 1e6
+}
+
+fn main() {
+    let path = std::env::args().nth(1).expect("usage: hash_rates FILE");
+    // Read once so that every hash sees the file from the page cache.
+    rate(&path, |_| {});
+    let mut md5 = <md5::Md5 as md5::Digest>::new();
+    let md5_rate = rate(&path, |chunk| md5::Digest::update(&mut md5, chunk));
+    let mut sha512 = <sha2::Sha512 as sha2::Digest>::new();
+    let sha512_rate = rate(&path, |chunk| sha2::Digest::update(&mut sha512, chunk));
+    let mut blake3 = blake3::Hasher::new();
+    let blake3_rate = rate(&path, |chunk| {
+        blake3.update(chunk);
+    });
+    println!(
+        "{{\"md5\": {md5_rate:.1}, \"sha512\": {sha512_rate:.1}, \"blake3\": {blake3_rate:.1}}}"
+    );
+}
