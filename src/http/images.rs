@@ -5,10 +5,12 @@ use axum::Json;
 use axum::extract::{Path, RawQuery, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::discovery::{IMPORT_METHODS, STORE_ID};
-use super::wire::{apply_property, check_quotas, check_writable, image_view, is_core, now_micros};
+use super::wire::{
+    ImageJson, apply_property, check_quotas, check_writable, image_view, is_core, now_micros,
+};
 use super::{
     AppState, BaseUrl, Error, JsonBody, blocking, list_query, no_content, read_small_body,
 };
@@ -167,7 +169,7 @@ pub async fn list_images(
     State(state): State<AppState>,
     caller: Caller,
     RawQuery(query): RawQuery,
-) -> Result<Json<Value>, Error> {
+) -> Result<Response, Error> {
     if !caller.can_read() {
         return Err(not_authorized("get_images"));
     }
@@ -209,17 +211,31 @@ pub async fn list_images(
     } else {
         format!("/v2/images?{query}")
     };
-    let mut body = json!({
-        "images": images.iter().map(image_view).collect::<Vec<_>>(),
-        "first": first,
-        "schema": "/v2/schemas/images",
-    });
-    if more && let Some(last) = images.last() {
-        let mut pairs = params.link_pairs.clone();
-        pairs.push(("marker".into(), last.id.to_string()));
-        body["next"] = format!("/v2/images?{}", encode(&pairs)).into();
-    }
-    Ok(Json(body))
+    let next = match images.last() {
+        Some(last) if more => {
+            let mut pairs = params.link_pairs.clone();
+            pairs.push(("marker".into(), last.id.to_string()));
+            Some(format!("/v2/images?{}", encode(&pairs)))
+        }
+        _ => None,
+    };
+    Ok(Json(ImageList {
+        images: images.iter().map(ImageJson).collect(),
+        first,
+        schema: "/v2/schemas/images",
+        next,
+    })
+    .into_response())
+}
+
+/// A page of images, serialized without building JSON values.
+#[derive(serde::Serialize)]
+struct ImageList<'a> {
+    images: Vec<ImageJson<'a>>,
+    first: String,
+    schema: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next: Option<String>,
 }
 
 /// One JSON-patch operation, normalized from either patch dialect.
