@@ -122,6 +122,11 @@ fn verify_secret(secret_hash: &str, secret: &str) -> bool {
     }
 }
 
+/// The current time in unix seconds, the unit of key and token times.
+pub fn now_secs() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
 /// What `ocellus key create` (offline, or through the admin endpoint) asks for.
 #[derive(Clone, Debug)]
 pub struct KeyRequest {
@@ -142,6 +147,14 @@ impl CreatedKey {
     /// The whole key string.
     pub fn key(&self) -> String {
         format_key(&self.record.id, &self.secret)
+    }
+
+    /// `key_view` plus the secret and the whole key: what creating a key answers, once.
+    pub fn view(&self, now: i64) -> serde_json::Value {
+        let mut view = key_view(&self.record, now);
+        view["secret"] = serde_json::Value::String(self.secret.clone());
+        view["key"] = serde_json::Value::String(self.key());
+        view
     }
 }
 
@@ -419,10 +432,6 @@ impl Identity {
         })
     }
 
-    fn now() -> i64 {
-        time::OffsetDateTime::now_utc().unix_timestamp()
-    }
-
     /// How long a client over the failure limit must wait, if it is over.
     fn over_limit(&self, client: IpAddr) -> Option<u64> {
         if self.failure_limit == 0 {
@@ -534,7 +543,7 @@ impl Identity {
             .store
             .kv
             .key(id)?
-            .filter(|key| !key.expired(Self::now())))
+            .filter(|key| !key.expired(now_secs())))
     }
 
     /// Authenticates a key by id and secret (the application-credential method, and
@@ -545,7 +554,7 @@ impl Identity {
         secret: &str,
         client: IpAddr,
     ) -> Result<KeyRecord, AuthError> {
-        match key.filter(|key| !key.expired(Self::now())) {
+        match key.filter(|key| !key.expired(now_secs())) {
             Some(key) => {
                 self.check_secret(&key, secret, client).await?;
                 Ok(key)
@@ -619,7 +628,7 @@ impl Identity {
         let Some(claims) = TokenClaims::from_payload(payload) else {
             return Ok(None);
         };
-        if claims.expires_at <= Self::now() {
+        if claims.expires_at <= now_secs() {
             return Ok(None);
         }
         let Some(key) = self.live_key(&claims.key_id)? else {
@@ -643,7 +652,7 @@ impl Identity {
         method: Method,
         parent: Option<&TokenClaims>,
     ) -> (String, TokenClaims) {
-        let now = Self::now();
+        let now = now_secs();
         let mut audit_ids = vec![random_bytes::<16>()];
         let (methods, expires_at) = match parent {
             Some(parent) => {

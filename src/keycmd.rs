@@ -118,10 +118,6 @@ enum Backend {
     Remote { url: String, target: Box<KeyTarget> },
 }
 
-fn now() -> i64 {
-    time::OffsetDateTime::now_utc().unix_timestamp()
-}
-
 /// Runs a key subcommand; the error is the message to print.
 pub fn run(command: KeyCommand) -> Result<(), String> {
     let target = match &command {
@@ -205,7 +201,7 @@ fn backend(mut target: KeyTarget) -> Result<Backend, String> {
 }
 
 fn run_local(kv: &Kv, command: KeyCommand) -> Result<(), String> {
-    let now = now();
+    let now = identity::now_secs();
     match command {
         KeyCommand::Create {
             project,
@@ -228,10 +224,7 @@ fn run_local(kv: &Kv, command: KeyCommand) -> Result<(), String> {
                 CreateKeyError::NameTaken(name) => format!("a key named {name} already exists"),
                 other => other.to_string(),
             })?;
-            let mut view = key_view(&created.record, now);
-            view["secret"] = Value::String(created.secret.clone());
-            view["key"] = Value::String(created.key());
-            print_created(&view, json);
+            print_created(&created.view(now), json);
         }
         KeyCommand::List { json, .. } => {
             let keys = kv.keys().map_err(|error| error.to_string())?;

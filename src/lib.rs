@@ -73,7 +73,7 @@ fn bootstrap_key(kv: &kv::Kv, data_dir: &std::path::Path) -> Result<(), OpenErro
     use std::os::unix::fs::OpenOptionsExt;
 
     let path = data_dir.join(BOOTSTRAP_KEY_FILE);
-    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let now = identity::now_secs();
     let request = identity::KeyRequest {
         project: "admin".into(),
         role: kv::Role::Admin,

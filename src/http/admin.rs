@@ -21,10 +21,6 @@ use crate::identity::{self, CreateKeyError, KeyRequest, key_view};
 use crate::kv::Role;
 use crate::policy::Caller;
 
-fn now() -> i64 {
-    time::OffsetDateTime::now_utc().unix_timestamp()
-}
-
 /// Admins only; in lab mode, where anyone may claim the admin role, only from loopback, so
 /// that a lab server reachable from the network cannot be made to mint keys that would outlive
 /// a switch to `auth = "keys"`.
@@ -45,7 +41,7 @@ pub async fn list_keys(
     require_admin(&state, &caller, &parts)?;
     let store = state.store.clone();
     let keys = blocking(move || Ok(store.kv.keys()?)).await?;
-    let now = now();
+    let now = identity::now_secs();
     let views: Vec<Value> = keys.iter().map(|key| key_view(key, now)).collect();
     Ok(Json(json!({ "keys": views })))
 }
@@ -71,7 +67,7 @@ pub async fn create_key(
         .map_err(|error| Error::bad_request(format!("Bad key request: {error}")))?;
     let role = Role::parse(&body.role)
         .ok_or_else(|| Error::bad_request("role must be one of: admin, member, reader"))?;
-    let now = now();
+    let now = identity::now_secs();
     let expires_at = match &body.expires {
         Some(text) => Some(identity::parse_expiry(text, now).map_err(Error::bad_request)?),
         None => None,
@@ -94,10 +90,7 @@ pub async fn create_key(
     })
     .await?;
     tracing::info!(key = %created.record.id, name = %created.record.name, project = %created.record.project_name, role = created.record.role.as_str(), "API key created");
-    let mut view = key_view(&created.record, now);
-    view["secret"] = Value::String(created.secret.clone());
-    view["key"] = Value::String(created.key());
-    Ok((StatusCode::CREATED, Json(view)).into_response())
+    Ok((StatusCode::CREATED, Json(created.view(now))).into_response())
 }
 
 pub async fn revoke_key(

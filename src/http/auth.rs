@@ -54,16 +54,8 @@ pub fn caller_for(key: &KeyRecord) -> Caller {
 
 /// The credential a request carries: `X-Auth-Token`, else a bearer token.
 pub fn credential(parts: &Parts) -> Option<&str> {
-    let header = |name: header::HeaderName| {
-        parts
-            .headers
-            .get(name)
-            .and_then(|value| value.to_str().ok())
-            .map(str::trim)
-            .filter(|value| !value.is_empty())
-    };
-    header(header::HeaderName::from_static("x-auth-token")).or_else(|| {
-        header(header::AUTHORIZATION).and_then(|value| {
+    header_text(parts, "x-auth-token").or_else(|| {
+        header_text(parts, "authorization").and_then(|value| {
             let (scheme, token) = value.split_once(' ')?;
             scheme
                 .eq_ignore_ascii_case("bearer")
@@ -101,16 +93,24 @@ pub async fn authenticate(parts: &mut Parts, state: &AppState) -> Result<Authent
 pub fn auth_error(error: AuthError, base: &str) -> Error {
     match error {
         AuthError::Invalid => unauthorized(base),
-        AuthError::Throttled { retry_after } => Error::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "Too many failed authentication attempts from this address; retry later.",
-        )
-        .with_header_value(header::RETRY_AFTER, HeaderValue::from(retry_after)),
+        AuthError::Throttled { retry_after } => {
+            Error::new(StatusCode::TOO_MANY_REQUESTS, THROTTLED_MESSAGE)
+                .with_header_value(header::RETRY_AFTER, HeaderValue::from(retry_after))
+        }
         AuthError::Internal(error) => {
             tracing::error!(%error, "authentication failed internally");
             Error::internal()
         }
     }
+}
+
+/// The message of a 429 from the failure limiter.
+pub const THROTTLED_MESSAGE: &str =
+    "Too many failed authentication attempts from this address; retry later.";
+
+/// `WWW-Authenticate` of every 401: where to get a token, as keystonemiddleware says it.
+pub fn www_authenticate(base: &str) -> Option<HeaderValue> {
+    HeaderValue::from_str(&format!("Keystone uri=\"{base}/v3\"")).ok()
 }
 
 /// 401 pointing at our Keystone-compatible endpoint, as keystonemiddleware does.
@@ -119,21 +119,24 @@ pub fn unauthorized(base: &str) -> Error {
         StatusCode::UNAUTHORIZED,
         "Authentication required: send an API key or a token in the X-Auth-Token header.",
     );
-    match HeaderValue::from_str(&format!("Keystone uri=\"{base}/v3\"")) {
-        Ok(value) => error.with_header_value(header::WWW_AUTHENTICATE, value),
-        Err(_) => error,
+    match www_authenticate(base) {
+        Some(value) => error.with_header_value(header::WWW_AUTHENTICATE, value),
+        None => error,
     }
 }
 
+/// A header's trimmed text, if present, readable and not empty.
+fn header_text<'a>(parts: &'a Parts, name: &str) -> Option<&'a str> {
+    parts
+        .headers
+        .get(name)
+        .and_then(|value| value.to_str().ok())
+        .map(str::trim)
+        .filter(|value| !value.is_empty())
+}
+
 fn lab_caller(parts: &Parts, default_project: &str) -> Caller {
-    let header = |name: &str| {
-        parts
-            .headers
-            .get(name)
-            .and_then(|value| value.to_str().ok())
-            .map(str::trim)
-            .filter(|value| !value.is_empty())
-    };
+    let header = |name: &str| header_text(parts, name);
     let project_id = header("x-project-id")
         .or_else(|| header("x-tenant-id"))
         .unwrap_or(default_project)

@@ -16,7 +16,7 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use serde_json::{Value, json};
 
-use super::auth::{client_address, credential};
+use super::auth::{THROTTLED_MESSAGE, client_address, credential, www_authenticate};
 use super::{AppState, BaseUrl};
 use crate::identity::{AuthError, Authenticated, Method as AuthMethod, TokenClaims};
 use crate::kv::{KeyRecord, Role};
@@ -57,7 +57,7 @@ impl KeystoneError {
             StatusCode::UNAUTHORIZED,
             "The request you have made requires authentication.",
         );
-        if let Ok(value) = HeaderValue::from_str(&format!("Keystone uri=\"{base}/v3\"")) {
+        if let Some(value) = www_authenticate(base) {
             error.headers.push((header::WWW_AUTHENTICATE, value));
         }
         error
@@ -67,10 +67,8 @@ impl KeystoneError {
         match error {
             AuthError::Invalid => KeystoneError::unauthorized(base),
             AuthError::Throttled { retry_after } => {
-                let mut error = KeystoneError::new(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "Too many failed authentication attempts from this address; retry later.",
-                );
+                let mut error =
+                    KeystoneError::new(StatusCode::TOO_MANY_REQUESTS, THROTTLED_MESSAGE);
                 error
                     .headers
                     .push((header::RETRY_AFTER, HeaderValue::from(retry_after)));
