@@ -8,7 +8,7 @@ loopback with a fresh data directory, and measures in the same run:
   ocellus uses (examples/hash_rates.rs) on the benchmark's own data, fsync'd
   sequential write throughput in the data directory's filesystem, and the
   loopback delivery limit (the same file served by a minimal sendfile(2)
-  server to the same curl);
+  server to the same curl, fetched right before each of our downloads);
 - 1 GiB upload (`curl -T`, random data, `Expect:` disabled) and full verified
   download, MB/s; a re-upload of identical bytes (dedupe): MB/s and bytes added;
 - 10,000 metadata-only images created by 1 and by 8 concurrent clients; the
@@ -20,7 +20,9 @@ loopback with a fresh data directory, and measures in the same run:
 - cold start to the first answered request with 10,000 images.
 
 It prints one table (figure, limit, ratio, target) and writes it as JSON.
-Byte flows and latencies are the median of --runs runs (default 3). Every
+Byte flows and latencies are the median of --runs runs (default 3); downloads,
+which take under a second each, run 2 x --runs + 1 times in pairs with the
+sendfile reference. Every
 subprocess and request has a timeout; nothing leaves loopback.
 """
 
@@ -191,34 +193,47 @@ def fsync_write_rate(directory, size):
     return size / elapsed / MB
 
 
-def sendfile_reference(path, runs):
-    """Serves `path` with sendfile(2) to curl; returns the median MB/s."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(8)
-    port = listener.getsockname()[1]
-    size = os.path.getsize(path)
+class SendfileServer:
+    """A minimal HTTP server that answers every GET with one file through sendfile(2): the
+    loopback delivery limit. Serves one connection at a time until closed."""
 
-    def serve():
-        for _ in range(runs):
-            connection, _ = listener.accept()
+    def __init__(self, path):
+        self.path = path
+        self.size = os.path.getsize(path)
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(8)
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}/file"
+        self.thread = threading.Thread(target=self.serve, daemon=True)
+        self.thread.start()
+
+    def serve(self):
+        while True:
+            try:
+                connection, _ = self.listener.accept()
+            except OSError:
+                return
             with connection:
+                connection.settimeout(TIMEOUT)
                 received = b""
                 while b"\r\n\r\n" not in received:
                     more = connection.recv(4096)
                     if not more:
                         break
                     received += more
-                connection.sendall(f"HTTP/1.1 200 OK\r\nContent-Length: {size}\r\nConnection: close\r\n\r\n".encode())
-                with open(path, "rb") as file:
+                head = f"HTTP/1.1 200 OK\r\nContent-Length: {self.size}\r\nConnection: close\r\n\r\n"
+                connection.sendall(head.encode())
+                with open(self.path, "rb") as file:
                     connection.sendfile(file)
 
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    rates = [curl_download(f"http://127.0.0.1:{port}/file") for _ in range(runs)]
-    thread.join(timeout=60)
-    listener.close()
-    return statistics.median(rates)
+    def close(self):
+        # shutdown wakes the accept() blocked in the serving thread; close alone does not.
+        try:
+            self.listener.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.listener.close()
+        self.thread.join(timeout=60)
 
 
 def wrk(url, headers=()):
@@ -315,12 +330,10 @@ def main():
         hashes = json.loads(run([str(HASH_RATES), str(files[0])]).stdout)
         data_dir.mkdir()
         fsync_rate = statistics.median(fsync_write_rate(data_dir, size) for _ in range(args.runs))
-        sendfile_rate = sendfile_reference(files[0], args.runs)
         figures["limit_md5_mbps"] = hashes["md5"]
         figures["limit_sha512_mbps"] = hashes["sha512"]
         figures["limit_blake3_mbps"] = hashes["blake3"]
         figures["limit_fsync_write_mbps"] = fsync_rate
-        figures["limit_sendfile_mbps"] = sendfile_rate
 
         # Metadata and latency phases run before the gigabyte flows, so that writeback of
         # those gigabytes cannot disturb the latency figures.
@@ -378,8 +391,18 @@ def main():
                 image_id = create_image(connection)
                 uploads.append(curl_upload(server, image_id, path))
                 ids.append(image_id)
-        for _ in range(args.runs):
-            downloads.append(curl_download(f"{server.base}/v2/images/{ids[0]}/file"))
+        # Each download runs right after the sendfile reference fetches the same bytes, so that
+        # both see the same machine state (this VM's loopback rate drifts between minutes).
+        reference = SendfileServer(files[0])
+        references = []
+        try:
+            for _ in range(2 * args.runs + 1):
+                references.append(curl_download(reference.url))
+                downloads.append(curl_download(f"{server.base}/v2/images/{ids[0]}/file"))
+        finally:
+            reference.close()
+        figures["limit_sendfile_mbps"] = statistics.median(references)
+        figures["download_ratios"] = [ours / limit for ours, limit in zip(downloads, references)]
         figures["upload_mbps"] = statistics.median(uploads)
         figures["download_mbps"] = statistics.median(downloads)
         figures["rss_one_upload_mib"] = one_upload.peak_mib

@@ -35,10 +35,15 @@ use crate::kv::Digest;
 const BUFFER_SIZE: usize = 1 << 20;
 /// Buffers in flight per worker; bounds memory per upload to about 4 x this x `BUFFER_SIZE`.
 const CHANNEL_DEPTH: usize = 4;
+/// An upload asks for its temp file to be flushed to disk after every this many bytes.
+const FLUSH_EVERY: usize = 32 << 20;
 /// Bytes kept from the start of an upload for format inspection.
 pub const HEAD_SIZE: usize = 64 * 1024;
 /// Read size for downloads.
 const READ_SIZE: usize = 256 * 1024;
+/// Read buffers kept for reuse per download: the channel's `CHANNEL_DEPTH`, the one being read
+/// into, and a few held by the HTTP layer while it writes them.
+const READ_POOL: usize = CHANNEL_DEPTH + 4;
 /// Number of digest-striped locks.
 const LOCK_STRIPES: usize = 64;
 
@@ -162,9 +167,17 @@ impl BlobStore {
         let (write_sender, mut write_receiver) = mpsc::channel::<Bytes>(CHANNEL_DEPTH);
         let writer = tokio::task::spawn_blocking(move || -> io::Result<()> {
             let mut file = file;
+            let flusher = Flusher::start(&file)?;
+            let mut unflushed = 0;
             while let Some(buffer) = write_receiver.blocking_recv() {
                 file.write_all(&buffer)?;
+                unflushed += buffer.len();
+                if unflushed >= FLUSH_EVERY {
+                    unflushed = 0;
+                    flusher.nudge();
+                }
             }
+            flusher.finish()?;
             file.sync_all()
         });
         let (md5_sender, md5_task) = hash_worker(
@@ -338,6 +351,50 @@ impl BlobStore {
     }
 }
 
+/// Flushes an upload's temp file to disk while it is still being written, so that the fsync
+/// that ends the upload finds little left to do instead of the whole body. It runs on its own
+/// thread with its own handle to the file: a flush waits for the disk, and the writer must not.
+struct Flusher {
+    nudges: Option<std::sync::mpsc::SyncSender<()>>,
+    thread: std::thread::JoinHandle<io::Result<()>>,
+}
+
+impl Flusher {
+    fn start(file: &File) -> io::Result<Flusher> {
+        let file = file.try_clone()?;
+        let (nudges, nudged) = std::sync::mpsc::sync_channel::<()>(1);
+        let thread = std::thread::Builder::new()
+            .name("ocellus-flush".into())
+            .spawn(move || {
+                for () in nudged {
+                    file.sync_data()?;
+                }
+                Ok(())
+            })?;
+        Ok(Flusher {
+            nudges: Some(nudges),
+            thread,
+        })
+    }
+
+    /// Asks for a flush of what has been written so far; a no-op while one is still running.
+    fn nudge(&self) {
+        if let Some(nudges) = &self.nudges {
+            // Full means a flush is pending already; disconnected means the thread failed,
+            // which `finish` reports.
+            let _ = nudges.try_send(());
+        }
+    }
+
+    /// Waits for the flush in progress and reports the first failure.
+    fn finish(mut self) -> io::Result<()> {
+        self.nudges = None;
+        self.thread
+            .join()
+            .map_err(|_| io::Error::other("the flush thread panicked"))?
+    }
+}
+
 /// Starts a blocking thread that feeds every buffer it receives to `hasher`.
 fn hash_worker<H: Send + 'static>(
     mut hasher: H,
@@ -380,6 +437,57 @@ fn to_array<const N: usize>(bytes: Vec<u8>) -> io::Result<[u8; N]> {
         .map_err(|_| io::Error::other("hash has an unexpected length"))
 }
 
+/// A read buffer lent to the HTTP layer as `Bytes`; it goes back to its reader's pool when the
+/// last view of it is dropped, so a download reuses a few warm buffers instead of zeroing and
+/// faulting in fresh ones for every read.
+struct PooledBuffer {
+    data: Vec<u8>,
+    len: usize,
+    home: std::sync::mpsc::SyncSender<Vec<u8>>,
+}
+
+impl AsRef<[u8]> for PooledBuffer {
+    fn as_ref(&self) -> &[u8] {
+        &self.data[..self.len]
+    }
+}
+
+impl Drop for PooledBuffer {
+    fn drop(&mut self) {
+        // When the pool is full or its reader has finished, the buffer is simply freed.
+        let _ = self.home.try_send(std::mem::take(&mut self.data));
+    }
+}
+
+/// The buffers one download reads into. Buffers come back when the HTTP layer has written
+/// them; up to `READ_POOL` are kept for reuse. A consumer that holds on to buffers just makes
+/// the reader allocate new ones; the channel to the consumer is what bounds memory.
+struct ReadPool {
+    home: std::sync::mpsc::SyncSender<Vec<u8>>,
+    returned: std::sync::mpsc::Receiver<Vec<u8>>,
+}
+
+impl ReadPool {
+    fn new() -> ReadPool {
+        let (home, returned) = std::sync::mpsc::sync_channel(READ_POOL);
+        ReadPool { home, returned }
+    }
+
+    fn take(&self) -> Vec<u8> {
+        self.returned
+            .try_recv()
+            .unwrap_or_else(|_| vec![0; READ_SIZE])
+    }
+
+    fn lend(&self, data: Vec<u8>, len: usize) -> Bytes {
+        Bytes::from_owner(PooledBuffer {
+            data,
+            len,
+            home: self.home.clone(),
+        })
+    }
+}
+
 fn read_into(
     path: &Path,
     digest: Digest,
@@ -390,37 +498,65 @@ fn read_into(
 ) -> io::Result<()> {
     let mut file = File::open(path)?;
     file.seek(SeekFrom::Start(offset))?;
-    let mut hasher = verify.then(blake3::Hasher::new);
-    let mut remaining = length;
-    while remaining > 0 {
-        let mut buffer = BytesMut::zeroed(READ_SIZE.min(remaining as usize));
-        let read = file.read(&mut buffer)?;
-        if read == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "blob is shorter than its record",
-            ));
+    let pool = ReadPool::new();
+    std::thread::scope(|scope| {
+        // With verification, a second thread hashes the buffers while this one reads the
+        // next, so reading, hashing and the socket writes overlap. Only the last buffer waits
+        // for the digest.
+        let (mut to_hasher, hashing) = if verify {
+            let (to_hasher, buffers) = std::sync::mpsc::sync_channel::<Bytes>(READ_POOL);
+            let hashing = scope.spawn(move || {
+                let mut hasher = blake3::Hasher::new();
+                for buffer in buffers {
+                    hasher.update(&buffer);
+                }
+                hasher.finalize()
+            });
+            (Some(to_hasher), Some(hashing))
+        } else {
+            (None, None)
+        };
+        let mut hashing = hashing;
+        let mut remaining = length;
+        while remaining > 0 {
+            let mut buffer = pool.take();
+            let want = READ_SIZE.min(usize::try_from(remaining).unwrap_or(READ_SIZE));
+            let read = file.read(&mut buffer[..want])?;
+            if read == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "blob is shorter than its record",
+                ));
+            }
+            remaining -= read as u64;
+            let bytes = pool.lend(buffer, read);
+            if let Some(channel) = to_hasher.as_ref()
+                && channel.send(bytes.clone()).is_err()
+            {
+                return Err(io::Error::other("the hashing thread stopped"));
+            }
+            if remaining == 0 {
+                to_hasher = None;
+                if let Some(hashing) = hashing.take() {
+                    let computed = hashing
+                        .join()
+                        .map_err(|_| io::Error::other("the hashing thread panicked"))?;
+                    if computed.as_bytes() != &digest.0 {
+                        return Err(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            "blob content does not match its digest",
+                        ));
+                    }
+                }
+            }
+            if sender.blocking_send(Ok(bytes)).is_err() {
+                // The client went away; stop reading.
+                return Ok(());
+            }
         }
-        buffer.truncate(read);
-        remaining -= read as u64;
-        if let Some(hasher) = hasher.as_mut() {
-            hasher.update(&buffer);
-        }
-        if remaining == 0
-            && let Some(hasher) = hasher.take()
-            && hasher.finalize().as_bytes() != &digest.0
-        {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "blob content does not match its digest",
-            ));
-        }
-        if sender.blocking_send(Ok(buffer.freeze())).is_err() {
-            // The client went away; stop reading.
-            return Ok(());
-        }
-    }
-    Ok(())
+        drop(to_hasher);
+        Ok(())
+    })
 }
 
 fn sync_directory(path: &Path) -> io::Result<()> {
@@ -494,6 +630,59 @@ mod tests {
         fs::write(store.path(digest), b"tampered bytes").unwrap();
         let bad: Vec<_> = store.read(digest, 0, 14, true).collect().await;
         assert!(bad.last().unwrap().is_err());
+    }
+
+    /// A body larger than the flush interval and than all the read buffers together, so that
+    /// flushing, buffer reuse and the separate hashing thread all take part.
+    #[tokio::test]
+    async fn large_blobs_round_trip_and_corruption_anywhere_is_caught() {
+        let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+        let data: Vec<u8> = (0..FLUSH_EVERY + READ_SIZE * READ_POOL + 12_345)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state as u8
+            })
+            .collect();
+        let data = Bytes::from(data);
+        let chunks: Vec<Result<Bytes, std::convert::Infallible>> = (0..data.len())
+            .step_by(65_536)
+            .map(|start| Ok(data.slice(start..(start + 65_536).min(data.len()))))
+            .collect();
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        let received = store
+            .receive(futures_util::stream::iter(chunks), u64::MAX)
+            .await
+            .unwrap();
+        assert_eq!(received.size, data.len() as u64);
+        assert_eq!(received.md5, <[u8; 16]>::from(md5::Md5::digest(&data)));
+        assert_eq!(
+            received.sha512,
+            <[u8; 64]>::from(sha2::Sha512::digest(&data))
+        );
+        let digest = received.digest;
+        assert_eq!(digest.0, *blake3::hash(&data).as_bytes());
+        store.place(received.temp, digest).unwrap();
+
+        // Collecting holds every buffer at once; the reader must not wait for them back.
+        let whole: Vec<_> = store.read(digest, 0, received.size, true).collect().await;
+        let whole: Vec<u8> = whole.into_iter().flat_map(|item| item.unwrap()).collect();
+        assert!(whole == data);
+        let (offset, length) = (READ_SIZE as u64 - 7, 3 * READ_SIZE as u64);
+        let range: Vec<_> = store.read(digest, offset, length, false).collect().await;
+        let range: Vec<u8> = range.into_iter().flat_map(|item| item.unwrap()).collect();
+        assert!(range[..] == data[offset as usize..(offset + length) as usize]);
+
+        // One flipped bit in the middle: the stream ends in an error before the last bytes.
+        let mut damaged = data.to_vec();
+        damaged[data.len() / 2] ^= 1;
+        fs::write(store.path(digest), &damaged).unwrap();
+        let items: Vec<_> = store.read(digest, 0, received.size, true).collect().await;
+        assert!(items.last().unwrap().is_err());
+        let delivered: usize = items.iter().flatten().map(Bytes::len).sum();
+        assert!(delivered < data.len());
     }
 
     #[tokio::test]
