@@ -24,7 +24,7 @@ use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use md5::Digest as _;
 use tokio::sync::mpsc;
@@ -201,7 +201,10 @@ impl BlobStore {
 
         let mut head = Vec::new();
         let mut size: u64 = 0;
-        let mut pending = BytesMut::new();
+        let pool = BufferPool::new(BUFFER_SIZE, CHANNEL_DEPTH + 2);
+        let mut pending = pool.take();
+        let mut filled = 0;
+        let mut worker_stopped = false;
         let mut body = std::pin::pin!(body);
         let mut outcome: Result<(), BlobError> = Ok(());
         while let Some(chunk) = body.next().await {
@@ -221,13 +224,28 @@ impl BlobStore {
                 let take = (HEAD_SIZE - head.len()).min(chunk.len());
                 head.extend_from_slice(&chunk[..take]);
             }
-            pending.extend_from_slice(&chunk);
-            if pending.len() >= BUFFER_SIZE && !dispatch(&senders, pending.split().freeze()).await {
+            let mut rest = &chunk[..];
+            while !rest.is_empty() {
+                let take = (BUFFER_SIZE - filled).min(rest.len());
+                pending[filled..filled + take].copy_from_slice(&rest[..take]);
+                filled += take;
+                rest = &rest[take..];
+                if filled == BUFFER_SIZE {
+                    let full = std::mem::replace(&mut pending, pool.take());
+                    filled = 0;
+                    // A worker that stopped has failed; joining it below reports why.
+                    worker_stopped = !dispatch(&senders, pool.lend(full, BUFFER_SIZE)).await;
+                    if worker_stopped {
+                        break;
+                    }
+                }
+            }
+            if worker_stopped {
                 break;
             }
         }
-        if outcome.is_ok() && !pending.is_empty() {
-            dispatch(&senders, pending.split().freeze()).await;
+        if outcome.is_ok() && !worker_stopped && filled > 0 {
+            dispatch(&senders, pool.lend(pending, filled)).await;
         }
         drop(senders);
 
@@ -437,9 +455,9 @@ fn to_array<const N: usize>(bytes: Vec<u8>) -> io::Result<[u8; N]> {
         .map_err(|_| io::Error::other("hash has an unexpected length"))
 }
 
-/// A read buffer lent to the HTTP layer as `Bytes`; it goes back to its reader's pool when the
-/// last view of it is dropped, so a download reuses a few warm buffers instead of zeroing and
-/// faulting in fresh ones for every read.
+/// A buffer lent out as `Bytes` (to the HTTP layer, the writer, the hashers); it goes back to
+/// its pool when the last view of it is dropped, so a transfer reuses a few warm buffers
+/// instead of zeroing and faulting in fresh ones all the time.
 struct PooledBuffer {
     data: Vec<u8>,
     len: usize,
@@ -454,31 +472,37 @@ impl AsRef<[u8]> for PooledBuffer {
 
 impl Drop for PooledBuffer {
     fn drop(&mut self) {
-        // When the pool is full or its reader has finished, the buffer is simply freed.
+        // When the pool is full or its owner has finished, the buffer is simply freed.
         let _ = self.home.try_send(std::mem::take(&mut self.data));
     }
 }
 
-/// The buffers one download reads into. Buffers come back when the HTTP layer has written
-/// them; up to `READ_POOL` are kept for reuse. A consumer that holds on to buffers just makes
-/// the reader allocate new ones; the channel to the consumer is what bounds memory.
-struct ReadPool {
+/// The buffers of one transfer, all `size` bytes long; up to `keep` are kept for reuse once
+/// they come back. A consumer that holds on to buffers just makes the owner allocate new ones:
+/// the channels between the threads are what bound memory, never this pool.
+struct BufferPool {
+    size: usize,
     home: std::sync::mpsc::SyncSender<Vec<u8>>,
     returned: std::sync::mpsc::Receiver<Vec<u8>>,
 }
 
-impl ReadPool {
-    fn new() -> ReadPool {
-        let (home, returned) = std::sync::mpsc::sync_channel(READ_POOL);
-        ReadPool { home, returned }
+impl BufferPool {
+    fn new(size: usize, keep: usize) -> BufferPool {
+        let (home, returned) = std::sync::mpsc::sync_channel(keep);
+        BufferPool {
+            size,
+            home,
+            returned,
+        }
     }
 
     fn take(&self) -> Vec<u8> {
         self.returned
             .try_recv()
-            .unwrap_or_else(|_| vec![0; READ_SIZE])
+            .unwrap_or_else(|_| vec![0; self.size])
     }
 
+    /// The first `len` bytes of `data` as `Bytes`; `data` comes back here when they are dropped.
     fn lend(&self, data: Vec<u8>, len: usize) -> Bytes {
         Bytes::from_owner(PooledBuffer {
             data,
@@ -498,7 +522,7 @@ fn read_into(
 ) -> io::Result<()> {
     let mut file = File::open(path)?;
     file.seek(SeekFrom::Start(offset))?;
-    let pool = ReadPool::new();
+    let pool = BufferPool::new(READ_SIZE, READ_POOL);
     std::thread::scope(|scope| {
         // With verification, a second thread hashes the buffers while this one reads the
         // next, so reading, hashing and the socket writes overlap. Only the last buffer waits
