@@ -16,11 +16,13 @@
 //! Deciding which blobs are still needed is not done here: `store` holds the reference counts
 //! (in redb) and calls `place` and `remove` under `lock`, which serializes the two for a digest.
 
+mod buffers;
 pub mod inspect;
+mod writer;
 
 use std::collections::HashSet;
 use std::fs::{self, File};
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
@@ -30,13 +32,13 @@ use md5::Digest as _;
 use tokio::sync::mpsc;
 
 use crate::kv::Digest;
+use buffers::BufferPool;
+use writer::TempWriter;
 
 /// Buffers handed to the writer and hashers are coalesced to about this size.
 const BUFFER_SIZE: usize = 1 << 20;
 /// Buffers in flight per worker; bounds memory per upload to about 4 x this x `BUFFER_SIZE`.
 const CHANNEL_DEPTH: usize = 4;
-/// An upload asks for its temp file to be flushed to disk after every this many bytes.
-const FLUSH_EVERY: usize = 32 << 20;
 /// Bytes kept from the start of an upload for format inspection.
 pub const HEAD_SIZE: usize = 64 * 1024;
 /// Read size for downloads.
@@ -158,27 +160,15 @@ impl BlobStore {
         E: std::fmt::Display,
     {
         let path = self.tmp_dir.join(format!("{}.part", uuid::Uuid::new_v4()));
-        let file = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&path)?;
+        let mut file = TempWriter::create(&path)?;
         let temp = TempBlob { path: Some(path) };
 
         let (write_sender, mut write_receiver) = mpsc::channel::<Bytes>(CHANNEL_DEPTH);
         let writer = tokio::task::spawn_blocking(move || -> io::Result<()> {
-            let mut file = file;
-            let flusher = Flusher::start(&file)?;
-            let mut unflushed = 0;
             while let Some(buffer) = write_receiver.blocking_recv() {
-                file.write_all(&buffer)?;
-                unflushed += buffer.len();
-                if unflushed >= FLUSH_EVERY {
-                    unflushed = 0;
-                    flusher.nudge();
-                }
+                file.write(&buffer)?;
             }
-            flusher.finish()?;
-            file.sync_all()
+            file.finish()
         });
         let (md5_sender, md5_task) = hash_worker(
             md5::Md5::new(),
@@ -227,7 +217,7 @@ impl BlobStore {
             let mut rest = &chunk[..];
             while !rest.is_empty() {
                 let take = (BUFFER_SIZE - filled).min(rest.len());
-                pending[filled..filled + take].copy_from_slice(&rest[..take]);
+                pending.window()[filled..filled + take].copy_from_slice(&rest[..take]);
                 filled += take;
                 rest = &rest[take..];
                 if filled == BUFFER_SIZE {
@@ -369,50 +359,6 @@ impl BlobStore {
     }
 }
 
-/// Flushes an upload's temp file to disk while it is still being written, so that the fsync
-/// that ends the upload finds little left to do instead of the whole body. It runs on its own
-/// thread with its own handle to the file: a flush waits for the disk, and the writer must not.
-struct Flusher {
-    nudges: Option<std::sync::mpsc::SyncSender<()>>,
-    thread: std::thread::JoinHandle<io::Result<()>>,
-}
-
-impl Flusher {
-    fn start(file: &File) -> io::Result<Flusher> {
-        let file = file.try_clone()?;
-        let (nudges, nudged) = std::sync::mpsc::sync_channel::<()>(1);
-        let thread = std::thread::Builder::new()
-            .name("ocellus-flush".into())
-            .spawn(move || {
-                for () in nudged {
-                    file.sync_data()?;
-                }
-                Ok(())
-            })?;
-        Ok(Flusher {
-            nudges: Some(nudges),
-            thread,
-        })
-    }
-
-    /// Asks for a flush of what has been written so far; a no-op while one is still running.
-    fn nudge(&self) {
-        if let Some(nudges) = &self.nudges {
-            // Full means a flush is pending already; disconnected means the thread failed,
-            // which `finish` reports.
-            let _ = nudges.try_send(());
-        }
-    }
-
-    /// Waits for the flush in progress and reports the first failure.
-    fn finish(mut self) -> io::Result<()> {
-        self.nudges = None;
-        self.thread
-            .join()
-            .map_err(|_| io::Error::other("the flush thread panicked"))?
-    }
-}
-
 /// Starts a blocking thread that feeds every buffer it receives to `hasher`.
 fn hash_worker<H: Send + 'static>(
     mut hasher: H,
@@ -455,63 +401,6 @@ fn to_array<const N: usize>(bytes: Vec<u8>) -> io::Result<[u8; N]> {
         .map_err(|_| io::Error::other("hash has an unexpected length"))
 }
 
-/// A buffer lent out as `Bytes` (to the HTTP layer, the writer, the hashers); it goes back to
-/// its pool when the last view of it is dropped, so a transfer reuses a few warm buffers
-/// instead of zeroing and faulting in fresh ones all the time.
-struct PooledBuffer {
-    data: Vec<u8>,
-    len: usize,
-    home: std::sync::mpsc::SyncSender<Vec<u8>>,
-}
-
-impl AsRef<[u8]> for PooledBuffer {
-    fn as_ref(&self) -> &[u8] {
-        &self.data[..self.len]
-    }
-}
-
-impl Drop for PooledBuffer {
-    fn drop(&mut self) {
-        // When the pool is full or its owner has finished, the buffer is simply freed.
-        let _ = self.home.try_send(std::mem::take(&mut self.data));
-    }
-}
-
-/// The buffers of one transfer, all `size` bytes long; up to `keep` are kept for reuse once
-/// they come back. A consumer that holds on to buffers just makes the owner allocate new ones:
-/// the channels between the threads are what bound memory, never this pool.
-struct BufferPool {
-    size: usize,
-    home: std::sync::mpsc::SyncSender<Vec<u8>>,
-    returned: std::sync::mpsc::Receiver<Vec<u8>>,
-}
-
-impl BufferPool {
-    fn new(size: usize, keep: usize) -> BufferPool {
-        let (home, returned) = std::sync::mpsc::sync_channel(keep);
-        BufferPool {
-            size,
-            home,
-            returned,
-        }
-    }
-
-    fn take(&self) -> Vec<u8> {
-        self.returned
-            .try_recv()
-            .unwrap_or_else(|_| vec![0; self.size])
-    }
-
-    /// The first `len` bytes of `data` as `Bytes`; `data` comes back here when they are dropped.
-    fn lend(&self, data: Vec<u8>, len: usize) -> Bytes {
-        Bytes::from_owner(PooledBuffer {
-            data,
-            len,
-            home: self.home.clone(),
-        })
-    }
-}
-
 fn read_into(
     path: &Path,
     digest: Digest,
@@ -545,7 +434,7 @@ fn read_into(
         while remaining > 0 {
             let mut buffer = pool.take();
             let want = READ_SIZE.min(usize::try_from(remaining).unwrap_or(READ_SIZE));
-            let read = file.read(&mut buffer[..want])?;
+            let read = file.read(&mut buffer.window()[..want])?;
             if read == 0 {
                 return Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
@@ -661,7 +550,7 @@ mod tests {
     #[tokio::test]
     async fn large_blobs_round_trip_and_corruption_anywhere_is_caught() {
         let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
-        let data: Vec<u8> = (0..FLUSH_EVERY + READ_SIZE * READ_POOL + 12_345)
+        let data: Vec<u8> = (0..writer::FLUSH_EVERY as usize + READ_SIZE * READ_POOL + 12_345)
             .map(|_| {
                 state ^= state << 13;
                 state ^= state >> 7;
