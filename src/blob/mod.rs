@@ -5,13 +5,18 @@
 //! - `tmp/<uuid>.part`: uploads in progress, on the same filesystem so that a rename publishes
 //!   them atomically.
 //!
-//! Receiving streams the body into a temp file while MD5, SHA-512 and BLAKE3 are computed on
-//! blocking threads, each fed the same buffers through its own bounded channel, so the four run
-//! in parallel and no body is ever held whole in memory. The temp file is fsync'd before
-//! `receive` returns. `place` renames it into place (or drops it when that content exists
-//! already) and fsyncs the directories. A `TempBlob` removes its file when dropped, so every
-//! failure path cleans up. Reading a whole blob re-hashes it and fails the stream if the digest
-//! does not match, which makes the HTTP layer cut the connection instead of ending it cleanly.
+//! Receiving copies the body into 1 MiB pooled buffers (`buffers`) and hands each one, shared,
+//! to four blocking threads through bounded channels: the temp-file writer (`writer`, which
+//! sends whole buffers to the disk with O_DIRECT) and the MD5, SHA-512 and BLAKE3 hashers. The
+//! four run in parallel and no body is ever held whole in memory. The temp file is fsync'd
+//! before `receive` returns. `place` renames it into place (or drops it when that content
+//! exists already) and fsyncs the directories. A `TempBlob` removes its file when dropped, so
+//! every failure path cleans up.
+//!
+//! Reading uses one blocking thread to read 256 KiB pooled buffers and, for a whole blob,
+//! another to re-hash them while the HTTP layer writes them out. Only the last buffer waits for
+//! the digest: on a mismatch the stream fails, which makes the HTTP layer cut the connection
+//! instead of ending it cleanly.
 //!
 //! Deciding which blobs are still needed is not done here: `store` holds the reference counts
 //! (in redb) and calls `place` and `remove` under `lock`, which serializes the two for a digest.
