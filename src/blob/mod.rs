@@ -420,8 +420,9 @@ fn read_into(
     std::thread::scope(|scope| {
         // With verification, a second thread hashes the buffers while this one reads the
         // next, so reading, hashing and the socket writes overlap. Only the last buffer waits
-        // for the digest.
-        let (mut to_hasher, hashing) = if verify {
+        // for the digest. It is a scoped OS thread, not a blocking-pool task: with the pool
+        // full of readers, a queued hasher would never start and its reader would wait forever.
+        let (mut to_hasher, mut hashing) = if verify {
             let (to_hasher, buffers) = std::sync::mpsc::sync_channel::<Bytes>(READ_POOL);
             let hashing = scope.spawn(move || {
                 let mut hasher = blake3::Hasher::new();
@@ -434,7 +435,6 @@ fn read_into(
         } else {
             (None, None)
         };
-        let mut hashing = hashing;
         let mut remaining = length;
         while remaining > 0 {
             let mut buffer = pool.take();
