@@ -325,6 +325,9 @@ def main():
                 for _ in range(args.size_mib):
                     target.write(source.read(MIB))
             files.append(path)
+        # Write the inputs out now: left to background writeback, those gigabytes reach the
+        # disk 30 s later, in the middle of the latency phases.
+        os.sync()
 
         log("machine limits")
         hashes = json.loads(run([str(HASH_RATES), str(files[0])]).stdout)
@@ -355,6 +358,7 @@ def main():
         shown = request(connection, "GET", "/v2/images?limit=1")["images"][0]["id"]
 
         log("show with wrk")
+        os.sync()
         figures["show_rps"], figures["show_p50_ms"], figures["show_p99_ms"] = wrk(
             f"{server.base}/v2/images/{shown}")
         server.stop()
@@ -377,6 +381,7 @@ def main():
         show = f"{server.base}/v2/images/{shown}"
         # The first use verifies the key with argon2; wrk then measures the cached path.
         run(["curl", "-s", "-f", "-o", "/dev/null", "-H", key, show])
+        os.sync()
         figures["show_key_rps"], figures["show_key_p50_ms"], figures["show_key_p99_ms"] = wrk(show, [key])
         server.stop()
         servers.remove(server)

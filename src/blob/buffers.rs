@@ -27,7 +27,7 @@ pub struct Buffer {
 impl Buffer {
     fn new(size: usize) -> Buffer {
         let data = vec![0; size + DIRECT_ALIGN];
-        let start = data.as_ptr().align_offset(DIRECT_ALIGN);
+        let start = (DIRECT_ALIGN - data.as_ptr() as usize % DIRECT_ALIGN) % DIRECT_ALIGN;
         Buffer { data, start, size }
     }
 

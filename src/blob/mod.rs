@@ -51,6 +51,8 @@ const READ_SIZE: usize = 256 * 1024;
 /// Read buffers kept for reuse per download: the channel's `CHANNEL_DEPTH`, the one being read
 /// into, and a few held by the HTTP layer while it writes them.
 const READ_POOL: usize = CHANNEL_DEPTH + 4;
+/// A download whose client takes nothing for this long is abandoned, like an idle upload.
+const SEND_STALL: std::time::Duration = std::time::Duration::from_secs(60);
 /// Number of digest-striped locks.
 const LOCK_STRIPES: usize = 64;
 
@@ -124,6 +126,8 @@ pub struct BlobStore {
     blobs_dir: PathBuf,
     tmp_dir: PathBuf,
     locks: Vec<Mutex<()>>,
+    /// `SEND_STALL`, shortened by tests.
+    send_stall: std::time::Duration,
 }
 
 impl BlobStore {
@@ -137,6 +141,7 @@ impl BlobStore {
             blobs_dir,
             tmp_dir,
             locks: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
+            send_stall: SEND_STALL,
         })
     }
 
@@ -165,8 +170,11 @@ impl BlobStore {
         E: std::fmt::Display,
     {
         let path = self.tmp_dir.join(format!("{}.part", uuid::Uuid::new_v4()));
+        // Owned by a `TempBlob` first, so that the file is removed whatever fails after it.
+        let temp = TempBlob {
+            path: Some(path.clone()),
+        };
         let mut file = TempWriter::create(&path)?;
-        let temp = TempBlob { path: Some(path) };
 
         let (write_sender, mut write_receiver) = mpsc::channel::<Bytes>(CHANNEL_DEPTH);
         let writer = tokio::task::spawn_blocking(move || -> io::Result<()> {
@@ -248,8 +256,9 @@ impl BlobStore {
         let md5 = join_blocking(md5_task).await;
         let sha512 = join_blocking(sha512_task).await;
         let blake3 = join_blocking(blake3_task).await;
-        outcome?;
+        // A failed disk is the server's fault even when the client also went wrong.
         written?;
+        outcome?;
         let digest = Digest(to_array(blake3?)?);
         Ok(Received {
             temp,
@@ -309,12 +318,17 @@ impl BlobStore {
     ) -> impl Stream<Item = Result<Bytes, io::Error>> + Send + 'static {
         let path = self.path(digest);
         let (sender, receiver) = mpsc::channel::<Result<Bytes, io::Error>>(CHANNEL_DEPTH);
+        let consumer = Consumer {
+            sender,
+            runtime: tokio::runtime::Handle::current(),
+            stall: self.send_stall,
+        };
         tokio::task::spawn_blocking(move || {
-            let result = read_into(&path, digest, offset, length, verify, &sender);
+            let result = read_into(&path, digest, offset, length, verify, &consumer);
             if let Err(error) = result {
                 tracing::error!(blob = %digest.to_hex(), %error, "blob read failed");
-                // The receiver may be gone already; then nobody needs the error.
-                let _ = sender.blocking_send(Err(error));
+                // The consumer may be gone already; then nobody needs the error.
+                consumer.give(Err(error));
             }
         });
         futures_util::stream::unfold(receiver, |mut receiver| async move {
@@ -406,13 +420,36 @@ fn to_array<const N: usize>(bytes: Vec<u8>) -> io::Result<[u8; N]> {
         .map_err(|_| io::Error::other("hash has an unexpected length"))
 }
 
+/// The receiving end of a blob read, seen from the blocking thread that reads.
+struct Consumer {
+    sender: mpsc::Sender<Result<Bytes, io::Error>>,
+    runtime: tokio::runtime::Handle,
+    stall: std::time::Duration,
+}
+
+impl Consumer {
+    /// Hands over one item; false when the consumer has gone away or has taken nothing for
+    /// `stall`, so that a client that stops reading does not hold a thread for ever.
+    fn give(&self, item: Result<Bytes, io::Error>) -> bool {
+        self.runtime.block_on(async {
+            match tokio::time::timeout(self.stall, self.sender.send(item)).await {
+                Ok(sent) => sent.is_ok(),
+                Err(_) => {
+                    tracing::info!("abandoning a blob read: the client stopped reading");
+                    false
+                }
+            }
+        })
+    }
+}
+
 fn read_into(
     path: &Path,
     digest: Digest,
     offset: u64,
     length: u64,
     verify: bool,
-    sender: &mpsc::Sender<Result<Bytes, io::Error>>,
+    consumer: &Consumer,
 ) -> io::Result<()> {
     let mut file = File::open(path)?;
     file.seek(SeekFrom::Start(offset))?;
@@ -424,16 +461,23 @@ fn read_into(
         // full of readers, a queued hasher would never start and its reader would wait forever.
         let (mut to_hasher, mut hashing) = if verify {
             let (to_hasher, buffers) = std::sync::mpsc::sync_channel::<Bytes>(READ_POOL);
-            let hashing = scope.spawn(move || {
-                let mut hasher = blake3::Hasher::new();
-                for buffer in buffers {
-                    hasher.update(&buffer);
-                }
-                hasher.finalize()
-            });
+            let hashing = std::thread::Builder::new()
+                .name("ocellus-verify".into())
+                .spawn_scoped(scope, move || {
+                    let mut hasher = blake3::Hasher::new();
+                    for buffer in buffers {
+                        hasher.update(&buffer);
+                    }
+                    hasher.finalize()
+                })?;
             (Some(to_hasher), Some(hashing))
         } else {
             (None, None)
+        };
+        let join = |hashing: std::thread::ScopedJoinHandle<'_, blake3::Hash>| {
+            hashing
+                .join()
+                .map_err(|_| io::Error::other("the hashing thread panicked"))
         };
         let mut remaining = length;
         while remaining > 0 {
@@ -451,14 +495,17 @@ fn read_into(
             if let Some(channel) = to_hasher.as_ref()
                 && channel.send(bytes.clone()).is_err()
             {
+                // The hasher only stops early by panicking; joining it here (rather than
+                // leaving it to the scope, which would panic in turn) reports that.
+                if let Some(hashing) = hashing.take() {
+                    join(hashing)?;
+                }
                 return Err(io::Error::other("the hashing thread stopped"));
             }
             if remaining == 0 {
                 to_hasher = None;
                 if let Some(hashing) = hashing.take() {
-                    let computed = hashing
-                        .join()
-                        .map_err(|_| io::Error::other("the hashing thread panicked"))?;
+                    let computed = join(hashing)?;
                     if computed.as_bytes() != &digest.0 {
                         return Err(io::Error::new(
                             io::ErrorKind::InvalidData,
@@ -467,8 +514,7 @@ fn read_into(
                     }
                 }
             }
-            if sender.blocking_send(Ok(bytes)).is_err() {
-                // The client went away; stop reading.
+            if !consumer.give(Ok(bytes)) {
                 return Ok(());
             }
         }
@@ -544,18 +590,22 @@ mod tests {
         let digest = received.digest;
         store.place(received.temp, digest).unwrap();
         let good: Vec<_> = store.read(digest, 0, 14, true).collect().await;
-        assert!(good.iter().all(|item| item.is_ok()));
+        let good: Vec<u8> = good.into_iter().flat_map(|item| item.unwrap()).collect();
+        assert_eq!(good, b"precious bytes");
         fs::write(store.path(digest), b"tampered bytes").unwrap();
+        // The only buffer is the last one, so it is withheld: nothing but the error arrives.
         let bad: Vec<_> = store.read(digest, 0, 14, true).collect().await;
-        assert!(bad.last().unwrap().is_err());
+        assert_eq!(bad.len(), 1);
+        assert!(bad[0].is_err());
     }
 
-    /// A body larger than the flush interval and than all the read buffers together, so that
-    /// flushing, buffer reuse and the separate hashing thread all take part.
+    /// A body larger than all the read buffers together, arriving in chunks that do not line
+    /// up with the upload buffers, so that coalescing, buffer reuse, the unaligned tail and the
+    /// separate hashing thread all take part.
     #[tokio::test]
     async fn large_blobs_round_trip_and_corruption_anywhere_is_caught() {
         let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
-        let data: Vec<u8> = (0..writer::FLUSH_EVERY as usize + READ_SIZE * READ_POOL + 12_345)
+        let data: Vec<u8> = (0..34 * BUFFER_SIZE + READ_SIZE * READ_POOL + 12_345)
             .map(|_| {
                 state ^= state << 13;
                 state ^= state >> 7;
@@ -601,6 +651,32 @@ mod tests {
         assert!(items.last().unwrap().is_err());
         let delivered: usize = items.iter().flatten().map(Bytes::len).sum();
         assert!(delivered < data.len());
+    }
+
+    /// A reader whose consumer stops taking buffers gives up after the stall time, so the
+    /// stream ends short instead of a thread waiting for ever.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stalled_consumer_is_abandoned() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = BlobStore::open(dir.path()).unwrap();
+        store.send_stall = std::time::Duration::from_millis(200);
+        let data = Bytes::from(vec![7u8; 4 * READ_SIZE * READ_POOL]);
+        let received = store
+            .receive(
+                futures_util::stream::iter([Ok::<_, std::convert::Infallible>(data.clone())]),
+                u64::MAX,
+            )
+            .await
+            .unwrap();
+        let digest = received.digest;
+        store.place(received.temp, digest).unwrap();
+        let mut stream = std::pin::pin!(store.read(digest, 0, received.size, true));
+        let mut delivered = stream.next().await.unwrap().unwrap().len();
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        while let Some(item) = stream.next().await {
+            delivered += item.unwrap().len();
+        }
+        assert!(delivered < data.len(), "the reader gave up before the end");
     }
 
     #[tokio::test]

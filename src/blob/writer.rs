@@ -188,4 +188,28 @@ mod tests {
         writer.finish().unwrap();
         assert!(std::fs::read(&path).unwrap() == expected);
     }
+
+    /// Where O_DIRECT is refused, everything is buffered and the flush thread is nudged along
+    /// the way; the file still ends up whole.
+    #[test]
+    fn buffered_writes_are_flushed_along_the_way() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("upload.part");
+        let mut writer = TempWriter::create(&path).unwrap();
+        writer.direct = None;
+        let piece: Vec<u8> = (0..1 << 20).map(|index| (index % 251) as u8).collect();
+        let pieces = (FLUSH_EVERY * 2 / piece.len() as u64) + 3;
+        for _ in 0..pieces {
+            writer.write(&piece).unwrap();
+        }
+        assert_eq!(
+            writer.unflushed,
+            3 << 20,
+            "a flush was asked for at each interval"
+        );
+        writer.finish().unwrap();
+        let written = std::fs::read(&path).unwrap();
+        assert_eq!(written.len() as u64, pieces * piece.len() as u64);
+        assert!(written.chunks(piece.len()).all(|chunk| chunk == piece));
+    }
 }
