@@ -20,10 +20,10 @@ loopback with a fresh data directory, and measures in the same run:
 - cold start to the first answered request with 10,000 images.
 
 It prints one table (figure, limit, ratio, target) and writes it as JSON.
-Byte flows and latencies are the median of --runs runs (default 3); downloads,
-which take under a second each, run 2 x --runs + 1 times in pairs with the
-sendfile reference. Every
-subprocess and request has a timeout; nothing leaves loopback.
+Byte flows, wrk runs, paging and cold starts are the median of --runs runs
+(default 3); list latency is the median of 5 requests; downloads, which take
+under a second each, run 2 x --runs + 1 times in pairs with the sendfile
+reference. Every subprocess and request has a timeout; nothing leaves loopback.
 """
 
 import argparse
@@ -254,6 +254,13 @@ def wrk(url, headers=()):
     return requests, latency(50), latency(99)
 
 
+def wrk_median(url, runs, headers=()):
+    """`runs` wrk runs; the median of each figure (req/s, p50, p99) and every run's figures."""
+    results = [wrk(url, headers) for _ in range(runs)]
+    medians = tuple(statistics.median(run[index] for run in results) for index in range(3))
+    return medians, results
+
+
 def create_many(server, count, clients):
     """Creates `count` images with `clients` concurrent keep-alive connections; images/s."""
     per_client = count // clients
@@ -353,14 +360,15 @@ def main():
         list_times = [timed(lambda: request(connection, "GET", "/v2/images?limit=1000")) for _ in range(5)]
         figures["list_1000_ms"] = statistics.median(list_times) * 1000
         pages = {}
-        figures["page_all_s"] = timed(lambda: pages.update(result=page_through(server)))
+        figures["page_all_s"] = statistics.median(
+            timed(lambda: pages.update(result=page_through(server))) for _ in range(args.runs))
         figures["page_all_pages"], figures["page_all_images"] = pages["result"]
         shown = request(connection, "GET", "/v2/images?limit=1")["images"][0]["id"]
 
         log("show with wrk")
         os.sync()
-        figures["show_rps"], figures["show_p50_ms"], figures["show_p99_ms"] = wrk(
-            f"{server.base}/v2/images/{shown}")
+        (figures["show_rps"], figures["show_p50_ms"], figures["show_p99_ms"]), figures["show_runs"] = wrk_median(
+            f"{server.base}/v2/images/{shown}", args.runs)
         server.stop()
         servers.remove(server)
 
@@ -382,7 +390,8 @@ def main():
         # The first use verifies the key with argon2; wrk then measures the cached path.
         run(["curl", "-s", "-f", "-o", "/dev/null", "-H", key, show])
         os.sync()
-        figures["show_key_rps"], figures["show_key_p50_ms"], figures["show_key_p99_ms"] = wrk(show, [key])
+        (figures["show_key_rps"], figures["show_key_p50_ms"], figures["show_key_p99_ms"]), figures["show_key_runs"] = (
+            wrk_median(show, args.runs, [key]))
         server.stop()
         servers.remove(server)
 
