@@ -207,10 +207,9 @@ impl BlobStore {
         let pool = BufferPool::new(BUFFER_SIZE, CHANNEL_DEPTH + 2);
         let mut pending = pool.take();
         let mut filled = 0;
-        let mut worker_stopped = false;
         let mut body = std::pin::pin!(body);
         let mut outcome: Result<(), BlobError> = Ok(());
-        while let Some(chunk) = body.next().await {
+        'body: while let Some(chunk) = body.next().await {
             let chunk = match chunk {
                 Ok(chunk) => chunk,
                 Err(error) => {
@@ -236,18 +235,14 @@ impl BlobStore {
                 if filled == BUFFER_SIZE {
                     let full = std::mem::replace(&mut pending, pool.take());
                     filled = 0;
-                    // A worker that stopped has failed; joining it below reports why.
-                    worker_stopped = !dispatch(&senders, pool.lend(full, BUFFER_SIZE)).await;
-                    if worker_stopped {
-                        break;
+                    if !dispatch(&senders, pool.lend(full, BUFFER_SIZE)).await {
+                        // A worker that stopped has failed; joining it below reports why.
+                        break 'body;
                     }
                 }
             }
-            if worker_stopped {
-                break;
-            }
         }
-        if outcome.is_ok() && !worker_stopped && filled > 0 {
+        if outcome.is_ok() && filled > 0 {
             dispatch(&senders, pool.lend(pending, filled)).await;
         }
         drop(senders);
@@ -431,6 +426,12 @@ impl Consumer {
     /// Hands over one item; false when the consumer has gone away or has taken nothing for
     /// `stall`, so that a client that stops reading does not hold a thread for ever.
     fn give(&self, item: Result<Bytes, io::Error>) -> bool {
+        // Usually there is room: hand it over without entering the runtime or arming a timer.
+        let item = match self.sender.try_send(item) {
+            Ok(()) => return true,
+            Err(mpsc::error::TrySendError::Closed(_)) => return false,
+            Err(mpsc::error::TrySendError::Full(item)) => item,
+        };
         self.runtime.block_on(async {
             match tokio::time::timeout(self.stall, self.sender.send(item)).await {
                 Ok(sent) => sent.is_ok(),
@@ -518,7 +519,6 @@ fn read_into(
                 return Ok(());
             }
         }
-        drop(to_hasher);
         Ok(())
     })
 }

@@ -22,7 +22,8 @@ pub const FLUSH_EVERY: u64 = 32 << 20;
 pub struct TempWriter {
     buffered: File,
     direct: Option<File>,
-    flusher: Flusher,
+    /// Started by the first flush the buffered path asks for; most uploads never need one.
+    flusher: Option<Flusher>,
     offset: u64,
     unflushed: u64,
 }
@@ -32,11 +33,10 @@ impl TempWriter {
     pub fn create(path: &Path) -> io::Result<TempWriter> {
         let buffered = OpenOptions::new().write(true).create_new(true).open(path)?;
         let direct = open_direct(path);
-        let flusher = Flusher::start(&buffered)?;
         Ok(TempWriter {
             buffered,
             direct,
-            flusher,
+            flusher: None,
             offset: 0,
             unflushed: 0,
         })
@@ -70,7 +70,12 @@ impl TempWriter {
             self.unflushed += bytes.len() as u64;
             if self.unflushed >= FLUSH_EVERY {
                 self.unflushed = 0;
-                self.flusher.nudge();
+                let flusher = match self.flusher.take() {
+                    Some(flusher) => flusher,
+                    None => Flusher::start(&self.buffered)?,
+                };
+                flusher.nudge();
+                self.flusher = Some(flusher);
             }
         }
         Ok(())
@@ -78,7 +83,9 @@ impl TempWriter {
 
     /// Waits for any flush in progress and makes the whole file durable.
     pub fn finish(self) -> io::Result<()> {
-        self.flusher.finish()?;
+        if let Some(flusher) = self.flusher {
+            flusher.finish()?;
+        }
         // One inode: syncing either handle covers both the direct and the buffered writes.
         self.buffered.sync_all()
     }

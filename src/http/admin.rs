@@ -11,7 +11,6 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::images::not_authorized;
 use super::{AppState, Error, JsonBody, blocking, no_content};
 use axum::http::request::Parts;
 
@@ -29,7 +28,7 @@ fn require_admin(state: &AppState, caller: &Caller, parts: &Parts) -> Result<(),
     if caller.is_admin() && (!lab || client_address(parts).is_loopback()) {
         Ok(())
     } else {
-        Err(not_authorized("manage_keys"))
+        Err(Error::not_authorized("manage_keys"))
     }
 }
 

@@ -11,7 +11,7 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 
 use super::listener::Connection;
 use super::{AppState, BaseUrl, Error};
@@ -54,8 +54,8 @@ pub fn caller_for(key: &KeyRecord) -> Caller {
 
 /// The credential a request carries: `X-Auth-Token`, else a bearer token.
 pub fn credential(parts: &Parts) -> Option<&str> {
-    header_text(parts, "x-auth-token").or_else(|| {
-        header_text(parts, "authorization").and_then(|value| {
+    header_text(&parts.headers, "x-auth-token").or_else(|| {
+        header_text(&parts.headers, "authorization").and_then(|value| {
             let (scheme, token) = value.split_once(' ')?;
             scheme
                 .eq_ignore_ascii_case("bearer")
@@ -126,9 +126,8 @@ pub fn unauthorized(base: &str) -> Error {
 }
 
 /// A header's trimmed text, if present, readable and not empty.
-fn header_text<'a>(parts: &'a Parts, name: &str) -> Option<&'a str> {
-    parts
-        .headers
+pub(super) fn header_text<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
         .get(name)
         .and_then(|value| value.to_str().ok())
         .map(str::trim)
@@ -136,7 +135,7 @@ fn header_text<'a>(parts: &'a Parts, name: &str) -> Option<&'a str> {
 }
 
 fn lab_caller(parts: &Parts, default_project: &str) -> Caller {
-    let header = |name: &str| header_text(parts, name);
+    let header = |name: &str| header_text(&parts.headers, name);
     let project_id = header("x-project-id")
         .or_else(|| header("x-tenant-id"))
         .unwrap_or(default_project)

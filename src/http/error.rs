@@ -37,6 +37,13 @@ impl Error {
         Error::new(StatusCode::FORBIDDEN, message)
     }
 
+    /// Glance's 403 for a policy refusal of `action`.
+    pub fn not_authorized(action: &str) -> Error {
+        Error::forbidden(format!(
+            "You are not authorized to complete {action} action."
+        ))
+    }
+
     pub fn not_found(message: impl Into<String>) -> Error {
         Error::new(StatusCode::NOT_FOUND, message)
     }

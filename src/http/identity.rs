@@ -16,7 +16,7 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use serde_json::{Value, json};
 
-use super::auth::{THROTTLED_MESSAGE, client_address, credential, www_authenticate};
+use super::auth::{THROTTLED_MESSAGE, client_address, credential, header_text, www_authenticate};
 use super::{AppState, BaseUrl};
 use crate::identity::{AuthError, Authenticated, Method as AuthMethod, TokenClaims};
 use crate::kv::{KeyRecord, Role};
@@ -498,11 +498,7 @@ pub async fn validate_token(
 }
 
 fn subject_token(headers: &HeaderMap) -> Result<&str, KeystoneError> {
-    headers
-        .get("x-subject-token")
-        .and_then(|value| value.to_str().ok())
-        .map(str::trim)
-        .filter(|value| !value.is_empty())
+    header_text(headers, "x-subject-token")
         .ok_or_else(|| KeystoneError::new(StatusCode::NOT_FOUND, "The token is not recognized."))
 }
 

@@ -14,7 +14,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
 
-use super::images::{load_visible, modify_image, not_authorized};
+use super::images::{load_visible, modify_image};
 use super::wire::{checksum, now_micros};
 use super::{AppState, Error, blocking, no_content};
 use crate::blob::inspect::inspect;
@@ -311,7 +311,7 @@ pub async fn download_image_data(
 ) -> Result<Response, Error> {
     let record = load_visible(&state, &caller, &image_id).await?;
     if !caller.can_download() {
-        return Err(not_authorized("download_image"));
+        return Err(Error::not_authorized("download_image"));
     }
     if record.status == ImageStatus::Deactivated && !caller.can_download_deactivated() {
         return Err(Error::forbidden(

@@ -42,13 +42,6 @@ pub async fn load_visible(
     }
 }
 
-/// Glance's 403 message for a policy refusal.
-pub fn not_authorized(action: &str) -> Error {
-    Error::forbidden(format!(
-        "You are not authorized to complete {action} action."
-    ))
-}
-
 /// Applies `change` to an image the caller may modify, in one transaction, and bumps
 /// `updated_at`. 404 if the caller cannot see the image; 403 (naming the policy `action`) if
 /// they may not change it.
@@ -70,7 +63,7 @@ pub async fn modify_image(
                 return Err(Error::no_image(&raw));
             }
             if !caller.can_modify(record) {
-                return Err(not_authorized(action));
+                return Err(Error::not_authorized(action));
             }
             change(record, &caller)?;
             record.updated_at = now_micros().max(record.updated_at);
@@ -120,7 +113,7 @@ pub async fn create_image(
         apply_property(&mut record, key, value, &caller)?;
     }
     if !caller.can_create(record.owner.as_deref()) {
-        return Err(not_authorized("add_image"));
+        return Err(Error::not_authorized("add_image"));
     }
     check_quotas(&record)?;
 
@@ -159,7 +152,7 @@ pub async fn show_image(
 ) -> Result<Json<Value>, Error> {
     let record = load_visible(&state, &caller, &image_id).await?;
     if !caller.can_read() {
-        return Err(not_authorized("get_image"));
+        return Err(Error::not_authorized("get_image"));
     }
     Ok(Json(image_view(&record)))
 }
@@ -171,7 +164,7 @@ pub async fn list_images(
     RawQuery(query): RawQuery,
 ) -> Result<Response, Error> {
     if !caller.can_read() {
-        return Err(not_authorized("get_images"));
+        return Err(Error::not_authorized("get_images"));
     }
     let params = list_query::parse(query.as_deref())?;
     let store = state.store.clone();
@@ -430,7 +423,7 @@ pub async fn delete_image(
                 return Err(Error::no_image(&raw));
             }
             if !caller.can_modify(record) {
-                return Err(not_authorized("delete_image"));
+                return Err(Error::not_authorized("delete_image"));
             }
             if record.protected {
                 return Err(Error::forbidden(format!(

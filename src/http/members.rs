@@ -9,7 +9,7 @@ use axum::extract::{Path, State};
 use axum::response::Response;
 use serde_json::{Value, json};
 
-use super::images::{load_visible, not_authorized};
+use super::images::load_visible;
 use super::wire::{format_time, now_micros};
 use super::{AppState, Error, JsonBody, blocking, no_content};
 use crate::kv::{AddMember, ImageRecord, MemberRecord, MemberStatus, Visibility};
@@ -63,24 +63,14 @@ pub async fn create_member(
 ) -> Result<Json<Value>, Error> {
     let image = load_visible(&state, &caller, &image_id).await?;
     if !caller.can_modify(&image) {
-        return Err(not_authorized("add_member"));
+        return Err(Error::not_authorized("add_member"));
     }
     only_shared(&image, "add")?;
-    let member = match &body {
-        Value::Object(fields) => match fields.get("member") {
-            Some(Value::String(member)) => member.clone(),
-            _ => {
-                return Err(Error::bad_request(
-                    "The body must be a JSON object with a string 'member'",
-                ));
-            }
-        },
-        _ => {
-            return Err(Error::bad_request(
-                "The body must be a JSON object with a string 'member'",
-            ));
-        }
-    };
+    let member = body
+        .get("member")
+        .and_then(Value::as_str)
+        .ok_or_else(|| Error::bad_request("The body must be a JSON object with a string 'member'"))?
+        .to_owned();
     check_member_id(&member)?;
     let store = state.store.clone();
     let id = image.id;
@@ -116,7 +106,7 @@ pub async fn list_members(
 ) -> Result<Json<Value>, Error> {
     let image = load_visible(&state, &caller, &image_id).await?;
     if !caller.can_read_members(&image) {
-        return Err(not_authorized("get_members"));
+        return Err(Error::not_authorized("get_members"));
     }
     only_shared(&image, "list")?;
     let store = state.store.clone();
@@ -141,7 +131,7 @@ pub async fn show_member(
 ) -> Result<Json<Value>, Error> {
     let image = load_visible(&state, &caller, &image_id).await?;
     if !caller.can_read_members(&image) {
-        return Err(not_authorized("get_member"));
+        return Err(Error::not_authorized("get_member"));
     }
     only_shared(&image, "show")?;
     if !caller.sees_every_member(&image) && member != caller.project_id {
@@ -165,7 +155,7 @@ pub async fn update_member(
 ) -> Result<Json<Value>, Error> {
     let image = load_visible(&state, &caller, &image_id).await?;
     if !caller.can_set_member_status(&member) {
-        return Err(not_authorized("modify_member"));
+        return Err(Error::not_authorized("modify_member"));
     }
     only_shared(&image, "update")?;
     let status = body
@@ -199,7 +189,7 @@ pub async fn delete_member(
 ) -> Result<Response, Error> {
     let image = load_visible(&state, &caller, &image_id).await?;
     if !caller.can_modify(&image) {
-        return Err(not_authorized("delete_member"));
+        return Err(Error::not_authorized("delete_member"));
     }
     only_shared(&image, "delete")?;
     let store = state.store.clone();

@@ -254,9 +254,7 @@ pub fn apply_property(
                 && record.visibility != Visibility::Public
                 && !caller.can_publicize()
             {
-                return Err(Error::forbidden(
-                    "You are not authorized to complete publicize_image action.",
-                ));
+                return Err(Error::not_authorized("publicize_image"));
             }
             record.visibility = visibility;
         }

@@ -335,12 +335,16 @@ async fn admin_endpoint_creates_lists_and_revokes_keys() {
         "revoking one key leaves the others alone"
     );
     let listing = list_keys(&server, &admin).await;
+    assert_eq!(listing.status, StatusCode::OK, "{}", listing.body);
+    let listed = listing.body["keys"].as_array().expect("a keys array");
+    let sibling_id = text(&sibling, "/id");
     assert!(
-        listing.body["keys"]
-            .as_array()
-            .expect("a keys array")
-            .iter()
-            .all(|key| key["id"] != id.as_str()),
+        listed.iter().any(|key| key["id"] == sibling_id.as_str()),
+        "the listing leaves out a live key: {}",
+        listing.body
+    );
+    assert!(
+        listed.iter().all(|key| key["id"] != id.as_str()),
         "the revoked key is still listed: {}",
         listing.body
     );
