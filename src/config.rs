@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::store::StoreLimits;
+
 /// Glance's default `image_size_cap`: 1 TiB.
 pub const DEFAULT_IMAGE_SIZE_CAP: u64 = 1 << 40;
 
@@ -35,7 +37,8 @@ pub struct ServeArgs {
     #[arg(long, env = "OCELLUS_DATA_DIR", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
     /// TOML file with any of: listen, data_dir, auth, default_project, image_size_cap, log,
-    /// tls_cert, tls_key, public_url, auth_failure_limit, max_connections
+    /// tls_cert, tls_key, public_url, auth_failure_limit, max_connections, max_uploads,
+    /// max_downloads, min_free_space, quarantine_days
     #[arg(long, env = "OCELLUS_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Authentication mode [default: none]
@@ -77,6 +80,23 @@ pub struct ServeArgs {
     /// Most connections served at once; more wait in the kernel's backlog [default: 1024]
     #[arg(long, env = "OCELLUS_MAX_CONNECTIONS", value_name = "COUNT")]
     pub max_connections: Option<usize>,
+    /// Most image uploads at once; one more waits 2 s for a slot, then gets 503 with
+    /// Retry-After [default: 64]
+    #[arg(long, env = "OCELLUS_MAX_UPLOADS", value_name = "COUNT")]
+    pub max_uploads: Option<usize>,
+    /// Most image downloads at once; one more waits 2 s for a slot, then gets 503 with
+    /// Retry-After [default: 512]
+    #[arg(long, env = "OCELLUS_MAX_DOWNLOADS", value_name = "COUNT")]
+    pub max_downloads: Option<usize>,
+    /// Free space in bytes that uploads leave on the data directory's filesystem, for metadata;
+    /// an upload that would cut into it gets 413 [default: the smaller of 1 GiB and 5 % of
+    /// the filesystem]
+    #[arg(long, env = "OCELLUS_MIN_FREE_SPACE", value_name = "BYTES")]
+    pub min_free_space: Option<u64>,
+    /// Days that blobs no image references (found at start) stay in <data_dir>/quarantine
+    /// before the server removes them [default: 7]
+    #[arg(long, env = "OCELLUS_QUARANTINE_DAYS", value_name = "DAYS")]
+    pub quarantine_days: Option<u64>,
 }
 
 /// The TOML file's contents; every key is optional.
@@ -94,6 +114,10 @@ pub struct FileConfig {
     pub public_url: Option<String>,
     pub auth_failure_limit: Option<u32>,
     pub max_connections: Option<usize>,
+    pub max_uploads: Option<usize>,
+    pub max_downloads: Option<usize>,
+    pub min_free_space: Option<u64>,
+    pub quarantine_days: Option<u64>,
 }
 
 /// Certificate and key files for HTTPS.
@@ -117,6 +141,8 @@ pub struct Config {
     pub public_url: Option<String>,
     pub auth_failure_limit: u32,
     pub max_connections: usize,
+    /// Transfer slots, free-space reserve, quarantine grace.
+    pub store: StoreLimits,
 }
 
 impl Default for Config {
@@ -132,6 +158,7 @@ impl Default for Config {
             public_url: None,
             auth_failure_limit: 10,
             max_connections: 1024,
+            store: StoreLimits::default(),
         }
     }
 }
@@ -183,6 +210,24 @@ impl Config {
                 .max_connections
                 .or(file.max_connections)
                 .unwrap_or(defaults.max_connections),
+            store: StoreLimits {
+                max_uploads: args
+                    .max_uploads
+                    .or(file.max_uploads)
+                    .unwrap_or(defaults.store.max_uploads),
+                max_downloads: args
+                    .max_downloads
+                    .or(file.max_downloads)
+                    .unwrap_or(defaults.store.max_downloads),
+                min_free_space: args.min_free_space.or(file.min_free_space),
+                quarantine_grace: args
+                    .quarantine_days
+                    .or(file.quarantine_days)
+                    .map_or(defaults.store.quarantine_grace, |days| {
+                        std::time::Duration::from_secs(days.saturating_mul(86_400))
+                    }),
+                ..defaults.store
+            },
         };
         if config.default_project.is_empty() || config.default_project.len() > 255 {
             return Err("default_project must be 1 to 255 characters".into());
@@ -196,6 +241,9 @@ impl Config {
         }
         if config.max_connections == 0 {
             return Err("max_connections must be at least 1".into());
+        }
+        if config.store.max_uploads == 0 || config.store.max_downloads == 0 {
+            return Err("max_uploads and max_downloads must be at least 1".into());
         }
         Ok(config)
     }

@@ -22,7 +22,8 @@ use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, Salt
 use argon2::{Algorithm, Argon2, Params, Version};
 use tokio::sync::Semaphore;
 
-use crate::kv::{CreateKey, KeyRecord, Kv, KvError, NewKey, Role};
+use crate::kv::{CreateKey, KeyRecord, KvError, NewKey, Role};
+use crate::store::Store;
 
 /// Prefix of every API key.
 pub const KEY_PREFIX: &str = "ock-";
@@ -189,7 +190,11 @@ fn valid_name(text: &str) -> bool {
 
 /// Creates a key: validates the request, hashes a fresh secret and stores the record. Blocks
 /// for the argon2 hash (tens of milliseconds).
-pub fn create_key(kv: &Kv, request: &KeyRequest, now: i64) -> Result<CreatedKey, CreateKeyError> {
+pub fn create_key(
+    store: &Store,
+    request: &KeyRequest,
+    now: i64,
+) -> Result<CreatedKey, CreateKeyError> {
     if !valid_name(&request.project) {
         return Err(CreateKeyError::Invalid(
             "project names are 1 to 64 letters, digits, '-', '_', '.' or '@'".into(),
@@ -222,7 +227,7 @@ pub fn create_key(kv: &Kv, request: &KeyRequest, now: i64) -> Result<CreatedKey,
         expires_at: request.expires_at,
         secret_hash: hash_secret(&secret),
     };
-    match kv.create_key(new).map_err(CreateKeyError::Kv)? {
+    match store.create_key(new).map_err(CreateKeyError::Kv)? {
         CreateKey::Created(record) => Ok(CreatedKey { record, secret }),
         CreateKey::NameTaken => Err(CreateKeyError::NameTaken(name)),
     }
@@ -414,9 +419,7 @@ pub struct Identity {
 impl Identity {
     /// Loads (or creates, on first use) the token signing secret. Blocks on redb.
     pub fn new(store: Arc<crate::store::Store>, failure_limit: u32) -> Result<Identity, KvError> {
-        let stored = store
-            .kv
-            .secret("token_mac_key", || random_bytes::<32>().to_vec())?;
+        let stored = store.secret("token_mac_key", || random_bytes::<32>().to_vec())?;
         let token_key: [u8; 32] = stored
             .as_slice()
             .try_into()
@@ -535,15 +538,16 @@ impl Identity {
     }
 
     /// Looks a key up by id and checks that it is live (present and not expired).
-    fn live_key(&self, id: &str) -> Result<Option<KeyRecord>, AuthError> {
+    async fn live_key(&self, id: &str) -> Result<Option<KeyRecord>, AuthError> {
         if !is_key_id(id) {
             return Ok(None);
         }
-        Ok(self
-            .store
-            .kv
-            .key(id)?
-            .filter(|key| !key.expired(now_secs())))
+        let store = self.store.clone();
+        let id = id.to_owned();
+        let key = tokio::task::spawn_blocking(move || store.key(&id))
+            .await
+            .map_err(|error| AuthError::Internal(error.to_string()))??;
+        Ok(key.filter(|key| !key.expired(now_secs())))
     }
 
     /// Authenticates a key by id and secret (the application-credential method, and
@@ -575,7 +579,7 @@ impl Identity {
             Some((key_id, inner)) if key_id == id => inner,
             _ => secret,
         };
-        let key = self.live_key(id)?;
+        let key = self.live_key(id).await?;
         self.authenticate_secret(key, secret, client).await
     }
 
@@ -586,7 +590,11 @@ impl Identity {
         secret: &str,
         client: IpAddr,
     ) -> Result<KeyRecord, AuthError> {
-        let key = self.store.kv.key_by_name(name)?;
+        let store = self.store.clone();
+        let owned = name.to_owned();
+        let key = tokio::task::spawn_blocking(move || store.key_by_name(&owned))
+            .await
+            .map_err(|error| AuthError::Internal(error.to_string()))??;
         let secret = match (&key, parse_key(secret)) {
             (Some(key), Some((key_id, inner))) if key_id == key.id => inner,
             _ => secret,
@@ -601,18 +609,18 @@ impl Identity {
         client: IpAddr,
     ) -> Result<Authenticated, AuthError> {
         if let Some((id, secret)) = parse_key(credential) {
-            let key = self.live_key(id)?;
+            let key = self.live_key(id).await?;
             let key = self.authenticate_secret(key, secret, client).await?;
             return Ok(Authenticated { key, token: None });
         }
-        match self.verify_token(credential)? {
+        match self.verify_token(credential).await? {
             Some(authenticated) => Ok(authenticated),
             None => Err(self.refuse(client)),
         }
     }
 
     /// Checks a token's MAC, expiry and key; `None` if any fails.
-    pub fn verify_token(&self, token: &str) -> Result<Option<Authenticated>, AuthError> {
+    pub async fn verify_token(&self, token: &str) -> Result<Option<Authenticated>, AuthError> {
         let Some(bytes) = token.strip_prefix(TOKEN_PREFIX).and_then(unhex) else {
             return Ok(None);
         };
@@ -631,7 +639,7 @@ impl Identity {
         if claims.expires_at <= now_secs() {
             return Ok(None);
         }
-        let Some(key) = self.live_key(&claims.key_id)? else {
+        let Some(key) = self.live_key(&claims.key_id).await? else {
             return Ok(None);
         };
         // A token minted before its key existed can only come from a reused id: refuse it.

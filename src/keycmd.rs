@@ -21,7 +21,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::config::{Config, ServeArgs};
 use crate::identity::{self, CreateKeyError, KeyRequest, key_view};
-use crate::kv::{Kv, KvError, Role};
+use crate::kv::{KvError, Role};
+use crate::store::{Store, StoreError};
 
 /// Where the keys are: a data directory, or a running server.
 #[derive(Clone, Debug, Default, clap::Args)]
@@ -114,7 +115,7 @@ pub enum KeyCommand {
 }
 
 enum Backend {
-    Local(Kv),
+    Local(Box<Store>),
     Remote { url: String, target: Box<KeyTarget> },
 }
 
@@ -126,7 +127,7 @@ pub fn run(command: KeyCommand) -> Result<(), String> {
         | KeyCommand::Revoke { target, .. } => target.clone(),
     };
     match backend(target)? {
-        Backend::Local(kv) => run_local(&kv, command),
+        Backend::Local(store) => run_local(&store, command),
         Backend::Remote { url, target } => {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -167,9 +168,9 @@ fn backend(mut target: KeyTarget) -> Result<Backend, String> {
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|error| format!("cannot create {}: {error}", config.data_dir.display()))?;
     let database = config.data_dir.join(crate::DATABASE_FILE);
-    match Kv::open(&database) {
-        Ok(kv) => Ok(Backend::Local(kv)),
-        Err(KvError::Locked) => {
+    match Store::open_metadata(&config.data_dir) {
+        Ok(store) => Ok(Backend::Local(Box::new(store))),
+        Err(StoreError::Kv(KvError::Locked)) => {
             let scheme = if config.tls.is_some() {
                 "https"
             } else {
@@ -200,7 +201,7 @@ fn backend(mut target: KeyTarget) -> Result<Backend, String> {
     }
 }
 
-fn run_local(kv: &Kv, command: KeyCommand) -> Result<(), String> {
+fn run_local(store: &Store, command: KeyCommand) -> Result<(), String> {
     let now = identity::now_secs();
     match command {
         KeyCommand::Create {
@@ -220,18 +221,19 @@ fn run_local(kv: &Kv, command: KeyCommand) -> Result<(), String> {
                 name,
                 expires_at,
             };
-            let created = identity::create_key(kv, &request, now).map_err(|error| match error {
-                CreateKeyError::NameTaken(name) => format!("a key named {name} already exists"),
-                other => other.to_string(),
-            })?;
+            let created =
+                identity::create_key(store, &request, now).map_err(|error| match error {
+                    CreateKeyError::NameTaken(name) => format!("a key named {name} already exists"),
+                    other => other.to_string(),
+                })?;
             print_created(&created.view(now), json);
         }
         KeyCommand::List { json, .. } => {
-            let keys = kv.keys().map_err(|error| error.to_string())?;
+            let keys = store.keys().map_err(|error| error.to_string())?;
             let views: Vec<Value> = keys.iter().map(|key| key_view(key, now)).collect();
             print_list(&views, json);
         }
-        KeyCommand::Revoke { id, .. } => match kv.revoke_key(&id) {
+        KeyCommand::Revoke { id, .. } => match store.revoke_key(&id) {
             Ok(Some(_)) => println!("Revoked key {id}."),
             Ok(None) => return Err(format!("no key with id {id}")),
             Err(error) => return Err(error.to_string()),

@@ -1,16 +1,17 @@
 //! ocellus: an OpenStack Glance-compatible image service in one binary.
 //!
-//! The crate is layered: `kv` (metadata in redb) and `blob` (bytes in a content-addressed
-//! directory) know nothing of each other or of HTTP; `store` keeps the two consistent; `policy`
-//! holds the access rules; `http` is the Glance API on top. `main.rs` only parses flags and
+//! The crate is layered: `kv` (metadata in redb) and `blob` (bytes over a backend, the local
+//! content-addressed directory for now) know nothing of each other or of HTTP and are private
+//! to `store`, which runs every protocol that spans them; `policy` holds the access rules;
+//! `http` is the Glance API on top, speaking only to `store`, `policy` and `identity`. `main.rs` only parses flags and
 //! calls `open` and `http::serve`. See ARCHITECTURE.md.
 
-pub mod blob;
+mod blob;
 pub mod config;
 pub mod http;
 pub mod identity;
 pub mod keycmd;
-pub mod kv;
+mod kv;
 pub mod policy;
 pub mod store;
 
@@ -52,10 +53,12 @@ pub fn open(config: config::Config) -> Result<AppState, OpenError> {
         Some(files) => Some(http::listener::tls_config(files).map_err(OpenError::Tls)?),
         None => None,
     };
-    let store = Arc::new(store::Store::open(&config.data_dir).map_err(OpenError::Store)?);
+    let store = Arc::new(
+        store::Store::open_with(&config.data_dir, config.store).map_err(OpenError::Store)?,
+    );
     let kv_error = |error: kv::KvError| OpenError::Store(store::StoreError::Kv(error));
-    if config.auth == config::AuthMode::Keys && store.kv.key_count().map_err(kv_error)? == 0 {
-        bootstrap_key(&store.kv, &config.data_dir)?;
+    if config.auth == config::AuthMode::Keys && store.key_count().map_err(kv_error)? == 0 {
+        bootstrap_key(&store, &config.data_dir)?;
     }
     let identity =
         identity::Identity::new(store.clone(), config.auth_failure_limit).map_err(kv_error)?;
@@ -68,7 +71,7 @@ pub fn open(config: config::Config) -> Result<AppState, OpenError> {
 }
 
 /// Creates the first admin key and writes it to a file only the service user can read.
-fn bootstrap_key(kv: &kv::Kv, data_dir: &std::path::Path) -> Result<(), OpenError> {
+fn bootstrap_key(store: &store::Store, data_dir: &std::path::Path) -> Result<(), OpenError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
 
@@ -88,7 +91,7 @@ fn bootstrap_key(kv: &kv::Kv, data_dir: &std::path::Path) -> Result<(), OpenErro
         .mode(0o600)
         .open(&path)
         .map_err(|error| OpenError::Bootstrap(format!("{}: {error}", path.display())))?;
-    let created = identity::create_key(kv, &request, now)
+    let created = identity::create_key(store, &request, now)
         .map_err(|error| OpenError::Bootstrap(error.to_string()))?;
     file.write_all(format!("{}\n", created.key()).as_bytes())
         .and_then(|()| file.sync_all())

@@ -1,26 +1,68 @@
-//! Keeps image metadata (`kv`) and image bytes (`blob`) consistent with each other.
+//! The store: image metadata (`kv`, redb) and image bytes (`blob`, a `Backend`) kept consistent.
 //!
-//! The two protocols that span both stores live here:
-//! - attaching data: place the blob file first, then commit the record that references it, both
-//!   under the blob's lock; if the commit does not happen, remove the file again unless some
-//!   other image references it;
-//! - releasing data: commit the record change first; afterwards, under the blob's lock, remove
-//!   the file only if the metadata still says nothing references it.
+//! Nothing above this module touches either half. The protocols that span both live here:
+//! - **upload**: admit (a transfer slot, room on the backend), `queued` → `saving` (one
+//!   transaction), receive and hash the bytes, let the caller inspect them, then, under the
+//!   blob's lock, place the blob and commit the record that makes the image `active`. Any
+//!   failure, including the client vanishing, puts the image back to `queued` and leaves no
+//!   temp object and no unreferenced blob;
+//! - **delete** (and any change that drops a reference): commit the record change first;
+//!   afterwards, under the blob's lock, remove the blob only if the metadata still says nothing
+//!   references it and no download has it pinned;
+//! - **download**: take a transfer slot, pin the blob and open it, then stream; the pin is
+//!   released when the stream ends.
 //!
-//! With the lock held across "file present" and "reference committed", a concurrent upload of
-//! the same bytes can never find the file, skip writing it, and then lose it to a delete.
-//! A crash between the steps leaves at worst an unreferenced file, which `open` sweeps away.
+//! With the lock held across "blob present" and "reference committed", a concurrent upload of
+//! the same bytes can never find the blob, skip writing it, and then lose it to a delete.
+//! A crash between the steps leaves at worst temp objects, images in `saving` or unreferenced
+//! blobs: `open` removes the first, requeues the second and quarantines the third (they are
+//! removed only after `quarantine_grace`, since a restored older database also leaves blobs
+//! it does not know).
 
+use std::collections::HashMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
-use crate::blob::{BlobError, BlobStore, Received};
-use crate::kv::{Change, Digest, ImageData, ImageId, ImageRecord, Kv, KvError};
+use bytes::Bytes;
+use futures_util::Stream;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-/// A failure of either store.
+use crate::blob::local::LocalDir;
+use crate::blob::pool::TransferPool;
+use crate::blob::{Backend, BlobError, BlobStore, ReceiveLimits, Received};
+use crate::kv::{
+    AddMember, Audit, CreateKey, Digest, ImageData, ImageRecord, InsertOutcome, KeyRecord, Kv,
+    KvError, ListOutcome, ListRequest, MemberRecord, MemberStatus, NewKey,
+};
+
+pub use crate::kv::{ImageId, ImageStatus, KvError as MetadataError};
+
+/// How long a transfer waits for a free slot before it is refused with 503.
+pub const TRANSFER_WAIT: Duration = Duration::from_secs(2);
+
+/// A failure of either half, or a refusal of the upload protocol.
 #[derive(Debug)]
 pub enum StoreError {
     Kv(KvError),
     Blob(BlobError),
+    /// Every transfer slot of this kind is taken.
+    Busy,
+    /// The declared size does not fit in the free space above the reserve.
+    NoRoom {
+        needed: u64,
+        available: u64,
+    },
+    /// The body does not match its declared `x-openstack-image-size`.
+    SizeMismatch {
+        declared: u64,
+        actual: Option<u64>,
+    },
+    /// The image was deleted while its data was uploading.
+    Gone,
+    /// The image left `saving` while its data was uploading.
+    Changed,
 }
 
 impl std::fmt::Display for StoreError {
@@ -28,53 +70,545 @@ impl std::fmt::Display for StoreError {
         match self {
             StoreError::Kv(error) => error.fmt(formatter),
             StoreError::Blob(error) => error.fmt(formatter),
+            StoreError::Busy => formatter.write_str("every transfer slot is taken"),
+            StoreError::NoRoom { needed, available } => write!(
+                formatter,
+                "{needed} bytes do not fit in the {available} bytes free above the reserve"
+            ),
+            StoreError::SizeMismatch { declared, actual } => match actual {
+                Some(actual) => write!(
+                    formatter,
+                    "x-openstack-image-size declared {declared} bytes but the data is {actual} bytes"
+                ),
+                None => write!(
+                    formatter,
+                    "more data arrived than x-openstack-image-size declared ({declared} bytes)"
+                ),
+            },
+            StoreError::Gone => formatter.write_str("the image was deleted during the upload"),
+            StoreError::Changed => formatter.write_str("the image changed during the upload"),
         }
     }
 }
 
 impl std::error::Error for StoreError {}
 
-/// Both stores of one data directory.
+impl From<KvError> for StoreError {
+    fn from(error: KvError) -> StoreError {
+        StoreError::Kv(error)
+    }
+}
+
+impl From<BlobError> for StoreError {
+    fn from(error: BlobError) -> StoreError {
+        StoreError::Blob(error)
+    }
+}
+
+impl From<std::io::Error> for StoreError {
+    fn from(error: std::io::Error) -> StoreError {
+        StoreError::Blob(error.into())
+    }
+}
+
+/// Limits of the store, from the server's settings.
+#[derive(Clone, Copy, Debug)]
+pub struct StoreLimits {
+    /// Concurrent uploads.
+    pub max_uploads: usize,
+    /// Concurrent downloads.
+    pub max_downloads: usize,
+    /// Free space kept back on the backend for metadata; `None`: the smaller of 1 GiB and 5 %.
+    pub min_free_space: Option<u64>,
+    /// How long unreferenced blobs stay in quarantine.
+    pub quarantine_grace: Duration,
+    /// Transfer pool threads.
+    pub transfer_threads: usize,
+}
+
+impl Default for StoreLimits {
+    fn default() -> StoreLimits {
+        StoreLimits {
+            max_uploads: 64,
+            max_downloads: 512,
+            min_free_space: None,
+            quarantine_grace: Duration::from_secs(7 * 24 * 3600),
+            transfer_threads: TransferPool::default_threads(),
+        }
+    }
+}
+
+/// What an upload brought, for the caller to check before it is kept.
+pub struct Uploaded<'a> {
+    pub size: u64,
+    /// The first bytes, for format inspection.
+    pub head: &'a [u8],
+}
+
+/// An upload's request, as far as the store cares.
+#[derive(Clone, Copy, Debug)]
+pub struct UploadRequest {
+    /// `x-openstack-image-size`, or the `Content-Length`, when the client gave one.
+    pub declared: Option<u64>,
+    /// Whether `declared` came from `x-openstack-image-size` (then it must match exactly).
+    pub declared_exact: bool,
+    /// The largest image accepted.
+    pub cap: u64,
+}
+
+/// What a crash left behind, as `open` found and repaired it.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Repairs {
+    pub requeued: usize,
+    pub temp_removed: usize,
+    pub quarantined: usize,
+    pub restored: usize,
+    pub expired: usize,
+}
+
+/// Both halves of one data directory.
 pub struct Store {
-    pub kv: Kv,
-    pub blobs: BlobStore,
+    kv: Kv,
+    blobs: BlobStore,
+    limits: StoreLimits,
+    uploads: Arc<Semaphore>,
+    downloads: Arc<Semaphore>,
+    /// Bytes declared by uploads in progress, not yet counted in the backend's free space.
+    reserved: AtomicU64,
+    /// Blobs being read, with how many reads each.
+    pins: Mutex<HashMap<Digest, usize>>,
 }
 
 impl Store {
-    /// Opens (creating if needed) the stores in `data_dir`, then repairs what a crash can leave:
-    /// uploads stuck in `saving` go back to `queued`; temp files and unreferenced blobs go.
+    /// Opens the stores in `data_dir` with default limits.
     pub fn open(data_dir: &Path) -> Result<Store, StoreError> {
-        std::fs::create_dir_all(data_dir)
-            .map_err(|error| StoreError::Blob(BlobError::Io(error)))?;
-        let kv = Kv::open(&data_dir.join(crate::DATABASE_FILE)).map_err(StoreError::Kv)?;
-        let blobs = BlobStore::open(data_dir).map_err(StoreError::Blob)?;
-        let requeued = kv.requeue_interrupted_uploads().map_err(StoreError::Kv)?;
-        for id in &requeued {
-            tracing::warn!(image = %id, "upload was interrupted; image is queued again");
-        }
-        let referenced = kv.referenced_blobs().map_err(StoreError::Kv)?;
-        let report = blobs.sweep(&referenced).map_err(StoreError::Blob)?;
-        if report.temp_files_removed + report.unreferenced_blobs_removed > 0 {
-            tracing::info!(
-                temp_files = report.temp_files_removed,
-                unreferenced_blobs = report.unreferenced_blobs_removed,
-                "removed leftovers of interrupted work"
-            );
-        }
-        Ok(Store { kv, blobs })
+        Store::open_with(data_dir, StoreLimits::default())
     }
 
-    /// Publishes received bytes and commits `change`, which must attach `data` (built from the
-    /// upload) to the record. Returns `None` if the image is gone.
-    pub fn attach_data<E>(
+    /// Opens (creating if needed) the stores in `data_dir`, then repairs what a crash can
+    /// leave: uploads stuck in `saving` go back to `queued`; temp objects go; unreferenced
+    /// blobs go to quarantine (and referenced ones come back from it). Blocks.
+    pub fn open_with(data_dir: &Path, limits: StoreLimits) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(data_dir)?;
+        let kv = Kv::open(&data_dir.join(crate::DATABASE_FILE))?;
+        let backend = Arc::new(LocalDir::open(data_dir)?);
+        let store = Store::assemble(kv, backend, limits)?;
+        let repairs = store.repair()?;
+        if repairs != Repairs::default() {
+            tracing::warn!(
+                requeued_uploads = repairs.requeued,
+                temp_removed = repairs.temp_removed,
+                quarantined_blobs = repairs.quarantined,
+                restored_blobs = repairs.restored,
+                expired_blobs = repairs.expired,
+                "repaired what interrupted work left"
+            );
+        }
+        Ok(store)
+    }
+
+    /// Opens only what the offline `key` commands need: the metadata, with no repair of the
+    /// blobs (that is the server's job at its start). Blocks.
+    pub fn open_metadata(data_dir: &Path) -> Result<Store, StoreError> {
+        let limits = StoreLimits {
+            transfer_threads: 1,
+            ..StoreLimits::default()
+        };
+        std::fs::create_dir_all(data_dir)?;
+        let kv = Kv::open(&data_dir.join(crate::DATABASE_FILE))?;
+        let backend = Arc::new(LocalDir::open(data_dir)?);
+        Ok(Store::assemble(kv, backend, limits)?)
+    }
+
+    fn assemble(kv: Kv, backend: Arc<LocalDir>, limits: StoreLimits) -> std::io::Result<Store> {
+        Ok(Store {
+            kv,
+            blobs: BlobStore::new(backend, TransferPool::new(limits.transfer_threads)?),
+            limits,
+            uploads: Arc::new(Semaphore::new(limits.max_uploads.max(1))),
+            downloads: Arc::new(Semaphore::new(limits.max_downloads.max(1))),
+            reserved: AtomicU64::new(0),
+            pins: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn backend(&self) -> &dyn Backend {
+        self.blobs.backend()
+    }
+
+    fn repair(&self) -> Result<Repairs, StoreError> {
+        let mut repairs = Repairs::default();
+        for id in self.kv.requeue_interrupted_uploads()? {
+            tracing::warn!(image = %id, "upload was interrupted; image is queued again");
+            repairs.requeued += 1;
+        }
+        repairs.temp_removed = self.backend().remove_temps()?;
+        let referenced = self.kv.referenced_blobs()?;
+        for digest in self.backend().list()? {
+            if !referenced.contains(&digest) {
+                self.backend().quarantine(digest)?;
+                repairs.quarantined += 1;
+            }
+        }
+        for &digest in &referenced {
+            if self.backend().size(digest)?.is_none() {
+                if self.restore_from_quarantine(digest)? {
+                    repairs.restored += 1;
+                } else {
+                    tracing::error!(blob = %digest.to_hex(), "a referenced blob is missing");
+                }
+            }
+        }
+        repairs.expired = self.collect_quarantine()?;
+        Ok(repairs)
+    }
+
+    /// Removes quarantined blobs older than the grace period; returns how many. Blocks.
+    pub fn collect_quarantine(&self) -> Result<usize, StoreError> {
+        let cutoff = SystemTime::now()
+            .checked_sub(self.limits.quarantine_grace)
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        let removed = self.backend().expire_quarantine(cutoff)?;
+        if removed > 0 {
+            tracing::info!(removed, "removed quarantined blobs past their grace period");
+        }
+        Ok(removed)
+    }
+
+    /// Moves a quarantined blob back if it is there (the database that names it was restored).
+    fn restore_from_quarantine(&self, digest: Digest) -> Result<bool, StoreError> {
+        let restored = self.backend().restore(digest)?;
+        if restored {
+            tracing::warn!(blob = %digest.to_hex(), "a referenced blob came back from quarantine");
+        }
+        Ok(restored)
+    }
+
+    /// Whether metadata writes work; false while the disk is full or failed.
+    pub fn healthy(&self) -> bool {
+        !self.kv.failed()
+    }
+
+    /// Retries metadata writes after a failure (reopening the database); true when healthy.
+    /// Skips the attempt while the backend is still out of space. Blocks.
+    pub fn recover(&self) -> bool {
+        if !self.kv.failed() {
+            return true;
+        }
+        if let Ok(Some(space)) = self.backend().space()
+            && space.free < RECOVERY_ROOM
+        {
+            return false;
+        }
+        self.kv.recover()
+    }
+
+    /// Checks metadata against the blobs: reference counts, presence and size of every
+    /// referenced blob, images in `saving`, temp objects. Returns the problems found (none:
+    /// consistent). Blocks; for `ocellus check` on a stopped server.
+    pub fn check(&self) -> Result<(Audit, Vec<String>), StoreError> {
+        let audit = self.kv.audit()?;
+        let mut problems = Vec::new();
+        for id in &audit.saving {
+            problems.push(format!("image {id} is saving"));
+        }
+        for blob in &audit.blobs {
+            let hex = blob.digest.to_hex();
+            if blob.references != blob.counted {
+                problems.push(format!(
+                    "blob {hex}: reference count {} but {} images name it",
+                    blob.references, blob.counted
+                ));
+            }
+            match self.backend().size(blob.digest)? {
+                None => problems.push(format!("blob {hex} is referenced but missing")),
+                Some(size) if size != blob.size => problems.push(format!(
+                    "blob {hex} holds {size} bytes, its record says {}",
+                    blob.size
+                )),
+                Some(_) => {}
+            }
+        }
+        let referenced: std::collections::HashSet<Digest> =
+            audit.blobs.iter().map(|blob| blob.digest).collect();
+        for digest in self.backend().list()? {
+            if !referenced.contains(&digest) {
+                problems.push(format!("blob {} is not referenced", digest.to_hex()));
+            }
+        }
+        let temps = self.backend().temps()?;
+        if temps > 0 {
+            problems.push(format!("{temps} temp objects are left"));
+        }
+        Ok((audit, problems))
+    }
+
+    /// How many blobs are in quarantine.
+    pub fn quarantined(&self) -> Result<usize, StoreError> {
+        Ok(self.backend().quarantined()?)
+    }
+
+    // Metadata. Each call is one transaction; async callers run them on the blocking pool.
+
+    pub fn image(&self, id: ImageId) -> Result<Option<ImageRecord>, KvError> {
+        self.kv.image(id)
+    }
+
+    pub fn insert_image(&self, record: &ImageRecord) -> Result<InsertOutcome, KvError> {
+        self.kv.insert_image(record)
+    }
+
+    pub fn list_images(
+        &self,
+        request: &ListRequest<'_>,
+        visible: &dyn Fn(&ImageRecord) -> bool,
+        matches: &dyn Fn(&ImageRecord) -> bool,
+    ) -> Result<ListOutcome, KvError> {
+        self.kv.list_images(request, visible, matches)
+    }
+
+    /// Applies `change` to an image in one transaction (`None`: no such image), then releases
+    /// any blob the change left without references.
+    pub fn update_image<E: From<KvError>>(
+        &self,
+        id: ImageId,
+        change: impl FnOnce(&mut ImageRecord) -> Result<(), E>,
+    ) -> Result<Option<ImageRecord>, E> {
+        let changed = self.kv.update_image(id, change)?;
+        Ok(changed.map(|change| {
+            self.release(&change.unreferenced);
+            change.record
+        }))
+    }
+
+    /// Deletes an image if `check` allows it, then releases its blob if that was the last
+    /// reference. Returns the deleted record.
+    pub fn delete_image<E: From<KvError>>(
+        &self,
+        id: ImageId,
+        deleted_at: i64,
+        check: impl FnOnce(&ImageRecord) -> Result<(), E>,
+    ) -> Result<Option<ImageRecord>, E> {
+        let deleted = self.kv.delete_image(id, deleted_at, check)?;
+        Ok(deleted.map(|change| {
+            self.release(&change.unreferenced);
+            change.record
+        }))
+    }
+
+    pub fn members(&self, id: ImageId) -> Result<Vec<MemberRecord>, KvError> {
+        self.kv.members(id)
+    }
+
+    pub fn member(&self, id: ImageId, member: &str) -> Result<Option<MemberRecord>, KvError> {
+        self.kv.member(id, member)
+    }
+
+    pub fn add_member<E: From<KvError>>(
+        &self,
+        id: ImageId,
+        member: &str,
+        now: i64,
+        quota: usize,
+        check: impl FnOnce(&ImageRecord) -> Result<(), E>,
+    ) -> Result<AddMember, E> {
+        self.kv.add_member(id, member, now, quota, check)
+    }
+
+    pub fn set_member_status(
+        &self,
+        id: ImageId,
+        member: &str,
+        status: MemberStatus,
+        now: i64,
+    ) -> Result<Option<MemberRecord>, KvError> {
+        self.kv.set_member_status(id, member, status, now)
+    }
+
+    pub fn remove_member(&self, id: ImageId, member: &str) -> Result<bool, KvError> {
+        self.kv.remove_member(id, member)
+    }
+
+    pub fn memberships(&self, project: &str) -> Result<HashMap<ImageId, MemberStatus>, KvError> {
+        self.kv.memberships(project)
+    }
+
+    pub fn create_key(&self, new: NewKey) -> Result<CreateKey, KvError> {
+        self.kv.create_key(new)
+    }
+
+    pub fn key(&self, id: &str) -> Result<Option<KeyRecord>, KvError> {
+        self.kv.key(id)
+    }
+
+    pub fn key_by_name(&self, name: &str) -> Result<Option<KeyRecord>, KvError> {
+        self.kv.key_by_name(name)
+    }
+
+    pub fn keys(&self) -> Result<Vec<KeyRecord>, KvError> {
+        self.kv.keys()
+    }
+
+    pub fn key_count(&self) -> Result<u64, KvError> {
+        self.kv.key_count()
+    }
+
+    pub fn revoke_key(&self, id: &str) -> Result<Option<KeyRecord>, KvError> {
+        self.kv.revoke_key(id)
+    }
+
+    pub fn secret(&self, name: &str, make: impl FnOnce() -> Vec<u8>) -> Result<Vec<u8>, KvError> {
+        self.kv.secret(name, make)
+    }
+
+    // The byte protocols.
+
+    /// Waits briefly for a transfer slot.
+    async fn slot(semaphore: &Arc<Semaphore>) -> Result<OwnedSemaphorePermit, StoreError> {
+        match tokio::time::timeout(TRANSFER_WAIT, semaphore.clone().acquire_owned()).await {
+            Ok(Ok(permit)) => Ok(permit),
+            _ => Err(StoreError::Busy),
+        }
+    }
+
+    /// The free space kept back for metadata on this backend.
+    fn keep_free(&self) -> Result<u64, StoreError> {
+        Ok(
+            match (self.limits.min_free_space, self.backend().space()?) {
+                (Some(bytes), _) => bytes,
+                (None, Some(space)) => (space.total / 20).min(DEFAULT_RESERVE),
+                (None, None) => 0,
+            },
+        )
+    }
+
+    /// Runs the upload protocol for image `id`: `start` checks and moves the image to `saving`
+    /// (in the same transaction), the body is received, `accept` inspects what arrived and
+    /// returns the virtual size to record, and `finish` makes the image `active` with its data.
+    /// Any failure puts the image back to `queued` before this returns.
+    pub async fn upload<S, B, E>(
+        self: &Arc<Self>,
+        id: ImageId,
+        body: S,
+        request: UploadRequest,
+        start: impl FnOnce(&mut ImageRecord) -> Result<(), E> + Send + 'static,
+        accept: impl FnOnce(&ImageRecord, Uploaded<'_>) -> Result<Option<u64>, E>,
+        finish: impl FnOnce(&mut ImageRecord, ImageData) -> Result<(), E> + Send + 'static,
+    ) -> Result<ImageRecord, E>
+    where
+        S: Stream<Item = Result<Bytes, B>>,
+        B: std::fmt::Display,
+        E: From<StoreError> + From<KvError> + Send + 'static,
+    {
+        let _slot = Store::slot(&self.uploads).await.map_err(E::from)?;
+        // Room is checked against the declared size before the image moves to `saving`, so a
+        // refusal leaves it `queued`; other refusals of `start` come first.
+        let store = self.clone();
+        let (record, reservation) = blocking(move || {
+            let keep_free = store.keep_free().map_err(E::from)?;
+            let room = match (
+                request.declared,
+                store.backend().space().map_err(StoreError::from)?,
+            ) {
+                (Some(needed), Some(space)) => {
+                    let available = space
+                        .free
+                        .saturating_sub(keep_free)
+                        .saturating_sub(store.reserved.load(Ordering::Acquire));
+                    (needed > available).then_some(StoreError::NoRoom { needed, available })
+                }
+                _ => None,
+            };
+            let record = store.kv.update_image(id, |record| {
+                start(record)?;
+                match room {
+                    Some(refusal) => Err(E::from(refusal)),
+                    None => Ok(()),
+                }
+            })?;
+            let reservation = Reservation::new(store.clone(), request.declared.unwrap_or(0));
+            Ok::<_, E>((record, reservation))
+        })
+        .await??;
+        let Some(change) = record else {
+            return Err(E::from(StoreError::Gone));
+        };
+        let mut guard = SavingGuard {
+            store: self.clone(),
+            id,
+            armed: true,
+        };
+        let outcome = self
+            .receive_and_attach(change.record, body, request, accept, finish)
+            .await;
+        drop(reservation);
+        // Failures answer only after the image is queued again, so a client may retry at once.
+        guard.armed = false;
+        if outcome.is_err() {
+            let store = self.clone();
+            blocking(move || store.requeue(id)).await.ok();
+        }
+        outcome
+    }
+
+    async fn receive_and_attach<S, B, E>(
+        self: &Arc<Self>,
+        record: ImageRecord,
+        body: S,
+        request: UploadRequest,
+        accept: impl FnOnce(&ImageRecord, Uploaded<'_>) -> Result<Option<u64>, E>,
+        finish: impl FnOnce(&mut ImageRecord, ImageData) -> Result<(), E> + Send + 'static,
+    ) -> Result<ImageRecord, E>
+    where
+        S: Stream<Item = Result<Bytes, B>>,
+        B: std::fmt::Display,
+        E: From<StoreError> + From<KvError> + Send + 'static,
+    {
+        let exact = request.declared.filter(|_| request.declared_exact);
+        let limits = ReceiveLimits {
+            max_size: exact.unwrap_or(request.cap).min(request.cap),
+            keep_free: self.keep_free().map_err(E::from)?,
+        };
+        let received = match self.blobs.receive(body, limits).await {
+            Ok(received) => received,
+            Err(BlobError::TooLarge { .. }) if exact.is_some_and(|size| size <= request.cap) => {
+                return Err(E::from(StoreError::SizeMismatch {
+                    declared: limits.max_size,
+                    actual: None,
+                }));
+            }
+            Err(error) => return Err(E::from(StoreError::Blob(error))),
+        };
+        if let Some(declared) = exact
+            && declared != received.size
+        {
+            return Err(E::from(StoreError::SizeMismatch {
+                declared,
+                actual: Some(received.size),
+            }));
+        }
+        let virtual_size = accept(
+            &record,
+            Uploaded {
+                size: received.size,
+                head: &received.head,
+            },
+        )?;
+        let store = self.clone();
+        let id = record.id;
+        blocking(move || store.attach(id, received, virtual_size, finish)).await?
+    }
+
+    /// Publishes received bytes and commits `finish`, which attaches `data` to the record.
+    fn attach<E>(
         &self,
         id: ImageId,
         received: Received,
         virtual_size: Option<u64>,
-        change: impl FnOnce(&mut ImageRecord, ImageData) -> Result<(), E>,
-    ) -> Result<Option<Change>, E>
+        finish: impl FnOnce(&mut ImageRecord, ImageData) -> Result<(), E>,
+    ) -> Result<ImageRecord, E>
     where
-        E: From<KvError> + From<BlobError>,
+        E: From<StoreError> + From<KvError>,
     {
         let digest = received.digest;
         let data = ImageData {
@@ -85,35 +619,184 @@ impl Store {
             sha512: received.sha512,
         };
         let _guard = self.blobs.lock(digest);
-        self.blobs.place(received.temp, digest)?;
-        let outcome = self.kv.update_image(id, |record| change(record, data));
+        self.blobs
+            .place(received.temp, digest)
+            .map_err(|error| E::from(StoreError::Blob(error)))?;
+        let outcome = self.kv.update_image(id, |record| {
+            if record.status != ImageStatus::Saving {
+                return Err(E::from(StoreError::Changed));
+            }
+            finish(record, data)
+        });
         let committed = matches!(&outcome, Ok(Some(change)) if change.record.data.as_ref().map(|d| d.digest) == Some(digest));
         if !committed {
-            match self.remove_if_unreferenced(digest) {
-                Ok(()) => {}
-                Err(StoreError::Kv(error)) => return Err(error.into()),
-                Err(StoreError::Blob(error)) => return Err(error.into()),
-            }
+            self.remove_if_unreferenced(digest).map_err(E::from)?;
         }
-        outcome
+        match outcome? {
+            Some(change) => Ok(change.record),
+            None => Err(E::from(StoreError::Gone)),
+        }
     }
 
-    /// Removes the files of blobs that a committed change left without references.
-    pub fn release(&self, unreferenced: &[Digest]) {
+    /// Puts an image that is still `saving` back to `queued`.
+    fn requeue(&self, id: ImageId) -> Result<(), StoreError> {
+        let result = self.kv.update_image(id, |record| {
+            if record.status == ImageStatus::Saving {
+                record.status = ImageStatus::Queued;
+            }
+            Ok::<(), KvError>(())
+        });
+        if let Err(error) = &result {
+            tracing::error!(image = %id, %error, "could not put a failed upload back to queued");
+        }
+        result.map(|_| ()).map_err(StoreError::Kv)
+    }
+
+    /// Runs the download protocol: a transfer slot, the blob pinned and opened, then a stream
+    /// of `length` bytes from `first`. A read of the whole blob is verified against its digest.
+    pub async fn download(
+        self: &Arc<Self>,
+        data: &ImageData,
+        first: u64,
+        length: u64,
+    ) -> Result<
+        impl Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static + use<>,
+        StoreError,
+    > {
+        let slot = Store::slot(&self.downloads).await?;
+        let digest = data.digest;
+        let pin = Pin::new(self.clone(), digest);
+        let store = self.clone();
+        let source = blocking(move || Ok::<_, StoreError>(store.blobs.open(digest)?)).await??;
+        let verify = first == 0 && length == data.size;
+        Ok(self
+            .blobs
+            .read(source, digest, first, length, verify, (slot, pin)))
+    }
+
+    /// Removes the blobs that a committed change left without references.
+    fn release(&self, unreferenced: &[Digest]) {
         for &digest in unreferenced {
             let _guard = self.blobs.lock(digest);
             if let Err(error) = self.remove_if_unreferenced(digest) {
-                // The startup sweep removes it later; the image change itself stands.
+                // The image change itself stands; the next start quarantines the blob.
                 tracing::error!(blob = %digest.to_hex(), %error, "could not remove unreferenced blob");
             }
         }
     }
 
-    /// Call with the blob's lock held.
+    /// Removes a blob that nothing references and no read has pinned. Call with the blob's
+    /// lock held.
     fn remove_if_unreferenced(&self, digest: Digest) -> Result<(), StoreError> {
-        if self.kv.blob_references(digest).map_err(StoreError::Kv)? == 0 {
-            self.blobs.remove(digest).map_err(StoreError::Blob)?;
+        if self.pinned(digest) {
+            // The last read to end removes it (`Pin::drop`).
+            return Ok(());
+        }
+        if self.kv.blob_references(digest)? == 0 {
+            self.blobs.remove(digest)?;
         }
         Ok(())
+    }
+
+    fn pinned(&self, digest: Digest) -> bool {
+        self.pins
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .contains_key(&digest)
+    }
+}
+
+/// The free space an upload leaves by default: the smaller of this and 5 % of the filesystem.
+const DEFAULT_RESERVE: u64 = 1 << 30;
+/// Free space needed before a reopen of the database is worth trying.
+const RECOVERY_ROOM: u64 = 4 << 20;
+
+/// Runs store work on the blocking pool (never on the async workers).
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|error| StoreError::Blob(BlobError::Io(std::io::Error::other(error.to_string()))))
+}
+
+/// Bytes an upload in progress has declared, subtracted from the room others see.
+struct Reservation {
+    store: Arc<Store>,
+    bytes: u64,
+}
+
+impl Reservation {
+    fn new(store: Arc<Store>, bytes: u64) -> Reservation {
+        store.reserved.fetch_add(bytes, Ordering::AcqRel);
+        Reservation { store, bytes }
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.store.reserved.fetch_sub(self.bytes, Ordering::AcqRel);
+    }
+}
+
+/// Keeps a blob in place while a read streams it.
+struct Pin {
+    store: Arc<Store>,
+    digest: Digest,
+}
+
+impl Pin {
+    fn new(store: Arc<Store>, digest: Digest) -> Pin {
+        *store
+            .pins
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .entry(digest)
+            .or_insert(0) += 1;
+        Pin { store, digest }
+    }
+}
+
+impl Drop for Pin {
+    fn drop(&mut self) {
+        let last = {
+            let mut pins = self
+                .store
+                .pins
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let count = pins.get_mut(&self.digest).map(|count| {
+                *count -= 1;
+                *count
+            });
+            if count == Some(0) {
+                pins.remove(&self.digest);
+            }
+            count == Some(0)
+        };
+        if last {
+            // A delete during the read left the blob for this moment.
+            let store = self.store.clone();
+            let digest = self.digest;
+            tokio::task::spawn_blocking(move || store.release(&[digest]));
+        }
+    }
+}
+
+/// Puts an image left in `saving` back to `queued` when an upload is cancelled (its client
+/// went away, so the handler was dropped mid-way).
+struct SavingGuard {
+    store: Arc<Store>,
+    id: ImageId,
+    armed: bool,
+}
+
+impl Drop for SavingGuard {
+    fn drop(&mut self) {
+        if self.armed {
+            let store = self.store.clone();
+            let id = self.id;
+            tokio::task::spawn_blocking(move || store.requeue(id));
+        }
     }
 }

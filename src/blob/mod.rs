@@ -1,20 +1,19 @@
-//! The content-addressed blob directory: the only code that touches image files.
+//! Image bytes: the byte paths (receive, read) over a `Backend` that keeps the bytes.
 //!
-//! Layout under the data directory:
-//! - `blobs/<2 hex>/<2 hex>/<64 hex>`: one file per distinct content, named by its BLAKE3 digest;
-//! - `tmp/<uuid>.part`: uploads in progress, on the same filesystem so that a rename publishes
-//!   them atomically.
+//! A backend stores whole blobs named by their BLAKE3 digest, and temp objects for uploads in
+//! progress; it is small and synchronous (`Backend`, with the local directory in `local` as its
+//! first implementation), and everything above it is shared: the upload pipeline, hashing,
+//! verification, buffers, the per-digest locks and the transfer pool.
 //!
 //! Receiving copies the body into 1 MiB pooled buffers (`buffers`) and hands each one, shared,
-//! to four blocking threads through bounded channels: the temp-file writer (`writer`, which
-//! sends whole buffers to the disk with O_DIRECT) and the MD5, SHA-512 and BLAKE3 hashers. The
-//! four run in parallel and no body is ever held whole in memory. The temp file is fsync'd
-//! before `receive` returns. `place` renames it into place (or drops it when that content
-//! exists already) and fsyncs the directories. A `TempBlob` removes its file when dropped, so
-//! every failure path cleans up.
+//! to four stages through bounded channels: the temp-object writer and the MD5, SHA-512 and
+//! BLAKE3 hashers. A stage is an async task that runs each step as a job on the transfer pool
+//! (`pool`), so the four proceed in parallel while no thread waits for a slow client. The temp
+//! object is made durable before `receive` returns. `place` publishes it under its digest (or
+//! drops it when that content exists already).
 //!
-//! Reading uses one blocking thread to read 256 KiB pooled buffers and, for a whole blob,
-//! another to re-hash them while the HTTP layer writes them out. Only the last buffer waits for
+//! Reading runs a small async producer per download that keeps a few reads in flight on the
+//! pool and, for a whole blob, re-hashes the buffers in order. Only the last buffer waits for
 //! the digest: on a mismatch the stream fails, which makes the HTTP layer cut the connection
 //! instead of ending it cleanly.
 //!
@@ -23,13 +22,14 @@
 
 mod buffers;
 pub mod inspect;
+pub mod local;
+pub mod pool;
 mod writer;
 
-use std::collections::HashSet;
-use std::fs::{self, File};
-use std::io::{self, Read, Seek, SeekFrom};
-use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::collections::VecDeque;
+use std::io;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::SystemTime;
 
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
@@ -38,31 +38,90 @@ use tokio::sync::mpsc;
 
 use crate::kv::Digest;
 use buffers::BufferPool;
-use writer::TempWriter;
+use pool::TransferPool;
 
 /// Buffers handed to the writer and hashers are coalesced to about this size.
 const BUFFER_SIZE: usize = 1 << 20;
-/// Buffers in flight per worker; bounds memory per upload to about 4 x this x `BUFFER_SIZE`.
+/// Buffers in flight per stage; bounds memory per upload to about 4 x this x `BUFFER_SIZE`.
 const CHANNEL_DEPTH: usize = 4;
 /// Bytes kept from the start of an upload for format inspection.
 pub const HEAD_SIZE: usize = 64 * 1024;
 /// Read size for downloads.
 const READ_SIZE: usize = 256 * 1024;
-/// Read buffers kept for reuse per download: the channel's `CHANNEL_DEPTH`, the one being read
-/// into, and a few held by the HTTP layer while it writes them.
-const READ_POOL: usize = CHANNEL_DEPTH + 4;
+/// Reads a download keeps queued on the pool ahead of the one being sent.
+const READ_AHEAD: usize = 4;
+/// Read buffers kept for reuse per download: those in flight, the channel's, and a few held by
+/// the HTTP layer while it writes them.
+const READ_POOL: usize = READ_AHEAD + CHANNEL_DEPTH + 4;
 /// A download whose client takes nothing for this long is abandoned, like an idle upload.
 const SEND_STALL: std::time::Duration = std::time::Duration::from_secs(60);
+/// An upload checks the free space after every this many bytes written.
+const SPACE_CHECK_EVERY: u64 = 32 << 20;
 /// Number of digest-striped locks.
 const LOCK_STRIPES: usize = 64;
+
+/// Free and total bytes where a backend keeps its blobs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Space {
+    pub free: u64,
+    pub total: u64,
+}
+
+/// Where blob bytes live. Methods block; the byte paths call them on the transfer pool and the
+/// store on the blocking pool.
+pub trait Backend: Send + Sync + 'static {
+    /// A new temp object for an upload; it vanishes when dropped unless placed.
+    fn create_temp(&self) -> io::Result<Box<dyn TempObject>>;
+    /// Publishes a finished temp object as the blob `digest`, or drops it when that content is
+    /// stored already. Durable when it returns.
+    fn place(&self, temp: Box<dyn TempObject>, digest: Digest) -> io::Result<()>;
+    /// Removes a blob; removing a missing one is not an error.
+    fn remove(&self, digest: Digest) -> io::Result<()>;
+    /// Opens a blob for reading.
+    fn open(&self, digest: Digest) -> io::Result<Arc<dyn BlobReader>>;
+    /// The stored size of a blob, `None` if it is missing.
+    fn size(&self, digest: Digest) -> io::Result<Option<u64>>;
+    /// Every stored blob.
+    fn list(&self) -> io::Result<Vec<Digest>>;
+    /// Moves a blob out of the way, to be removed once the grace period is over.
+    fn quarantine(&self, digest: Digest) -> io::Result<()>;
+    /// Moves a quarantined blob back into place; false if it is not in quarantine.
+    fn restore(&self, digest: Digest) -> io::Result<bool>;
+    /// Removes quarantined blobs set aside before `older_than`; returns how many.
+    fn expire_quarantine(&self, older_than: SystemTime) -> io::Result<usize>;
+    /// How many blobs are in quarantine.
+    fn quarantined(&self) -> io::Result<usize>;
+    /// Removes temp objects left by interrupted uploads; returns how many.
+    fn remove_temps(&self) -> io::Result<usize>;
+    /// How many temp objects exist.
+    fn temps(&self) -> io::Result<usize>;
+    /// Free and total space, when the backend has such a notion.
+    fn space(&self) -> io::Result<Option<Space>>;
+}
+
+/// An upload being written. Bytes arrive in order.
+pub trait TempObject: Send {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<()>;
+    /// Makes everything written durable.
+    fn finish(&mut self) -> io::Result<()>;
+    /// For the backend's `place`, to get its own type back.
+    fn into_any(self: Box<Self>) -> Box<dyn std::any::Any>;
+}
+
+/// A stored blob open for reading.
+pub trait BlobReader: Send + Sync {
+    fn read_at(&self, buffer: &mut [u8], offset: u64) -> io::Result<usize>;
+}
 
 /// What can go wrong in the blob store.
 #[derive(Debug)]
 pub enum BlobError {
-    /// The filesystem failed.
+    /// The storage failed.
     Io(io::Error),
     /// The body grew past the size limit.
     TooLarge { limit: u64 },
+    /// The storage ran out of space (or reached the free-space reserve).
+    NoSpace,
     /// The body ended with an error (the client went away or sent a broken chunk).
     BodyFailed(String),
 }
@@ -72,6 +131,7 @@ impl std::fmt::Display for BlobError {
         match self {
             BlobError::Io(error) => write!(formatter, "blob store: {error}"),
             BlobError::TooLarge { limit } => write!(formatter, "body exceeds {limit} bytes"),
+            BlobError::NoSpace => formatter.write_str("blob store: no space left"),
             BlobError::BodyFailed(detail) => write!(formatter, "request body failed: {detail}"),
         }
     }
@@ -79,33 +139,43 @@ impl std::fmt::Display for BlobError {
 
 impl std::error::Error for BlobError {}
 
-impl From<io::Error> for BlobError {
-    fn from(error: io::Error) -> BlobError {
-        BlobError::Io(error)
+impl std::fmt::Debug for Received {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("Received")
+            .field("digest", &self.digest)
+            .field("size", &self.size)
+            .finish_non_exhaustive()
     }
 }
 
-/// A received upload waiting in `tmp/`; the file is removed when this is dropped.
-#[derive(Debug)]
-pub struct TempBlob {
-    path: Option<PathBuf>,
+impl From<pool::JobFailed> for BlobError {
+    fn from(error: pool::JobFailed) -> BlobError {
+        BlobError::Io(error.into())
+    }
 }
 
-impl Drop for TempBlob {
-    fn drop(&mut self) {
-        if let Some(path) = self.path.take()
-            && let Err(error) = fs::remove_file(&path)
-            && error.kind() != io::ErrorKind::NotFound
-        {
-            tracing::warn!(path = %path.display(), %error, "could not remove temp blob");
+impl From<io::Error> for BlobError {
+    fn from(error: io::Error) -> BlobError {
+        if is_no_space(&error) {
+            BlobError::NoSpace
+        } else {
+            BlobError::Io(error)
         }
     }
 }
 
-/// A fully received and fsync'd upload with its digests.
-#[derive(Debug)]
+/// Whether an I/O error means the storage is full.
+pub fn is_no_space(error: &io::Error) -> bool {
+    matches!(
+        error.kind(),
+        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+    )
+}
+
+/// A fully received, durable upload with its digests.
 pub struct Received {
-    pub temp: TempBlob,
+    pub temp: Box<dyn TempObject>,
     pub digest: Digest,
     pub size: u64,
     pub md5: [u8; 16],
@@ -114,41 +184,36 @@ pub struct Received {
     pub head: Vec<u8>,
 }
 
-/// Counts from the startup sweep.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct SweepReport {
-    pub temp_files_removed: usize,
-    pub unreferenced_blobs_removed: usize,
+/// Bounds on one upload.
+#[derive(Clone, Copy, Debug)]
+pub struct ReceiveLimits {
+    /// Fail with `TooLarge` once more bytes than this arrive.
+    pub max_size: u64,
+    /// Fail with `NoSpace` once the backend's free space falls below this.
+    pub keep_free: u64,
 }
 
-/// The blob directory.
+/// The byte paths over one backend.
 pub struct BlobStore {
-    blobs_dir: PathBuf,
-    tmp_dir: PathBuf,
+    backend: Arc<dyn Backend>,
+    pool: Arc<TransferPool>,
     locks: Vec<Mutex<()>>,
     /// `SEND_STALL`, shortened by tests.
     send_stall: std::time::Duration,
 }
 
 impl BlobStore {
-    /// Opens (creating if needed) the blob directories under `data_dir`.
-    pub fn open(data_dir: &Path) -> Result<BlobStore, BlobError> {
-        let blobs_dir = data_dir.join("blobs");
-        let tmp_dir = data_dir.join("tmp");
-        fs::create_dir_all(&blobs_dir)?;
-        fs::create_dir_all(&tmp_dir)?;
-        Ok(BlobStore {
-            blobs_dir,
-            tmp_dir,
+    pub fn new(backend: Arc<dyn Backend>, pool: Arc<TransferPool>) -> BlobStore {
+        BlobStore {
+            backend,
+            pool,
             locks: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
             send_stall: SEND_STALL,
-        })
+        }
     }
 
-    /// Where the blob with this digest lives. Only server-computed digests reach the filesystem.
-    pub fn path(&self, digest: Digest) -> PathBuf {
-        let hex = digest.to_hex();
-        self.blobs_dir.join(&hex[0..2]).join(&hex[2..4]).join(hex)
+    pub fn backend(&self) -> &dyn Backend {
+        self.backend.as_ref()
     }
 
     /// Serializes placing and removing blobs of one digest. Hold it from `place` until the
@@ -156,56 +221,47 @@ impl BlobStore {
     pub fn lock(&self, digest: Digest) -> MutexGuard<'_, ()> {
         let stripe = digest.0[0] as usize % LOCK_STRIPES;
         // A poisoned lock only means another thread panicked while holding it; the guarded
-        // state is the filesystem, which stays consistent, so carry on.
+        // state is the storage, which stays consistent, so carry on.
         self.locks[stripe]
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Streams `body` into a temp file, hashing it on the way, and fsyncs it. Fails with
-    /// `TooLarge` as soon as more than `max_size` bytes arrive.
-    pub async fn receive<S, E>(&self, body: S, max_size: u64) -> Result<Received, BlobError>
+    /// Streams `body` into a temp object, hashing it on the way, and makes it durable.
+    pub async fn receive<S, E>(&self, body: S, limits: ReceiveLimits) -> Result<Received, BlobError>
     where
         S: Stream<Item = Result<Bytes, E>>,
         E: std::fmt::Display,
     {
-        let path = self.tmp_dir.join(format!("{}.part", uuid::Uuid::new_v4()));
-        // Owned by a `TempBlob` first, so that the file is removed whatever fails after it.
-        let temp = TempBlob {
-            path: Some(path.clone()),
+        let backend = self.backend.clone();
+        let temp = self.pool.run(move || backend.create_temp()).await??;
+        let writer = WriterStage {
+            temp,
+            backend: self.backend.clone(),
+            keep_free: limits.keep_free,
+            unchecked: 0,
         };
-        let mut file = TempWriter::create(&path)?;
-
-        let (write_sender, mut write_receiver) = mpsc::channel::<Bytes>(CHANNEL_DEPTH);
-        let writer = tokio::task::spawn_blocking(move || -> io::Result<()> {
-            while let Some(buffer) = write_receiver.blocking_recv() {
-                file.write(&buffer)?;
-            }
-            file.finish()
+        let (write_sender, write_task) = stage(&self.pool, writer, WriterStage::write);
+        let (md5_sender, md5_task) = stage(&self.pool, md5::Md5::new(), |hasher, bytes| {
+            hasher.update(bytes);
+            Ok(())
         });
-        let (md5_sender, md5_task) = hash_worker(
-            md5::Md5::new(),
-            |hasher, bytes| hasher.update(bytes),
-            |hasher| hasher.finalize().to_vec(),
-        );
-        let (sha512_sender, sha512_task) = hash_worker(
-            sha2::Sha512::new(),
-            |hasher, bytes| hasher.update(bytes),
-            |hasher| hasher.finalize().to_vec(),
-        );
-        let (blake3_sender, blake3_task) = hash_worker(
-            blake3::Hasher::new(),
-            |hasher, bytes| {
+        let (sha512_sender, sha512_task) =
+            stage(&self.pool, sha2::Sha512::new(), |hasher, bytes| {
                 hasher.update(bytes);
-            },
-            |hasher| hasher.finalize().as_bytes().to_vec(),
-        );
+                Ok(())
+            });
+        let (blake3_sender, blake3_task) =
+            stage(&self.pool, blake3::Hasher::new(), |hasher, bytes| {
+                hasher.update(bytes);
+                Ok(())
+            });
         let senders = [write_sender, md5_sender, sha512_sender, blake3_sender];
 
         let mut head = Vec::new();
         let mut size: u64 = 0;
-        let pool = BufferPool::new(BUFFER_SIZE, CHANNEL_DEPTH + 2);
-        let mut pending = pool.take();
+        let buffers = BufferPool::new(BUFFER_SIZE, CHANNEL_DEPTH + 2);
+        let mut pending = None;
         let mut filled = 0;
         let mut body = std::pin::pin!(body);
         let mut outcome: Result<(), BlobError> = Ok(());
@@ -218,8 +274,10 @@ impl BlobStore {
                 }
             };
             size += chunk.len() as u64;
-            if size > max_size {
-                outcome = Err(BlobError::TooLarge { limit: max_size });
+            if size > limits.max_size {
+                outcome = Err(BlobError::TooLarge {
+                    limit: limits.max_size,
+                });
                 break;
             }
             if head.len() < HEAD_SIZE {
@@ -228,171 +286,257 @@ impl BlobStore {
             }
             let mut rest = &chunk[..];
             while !rest.is_empty() {
+                // A buffer is taken only once bytes arrive, so an idle upload holds none.
+                let buffer = pending.get_or_insert_with(|| buffers.take());
                 let take = (BUFFER_SIZE - filled).min(rest.len());
-                pending.window()[filled..filled + take].copy_from_slice(&rest[..take]);
+                buffer.window()[filled..filled + take].copy_from_slice(&rest[..take]);
                 filled += take;
                 rest = &rest[take..];
                 if filled == BUFFER_SIZE {
-                    let full = std::mem::replace(&mut pending, pool.take());
+                    let full = pending.take().expect("a buffer is being filled");
                     filled = 0;
-                    if !dispatch(&senders, pool.lend(full, BUFFER_SIZE)).await {
-                        // A worker that stopped has failed; joining it below reports why.
+                    if !dispatch(&senders, buffers.lend(full, BUFFER_SIZE)).await {
+                        // A stage that stopped has failed; joining it below reports why.
                         break 'body;
                     }
                 }
             }
         }
-        if outcome.is_ok() && filled > 0 {
-            dispatch(&senders, pool.lend(pending, filled)).await;
+        if outcome.is_ok()
+            && let Some(last) = pending.take()
+            && filled > 0
+        {
+            dispatch(&senders, buffers.lend(last, filled)).await;
         }
         drop(senders);
 
-        let written = join_blocking(writer).await;
-        let md5 = join_blocking(md5_task).await;
-        let sha512 = join_blocking(sha512_task).await;
-        let blake3 = join_blocking(blake3_task).await;
+        let written = join_stage(write_task).await;
+        let md5 = join_stage(md5_task).await;
+        let sha512 = join_stage(sha512_task).await;
+        let blake3 = join_stage(blake3_task).await;
         // A failed disk is the server's fault even when the client also went wrong.
-        written?;
+        let mut writer = written?;
         outcome?;
-        let digest = Digest(to_array(blake3?)?);
+        let temp = self
+            .pool
+            .run(move || writer.temp.finish().map(|()| writer.temp))
+            .await??;
         Ok(Received {
             temp,
-            digest,
+            digest: Digest(*blake3?.finalize().as_bytes()),
             size,
-            md5: to_array(md5?)?,
-            sha512: to_array(sha512?)?,
+            md5: md5?.finalize().into(),
+            sha512: sha512?.finalize().into(),
             head,
         })
     }
 
     /// Publishes a received upload under its digest, or drops it when that content is already
-    /// stored. Call with `lock(received.digest)` held.
-    pub fn place(&self, mut temp: TempBlob, digest: Digest) -> Result<(), BlobError> {
-        let target = self.path(digest);
-        if target.exists() {
-            return Ok(());
-        }
-        let parent = target.parent().expect("blob paths have parents");
-        if !parent.exists() {
-            fs::create_dir_all(parent)?;
-            // New directories must themselves be durable for the rename below to survive.
-            sync_directory(&self.blobs_dir)?;
-            sync_directory(parent.parent().expect("blob fan-out has two levels"))?;
-        }
-        let source = temp.path.take().expect("temp blob has a path until placed");
-        if let Err(error) = fs::rename(&source, &target) {
-            temp.path = Some(source);
-            return Err(error.into());
-        }
-        sync_directory(parent)?;
-        Ok(())
+    /// stored. Call with `lock(digest)` held.
+    pub fn place(&self, temp: Box<dyn TempObject>, digest: Digest) -> Result<(), BlobError> {
+        Ok(self.backend.place(temp, digest)?)
     }
 
-    /// Removes a blob file. Call with `lock(digest)` held, after checking nothing references it.
+    /// Removes a blob. Call with `lock(digest)` held, after checking nothing references it.
     pub fn remove(&self, digest: Digest) -> Result<(), BlobError> {
-        let path = self.path(digest);
-        match fs::remove_file(&path) {
-            Ok(()) => {}
-            Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(()),
-            Err(error) => return Err(error.into()),
-        }
-        if let Some(parent) = path.parent() {
-            sync_directory(parent)?;
-        }
-        Ok(())
+        Ok(self.backend.remove(digest)?)
     }
 
-    /// Streams `length` bytes of a blob from `offset`. With `verify`, the stream must cover the
-    /// whole blob; it is re-hashed and ends in an error if the digest does not match.
-    pub fn read(
+    /// Opens a blob for `read`. Blocks.
+    pub fn open(&self, digest: Digest) -> Result<Arc<dyn BlobReader>, BlobError> {
+        Ok(self.backend.open(digest)?)
+    }
+
+    /// Streams `length` bytes of an open blob from `offset`. With `verify`, the stream must
+    /// cover the whole blob; it is re-hashed and ends in an error if the digest does not match.
+    /// `keep` is held until the stream ends (a transfer permit, a pin on the blob).
+    pub fn read<K: Send + 'static>(
         &self,
+        source: Arc<dyn BlobReader>,
         digest: Digest,
         offset: u64,
         length: u64,
         verify: bool,
-    ) -> impl Stream<Item = Result<Bytes, io::Error>> + Send + 'static {
-        let path = self.path(digest);
+        keep: K,
+    ) -> impl Stream<Item = Result<Bytes, io::Error>> + Send + 'static + use<K> {
         let (sender, receiver) = mpsc::channel::<Result<Bytes, io::Error>>(CHANNEL_DEPTH);
-        let consumer = Consumer {
-            sender,
-            runtime: tokio::runtime::Handle::current(),
+        let reading = Reading {
+            source,
+            pool: self.pool.clone(),
+            digest,
+            offset,
+            length,
+            verify,
             stall: self.send_stall,
         };
-        tokio::task::spawn_blocking(move || {
-            let result = read_into(&path, digest, offset, length, verify, &consumer);
-            if let Err(error) = result {
+        tokio::spawn(async move {
+            let _keep = keep;
+            if let Err(error) = reading.run(&sender).await {
                 tracing::error!(blob = %digest.to_hex(), %error, "blob read failed");
                 // The consumer may be gone already; then nobody needs the error.
-                consumer.give(Err(error));
+                let _ = sender.try_send(Err(error));
             }
         });
         futures_util::stream::unfold(receiver, |mut receiver| async move {
             receiver.recv().await.map(|item| (item, receiver))
         })
     }
+}
 
-    /// Startup cleanup: removes every temp file and every blob not in `referenced`.
-    /// Must run before the server accepts requests.
-    pub fn sweep(&self, referenced: &HashSet<Digest>) -> Result<SweepReport, BlobError> {
-        let mut report = SweepReport::default();
-        for entry in fs::read_dir(&self.tmp_dir)? {
-            fs::remove_file(entry?.path())?;
-            report.temp_files_removed += 1;
-        }
-        for level1 in fs::read_dir(&self.blobs_dir)? {
-            let level1 = level1?.path();
-            if !level1.is_dir() {
-                continue;
+/// One download's reads.
+struct Reading {
+    source: Arc<dyn BlobReader>,
+    pool: Arc<TransferPool>,
+    digest: Digest,
+    offset: u64,
+    length: u64,
+    verify: bool,
+    stall: std::time::Duration,
+}
+
+impl Reading {
+    async fn run(self, sender: &mpsc::Sender<Result<Bytes, io::Error>>) -> io::Result<()> {
+        let buffers = BufferPool::new(READ_SIZE, READ_POOL);
+        let end = self.offset.saturating_add(self.length);
+        let mut next = self.offset;
+        let mut in_flight = VecDeque::new();
+        let mut hasher = self.verify.then(blake3::Hasher::new);
+        let mut sent = self.offset;
+        while sent < end {
+            while in_flight.len() < READ_AHEAD && next < end {
+                let want = READ_SIZE.min(usize::try_from(end - next).unwrap_or(READ_SIZE));
+                let mut buffer = buffers.take();
+                let source = self.source.clone();
+                let at = next;
+                in_flight.push_back((
+                    want,
+                    self.pool.spawn(move || {
+                        read_fully(source.as_ref(), &mut buffer.window()[..want], at)
+                            .map(|read| (buffer, read))
+                    }),
+                ));
+                next += want as u64;
             }
-            for level2 in fs::read_dir(&level1)? {
-                let level2 = level2?.path();
-                if !level2.is_dir() {
-                    continue;
+            let Some((want, job)) = in_flight.pop_front() else {
+                break;
+            };
+            let (buffer, read) = job.wait().await??;
+            if read < want {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "blob is shorter than its record",
+                ));
+            }
+            let bytes = buffers.lend(buffer, read);
+            sent += read as u64;
+            if let Some(mut state) = hasher.take() {
+                let shared = bytes.clone();
+                let state = self
+                    .pool
+                    .run(move || {
+                        state.update(&shared);
+                        state
+                    })
+                    .await?;
+                if sent == end && state.finalize().as_bytes() != &self.digest.0 {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "blob content does not match its digest",
+                    ));
                 }
-                for blob in fs::read_dir(&level2)? {
-                    let blob = blob?.path();
-                    let name = blob
-                        .file_name()
-                        .and_then(|name| name.to_str())
-                        .unwrap_or("");
-                    let keep =
-                        Digest::from_hex(name).is_some_and(|digest| referenced.contains(&digest));
-                    if !keep {
-                        fs::remove_file(&blob)?;
-                        report.unreferenced_blobs_removed += 1;
-                    }
-                }
+                hasher = Some(state);
+            }
+            if !give(sender, Ok(bytes), self.stall).await {
+                return Ok(());
             }
         }
-        for digest in referenced {
-            if !self.path(*digest).exists() {
-                tracing::error!(blob = %digest.to_hex(), "a referenced blob is missing from the blob directory");
-            }
-        }
-        Ok(report)
+        Ok(())
     }
 }
 
-/// Starts a blocking thread that feeds every buffer it receives to `hasher`.
-fn hash_worker<H: Send + 'static>(
-    mut hasher: H,
-    update: fn(&mut H, &[u8]),
-    finish: fn(H) -> Vec<u8>,
-) -> (
-    mpsc::Sender<Bytes>,
-    tokio::task::JoinHandle<io::Result<Vec<u8>>>,
-) {
-    let (sender, mut receiver) = mpsc::channel::<Bytes>(CHANNEL_DEPTH);
-    let task = tokio::task::spawn_blocking(move || {
-        while let Some(buffer) = receiver.blocking_recv() {
-            update(&mut hasher, &buffer);
+/// Reads until `buffer` is full or the blob ends; returns how much was read.
+fn read_fully(source: &dyn BlobReader, buffer: &mut [u8], offset: u64) -> io::Result<usize> {
+    let mut read = 0;
+    while read < buffer.len() {
+        match source.read_at(&mut buffer[read..], offset + read as u64) {
+            Ok(0) => break,
+            Ok(count) => read += count,
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+            Err(error) => return Err(error),
         }
-        Ok(finish(hasher))
+    }
+    Ok(read)
+}
+
+/// Hands one item to the HTTP layer; false when it has gone away or has taken nothing for
+/// `stall`, so that a client that stops reading does not hold its buffers for ever.
+async fn give(
+    sender: &mpsc::Sender<Result<Bytes, io::Error>>,
+    item: Result<Bytes, io::Error>,
+    stall: std::time::Duration,
+) -> bool {
+    match tokio::time::timeout(stall, sender.send(item)).await {
+        Ok(sent) => sent.is_ok(),
+        Err(_) => {
+            tracing::info!("abandoning a blob read: the client stopped reading");
+            false
+        }
+    }
+}
+
+/// The writer stage's state: the temp object and the free-space watch.
+struct WriterStage {
+    temp: Box<dyn TempObject>,
+    backend: Arc<dyn Backend>,
+    keep_free: u64,
+    unchecked: u64,
+}
+
+impl WriterStage {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.temp.write(bytes)?;
+        self.unchecked += bytes.len() as u64;
+        if self.keep_free > 0 && self.unchecked >= SPACE_CHECK_EVERY {
+            self.unchecked = 0;
+            if let Some(space) = self.backend.space()?
+                && space.free < self.keep_free
+            {
+                return Err(io::Error::new(
+                    io::ErrorKind::StorageFull,
+                    "the upload reached the free-space reserve",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Starts a stage: an async task that applies `step` to every buffer it receives, each step a
+/// job on the pool, and returns its state at the end.
+fn stage<S: Send + 'static>(
+    pool: &Arc<TransferPool>,
+    mut state: S,
+    step: fn(&mut S, &[u8]) -> io::Result<()>,
+) -> (mpsc::Sender<Bytes>, tokio::task::JoinHandle<io::Result<S>>) {
+    let (sender, mut receiver) = mpsc::channel::<Bytes>(CHANNEL_DEPTH);
+    let pool = pool.clone();
+    let task = tokio::spawn(async move {
+        while let Some(buffer) = receiver.recv().await {
+            let (back, result) = pool
+                .run(move || {
+                    let result = step(&mut state, &buffer);
+                    (state, result)
+                })
+                .await?;
+            state = back;
+            result?;
+        }
+        Ok(state)
     });
     (sender, task)
 }
 
-/// Sends one buffer to every worker; false if a worker has stopped (it failed).
+/// Sends one buffer to every stage; false if a stage has stopped (it failed).
 async fn dispatch(senders: &[mpsc::Sender<Bytes>], buffer: Bytes) -> bool {
     for sender in senders {
         if sender.send(buffer.clone()).await.is_err() {
@@ -402,134 +546,17 @@ async fn dispatch(senders: &[mpsc::Sender<Bytes>], buffer: Bytes) -> bool {
     true
 }
 
-async fn join_blocking<T>(task: tokio::task::JoinHandle<io::Result<T>>) -> io::Result<T> {
+async fn join_stage<T>(task: tokio::task::JoinHandle<io::Result<T>>) -> io::Result<T> {
     match task.await {
         Ok(result) => result,
-        Err(error) => Err(io::Error::other(format!("blob worker failed: {error}"))),
+        Err(error) => Err(io::Error::other(format!("blob stage failed: {error}"))),
     }
-}
-
-fn to_array<const N: usize>(bytes: Vec<u8>) -> io::Result<[u8; N]> {
-    bytes
-        .try_into()
-        .map_err(|_| io::Error::other("hash has an unexpected length"))
-}
-
-/// The receiving end of a blob read, seen from the blocking thread that reads.
-struct Consumer {
-    sender: mpsc::Sender<Result<Bytes, io::Error>>,
-    runtime: tokio::runtime::Handle,
-    stall: std::time::Duration,
-}
-
-impl Consumer {
-    /// Hands over one item; false when the consumer has gone away or has taken nothing for
-    /// `stall`, so that a client that stops reading does not hold a thread for ever.
-    fn give(&self, item: Result<Bytes, io::Error>) -> bool {
-        // Usually there is room: hand it over without entering the runtime or arming a timer.
-        let item = match self.sender.try_send(item) {
-            Ok(()) => return true,
-            Err(mpsc::error::TrySendError::Closed(_)) => return false,
-            Err(mpsc::error::TrySendError::Full(item)) => item,
-        };
-        self.runtime.block_on(async {
-            match tokio::time::timeout(self.stall, self.sender.send(item)).await {
-                Ok(sent) => sent.is_ok(),
-                Err(_) => {
-                    tracing::info!("abandoning a blob read: the client stopped reading");
-                    false
-                }
-            }
-        })
-    }
-}
-
-fn read_into(
-    path: &Path,
-    digest: Digest,
-    offset: u64,
-    length: u64,
-    verify: bool,
-    consumer: &Consumer,
-) -> io::Result<()> {
-    let mut file = File::open(path)?;
-    file.seek(SeekFrom::Start(offset))?;
-    let pool = BufferPool::new(READ_SIZE, READ_POOL);
-    std::thread::scope(|scope| {
-        // With verification, a second thread hashes the buffers while this one reads the
-        // next, so reading, hashing and the socket writes overlap. Only the last buffer waits
-        // for the digest. It is a scoped OS thread, not a blocking-pool task: with the pool
-        // full of readers, a queued hasher would never start and its reader would wait forever.
-        let (mut to_hasher, mut hashing) = if verify {
-            let (to_hasher, buffers) = std::sync::mpsc::sync_channel::<Bytes>(READ_POOL);
-            let hashing = std::thread::Builder::new()
-                .name("ocellus-verify".into())
-                .spawn_scoped(scope, move || {
-                    let mut hasher = blake3::Hasher::new();
-                    for buffer in buffers {
-                        hasher.update(&buffer);
-                    }
-                    hasher.finalize()
-                })?;
-            (Some(to_hasher), Some(hashing))
-        } else {
-            (None, None)
-        };
-        let join = |hashing: std::thread::ScopedJoinHandle<'_, blake3::Hash>| {
-            hashing
-                .join()
-                .map_err(|_| io::Error::other("the hashing thread panicked"))
-        };
-        let mut remaining = length;
-        while remaining > 0 {
-            let mut buffer = pool.take();
-            let want = READ_SIZE.min(usize::try_from(remaining).unwrap_or(READ_SIZE));
-            let read = file.read(&mut buffer.window()[..want])?;
-            if read == 0 {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "blob is shorter than its record",
-                ));
-            }
-            remaining -= read as u64;
-            let bytes = pool.lend(buffer, read);
-            if let Some(channel) = to_hasher.as_ref()
-                && channel.send(bytes.clone()).is_err()
-            {
-                // The hasher only stops early by panicking; joining it here (rather than
-                // leaving it to the scope, which would panic in turn) reports that.
-                if let Some(hashing) = hashing.take() {
-                    join(hashing)?;
-                }
-                return Err(io::Error::other("the hashing thread stopped"));
-            }
-            if remaining == 0 {
-                to_hasher = None;
-                if let Some(hashing) = hashing.take() {
-                    let computed = join(hashing)?;
-                    if computed.as_bytes() != &digest.0 {
-                        return Err(io::Error::new(
-                            io::ErrorKind::InvalidData,
-                            "blob content does not match its digest",
-                        ));
-                    }
-                }
-            }
-            if !consumer.give(Ok(bytes)) {
-                return Ok(());
-            }
-        }
-        Ok(())
-    })
-}
-
-fn sync_directory(path: &Path) -> io::Result<()> {
-    File::open(path)?.sync_all()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
 
     fn body(
         parts: &[&'static [u8]],
@@ -542,12 +569,38 @@ mod tests {
         )
     }
 
+    /// A blob store over a local directory in `dir`.
+    fn open(dir: &std::path::Path) -> (BlobStore, Arc<local::LocalDir>) {
+        let backend = Arc::new(local::LocalDir::open(dir).unwrap());
+        let store = BlobStore::new(backend.clone(), TransferPool::new(4).unwrap());
+        (store, backend)
+    }
+
+    fn limit(max_size: u64) -> ReceiveLimits {
+        ReceiveLimits {
+            max_size,
+            keep_free: 0,
+        }
+    }
+
+    /// Reads a blob through the store's byte path.
+    fn read(
+        store: &BlobStore,
+        digest: Digest,
+        offset: u64,
+        length: u64,
+        verify: bool,
+    ) -> impl Stream<Item = Result<Bytes, io::Error>> + use<> {
+        let source = store.open(digest).unwrap();
+        store.read(source, digest, offset, length, verify, ())
+    }
+
     #[tokio::test]
     async fn receive_hashes_and_place_dedupes() {
         let dir = tempfile::tempdir().unwrap();
-        let store = BlobStore::open(dir.path()).unwrap();
+        let (store, local) = open(dir.path());
         let received = store
-            .receive(body(&[b"hello ", b"world"]), 100)
+            .receive(body(&[b"hello ", b"world"]), limit(100))
             .await
             .unwrap();
         assert_eq!(received.size, 11);
@@ -556,9 +609,12 @@ mod tests {
         assert_eq!(received.head, b"hello world");
         let digest = received.digest;
         store.place(received.temp, digest).unwrap();
-        assert_eq!(fs::read(store.path(digest)).unwrap(), b"hello world");
+        assert_eq!(fs::read(local.path(digest)).unwrap(), b"hello world");
 
-        let again = store.receive(body(&[b"hello world"]), 100).await.unwrap();
+        let again = store
+            .receive(body(&[b"hello world"]), limit(100))
+            .await
+            .unwrap();
         store.place(again.temp, digest).unwrap();
         assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
     }
@@ -566,15 +622,15 @@ mod tests {
     #[tokio::test]
     async fn oversized_and_failed_bodies_leave_nothing() {
         let dir = tempfile::tempdir().unwrap();
-        let store = BlobStore::open(dir.path()).unwrap();
+        let (store, _local) = open(dir.path());
         let error = store
-            .receive(body(&[b"0123456789", b"x"]), 10)
+            .receive(body(&[b"0123456789", b"x"]), limit(10))
             .await
             .unwrap_err();
         assert!(matches!(error, BlobError::TooLarge { limit: 10 }));
         let failing =
             futures_util::stream::iter(vec![Ok(Bytes::from_static(b"abc")), Err("cut off")]);
-        let error = store.receive(failing, 100).await.unwrap_err();
+        let error = store.receive(failing, limit(100)).await.unwrap_err();
         assert!(matches!(error, BlobError::BodyFailed(_)));
         assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
     }
@@ -582,19 +638,19 @@ mod tests {
     #[tokio::test]
     async fn full_read_detects_corruption() {
         let dir = tempfile::tempdir().unwrap();
-        let store = BlobStore::open(dir.path()).unwrap();
+        let (store, local) = open(dir.path());
         let received = store
-            .receive(body(&[b"precious bytes"]), 100)
+            .receive(body(&[b"precious bytes"]), limit(100))
             .await
             .unwrap();
         let digest = received.digest;
         store.place(received.temp, digest).unwrap();
-        let good: Vec<_> = store.read(digest, 0, 14, true).collect().await;
+        let good: Vec<_> = read(&store, digest, 0, 14, true).collect().await;
         let good: Vec<u8> = good.into_iter().flat_map(|item| item.unwrap()).collect();
         assert_eq!(good, b"precious bytes");
-        fs::write(store.path(digest), b"tampered bytes").unwrap();
+        fs::write(local.path(digest), b"tampered bytes").unwrap();
         // The only buffer is the last one, so it is withheld: nothing but the error arrives.
-        let bad: Vec<_> = store.read(digest, 0, 14, true).collect().await;
+        let bad: Vec<_> = read(&store, digest, 0, 14, true).collect().await;
         assert_eq!(bad.len(), 1);
         assert!(bad[0].is_err());
     }
@@ -619,9 +675,9 @@ mod tests {
             .map(|start| Ok(data.slice(start..(start + 65_536).min(data.len()))))
             .collect();
         let dir = tempfile::tempdir().unwrap();
-        let store = BlobStore::open(dir.path()).unwrap();
+        let (store, local) = open(dir.path());
         let received = store
-            .receive(futures_util::stream::iter(chunks), u64::MAX)
+            .receive(futures_util::stream::iter(chunks), limit(u64::MAX))
             .await
             .unwrap();
         assert_eq!(received.size, data.len() as u64);
@@ -635,19 +691,19 @@ mod tests {
         store.place(received.temp, digest).unwrap();
 
         // Collecting holds every buffer at once; the reader must not wait for them back.
-        let whole: Vec<_> = store.read(digest, 0, received.size, true).collect().await;
+        let whole: Vec<_> = read(&store, digest, 0, received.size, true).collect().await;
         let whole: Vec<u8> = whole.into_iter().flat_map(|item| item.unwrap()).collect();
         assert!(whole == data);
         let (offset, length) = (READ_SIZE as u64 - 7, 3 * READ_SIZE as u64);
-        let range: Vec<_> = store.read(digest, offset, length, false).collect().await;
+        let range: Vec<_> = read(&store, digest, offset, length, false).collect().await;
         let range: Vec<u8> = range.into_iter().flat_map(|item| item.unwrap()).collect();
         assert!(range[..] == data[offset as usize..(offset + length) as usize]);
 
         // One flipped bit in the middle: the stream ends in an error before the last bytes.
         let mut damaged = data.to_vec();
         damaged[data.len() / 2] ^= 1;
-        fs::write(store.path(digest), &damaged).unwrap();
-        let items: Vec<_> = store.read(digest, 0, received.size, true).collect().await;
+        fs::write(local.path(digest), &damaged).unwrap();
+        let items: Vec<_> = read(&store, digest, 0, received.size, true).collect().await;
         assert!(items.last().unwrap().is_err());
         let delivered: usize = items.iter().flatten().map(Bytes::len).sum();
         assert!(delivered < data.len());
@@ -658,48 +714,25 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_stalled_consumer_is_abandoned() {
         let dir = tempfile::tempdir().unwrap();
-        let mut store = BlobStore::open(dir.path()).unwrap();
+        let (mut store, _local) = open(dir.path());
         store.send_stall = std::time::Duration::from_millis(200);
         let data = Bytes::from(vec![7u8; 4 * READ_SIZE * READ_POOL]);
         let received = store
             .receive(
                 futures_util::stream::iter([Ok::<_, std::convert::Infallible>(data.clone())]),
-                u64::MAX,
+                limit(u64::MAX),
             )
             .await
             .unwrap();
         let digest = received.digest;
         store.place(received.temp, digest).unwrap();
-        let mut stream = std::pin::pin!(store.read(digest, 0, received.size, true));
+        let mut stream = std::pin::pin!(read(&store, digest, 0, received.size, true));
         let mut delivered = stream.next().await.unwrap().unwrap().len();
         tokio::time::sleep(std::time::Duration::from_secs(1)).await;
         while let Some(item) = stream.next().await {
             delivered += item.unwrap().len();
         }
         assert!(delivered < data.len(), "the reader gave up before the end");
-    }
-
-    #[tokio::test]
-    async fn sweep_removes_temp_and_unreferenced() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = BlobStore::open(dir.path()).unwrap();
-        let kept = store.receive(body(&[b"kept"]), 100).await.unwrap();
-        let kept_digest = kept.digest;
-        store.place(kept.temp, kept_digest).unwrap();
-        let orphan = store.receive(body(&[b"orphan"]), 100).await.unwrap();
-        let orphan_digest = orphan.digest;
-        store.place(orphan.temp, orphan_digest).unwrap();
-        fs::write(dir.path().join("tmp/left-behind.part"), b"partial").unwrap();
-        let report = store.sweep(&HashSet::from([kept_digest])).unwrap();
-        assert_eq!(
-            report,
-            SweepReport {
-                temp_files_removed: 1,
-                unreferenced_blobs_removed: 1
-            }
-        );
-        assert!(store.path(kept_digest).exists());
-        assert!(!store.path(orphan_digest).exists());
     }
 
     fn hex(bytes: &[u8]) -> String {

@@ -3,27 +3,25 @@
 //! Whole aligned buffers go to the disk with O_DIRECT: the bytes move from the transfer's
 //! buffers to the device without being copied into the page cache, which is the single
 //! largest cost of an upload after the hashes. An unaligned tail, or any filesystem that
-//! refuses O_DIRECT (tmpfs, for one), goes through an ordinary buffered handle instead, with
-//! a `Flusher` pushing its dirty pages to disk as the upload goes so that the final fsync
-//! finds little left to do. Either way `finish` fsyncs the file before the upload counts.
+//! refuses O_DIRECT (tmpfs, for one), goes through an ordinary buffered handle instead, whose
+//! dirty pages are handed to the kernel's writeback (`POSIX_FADV_DONTNEED` starts it without
+//! waiting) as the upload goes, so that the final fsync finds little left to do and no thread
+//! waits meanwhile. Either way `finish` fsyncs the file before the upload counts.
 
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::sync::mpsc;
 
 use super::buffers::DIRECT_ALIGN;
 
-/// The buffered path asks for a flush to disk after every this many bytes.
+/// The buffered path starts writeback after every this many bytes.
 pub const FLUSH_EVERY: u64 = 32 << 20;
 
 /// The two handles on one temp file and where the next byte goes.
 pub struct TempWriter {
     buffered: File,
     direct: Option<File>,
-    /// Started by the first flush the buffered path asks for; most uploads never need one.
-    flusher: Option<Flusher>,
     offset: u64,
     unflushed: u64,
 }
@@ -36,7 +34,6 @@ impl TempWriter {
         Ok(TempWriter {
             buffered,
             direct,
-            flusher: None,
             offset: 0,
             unflushed: 0,
         })
@@ -70,22 +67,15 @@ impl TempWriter {
             self.unflushed += bytes.len() as u64;
             if self.unflushed >= FLUSH_EVERY {
                 self.unflushed = 0;
-                let flusher = match self.flusher.take() {
-                    Some(flusher) => flusher,
-                    None => Flusher::start(&self.buffered)?,
-                };
-                flusher.nudge();
-                self.flusher = Some(flusher);
+                // Only a hint: a kernel that ignores it leaves more for the final fsync.
+                let _ = rustix::fs::fadvise(&self.buffered, 0, None, rustix::fs::Advice::DontNeed);
             }
         }
         Ok(())
     }
 
-    /// Waits for any flush in progress and makes the whole file durable.
-    pub fn finish(self) -> io::Result<()> {
-        if let Some(flusher) = self.flusher {
-            flusher.finish()?;
-        }
+    /// Makes the whole file durable.
+    pub fn finish(&self) -> io::Result<()> {
         // One inode: syncing either handle covers both the direct and the buffered writes.
         self.buffered.sync_all()
     }
@@ -105,49 +95,6 @@ fn open_direct(path: &Path) -> Option<File> {
 #[cfg(not(target_os = "linux"))]
 fn open_direct(_path: &Path) -> Option<File> {
     None
-}
-
-/// Flushes a file to disk on its own thread, with its own handle, while the writer goes on:
-/// a flush waits for the disk, and the writer must not.
-struct Flusher {
-    nudges: Option<mpsc::SyncSender<()>>,
-    thread: std::thread::JoinHandle<io::Result<()>>,
-}
-
-impl Flusher {
-    fn start(file: &File) -> io::Result<Flusher> {
-        let file = file.try_clone()?;
-        let (nudges, nudged) = mpsc::sync_channel::<()>(1);
-        let thread = std::thread::Builder::new()
-            .name("ocellus-flush".into())
-            .spawn(move || {
-                for () in nudged {
-                    file.sync_data()?;
-                }
-                Ok(())
-            })?;
-        Ok(Flusher {
-            nudges: Some(nudges),
-            thread,
-        })
-    }
-
-    /// Asks for a flush of what has been written so far; a no-op while one is pending.
-    fn nudge(&self) {
-        if let Some(nudges) = &self.nudges {
-            // Full means a flush is pending already; disconnected means the thread failed,
-            // which `finish` reports.
-            let _ = nudges.try_send(());
-        }
-    }
-
-    /// Waits for the flush in progress and reports the first failure.
-    fn finish(mut self) -> io::Result<()> {
-        self.nudges = None;
-        self.thread
-            .join()
-            .map_err(|_| io::Error::other("the flush thread panicked"))?
-    }
 }
 
 #[cfg(test)]
@@ -196,8 +143,8 @@ mod tests {
         assert!(std::fs::read(&path).unwrap() == expected);
     }
 
-    /// Where O_DIRECT is refused, everything is buffered and the flush thread is nudged along
-    /// the way; the file still ends up whole.
+    /// Where O_DIRECT is refused, everything is buffered and writeback is started along the
+    /// way; the file still ends up whole.
     #[test]
     fn buffered_writes_are_flushed_along_the_way() {
         let dir = tempfile::tempdir().unwrap();
@@ -212,7 +159,7 @@ mod tests {
         assert_eq!(
             writer.unflushed,
             3 << 20,
-            "a flush was asked for at each interval"
+            "writeback was started at each interval"
         );
         writer.finish().unwrap();
         let written = std::fs::read(&path).unwrap();

@@ -39,7 +39,7 @@ pub async fn list_keys(
 ) -> Result<Json<Value>, Error> {
     require_admin(&state, &caller, &parts)?;
     let store = state.store.clone();
-    let keys = blocking(move || Ok(store.kv.keys()?)).await?;
+    let keys = blocking(move || Ok(store.keys()?)).await?;
     let now = identity::now_secs();
     let views: Vec<Value> = keys.iter().map(|key| key_view(key, now)).collect();
     Ok(Json(json!({ "keys": views })))
@@ -79,7 +79,7 @@ pub async fn create_key(
     };
     let store = state.store.clone();
     let created = blocking(move || {
-        identity::create_key(&store.kv, &request, now).map_err(|error| match error {
+        identity::create_key(&store, &request, now).map_err(|error| match error {
             CreateKeyError::Invalid(message) => Error::bad_request(message),
             CreateKeyError::NameTaken(name) => {
                 Error::conflict(format!("A key named {name} already exists"))
@@ -101,7 +101,7 @@ pub async fn revoke_key(
     require_admin(&state, &caller, &parts)?;
     let store = state.store.clone();
     let id = key_id.clone();
-    let revoked = blocking(move || Ok(store.kv.revoke_key(&id)?)).await?;
+    let revoked = blocking(move || Ok(store.revoke_key(&id)?)).await?;
     state.identity.forget(&key_id);
     match revoked {
         Some(key) => {

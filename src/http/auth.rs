@@ -31,8 +31,10 @@ impl FromRequestParts<AppState> for Caller {
             AuthMode::None => lab_caller(parts, &state.config.default_project),
             AuthMode::Keys => caller_for(&authenticate(parts, state).await?.key),
         };
-        // One short read transaction; usually an empty range.
-        caller.memberships = state.store.kv.memberships(&caller.project_id)?;
+        // One short read transaction (usually an empty range), off the async workers.
+        let store = state.store.clone();
+        let project = caller.project_id.clone();
+        caller.memberships = super::blocking(move || Ok(store.memberships(&project)?)).await?;
         Ok(caller)
     }
 }

@@ -10,6 +10,7 @@ use axum::response::{IntoResponse, Response};
 
 use crate::blob::BlobError;
 use crate::kv::KvError;
+use crate::store::StoreError;
 
 /// An error answer.
 #[derive(Debug)]
@@ -87,8 +88,26 @@ impl Error {
     }
 }
 
+/// Seconds a client is asked to wait after a 503.
+pub const RETRY_AFTER: &str = "5";
+
+impl Error {
+    /// 503 with `Retry-After`: the service cannot do this now but will again soon.
+    pub fn unavailable(message: impl Into<String>) -> Error {
+        Error::new(StatusCode::SERVICE_UNAVAILABLE, message)
+            .with_header(header::RETRY_AFTER, RETRY_AFTER)
+    }
+}
+
 impl From<KvError> for Error {
     fn from(error: KvError) -> Error {
+        if error.is_io() {
+            // The store logs the failure once; a full disk must not flood the log.
+            tracing::debug!(%error, "metadata store unavailable");
+            return Error::unavailable(
+                "The image store cannot save changes right now (its disk is full or failing); try again later.",
+            );
+        }
         tracing::error!(%error, "metadata store failed");
         Error::internal()
     }
@@ -96,8 +115,45 @@ impl From<KvError> for Error {
 
 impl From<BlobError> for Error {
     fn from(error: BlobError) -> Error {
-        tracing::error!(%error, "blob store failed");
-        Error::internal()
+        match error {
+            BlobError::NoSpace => Error::too_large(
+                "There is not enough space left in the image store for this image.",
+            ),
+            BlobError::TooLarge { limit } => {
+                Error::too_large(format!("Image data is larger than the {limit}-byte limit"))
+            }
+            BlobError::BodyFailed(detail) => {
+                tracing::info!(%detail, "upload cut off");
+                Error::bad_request("The image data ended before the request was complete")
+            }
+            BlobError::Io(error) => {
+                tracing::error!(%error, "blob store failed");
+                Error::internal()
+            }
+        }
+    }
+}
+
+impl From<StoreError> for Error {
+    fn from(error: StoreError) -> Error {
+        match error {
+            StoreError::Kv(error) => error.into(),
+            StoreError::Blob(error) => error.into(),
+            StoreError::Busy => {
+                Error::unavailable("Too many image transfers are in progress; try again later.")
+            }
+            StoreError::NoRoom { needed, available } => Error::too_large(format!(
+                "The image data ({needed} bytes) does not fit in the image store ({available} bytes available)."
+            )),
+            StoreError::SizeMismatch { .. } => Error::bad_request(error.to_string()),
+            StoreError::Gone => Error::new(
+                StatusCode::GONE,
+                "The image was deleted while its data was uploading",
+            ),
+            StoreError::Changed => {
+                Error::conflict("The image changed while its data was uploading")
+            }
+        }
     }
 }
 

@@ -468,6 +468,7 @@ pub async fn validate_token(
         let Authenticated { key, token } = state
             .identity
             .verify_token(subject)
+            .await
             .map_err(|error| KeystoneError::from_auth(error, &base))?
             .ok_or_else(not_found)?;
         let claims = token.ok_or_else(not_found)?;

@@ -1,12 +1,7 @@
 //! Image data handlers: streaming upload and download.
 //!
-//! Upload moves the image `queued` → `saving` in one transaction, streams the body into the blob
-//! store (which hashes it on the way), checks the declared size and the disk format, and then
-//! attaches the blob and makes the image `active` in a second transaction. Any failure in
-//! between, including the client vanishing, puts the image back to `queued` (through
-//! `SavingGuard`) and leaves no file behind (through `TempBlob` and `Store::attach_data`).
-
-use std::sync::Arc;
+//! Both run the store's protocols (`Store::upload`, `Store::download`); what is left here is
+//! HTTP: headers, the policy checks, Glance's answers, and the format check of what arrived.
 
 use axum::body::Body;
 use axum::extract::{Path, Request, State};
@@ -14,48 +9,13 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
 
-use super::images::{load_visible, modify_image};
+use super::images::load_visible;
 use super::wire::{checksum, now_micros};
-use super::{AppState, Error, blocking, no_content};
+use super::{AppState, Error, no_content};
 use crate::blob::inspect::inspect;
-use crate::blob::{BlobError, Received};
 use crate::kv::{ImageId, ImageRecord, ImageStatus};
 use crate::policy::Caller;
-use crate::store::Store;
-
-/// Puts an image left in `saving` back to `queued` unless the upload completed.
-struct SavingGuard {
-    store: Arc<Store>,
-    id: ImageId,
-    armed: bool,
-}
-
-impl Drop for SavingGuard {
-    fn drop(&mut self) {
-        if !self.armed {
-            return;
-        }
-        let store = self.store.clone();
-        let id = self.id;
-        // Only a cancelled handler gets here (the client went away), and Drop cannot wait, so
-        // the transaction goes to the blocking pool.
-        tokio::task::spawn_blocking(move || requeue(&store, id));
-    }
-}
-
-/// Puts an image that is still `saving` back to `queued`.
-fn requeue(store: &Store, id: ImageId) {
-    let result = store.kv.update_image(id, |record| {
-        if record.status == ImageStatus::Saving {
-            record.status = ImageStatus::Queued;
-            record.updated_at = now_micros().max(record.updated_at);
-        }
-        Ok::<(), crate::kv::KvError>(())
-    });
-    if let Err(error) = result {
-        tracing::error!(image = %id, %error, "could not put a failed upload back to queued");
-    }
-}
+use crate::store::{UploadRequest, Uploaded};
 
 fn header_u64(headers: &HeaderMap, name: &str) -> Result<Option<u64>, Error> {
     match headers.get(name) {
@@ -107,55 +67,14 @@ pub async fn upload_image_data(
         return Err(too_large(cap));
     }
 
-    let record = modify_image(&state, caller, &image_id, "upload_image", |record, _| {
-        if record.status != ImageStatus::Queued {
-            return Err(Error::conflict(format!(
-                "Image status transition from {} to saving is not allowed",
-                record.status.as_str()
-            )));
-        }
-        if record.disk_format.is_none() || record.container_format.is_none() {
-            return Err(Error::bad_request(
-                "Set disk_format and container_format before uploading image data",
-            ));
-        }
-        record.status = ImageStatus::Saving;
-        Ok(())
-    })
-    .await?;
-    let mut guard = SavingGuard {
-        store: state.store.clone(),
-        id: record.id,
-        armed: true,
+    let Some(id) = ImageId::parse(&image_id) else {
+        return Err(Error::no_image(&image_id));
     };
-
-    let outcome = receive_and_attach(&state, &record, request, declared_size, cap).await;
-    // Failures answer only after the image is queued again, so a client may retry at once.
-    guard.armed = false;
-    if outcome.is_err() {
-        let store = state.store.clone();
-        let id = record.id;
-        blocking(move || {
-            requeue(&store, id);
-            Ok(())
-        })
-        .await?;
-    }
-    outcome
-}
-
-/// How long an upload may go without receiving any bytes before it is abandoned.
-pub const BODY_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
-
-/// Streams the body into the blob store, checks it, and attaches it to the image.
-async fn receive_and_attach(
-    state: &AppState,
-    record: &ImageRecord,
-    request: Request,
-    declared_size: Option<u64>,
-    cap: u64,
-) -> Result<Response, Error> {
-    let limit = declared_size.unwrap_or(cap).min(cap);
+    let request_sizes = UploadRequest {
+        declared: declared_size.or(content_length),
+        declared_exact: declared_size.is_some(),
+        cap,
+    };
     // A client that stops sending mid-upload must not hold the image in `saving` (and a
     // connection slot) forever.
     let body = futures_util::stream::unfold(
@@ -171,60 +90,56 @@ async fn receive_and_attach(
             }
         },
     );
-    let received = match state.store.blobs.receive(body, limit).await {
-        Ok(received) => received,
-        Err(BlobError::TooLarge { .. }) if declared_size.is_some() => {
-            return Err(Error::bad_request(format!(
-                "More data arrived than x-openstack-image-size declared ({limit} bytes)"
-            )));
-        }
-        Err(BlobError::TooLarge { limit }) => return Err(too_large(limit)),
-        Err(BlobError::BodyFailed(detail)) => {
-            tracing::info!(image = %record.id, %detail, "upload cut off");
-            return Err(Error::bad_request(
-                "The image data ended before the request was complete",
-            ));
-        }
-        Err(error) => return Err(error.into()),
-    };
-    if let Some(declared) = declared_size
-        && declared != received.size
-    {
-        return Err(size_mismatch(declared, received.size));
-    }
-    let virtual_size = check_format(record, &received)?;
-
-    let store = state.store.clone();
-    let id = record.id;
-    let attached = blocking(move || {
-        store.attach_data(id, received, virtual_size, |record, data| {
-            if record.status != ImageStatus::Saving {
-                return Err(Error::conflict(
-                    "The image changed while its data was uploading",
-                ));
-            }
-            record.status = ImageStatus::Active;
-            record.data = Some(data);
-            record.updated_at = now_micros().max(record.updated_at);
-            Ok(())
-        })
-    })
-    .await?;
-    let Some(change) = attached else {
-        return Err(Error::new(
-            StatusCode::GONE,
-            "The image was deleted while its data was uploading",
-        ));
-    };
-    let data = change.record.data.as_ref();
+    let raw = image_id.clone();
+    let record = state
+        .store
+        .upload(
+            id,
+            body,
+            request_sizes,
+            move |record| {
+                if !caller.can_see(record) {
+                    return Err(Error::no_image(&raw));
+                }
+                if !caller.can_modify(record) {
+                    return Err(Error::not_authorized("upload_image"));
+                }
+                if record.status != ImageStatus::Queued {
+                    return Err(Error::conflict(format!(
+                        "Image status transition from {} to saving is not allowed",
+                        record.status.as_str()
+                    )));
+                }
+                if record.disk_format.is_none() || record.container_format.is_none() {
+                    return Err(Error::bad_request(
+                        "Set disk_format and container_format before uploading image data",
+                    ));
+                }
+                record.status = ImageStatus::Saving;
+                record.updated_at = now_micros().max(record.updated_at);
+                Ok(())
+            },
+            check_format,
+            |record, data| {
+                record.status = ImageStatus::Active;
+                record.data = Some(data);
+                record.updated_at = now_micros().max(record.updated_at);
+                Ok(())
+            },
+        )
+        .await?;
+    let data = record.data.as_ref();
     tracing::info!(
-        image = %id,
+        image = %record.id,
         size = data.map(|data| data.size),
         blob = %data.map(|data| data.digest.to_hex()).unwrap_or_default(),
         "image data stored"
     );
     Ok(no_content())
 }
+
+/// How long an upload may go without receiving any bytes before it is abandoned.
+pub const BODY_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 fn size_mismatch(declared: u64, actual: u64) -> Error {
     Error::bad_request(format!(
@@ -238,11 +153,11 @@ fn too_large(cap: u64) -> Error {
 
 /// Checks the data against the image's `disk_format` as Glance's format inspector does, and
 /// returns the virtual size. Only `bare` containers are inspected.
-fn check_format(record: &ImageRecord, received: &Received) -> Result<Option<u64>, Error> {
+fn check_format(record: &ImageRecord, received: Uploaded<'_>) -> Result<Option<u64>, Error> {
     if record.container_format.as_deref() != Some("bare") {
         return Ok(None);
     }
-    let inspection = inspect(&received.head, received.size);
+    let inspection = inspect(received.head, received.size);
     let claimed = record.disk_format.as_deref().unwrap_or("");
     match claimed {
         // Raw takes any bytes: a hypervisor reads them as a plain disk.
@@ -337,8 +252,7 @@ pub async fn download_image_data(
         }
     };
     // Any read of the whole image is verified, a `Range: bytes=0-` one included.
-    let verify = first == 0 && length == size;
-    let stream = state.store.blobs.read(data.digest, first, length, verify);
+    let stream = state.store.download(data, first, length).await?;
     let mut response = Response::new(Body::from_stream(stream));
     *response.status_mut() = status;
     let response_headers = response.headers_mut();

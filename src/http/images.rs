@@ -35,7 +35,7 @@ pub async fn load_visible(
         return Err(Error::no_image(raw_id));
     };
     let store = state.store.clone();
-    let record = blocking(move || Ok(store.kv.image(id)?)).await?;
+    let record = blocking(move || Ok(store.image(id)?)).await?;
     match record {
         Some(record) if caller.can_see(&record) => Ok(record),
         _ => Err(Error::no_image(raw_id)),
@@ -58,7 +58,7 @@ pub async fn modify_image(
     let store = state.store.clone();
     let raw = raw_id.to_owned();
     let changed = blocking(move || {
-        store.kv.update_image(id, |record| {
+        store.update_image(id, |record| {
             if !caller.can_see(record) {
                 return Err(Error::no_image(&raw));
             }
@@ -71,10 +71,7 @@ pub async fn modify_image(
         })
     })
     .await?;
-    match changed {
-        Some(change) => Ok(change.record),
-        None => Err(Error::no_image(raw_id)),
-    }
+    changed.ok_or_else(|| Error::no_image(raw_id))
 }
 
 /// https://docs.openstack.org/api-ref/image/v2/index.html#create-image
@@ -119,7 +116,7 @@ pub async fn create_image(
 
     let store = state.store.clone();
     let stored = record.clone();
-    let outcome = blocking(move || Ok(store.kv.insert_image(&stored)?)).await?;
+    let outcome = blocking(move || Ok(store.insert_image(&stored)?)).await?;
     if outcome == InsertOutcome::IdTaken {
         return Err(Error::conflict(format!(
             "An image with ID {} exists or existed",
@@ -177,7 +174,7 @@ pub async fn list_images(
         };
         let visible = |record: &ImageRecord| caller.can_see(record);
         let matches = |record: &ImageRecord| params.filters.matches(record, &caller);
-        let outcome = store.kv.list_images(&request, &visible, &matches)?;
+        let outcome = store.list_images(&request, &visible, &matches)?;
         Ok((outcome, params))
     })
     .await?;
@@ -418,7 +415,7 @@ pub async fn delete_image(
     let store = state.store.clone();
     let raw = image_id.clone();
     let deleted = blocking(move || {
-        let change = store.kv.delete_image(id, now_micros(), |record| {
+        store.delete_image(id, now_micros(), |record| {
             if !caller.can_see(record) {
                 return Err(Error::no_image(&raw));
             }
@@ -431,11 +428,7 @@ pub async fn delete_image(
                 )));
             }
             Ok(())
-        })?;
-        if let Some(change) = &change {
-            store.release(&change.unreferenced);
-        }
-        Ok(change)
+        })
     })
     .await?;
     match deleted {

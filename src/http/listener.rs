@@ -71,6 +71,35 @@ pub fn tls_config(files: &TlsFiles) -> Result<Arc<rustls::ServerConfig>, String>
     Ok(Arc::new(config))
 }
 
+/// How often the upkeep task looks at the store.
+const UPKEEP_EVERY: Duration = Duration::from_secs(1);
+/// How often quarantined blobs past their grace are collected.
+const COLLECT_EVERY: Duration = Duration::from_secs(3600);
+
+/// The server's own housekeeping: after a failed metadata write, reopens the database as soon
+/// as that can work (checked every second); every hour, removes quarantined blobs past their
+/// grace period.
+async fn upkeep(store: Arc<crate::store::Store>) {
+    let mut ticks = tokio::time::interval(UPKEEP_EVERY);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_collect = tokio::time::Instant::now();
+    loop {
+        ticks.tick().await;
+        if !store.healthy() {
+            let store = store.clone();
+            let _ = tokio::task::spawn_blocking(move || store.recover()).await;
+        }
+        if last_collect.elapsed() >= COLLECT_EVERY {
+            last_collect = tokio::time::Instant::now();
+            let store = store.clone();
+            let collected = tokio::task::spawn_blocking(move || store.collect_quarantine()).await;
+            if let Ok(Err(error)) = collected {
+                tracing::warn!(%error, "could not collect quarantined blobs");
+            }
+        }
+    }
+}
+
 /// Serves the API on `listener` until `shutdown` completes, then drains open requests.
 pub async fn serve(
     listener: tokio::net::TcpListener,
@@ -79,6 +108,7 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let acceptor = state.tls.clone().map(tokio_rustls::TlsAcceptor::from);
     let slots = Arc::new(Semaphore::new(state.config.max_connections));
+    let upkeep = tokio::spawn(upkeep(state.store.clone()));
     let app = router(state);
     let graceful = GracefulShutdown::new();
     let mut builder = hyper::server::conn::http1::Builder::new();
@@ -153,6 +183,7 @@ pub async fn serve(
     }
 
     drop(listener);
+    upkeep.abort();
     if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
         .await
         .is_err()

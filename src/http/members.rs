@@ -76,11 +76,9 @@ pub async fn create_member(
     let id = image.id;
     let added_member = member.clone();
     let outcome = blocking(move || {
-        store
-            .kv
-            .add_member(id, &added_member, now_micros(), MEMBER_QUOTA, |image| {
-                only_shared(image, "add")
-            })
+        store.add_member(id, &added_member, now_micros(), MEMBER_QUOTA, |image| {
+            only_shared(image, "add")
+        })
     })
     .await?;
     match outcome {
@@ -111,7 +109,7 @@ pub async fn list_members(
     only_shared(&image, "list")?;
     let store = state.store.clone();
     let id = image.id;
-    let members = blocking(move || Ok(store.kv.members(id)?)).await?;
+    let members = blocking(move || Ok(store.members(id)?)).await?;
     let every = caller.sees_every_member(&image);
     let views: Vec<Value> = members
         .iter()
@@ -140,7 +138,7 @@ pub async fn show_member(
     let store = state.store.clone();
     let id = image.id;
     let wanted = member.clone();
-    match blocking(move || Ok(store.kv.member(id, &wanted)?)).await? {
+    match blocking(move || Ok(store.member(id, &wanted)?)).await? {
         Some(record) => Ok(Json(member_view(&record))),
         None => Err(no_member(&image_id, &member)),
     }
@@ -166,12 +164,8 @@ pub async fn update_member(
     let store = state.store.clone();
     let id = image.id;
     let wanted = member.clone();
-    let updated = blocking(move || {
-        Ok(store
-            .kv
-            .set_member_status(id, &wanted, status, now_micros())?)
-    })
-    .await?;
+    let updated =
+        blocking(move || Ok(store.set_member_status(id, &wanted, status, now_micros())?)).await?;
     match updated {
         Some(record) => {
             tracing::info!(image = %id, member = %record.member, status = status.as_str(), "image member updated");
@@ -195,7 +189,7 @@ pub async fn delete_member(
     let store = state.store.clone();
     let id = image.id;
     let wanted = member.clone();
-    if blocking(move || Ok(store.kv.remove_member(id, &wanted)?)).await? {
+    if blocking(move || Ok(store.remove_member(id, &wanted)?)).await? {
         tracing::info!(image = %id, %member, "image member removed");
         Ok(no_content())
     } else {

@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 
-use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata};
+use redb::{ReadableTable, ReadableTableMetadata};
 use serde::{Deserialize, Serialize};
 
 use super::records::ImageRecord;
@@ -219,7 +219,7 @@ pub enum CreateKey {
 impl Kv {
     /// Every member of an image, in member order.
     pub fn members(&self, image_id: ImageId) -> Result<Vec<MemberRecord>, KvError> {
-        let transaction = self.database.begin_read()?;
+        let transaction = self.begin_read()?;
         let members = transaction.open_table(MEMBERS)?;
         let (start, end) = MemberRecord::image_range(image_id);
         let mut found = Vec::new();
@@ -232,7 +232,7 @@ impl Kv {
 
     /// One member of an image.
     pub fn member(&self, image_id: ImageId, member: &str) -> Result<Option<MemberRecord>, KvError> {
-        let transaction = self.database.begin_read()?;
+        let transaction = self.begin_read()?;
         let members = transaction.open_table(MEMBERS)?;
         let key = MemberRecord::key(image_id, member);
         match members.get(key.as_slice())? {
@@ -291,7 +291,7 @@ impl Kv {
                 .insert(MemberRecord::reverse_key(image_id, member).as_slice(), ())
                 .map_err(KvError::from)?;
         }
-        transaction.commit().map_err(KvError::from)?;
+        self.commit(transaction)?;
         Ok(AddMember::Added(record))
     }
 
@@ -317,7 +317,7 @@ impl Kv {
             members.insert(key.as_slice(), current.encode().as_slice())?;
             record = current;
         }
-        transaction.commit()?;
+        self.commit(transaction)?;
         Ok(Some(record))
     }
 
@@ -335,13 +335,13 @@ impl Kv {
             let mut memberships = transaction.open_table(MEMBERSHIPS)?;
             memberships.remove(MemberRecord::reverse_key(image_id, member).as_slice())?;
         }
-        transaction.commit()?;
+        self.commit(transaction)?;
         Ok(true)
     }
 
     /// The images shared with a project, with the project's status on each.
     pub fn memberships(&self, member: &str) -> Result<HashMap<ImageId, MemberStatus>, KvError> {
-        let transaction = self.database.begin_read()?;
+        let transaction = self.begin_read()?;
         let memberships = transaction.open_table(MEMBERSHIPS)?;
         let members = transaction.open_table(MEMBERS)?;
         let mut start = member.as_bytes().to_vec();
@@ -399,13 +399,13 @@ impl Kv {
             let mut keys = transaction.open_table(API_KEYS)?;
             keys.insert(record.id.as_str(), record.encode().as_slice())?;
         }
-        transaction.commit()?;
+        self.commit(transaction)?;
         Ok(CreateKey::Created(record))
     }
 
     /// One key by id.
     pub fn key(&self, id: &str) -> Result<Option<KeyRecord>, KvError> {
-        let transaction = self.database.begin_read()?;
+        let transaction = self.begin_read()?;
         let keys = transaction.open_table(API_KEYS)?;
         match keys.get(id)? {
             Some(bytes) => Ok(Some(KeyRecord::decode(bytes.value())?)),
@@ -415,7 +415,7 @@ impl Kv {
 
     /// One key by its unique name.
     pub fn key_by_name(&self, name: &str) -> Result<Option<KeyRecord>, KvError> {
-        let transaction = self.database.begin_read()?;
+        let transaction = self.begin_read()?;
         let names = transaction.open_table(API_KEY_NAMES)?;
         let Some(id) = names.get(name)?.map(|id| id.value().to_owned()) else {
             return Ok(None);
@@ -429,7 +429,7 @@ impl Kv {
 
     /// Every key, ordered by id.
     pub fn keys(&self) -> Result<Vec<KeyRecord>, KvError> {
-        let transaction = self.database.begin_read()?;
+        let transaction = self.begin_read()?;
         let keys = transaction.open_table(API_KEYS)?;
         let mut found = Vec::new();
         for entry in keys.iter()? {
@@ -440,7 +440,7 @@ impl Kv {
 
     /// Number of keys.
     pub fn key_count(&self) -> Result<u64, KvError> {
-        let transaction = self.database.begin_read()?;
+        let transaction = self.begin_read()?;
         Ok(transaction.open_table(API_KEYS)?.len()?)
     }
 
@@ -458,7 +458,7 @@ impl Kv {
             let mut names = transaction.open_table(API_KEY_NAMES)?;
             names.remove(record.name.as_str())?;
         }
-        transaction.commit()?;
+        self.commit(transaction)?;
         Ok(Some(record))
     }
 
@@ -469,7 +469,7 @@ impl Kv {
         generate: impl FnOnce() -> Vec<u8>,
     ) -> Result<Vec<u8>, KvError> {
         {
-            let transaction = self.database.begin_read()?;
+            let transaction = self.begin_read()?;
             let secrets = transaction.open_table(SECRETS)?;
             if let Some(value) = secrets.get(name)? {
                 return Ok(value.value().to_vec());
@@ -489,7 +489,7 @@ impl Kv {
                 }
             };
         }
-        transaction.commit()?;
+        self.commit(transaction)?;
         Ok(value)
     }
 }
@@ -531,7 +531,6 @@ mod tests {
     #[test]
     fn a_version_1_database_is_upgraded_at_open() {
         use super::super::tables::META;
-        use redb::ReadableDatabase;
 
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("old.redb");
@@ -549,7 +548,7 @@ mod tests {
         let kv = Kv::open(&path).unwrap();
         assert_eq!(kv.key_count().unwrap(), 0);
         assert!(kv.memberships("beta").unwrap().is_empty());
-        let transaction = kv.database.begin_read().unwrap();
+        let transaction = kv.begin_read().unwrap();
         let meta = transaction.open_table(META).unwrap();
         assert_eq!(meta.get("schema_version").unwrap().unwrap().value(), 2);
     }

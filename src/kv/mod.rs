@@ -20,11 +20,11 @@ mod tables;
 
 use std::collections::HashSet;
 use std::ops::Bound;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
 
-use redb::{
-    Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, WriteTransaction,
-};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, WriteTransaction};
 
 pub use access::{AddMember, CreateKey, KeyRecord, MemberRecord, MemberStatus, NewKey, Role};
 pub use index::{Direction, SortKey};
@@ -53,6 +53,19 @@ pub enum KvError {
     SchemaTooNew { found: u64 },
     /// Another process (a running server) has the database open.
     Locked,
+    /// Writes are impossible for now (the disk is full or failed); `Kv::recover` reopens the
+    /// database once it can.
+    Unavailable,
+}
+
+impl KvError {
+    /// Whether this is the storage failing (I/O, a full disk), as opposed to bad data.
+    pub fn is_io(&self) -> bool {
+        matches!(
+            self,
+            KvError::Unavailable | KvError::Redb(redb::Error::Io(_) | redb::Error::PreviousIo)
+        )
+    }
 }
 
 impl std::fmt::Display for KvError {
@@ -61,6 +74,9 @@ impl std::fmt::Display for KvError {
             KvError::Redb(error) => write!(formatter, "metadata store: {error}"),
             KvError::Corrupt(detail) => {
                 write!(formatter, "metadata store holds a bad record: {detail}")
+            }
+            KvError::Unavailable => {
+                formatter.write_str("metadata writes are unavailable until the disk recovers")
             }
             KvError::Locked => formatter.write_str(
                 "the metadata database is open in another process (is the server running?)",
@@ -118,6 +134,25 @@ pub struct Change {
     pub unreferenced: Vec<Digest>,
 }
 
+/// What `audit` found.
+#[derive(Debug, Default)]
+pub struct Audit {
+    pub images: u64,
+    pub saving: Vec<ImageId>,
+    pub blobs: Vec<BlobAudit>,
+}
+
+/// One blob as the metadata sees it.
+#[derive(Debug)]
+pub struct BlobAudit {
+    pub digest: Digest,
+    pub size: u64,
+    /// The count in the blobs table (0: no row).
+    pub references: u64,
+    /// The image records naming it.
+    pub counted: u64,
+}
+
 /// One page of a listing.
 #[derive(Debug)]
 pub enum ListOutcome {
@@ -143,19 +178,27 @@ pub struct ListRequest<'a> {
 }
 
 /// The metadata store.
+///
+/// After a failed write (a full disk, most often) redb refuses every later write until the
+/// database is closed and opened again. `Kv` notes the failure, answers writes with
+/// `KvError::Unavailable` meanwhile, and `recover` (which the server calls every second while
+/// `failed` says so) reopens the file once that can work. Reads go on against the old handle
+/// until the reopen, since they still see the last committed state.
 pub struct Kv {
-    database: Database,
+    path: PathBuf,
+    /// `None` only between dropping a failed handle and a reopen that has not yet worked.
+    database: RwLock<Option<Arc<Database>>>,
+    failed: AtomicBool,
 }
 
 impl Kv {
     /// Opens or creates the database file, creates every table and upgrades old schemas.
     pub fn open(path: &Path) -> Result<Kv, KvError> {
-        let database = match Database::create(path) {
-            Ok(database) => database,
-            Err(redb::DatabaseError::DatabaseAlreadyOpen) => return Err(KvError::Locked),
-            Err(error) => return Err(error.into()),
+        let kv = Kv {
+            path: path.to_owned(),
+            database: RwLock::new(Some(Arc::new(open_database(path)?))),
+            failed: AtomicBool::new(false),
         };
-        let kv = Kv { database };
         let transaction = kv.begin_write()?;
         {
             let mut meta = transaction.open_table(META)?;
@@ -181,12 +224,77 @@ impl Kv {
             transaction.open_table(PROJECTS)?;
             transaction.open_table(SECRETS)?;
         }
-        transaction.commit()?;
+        kv.commit(transaction)?;
         Ok(kv)
     }
 
+    /// Whether writes are failing; `recover` is due.
+    pub fn failed(&self) -> bool {
+        self.failed.load(Ordering::Acquire)
+    }
+
+    /// Closes and reopens the database after a failed write, so that writes work again once
+    /// the disk does. Returns whether the store is healthy afterwards. Blocks.
+    pub fn recover(&self) -> bool {
+        if !self.failed() {
+            return true;
+        }
+        let mut slot = self
+            .database
+            .write()
+            .unwrap_or_else(|poison| poison.into_inner());
+        // The old handle must be gone before the file can be opened again; transactions still
+        // holding it make the reopen fail with `Locked`, and the next attempt retries.
+        *slot = None;
+        match open_database(&self.path) {
+            Ok(database) => {
+                *slot = Some(Arc::new(database));
+                self.failed.store(false, Ordering::Release);
+                tracing::warn!("metadata database reopened: writes work again");
+                true
+            }
+            Err(error) => {
+                tracing::debug!(%error, "metadata database cannot be reopened yet");
+                false
+            }
+        }
+    }
+
+    /// The current handle, or `Unavailable` while a reopen is pending.
+    fn database(&self) -> Result<Arc<Database>, KvError> {
+        self.database
+            .read()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .clone()
+            .ok_or(KvError::Unavailable)
+    }
+
+    fn begin_read(&self) -> Result<redb::ReadTransaction, KvError> {
+        Ok(self.database()?.begin_read()?)
+    }
+
+    /// Notes a storage failure: from now on writes answer `Unavailable` until `recover`.
+    fn note<T>(&self, result: Result<T, KvError>) -> Result<T, KvError> {
+        if let Err(error) = &result
+            && error.is_io()
+            && !self.failed.swap(true, Ordering::AcqRel)
+        {
+            tracing::error!(%error, "metadata writes failed; refusing writes until the disk recovers");
+        }
+        result
+    }
+
+    /// Commits durably, noting a storage failure.
+    fn commit(&self, transaction: WriteTransaction) -> Result<(), KvError> {
+        self.note(transaction.commit().map_err(KvError::from))
+    }
+
     fn begin_write(&self) -> Result<WriteTransaction, KvError> {
-        let mut transaction = self.database.begin_write()?;
+        if self.failed() {
+            return Err(KvError::Unavailable);
+        }
+        let database = self.database()?;
+        let mut transaction = self.note(database.begin_write().map_err(KvError::from))?;
         // Request bodies are untrusted input; two-phase commit keeps a crafted page from being
         // mistaken for a valid commit after a crash.
         transaction.set_two_phase_commit(true);
@@ -198,7 +306,7 @@ impl Kv {
     /// Run at startup, before serving.
     pub fn requeue_interrupted_uploads(&self) -> Result<Vec<ImageId>, KvError> {
         let stuck: Vec<ImageRecord> = {
-            let transaction = self.database.begin_read()?;
+            let transaction = self.begin_read()?;
             let images = transaction.open_table(IMAGES)?;
             let mut stuck = Vec::new();
             for entry in images.iter()? {
@@ -227,7 +335,7 @@ impl Kv {
 
     /// One image by id.
     pub fn image(&self, id: ImageId) -> Result<Option<ImageRecord>, KvError> {
-        let transaction = self.database.begin_read()?;
+        let transaction = self.begin_read()?;
         let images = transaction.open_table(IMAGES)?;
         match images.get(id)? {
             Some(bytes) => Ok(Some(ImageRecord::decode(bytes.value())?)),
@@ -248,7 +356,7 @@ impl Kv {
             let mut blobs = transaction.open_table(BLOBS)?;
             write_record(&mut images, &mut sort_index, &mut blobs, None, record)?;
         }
-        transaction.commit()?;
+        self.commit(transaction)?;
         Ok(InsertOutcome::Inserted)
     }
 
@@ -278,7 +386,7 @@ impl Kv {
                 write_record(&mut images, &mut sort_index, &mut blobs, Some(&old), &new)?;
             record = new;
         }
-        transaction.commit().map_err(KvError::from)?;
+        self.commit(transaction)?;
         Ok(Some(Change {
             record,
             unreferenced,
@@ -321,7 +429,7 @@ impl Kv {
             access::remove_all_members(&transaction, id)?;
             record = old;
         }
-        transaction.commit().map_err(KvError::from)?;
+        self.commit(transaction)?;
         Ok(Some(Change {
             record,
             unreferenced,
@@ -330,14 +438,14 @@ impl Kv {
 
     /// How many images reference a blob.
     pub fn blob_references(&self, digest: Digest) -> Result<u64, KvError> {
-        let transaction = self.database.begin_read()?;
+        let transaction = self.begin_read()?;
         let blobs = transaction.open_table(BLOBS)?;
         Ok(blobs.get(digest)?.map(|value| value.value().1).unwrap_or(0))
     }
 
     /// Every blob some image references.
     pub fn referenced_blobs(&self) -> Result<HashSet<Digest>, KvError> {
-        let transaction = self.database.begin_read()?;
+        let transaction = self.begin_read()?;
         let blobs = transaction.open_table(BLOBS)?;
         let mut digests = HashSet::new();
         for entry in blobs.iter()? {
@@ -346,10 +454,47 @@ impl Kv {
         Ok(digests)
     }
 
-    /// Number of images.
-    pub fn image_count(&self) -> Result<u64, KvError> {
-        let transaction = self.database.begin_read()?;
-        Ok(transaction.open_table(IMAGES)?.len()?)
+    /// Reads every image and blob row for a consistency check: how many records name each
+    /// digest against the stored reference count, and which images are `saving`.
+    pub fn audit(&self) -> Result<Audit, KvError> {
+        let transaction = self.begin_read()?;
+        let images = transaction.open_table(IMAGES)?;
+        let blobs = transaction.open_table(BLOBS)?;
+        let mut audit = Audit::default();
+        let mut named: std::collections::BTreeMap<Digest, (u64, u64)> = Default::default();
+        for entry in images.iter()? {
+            let (_, bytes) = entry?;
+            let record = ImageRecord::decode(bytes.value())?;
+            audit.images += 1;
+            if record.status == ImageStatus::Saving {
+                audit.saving.push(record.id);
+            }
+            if let Some(data) = &record.data {
+                let entry = named.entry(data.digest).or_insert((data.size, 0));
+                entry.1 += 1;
+            }
+        }
+        for entry in blobs.iter()? {
+            let (digest, value) = entry?;
+            let (size, references) = value.value();
+            let digest = digest.value();
+            let counted = named.remove(&digest).map_or(0, |(_, count)| count);
+            audit.blobs.push(BlobAudit {
+                digest,
+                size,
+                references,
+                counted,
+            });
+        }
+        for (digest, (size, counted)) in named {
+            audit.blobs.push(BlobAudit {
+                digest,
+                size,
+                references: 0,
+                counted,
+            });
+        }
+        Ok(audit)
     }
 
     /// One page of images in the requested order, starting after the marker, keeping those for
@@ -364,7 +509,7 @@ impl Kv {
         visible: &dyn Fn(&ImageRecord) -> bool,
         matches: &dyn Fn(&ImageRecord) -> bool,
     ) -> Result<ListOutcome, KvError> {
-        let transaction = self.database.begin_read()?;
+        let transaction = self.begin_read()?;
         let images = transaction.open_table(IMAGES)?;
         let sort_index = transaction.open_table(IMAGE_SORT_INDEX)?;
         let (first_key, first_direction) = request.sort[0];
@@ -487,6 +632,15 @@ impl Kv {
         let more = page.len() > request.limit;
         page.truncate(request.limit);
         Ok(ListOutcome::Page { images: page, more })
+    }
+}
+
+/// Opens (creating if needed) the database file, telling a lock held by another process apart.
+fn open_database(path: &Path) -> Result<Database, KvError> {
+    match Database::create(path) {
+        Ok(database) => Ok(database),
+        Err(redb::DatabaseError::DatabaseAlreadyOpen) => Err(KvError::Locked),
+        Err(error) => Err(error.into()),
     }
 }
 

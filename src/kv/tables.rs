@@ -79,7 +79,7 @@ pub struct Digest(pub [u8; 32]);
 
 impl Digest {
     /// Lower-case hex, as used in blob file names.
-    pub fn to_hex(&self) -> String {
+    pub fn to_hex(self) -> String {
         let mut hex = String::with_capacity(64);
         for byte in self.0 {
             hex.push_str(&format!("{byte:02x}"));

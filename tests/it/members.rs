@@ -174,9 +174,9 @@ async fn members_share_an_image_until_it_goes() {
     // Deleting the image deletes its members with it.
     assert_eq!(server.delete(&id).await, StatusCode::NO_CONTENT);
     let dir = server.stop().await;
-    let kv = ocellus::kv::Kv::open(&dir.path().join("data").join(ocellus::DATABASE_FILE)).unwrap();
-    assert!(kv.memberships("beta").unwrap().is_empty());
-    assert!(kv.memberships("gamma").unwrap().is_empty());
+    let store = ocellus::store::Store::open_metadata(&dir.path().join("data")).unwrap();
+    assert!(store.memberships("beta").unwrap().is_empty());
+    assert!(store.memberships("gamma").unwrap().is_empty());
 }
 
 #[tokio::test]
