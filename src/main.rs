@@ -29,12 +29,25 @@ enum Command {
     /// Manage API keys, in the data directory or through the running server
     #[command(subcommand)]
     Key(KeyCommand),
+    /// Check a stopped server's data directory: every blob's reference count equals the images
+    /// naming it and every referenced blob exists with its recorded size (exit 1 if not);
+    /// also lists what an interrupted run left (images in saving, temp files, unreferenced
+    /// blobs), which the next start repairs
+    Check(CheckArgs),
+}
+
+#[derive(clap::Args)]
+struct CheckArgs {
+    /// The data directory [default: ./ocellus-data]
+    #[arg(long, env = "OCELLUS_DATA_DIR", value_name = "DIR")]
+    data_dir: Option<std::path::PathBuf>,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => serve(&args),
+        Command::Check(args) => check(args),
         Command::Key(command) => match ocellus::keycmd::run(command) {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {
@@ -42,6 +55,47 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+    }
+}
+
+fn check(args: CheckArgs) -> ExitCode {
+    let data_dir = args
+        .data_dir
+        .unwrap_or_else(|| ocellus::config::Config::default().data_dir);
+    if !data_dir.join(ocellus::DATABASE_FILE).exists() {
+        eprintln!("ocellus: {} holds no database", data_dir.display());
+        return ExitCode::from(2);
+    }
+    let store = match ocellus::store::Store::open_metadata(&data_dir) {
+        Ok(store) => store,
+        Err(error) => {
+            eprintln!("ocellus: cannot open {}: {error}", data_dir.display());
+            return ExitCode::from(2);
+        }
+    };
+    match store.check() {
+        Ok(report) => {
+            println!(
+                "{} images, {} blobs, {} in quarantine",
+                report.images, report.blobs, report.quarantined
+            );
+            for leftover in &report.leftovers {
+                println!("leftover (repaired at the next start): {leftover}");
+            }
+            for problem in &report.problems {
+                println!("problem: {problem}");
+            }
+            if report.problems.is_empty() {
+                println!("consistent");
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(error) => {
+            eprintln!("ocellus: check failed: {error}");
+            ExitCode::from(2)
+        }
     }
 }
 

@@ -33,8 +33,8 @@ use crate::blob::local::LocalDir;
 use crate::blob::pool::TransferPool;
 use crate::blob::{Backend, BlobError, BlobStore, ReceiveLimits, Received};
 use crate::kv::{
-    AddMember, Audit, CreateKey, Digest, ImageData, ImageRecord, InsertOutcome, KeyRecord, Kv,
-    KvError, ListOutcome, ListRequest, MemberRecord, MemberStatus, NewKey,
+    AddMember, CreateKey, Digest, ImageData, ImageRecord, InsertOutcome, KeyRecord, Kv, KvError,
+    ListOutcome, ListRequest, MemberRecord, MemberStatus, NewKey,
 };
 
 pub use crate::kv::{ImageId, ImageStatus, KvError as MetadataError};
@@ -59,6 +59,8 @@ pub enum StoreError {
         declared: u64,
         actual: Option<u64>,
     },
+    /// There is no such image.
+    NoImage(ImageId),
     /// The image was deleted while its data was uploading.
     Gone,
     /// The image left `saving` while its data was uploading.
@@ -85,6 +87,7 @@ impl std::fmt::Display for StoreError {
                     "more data arrived than x-openstack-image-size declared ({declared} bytes)"
                 ),
             },
+            StoreError::NoImage(id) => write!(formatter, "no image {id}"),
             StoreError::Gone => formatter.write_str("the image was deleted during the upload"),
             StoreError::Changed => formatter.write_str("the image changed during the upload"),
         }
@@ -154,6 +157,18 @@ pub struct UploadRequest {
     pub declared_exact: bool,
     /// The largest image accepted.
     pub cap: u64,
+}
+
+/// What `Store::check` found.
+#[derive(Debug)]
+pub struct CheckReport {
+    pub images: u64,
+    pub blobs: usize,
+    pub quarantined: usize,
+    /// Inconsistencies; empty when the store is consistent.
+    pub problems: Vec<String>,
+    /// What an interrupted run left, which the next start repairs.
+    pub leftovers: Vec<String>,
 }
 
 /// What a crash left behind, as `open` found and repaired it.
@@ -304,13 +319,15 @@ impl Store {
     }
 
     /// Checks metadata against the blobs: reference counts, presence and size of every
-    /// referenced blob, images in `saving`, temp objects. Returns the problems found (none:
-    /// consistent). Blocks; for `ocellus check` on a stopped server.
-    pub fn check(&self) -> Result<(Audit, Vec<String>), StoreError> {
+    /// referenced blob. What a crash legitimately leaves (images in `saving`, temp objects,
+    /// unreferenced blobs, all repaired at the next start) is listed apart. Blocks; for
+    /// `ocellus check` on a stopped server.
+    pub fn check(&self) -> Result<CheckReport, StoreError> {
         let audit = self.kv.audit()?;
         let mut problems = Vec::new();
+        let mut leftovers = Vec::new();
         for id in &audit.saving {
-            problems.push(format!("image {id} is saving"));
+            leftovers.push(format!("image {id} is saving"));
         }
         for blob in &audit.blobs {
             let hex = blob.digest.to_hex();
@@ -333,19 +350,20 @@ impl Store {
             audit.blobs.iter().map(|blob| blob.digest).collect();
         for digest in self.backend().list()? {
             if !referenced.contains(&digest) {
-                problems.push(format!("blob {} is not referenced", digest.to_hex()));
+                leftovers.push(format!("blob {} is not referenced", digest.to_hex()));
             }
         }
         let temps = self.backend().temps()?;
         if temps > 0 {
-            problems.push(format!("{temps} temp objects are left"));
+            leftovers.push(format!("{temps} temp objects are left"));
         }
-        Ok((audit, problems))
-    }
-
-    /// How many blobs are in quarantine.
-    pub fn quarantined(&self) -> Result<usize, StoreError> {
-        Ok(self.backend().quarantined()?)
+        Ok(CheckReport {
+            images: audit.images,
+            blobs: audit.blobs.len(),
+            quarantined: self.backend().quarantined()?,
+            problems,
+            leftovers,
+        })
     }
 
     // Metadata. Each call is one transaction; async callers run them on the blocking pool.
@@ -506,18 +524,18 @@ impl Store {
         let store = self.clone();
         let (record, reservation) = blocking(move || {
             let keep_free = store.keep_free().map_err(E::from)?;
-            let room = match (
-                request.declared,
-                store.backend().space().map_err(StoreError::from)?,
-            ) {
-                (Some(needed), Some(space)) => {
+            // With no declared size, an upload is refused only when nothing at all is left
+            // above the reserve; the writer watches the reserve as it goes.
+            let room = match store.backend().space().map_err(StoreError::from)? {
+                Some(space) => {
                     let available = space
                         .free
                         .saturating_sub(keep_free)
                         .saturating_sub(store.reserved.load(Ordering::Acquire));
+                    let needed = request.declared.unwrap_or(1);
                     (needed > available).then_some(StoreError::NoRoom { needed, available })
                 }
-                _ => None,
+                None => None,
             };
             let record = store.kv.update_image(id, |record| {
                 start(record)?;
@@ -531,7 +549,7 @@ impl Store {
         })
         .await??;
         let Some(change) = record else {
-            return Err(E::from(StoreError::Gone));
+            return Err(E::from(StoreError::NoImage(id)));
         };
         let mut guard = SavingGuard {
             store: self.clone(),

@@ -146,6 +146,7 @@ impl From<StoreError> for Error {
                 "The image data ({needed} bytes) does not fit in the image store ({available} bytes available)."
             )),
             StoreError::SizeMismatch { .. } => Error::bad_request(error.to_string()),
+            StoreError::NoImage(id) => Error::no_image(&id.to_string()),
             StoreError::Gone => Error::new(
                 StatusCode::GONE,
                 "The image was deleted while its data was uploading",

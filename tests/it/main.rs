@@ -6,6 +6,7 @@ mod data;
 mod images;
 mod keys_support;
 mod keystone;
+mod limits;
 mod list;
 mod matrix;
 mod members;

@@ -6,6 +6,7 @@ timeout, every wait has a deadline, and a Server is always stopped by its
 owner in a `finally`.
 """
 
+import ctypes
 import http.client
 import json
 import os
@@ -21,6 +22,23 @@ DEFAULT_TIMEOUT = 10.0
 
 def log(message):
     print(message, flush=True)
+
+
+def install_sigterm():
+    """Turns SIGTERM (e.g. from `timeout`) into KeyboardInterrupt, so the
+    tests' `finally` blocks still stop servers, unmount and remove temp dirs."""
+    def handler(_signum, _frame):
+        raise KeyboardInterrupt("SIGTERM")
+    signal.signal(signal.SIGTERM, handler)
+
+
+def _die_with_parent():
+    """In the child before exec: SIGKILL it if the test process dies, so a
+    test killed outright (SIGKILL) leaves no server behind."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def free_port():
@@ -208,7 +226,7 @@ class Server:
             logf.write(f"\n==== {time.strftime('%H:%M:%S')} {' '.join(argv)}\n".encode())
             logf.flush()
             self.proc = subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         env=clean_env())
+                                         env=clean_env(), preexec_fn=_die_with_parent)
         finally:
             logf.close()
         return self.wait_healthy(wait)

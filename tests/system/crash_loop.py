@@ -44,7 +44,7 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import Api, NotSent, Server, binary_arg, files_under, has_command, log, run_check  # noqa: E402
+from common import NotSent, Server, binary_arg, files_under, has_command, install_sigterm, log, run_check  # noqa: E402
 
 WRITERS = 4
 KIB = 1024
@@ -338,6 +338,7 @@ def main():
     parser.add_argument("--keep", action="store_true", help="keep the data directory when a cycle fails")
     args = parser.parse_args()
     binary = binary_arg(args)
+    install_sigterm()
     cycles = args.cycles or int(os.environ.get("OCELLUS_CRASH_CYCLES") or 20)
     seed = args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "big")
     log(f"crash_loop: binary {binary}, cycles {cycles}, seed {seed} (replay with --seed {seed})")

@@ -47,7 +47,7 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import Server, binary_arg, log, supported_args  # noqa: E402
+from common import Server, binary_arg, install_sigterm, log, supported_args  # noqa: E402
 
 MIB = 1024 * 1024
 UPLOAD_SIZE = 4 * MIB
@@ -66,6 +66,7 @@ class Figures:
         self.downloads_held = 0
         self.refused = []          # transfers answered (or cut) while they should be held
         self.download_bytes = 0
+        self.downloads_started = 0  # got "HTTP/1.1 200" and its first bytes
 
 
 def raise_nofile():
@@ -217,9 +218,11 @@ class Crowd:
                     self.fig.download_bytes += len(data)
                     if len(first) < 16:
                         first += data
-                        if len(first) >= 12 and not first.startswith(b"HTTP/1.1 200"):
-                            self.fig.refused.append(f"download {index}: {first[:12]!r}")
-                            return
+                        if len(first) >= 12:
+                            if not first.startswith(b"HTTP/1.1 200"):
+                                self.fig.refused.append(f"download {index}: {first[:12]!r}")
+                                return
+                            self.fig.downloads_started += 1
                 await asyncio.sleep(TICK * random.uniform(0.8, 1.2))
         except (OSError, asyncio.TimeoutError, ConnectionError) as e:
             self.fig.refused.append(f"download {index}: {type(e).__name__}: {e}")
@@ -357,6 +360,7 @@ def main():
     parser.add_argument("--keepalive", action="store_true", help="measure on one persistent connection")
     args = parser.parse_args()
     binary = binary_arg(args)
+    install_sigterm()
     nofile = raise_nofile()
     need = args.uploads + args.downloads + 200
     if nofile < need:
@@ -427,6 +431,8 @@ def main():
         "max_threads": max(fig.threads) if fig.threads else None,
         "uploads_held": fig.uploads_held,
         "downloads_held": fig.downloads_held,
+        "downloads_started": fig.downloads_started,
+        "download_mib_read": round(fig.download_bytes / MIB, 1),
         "held_refused": len(fig.refused),
         "uploads_finished": len(finishers),
         "uploads_completed": len(finished_ok),
@@ -444,6 +450,9 @@ def main():
         verdicts.append(f"p99 {result['metadata_p99_ms']} ms > {args.p99_limit_ms} ms")
     if result["max_threads"] is not None and result["max_threads"] > args.max_threads:
         verdicts.append(f"server threads reached {result['max_threads']} > {args.max_threads}")
+    if fig.downloads_started < fig.downloads_held:
+        verdicts.append(f"only {fig.downloads_started} of {fig.downloads_held} held downloads got their 200 "
+                        f"by the end of the window")
     if fig.refused:
         verdicts.append(f"{len(fig.refused)} held transfers refused or cut, e.g. {fig.refused[:3]}")
     want_finish = min(args.finish, args.uploads)

@@ -39,7 +39,9 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import NotSent, Server, binary_arg, files_under, has_command, log, run_check, supported_args  # noqa: E402
+from common import (  # noqa: E402
+    NotSent, Server, binary_arg, files_under, has_command, install_sigterm, log, run_check, supported_args,
+)
 
 MIB = 1024 * 1024
 FS_SIZE = 96 * MIB
@@ -444,6 +446,7 @@ def main():
     parser.add_argument("binary")
     args = parser.parse_args()
     binary = binary_arg(args)
+    install_sigterm()
     work = tempfile.mkdtemp(prefix="ocellus-fulldisk-")
     test = None
     try:
