@@ -407,6 +407,8 @@ const VMDK_GD_AT_END: u64 = u64::MAX;
 struct Vmdk {
     /// The start of the upload as text, in case it is a descriptor file.
     text: Option<RegionId>,
+    /// Whether the first 512 bytes were looked at.
+    text_checked: bool,
     descriptor: Option<RegionId>,
     broken: Option<&'static str>,
 }
@@ -415,19 +417,21 @@ impl Vmdk {
     fn new(captures: &mut Captures) -> Vmdk {
         Vmdk {
             text: Some(captures.request(0, VMDK_DESCRIPTOR_MAX)),
+            text_checked: false,
             descriptor: None,
             broken: None,
         }
     }
 
     fn advance(&mut self, captures: &mut Captures, head: &[u8]) {
-        if let Some(text) = self.text {
-            // Glance's test: the first 512 bytes (or all, if fewer) are printable ASCII.
-            let sample = &head[..head.len().min(512)];
-            if !sample.is_empty() && !is_text(sample) {
-                captures.release(text);
-                self.text = None;
-            } else if head.len() >= 512 && head.starts_with(b"KDMV") {
+        // Glance's test for a descriptor file: the first 512 bytes are printable ASCII. Made
+        // once, when they are all there; a shorter upload is judged by `text_verdict`.
+        if !self.text_checked
+            && let Some(text) = self.text
+            && let Some(sample) = head.get(..512)
+        {
+            self.text_checked = true;
+            if !is_text(sample) {
                 captures.release(text);
                 self.text = None;
             }
@@ -497,7 +501,7 @@ impl Vmdk {
         }
         // At the end of the stream a shorter text is all there is.
         let bytes = captures.partial(text);
-        if bytes.len() < 4 {
+        if bytes.len() < 4 || !is_text(bytes.get(..512).unwrap_or(bytes)) {
             return Verdict::No;
         }
         match parse_descriptor(bytes) {
