@@ -28,9 +28,12 @@ fn runner() -> TestRunner {
     })
 }
 
+/// Named images.
+type Corpus = Vec<(String, Vec<u8>)>;
+
 /// Real images made by qemu-img, or None (with the reason printed) when it is missing.
 fn corpus() -> Option<&'static [(String, Vec<u8>)]> {
-    static CORPUS: OnceLock<Option<Vec<(String, Vec<u8>)>>> = OnceLock::new();
+    static CORPUS: OnceLock<Option<Corpus>> = OnceLock::new();
     CORPUS
         .get_or_init(|| {
             if Command::new("qemu-img").arg("--version").output().is_err() {
@@ -43,7 +46,7 @@ fn corpus() -> Option<&'static [(String, Vec<u8>)]> {
         .as_deref()
 }
 
-fn make_corpus(dir: &Path) -> Vec<(String, Vec<u8>)> {
+fn make_corpus(dir: &Path) -> Corpus {
     let raw = dir.join("source.raw");
     let mut data = vec![0u8; 1 << 20];
     for (index, byte) in data.iter_mut().enumerate().step_by(4093) {
