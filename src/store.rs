@@ -29,6 +29,7 @@ use bytes::Bytes;
 use futures_util::Stream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use crate::blob::inspect::Inspection;
 use crate::blob::local::LocalDir;
 use crate::blob::pool::TransferPool;
 use crate::blob::{Backend, BlobError, BlobStore, ReceiveLimits, Received};
@@ -144,8 +145,8 @@ impl Default for StoreLimits {
 /// What an upload brought, for the caller to check before it is kept.
 pub struct Uploaded<'a> {
     pub size: u64,
-    /// The first bytes, for format inspection.
-    pub head: &'a [u8],
+    /// What the format inspector made of the bytes.
+    pub inspection: &'a Inspection,
 }
 
 /// An upload's request, as far as the store cares.
@@ -609,7 +610,7 @@ impl Store {
             &record,
             Uploaded {
                 size: received.size,
-                head: &received.head,
+                inspection: &received.inspection,
             },
         )?;
         let store = self.clone();

@@ -44,8 +44,6 @@ use pool::TransferPool;
 const BUFFER_SIZE: usize = 1 << 20;
 /// Buffers in flight per stage; bounds memory per upload to about 4 x this x `BUFFER_SIZE`.
 const CHANNEL_DEPTH: usize = 4;
-/// Bytes kept from the start of an upload for format inspection.
-pub const HEAD_SIZE: usize = 64 * 1024;
 /// Read size for downloads.
 const READ_SIZE: usize = 256 * 1024;
 /// Reads a download keeps queued on the pool ahead of the one being sent.
@@ -180,8 +178,8 @@ pub struct Received {
     pub size: u64,
     pub md5: [u8; 16],
     pub sha512: [u8; 64],
-    /// The first `HEAD_SIZE` bytes (fewer for a smaller upload), for format inspection.
-    pub head: Vec<u8>,
+    /// What the format inspector made of the whole upload.
+    pub inspection: inspect::Inspection,
 }
 
 /// Bounds on one upload.
@@ -258,7 +256,7 @@ impl BlobStore {
             });
         let senders = [write_sender, md5_sender, sha512_sender, blake3_sender];
 
-        let mut head = Vec::new();
+        let mut inspector = inspect::Inspector::new();
         let mut size: u64 = 0;
         let buffers = BufferPool::new(BUFFER_SIZE, CHANNEL_DEPTH + 2);
         let mut pending = None;
@@ -280,10 +278,7 @@ impl BlobStore {
                 });
                 break;
             }
-            if head.len() < HEAD_SIZE {
-                let take = (HEAD_SIZE - head.len()).min(chunk.len());
-                head.extend_from_slice(&chunk[..take]);
-            }
+            inspector.feed(&chunk);
             let mut rest = &chunk[..];
             while !rest.is_empty() {
                 // A buffer is taken only once bytes arrive, so an idle upload holds none.
@@ -327,7 +322,7 @@ impl BlobStore {
             size,
             md5: md5?.finalize().into(),
             sha512: sha512?.finalize().into(),
-            head,
+            inspection: inspector.finish(),
         })
     }
 
@@ -606,7 +601,8 @@ mod tests {
         assert_eq!(received.size, 11);
         assert_eq!(received.digest.0, *blake3::hash(b"hello world").as_bytes());
         assert_eq!(hex(&received.md5), "5eb63bbbe01eeed093cb22bb8f5acdc3");
-        assert_eq!(received.head, b"hello world");
+        assert_eq!(received.inspection.format, "raw");
+        assert_eq!(received.inspection.virtual_size, Some(11));
         let digest = received.digest;
         store.place(received.temp, digest).unwrap();
         assert_eq!(fs::read(local.path(digest)).unwrap(), b"hello world");

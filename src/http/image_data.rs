@@ -12,7 +12,7 @@ use futures_util::StreamExt;
 use super::images::load_visible;
 use super::wire::{checksum, now_micros};
 use super::{AppState, Error, no_content};
-use crate::blob::inspect::inspect;
+use crate::blob::inspect::check_upload;
 use crate::kv::{ImageId, ImageRecord, ImageStatus};
 use crate::policy::Caller;
 use crate::store::{UploadRequest, Uploaded};
@@ -151,38 +151,16 @@ fn too_large(cap: u64) -> Error {
     Error::too_large(format!("Image data is larger than the {cap}-byte limit"))
 }
 
-/// Checks the data against the image's `disk_format` as Glance's format inspector does, and
-/// returns the virtual size. Only `bare` containers are inspected.
+/// Applies the format inspector's verdict (`check_upload`) to every upload: unsafe data, or
+/// data that is not what a bare image's `disk_format` says, answers 415 as in Glance. Returns
+/// the virtual size to record.
 fn check_format(record: &ImageRecord, received: Uploaded<'_>) -> Result<Option<u64>, Error> {
-    if record.container_format.as_deref() != Some("bare") {
-        return Ok(None);
-    }
-    let inspection = inspect(received.head, received.size);
-    let claimed = record.disk_format.as_deref().unwrap_or("");
-    match claimed {
-        // Raw takes any bytes: a hypervisor reads them as a plain disk.
-        "raw" => Ok(Some(received.size)),
-        "qcow2" | "vmdk" | "vhdx" | "vdi" | "iso" => {
-            if inspection.format != claimed {
-                return Err(Error::new(
-                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                    format!(
-                        "Image disk_format {claimed} does not match the data, which is {}",
-                        inspection.format
-                    ),
-                ));
-            }
-            if let Some(reason) = inspection.unsafe_reason {
-                return Err(Error::bad_request(format!(
-                    "Image data failed safety checks: {reason}"
-                )));
-            }
-            Ok(inspection.virtual_size)
-        }
-        // A fixed VHD has its footer at the end, which inspection does not see; accept it.
-        "vhd" if inspection.format == "vhd" => Ok(inspection.virtual_size),
-        _ => Ok(None),
-    }
+    check_upload(
+        record.disk_format.as_deref().unwrap_or(""),
+        record.container_format.as_deref().unwrap_or(""),
+        received.inspection,
+    )
+    .map_err(|message| Error::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, message))
 }
 
 /// A byte range to serve: `Ok((first, last))` inclusive, or `Err` when unsatisfiable.

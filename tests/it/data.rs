@@ -182,7 +182,7 @@ async fn refused_uploads_leave_the_image_queued_and_no_bytes() {
         .unwrap();
     assert_eq!(response.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
 
-    // A qcow2 that points at a backing file is refused as unsafe.
+    // A qcow2 that points at a backing file is refused as unsafe (415, as in Glance).
     let dir = server.dir.path();
     let backing = dir.join("backing.qcow2");
     let overlay = dir.join("overlay.qcow2");
@@ -222,7 +222,7 @@ async fn refused_uploads_leave_the_image_queued_and_no_bytes() {
         server
             .upload(unsafe_id, std::fs::read(&overlay).unwrap())
             .await,
-        StatusCode::BAD_REQUEST
+        StatusCode::UNSUPPORTED_MEDIA_TYPE
     );
     assert!(queued_after(unsafe_id).await);
 

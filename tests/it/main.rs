@@ -3,6 +3,7 @@
 
 mod common;
 mod data;
+mod formats;
 mod images;
 mod keys_support;
 mod keystone;
