@@ -160,7 +160,7 @@ impl Role {
 }
 
 /// A stored API key. The secret itself is never stored, only its argon2id hash.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KeyRecord {
     /// 32 lower-case hex digits; also the Keystone user and application-credential id.
     pub id: String,
@@ -177,19 +177,53 @@ pub struct KeyRecord {
     pub secret_hash: String,
 }
 
+/// Version 1 of the stored key: what the bytes hold, apart from the in-memory `KeyRecord` so
+/// that changing the latter cannot silently change the former.
+#[derive(Serialize, Deserialize)]
+struct KeyRecordV1 {
+    id: String,
+    name: String,
+    project_id: String,
+    project_name: String,
+    role: Role,
+    created_at: i64,
+    expires_at: Option<i64>,
+    secret_hash: String,
+}
+
 impl KeyRecord {
     fn encode(&self) -> Vec<u8> {
+        let stored = KeyRecordV1 {
+            id: self.id.clone(),
+            name: self.name.clone(),
+            project_id: self.project_id.clone(),
+            project_name: self.project_name.clone(),
+            role: self.role,
+            created_at: self.created_at,
+            expires_at: self.expires_at,
+            secret_hash: self.secret_hash.clone(),
+        };
         let mut bytes = vec![KEY_RECORD_V1];
-        bytes.extend(postcard::to_allocvec(self).expect("key records always serialize"));
+        bytes.extend(postcard::to_allocvec(&stored).expect("key records always serialize"));
         bytes
     }
 
     fn decode(bytes: &[u8]) -> Result<KeyRecord, KvError> {
-        match bytes.split_first() {
+        let stored: KeyRecordV1 = match bytes.split_first() {
             Some((&KEY_RECORD_V1, rest)) => postcard::from_bytes(rest)
-                .map_err(|error| KvError::Corrupt(format!("bad key record: {error}"))),
-            _ => Err(KvError::Corrupt("unknown key record version".into())),
-        }
+                .map_err(|error| KvError::Corrupt(format!("bad key record: {error}")))?,
+            _ => return Err(KvError::Corrupt("unknown key record version".into())),
+        };
+        Ok(KeyRecord {
+            id: stored.id,
+            name: stored.name,
+            project_id: stored.project_id,
+            project_name: stored.project_name,
+            role: stored.role,
+            created_at: stored.created_at,
+            expires_at: stored.expires_at,
+            secret_hash: stored.secret_hash,
+        })
     }
 
     /// Whether the key has expired at `now` (unix seconds).
@@ -615,5 +649,64 @@ mod tests {
             MemberRecord::decode(&key, &record.encode()).unwrap(),
             record
         );
+    }
+
+    /// Pins the member encoding (the key holds image id and member; the value the rest).
+    #[test]
+    fn member_record_v1_golden_bytes() {
+        let record = MemberRecord {
+            image_id: ImageId([7; 16]),
+            member: "beta".into(),
+            status: MemberStatus::Accepted,
+            created_at: 1_700_000_000,
+            updated_at: -1,
+        };
+        let expected: Vec<u8> = [
+            &[1u8][..],                // version
+            &[1],                      // status: accepted
+            &[128, 196, 159, 213, 12], // created_at (zigzag varint)
+            &[1],                      // updated_at -1 (zigzag)
+        ]
+        .concat();
+        assert_eq!(record.encode(), expected);
+        assert_eq!(
+            MemberRecord::decode(&MemberRecord::key(record.image_id, "beta"), &expected).unwrap(),
+            record
+        );
+    }
+
+    /// Pins the key encoding; a change needs a new version and a migration.
+    #[test]
+    fn key_record_v1_golden_bytes() {
+        let record = KeyRecord {
+            id: "ab".into(),
+            name: "ci".into(),
+            project_id: "p1".into(),
+            project_name: "alpha".into(),
+            role: Role::Member,
+            created_at: 3,
+            expires_at: Some(-2),
+            secret_hash: "$h".into(),
+        };
+        let expected: Vec<u8> = [
+            &[1u8][..], // version
+            &[2],
+            b"ab", // id
+            &[2],
+            b"ci", // name
+            &[2],
+            b"p1", // project_id
+            &[5],
+            b"alpha", // project_name
+            &[1],     // role: member
+            &[6],     // created_at 3 (zigzag)
+            &[1, 3],  // expires_at Some(-2) (zigzag)
+            &[2],
+            b"$h", // secret_hash
+        ]
+        .concat();
+        assert_eq!(record.encode(), expected);
+        assert_eq!(KeyRecord::decode(&expected).unwrap(), record);
+        assert!(KeyRecord::decode(&[2, 0]).is_err());
     }
 }

@@ -326,6 +326,41 @@ mod tests {
         assert_eq!(record.encode(), expected);
     }
 
+    /// The same, with image data and properties: the fields that name a blob are pinned too.
+    #[test]
+    fn image_record_v1_golden_bytes_with_data() {
+        let mut record = sample();
+        record.tags.clear();
+        let without_data_and_properties = {
+            let mut bare = record.clone();
+            bare.data = None;
+            bare.properties.clear();
+            bare.encode()
+        };
+        // Everything up to the data field is as in the test above.
+        let prefix_len = without_data_and_properties.len() - 1 - 16 - 1 - 1;
+        let expected: Vec<u8> = [
+            &without_data_and_properties[..prefix_len],
+            &[1],         // data: some
+            &[1; 32],     // digest
+            &[172, 2],    // size 300 (varint)
+            &[1, 128, 8], // virtual_size Some(1024)
+            &[2; 16],     // md5
+            &[64],        // sha512: a length, then the bytes (a byte string)
+            &[3; 64],
+            &[128, 128, 242, 129, 131, 137, 133, 6], // created_at
+            &[130, 128, 242, 129, 131, 137, 133, 6], // updated_at
+            &[0],                                    // tags
+            &[1, 9],
+            b"os_distro",
+            &[6],
+            b"cirros", // properties
+        ]
+        .concat();
+        assert_eq!(record.encode(), expected);
+        assert_eq!(ImageRecord::decode(&expected).unwrap(), record);
+    }
+
     #[test]
     fn unknown_versions_and_garbage_are_errors() {
         assert!(ImageRecord::decode(&[]).is_err());

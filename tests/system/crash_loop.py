@@ -43,6 +43,7 @@ import tempfile
 import threading
 import time
 
+sys.dont_write_bytecode = True  # no __pycache__ in the source tree
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import NotSent, Server, binary_arg, files_under, has_command, install_sigterm, log, run_check  # noqa: E402
 
@@ -418,6 +419,20 @@ def main():
                     log(f"    {p}")
             else:
                 log(f"final: verified {figs['images']} images / {figs['blobs']} blobs ({figs['downloaded']} downloads)")
+            # A clean stop must leave a store `check` accepts, whatever it
+            # makes of the state a kill leaves behind.
+            rc = server.stop()
+            if rc != 0:
+                failed = True
+                log(f"FAIL: the server exited {rc} on SIGTERM")
+            if can_check:
+                rc, out, secs = run_check(binary, data_dir)
+                check_times.append(secs)
+                if rc != 0:
+                    failed = True
+                    log(f"FAIL: `check` exited {rc} after a clean stop:\n    " + out.replace("\n", "\n    "))
+                else:
+                    log(f"final: `check` after a clean stop passed in {secs:.2f} s")
     except Exception as e:  # noqa: BLE001 - reported as a failure with the server log
         failed = True
         log(f"FAIL: {type(e).__name__}: {e}")

@@ -46,6 +46,7 @@ import tempfile
 import threading
 import time
 
+sys.dont_write_bytecode = True  # no __pycache__ in the source tree
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import Server, binary_arg, install_sigterm, log, supported_args  # noqa: E402
 
