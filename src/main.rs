@@ -43,6 +43,9 @@ struct CheckArgs {
     data_dir: Option<std::path::PathBuf>,
 }
 
+/// Upper bound of tokio's blocking pool.
+const METADATA_THREADS: usize = 32;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
@@ -120,8 +123,12 @@ fn serve(args: &ServeArgs) -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
 
+    // Blocking threads run metadata work (redb calls, argon2); transfers have their own pool.
+    // redb serializes writes, so a crowd of requests gains nothing from more threads than
+    // this, while unbounded growth would cost a thread (and its stack) per waiting request.
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .max_blocking_threads(METADATA_THREADS)
         .build()
     {
         Ok(runtime) => runtime,

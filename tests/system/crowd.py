@@ -68,6 +68,8 @@ class Figures:
         self.refused = []          # transfers answered (or cut) while they should be held
         self.download_bytes = 0
         self.downloads_started = 0  # got "HTTP/1.1 200" and its first bytes
+        self.phase = "prepare"       # prepare, open, window, finish: for the thread samples
+        self.threads_by_phase = {}
 
 
 def raise_nofile():
@@ -292,6 +294,7 @@ def sample_threads(pid, fig, stop):
         n = thread_count(pid)
         if n is not None:
             fig.threads.append(n)
+            fig.threads_by_phase[fig.phase] = max(n, fig.threads_by_phase.get(fig.phase, 0))
         if stop.wait(1.0):
             return
 
@@ -307,6 +310,7 @@ async def run_crowd(server, args, fig, upload_ids, download_id, content):
     crowd = Crowd(server.port, args, content, fig, download_id)
     uploads = [Upload(i, image_id) for i, image_id in enumerate(upload_ids)]
     open_start = time.monotonic()
+    fig.phase = "open"
     tasks = [asyncio.create_task(crowd.hold_upload(u)) for u in uploads]
     tasks += [asyncio.create_task(crowd.hold_download(i)) for i in range(args.downloads)]
     # All held connections are open once every connect finished (bounded).
@@ -320,6 +324,7 @@ async def run_crowd(server, args, fig, upload_ids, download_id, content):
     await asyncio.sleep(1.0)
 
     done = threading.Event()
+    fig.phase = "window"
     ids = upload_ids[:20] + [download_id]
     measurer = threading.Thread(target=measure, args=(server.port, ids, args.seconds, args.keepalive, fig, done),
                                 daemon=True)
@@ -328,6 +333,7 @@ async def run_crowd(server, args, fig, upload_ids, download_id, content):
         await asyncio.sleep(0.2)
     measurer.join(timeout=REQUEST_TIMEOUT + 5)
 
+    fig.phase = "finish"
     # Finishers: the first --finish uploads still held.
     finishers = [u for u in uploads if u.writer and not u.error and u.response and not u.response.done()]
     finishers = finishers[: args.finish]
@@ -422,6 +428,7 @@ def main():
         shutil.rmtree(work, ignore_errors=True)
 
     lat_ms = [x * 1000 for x in fig.latencies]
+    log(f"server threads, max per phase: {fig.threads_by_phase}")
     result = {
         "metadata_p99_ms": round(percentile(lat_ms, 99), 2) if lat_ms else None,
         "metadata_p50_ms": round(percentile(lat_ms, 50), 2) if lat_ms else None,
