@@ -14,6 +14,7 @@ as_root() {
 missing=()
 command -v qemu-img >/dev/null || missing+=(qemu-utils)
 command -v curl >/dev/null || missing+=(curl)
+command -v mkfs.ext4 >/dev/null || missing+=(e2fsprogs)
 python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
 if [[ ${#missing[@]} -gt 0 ]]; then
     echo "== installing ${missing[*]}"
@@ -36,3 +37,5 @@ cargo test --locked
 echo "== real OpenStack clients against the built binary"
 cargo build --locked --quiet
 tests/clients/run.sh target/debug/ocellus
+echo "== system tests: a full disk, kill -9 cycles, a crowd of slow transfers"
+tests/system/run.sh target/debug/ocellus
