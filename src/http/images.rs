@@ -134,7 +134,11 @@ pub async fn create_image(
     if let Ok(value) = HeaderValue::from_str(&location) {
         response_headers.insert(header::LOCATION, value);
     }
-    if let Ok(value) = HeaderValue::from_str(&IMPORT_METHODS.join(",")) {
+    // An empty field value is not allowed (RFC 9110), so no methods means no header, as in
+    // Glance.
+    if !IMPORT_METHODS.is_empty()
+        && let Ok(value) = HeaderValue::from_str(&IMPORT_METHODS.join(","))
+    {
         response_headers.insert("OpenStack-image-import-methods", value);
     }
     response_headers.insert(
