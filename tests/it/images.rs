@@ -393,6 +393,55 @@ async fn patch_follows_glance_rules() {
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
 
+/// Issue 9: in the older patch dialect (`application/openstack-images-v2.0-json-patch`), `add`
+/// of a property the image already has is a conflict; Glance counts every core attribute as
+/// present. The 2.1 dialect's `add` replaces.
+#[tokio::test]
+async fn issue9_v2_0_patch_add_of_a_present_property_is_409() {
+    let server = Server::start().await;
+    let image = server
+        .create(json!({"name": "golden", "os_distro": "debian"}))
+        .await;
+    let id = image["id"].as_str().unwrap();
+    let patch_v2_0 = |operations: Value| {
+        server
+            .request(Method::PATCH, &format!("/v2/images/{id}"))
+            .header(
+                "Content-Type",
+                "application/openstack-images-v2.0-json-patch",
+            )
+            .header("Accept", "application/json")
+            .body(operations.to_string())
+    };
+    for operations in [
+        json!([{"add": "/os_distro", "value": "ubuntu"}]),
+        json!([{"add": "/name", "value": "renamed"}]),
+        json!([{"add": "/min_ram", "value": 512}]),
+        json!([{"add": "/fresh", "value": "x"}, {"add": "/fresh", "value": "y"}]),
+    ] {
+        let (status, body) = server.json(patch_v2_0(operations.clone())).await;
+        assert_eq!(status, StatusCode::CONFLICT, "{operations}: {body}");
+        assert_eq!(body["code"], "409 Conflict");
+    }
+    let (_, unchanged) = server.show(id).await;
+    assert_eq!(unchanged, image);
+
+    let (status, patched) = server
+        .json(patch_v2_0(json!([{"add": "/fresh", "value": "x"}])))
+        .await;
+    assert_eq!((status, &patched["fresh"]), (StatusCode::OK, &json!("x")));
+    let (status, patched) = server
+        .patch(
+            id,
+            json!([{"op": "add", "path": "/os_distro", "value": "ubuntu"},
+                   {"op": "add", "path": "/name", "value": "renamed"}]),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{patched}");
+    assert_eq!(patched["os_distro"], "ubuntu");
+    assert_eq!(patched["name"], "renamed");
+}
+
 #[tokio::test]
 async fn delete_protects_and_never_reuses_ids() {
     let server = Server::start().await;
