@@ -119,7 +119,8 @@ pub async fn serve(
         let app = app.clone();
         let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
             request.extensions_mut().insert(connection);
-            app.clone().oneshot(request.map(Body::new))
+            app.clone()
+                .oneshot(super::negotiate_version(request.map(Body::new)))
         });
         let watcher = graceful.watcher();
         let builder = builder.clone();

@@ -36,6 +36,66 @@ async fn versions_document_lists_served_versions_with_absolute_links() {
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
 
+/// Issue 9: Glance's version negotiation. `/v2` redirects to `/v2/` (Glance's router does so
+/// for an empty path); a served minor version in the URL (`/v2.1/images`) stands for `/v2`; any
+/// other first path segment, an unknown or unserved version included, gets the versions
+/// document with 300.
+#[tokio::test]
+async fn issue9_version_prefixes_are_negotiated_as_glance_does() {
+    let server = Server::start().await;
+    let (_, versions) = server.json(server.request(Method::GET, "/")).await;
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    for path in ["/v2", "/v2.1"] {
+        let response = client.get(server.url(path)).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::FOUND, "{path}");
+        assert_eq!(
+            response.headers()["location"],
+            format!("{}/v2/", server.base).as_str(),
+            "{path}"
+        );
+        assert!(response.headers().contains_key("x-openstack-request-id"));
+        assert!(response.bytes().await.unwrap().is_empty(), "{path}");
+    }
+
+    let image = server.create(json!({"name": "negotiated"})).await;
+    let id = image["id"].as_str().unwrap();
+    for prefix in ["/v2.0", "/v2.1", "/v2.7"] {
+        let (status, shown) = server
+            .json(server.request(Method::GET, &format!("{prefix}/images/{id}?x=1")))
+            .await;
+        assert_eq!((status, &shown), (StatusCode::OK, &image), "{prefix}");
+    }
+
+    for (method, path) in [
+        (Method::GET, "/v9/images"),
+        (Method::GET, "/v1/images"),
+        (Method::GET, "/v1x"),
+        (Method::GET, "/v2.6/images"),
+        (Method::GET, "/v2.99/images"),
+        (Method::GET, "/images"),
+        (Method::POST, "/v9/images"),
+    ] {
+        let (status, body) = server.json(server.request(method.clone(), path)).await;
+        assert_eq!(
+            (status, &body),
+            (StatusCode::MULTIPLE_CHOICES, &versions),
+            "{method} {path}"
+        );
+    }
+    for path in [
+        "/v2/",
+        "/v2/nonexistent",
+        "/v2.1/nonexistent",
+        "/ocellus/v2",
+    ] {
+        let (status, _) = server.json(server.request(Method::GET, path)).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{path}");
+    }
+}
+
 #[tokio::test]
 async fn schemas_are_served() {
     let server = Server::start().await;
@@ -228,7 +288,7 @@ async fn errors_are_html_by_default_and_json_on_request() {
         json!({"message": "No image found with ID 00000000-0000-0000-0000-000000000000<br /><br />\n\n\n",
                "code": "404 Not Found", "title": "Not Found"})
     );
-    for path in ["/v2/images/not-a-uuid", "/v2/nonexistent", "/v1x"] {
+    for path in ["/v2/images/not-a-uuid", "/v2/nonexistent", "/v2/"] {
         let (status, _) = server.json(server.request(Method::GET, path)).await;
         assert_eq!(status, StatusCode::NOT_FOUND, "{path}");
     }
