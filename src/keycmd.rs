@@ -5,7 +5,9 @@
 //! provisioned before the first start). If the server holds it, they become a client of the
 //! server's admin endpoint (`/ocellus/v1/keys`), authenticated by an admin key: `--admin-key`,
 //! `OCELLUS_ADMIN_KEY`, or the bootstrap key file in the data directory. `--url` skips the
-//! local attempt and always talks to that server.
+//! local attempt and always talks to that server; the bootstrap key then goes with it only
+//! when the data directory was named (`--data-dir` or `OCELLUS_DATA_DIR`), since a URL alone
+//! says nothing about which server owns the default one.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -60,7 +62,7 @@ pub struct KeyTarget {
     #[arg(long, env = "OCELLUS_URL", value_name = "URL")]
     pub url: Option<String>,
     /// Admin key for the server's admin endpoint [default: the data directory's
-    /// bootstrap-admin.key]
+    /// bootstrap-admin.key; with --url, only if --data-dir is given]
     #[arg(
         long,
         env = "OCELLUS_ADMIN_KEY",
@@ -152,8 +154,9 @@ fn backend(mut target: KeyTarget) -> Result<Backend, String> {
     if target.cacert.is_none() {
         target.cacert = config.tls.as_ref().map(|tls| tls.cert.clone());
     }
-    // The bootstrap key is only ever sent to the server that owns this data directory.
-    if target.admin_key.is_none() && target.url.is_none() {
+    // The bootstrap key is only ever sent to the server that owns this data directory: the one
+    // found through it, or the one at --url when the user named the directory along with it.
+    if target.admin_key.is_none() && (target.url.is_none() || target.data_dir.is_some()) {
         let path = config.data_dir.join(crate::BOOTSTRAP_KEY_FILE);
         if let Ok(text) = std::fs::read_to_string(&path) {
             target.admin_key = Some(text.trim().to_owned());

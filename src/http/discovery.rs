@@ -6,15 +6,20 @@
 //! The versions document lists a v2 minor version only when ocellus serves the feature that
 //! version introduced (Glance itself leaves out versions of features it has not enabled), and
 //! the highest listed is CURRENT.
+//!
+//! Version negotiation follows Glance's middleware, minus its `Accept`-header variant: a listed
+//! minor version as the first path segment stands for `v2` (`/v2.1/images` is `/v2/images`),
+//! `/v2` itself redirects to `/v2/`, and a path that starts with anything else (`/v9/images`,
+//! `/v1/images`) gets the versions document with 300.
 
 use axum::Json;
-use axum::http::{StatusCode, header};
+use axum::http::{StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use axum::extract::State;
 
-use super::{AppState, BaseUrl, schemas};
+use super::{AppState, BaseUrl, Error, schemas};
 use crate::policy::Caller;
 
 /// The store id reported in `OpenStack-image-store-ids` and `/v2/info/stores`.
@@ -60,6 +65,52 @@ fn versions_document(base: &str) -> Value {
 /// `GET /`: 300 Multiple Choices with the versions document.
 pub async fn versions_root(BaseUrl(base): BaseUrl) -> Response {
     (StatusCode::MULTIPLE_CHOICES, Json(versions_document(&base))).into_response()
+}
+
+/// First path segments of ocellus's own services, where an unknown path is 404 rather than
+/// the versions document: the image API and the identity and admin endpoints.
+const OWN_PREFIXES: &[&str] = &["v2", "v3", "identity", "ocellus", "versions", "healthcheck"];
+
+/// Whether `segment` names a v2 version we serve: `v2` or a listed minor version.
+fn is_served_version(segment: &str) -> bool {
+    segment == "v2"
+        || VERSIONS
+            .iter()
+            .any(|(id, served)| *served && *id == segment)
+}
+
+/// The path a request with a minor version in its first segment (`/v2.1/images`) is served
+/// as (`/v2/images`); `None` when there is nothing to rewrite.
+pub fn negotiated_path(path: &str) -> Option<String> {
+    let rest = path.strip_prefix('/')?;
+    let (segment, tail) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    (segment != "v2" && is_served_version(segment)).then(|| format!("/v2{tail}"))
+}
+
+/// `/v2`, any method: 302 to `/v2/`, as Glance's router redirects the empty path below a
+/// version. Like everything under `/v2`, it needs a credential in keys mode.
+pub async fn v2_redirect(_caller: Caller, BaseUrl(base): BaseUrl) -> Response {
+    (
+        StatusCode::FOUND,
+        [(header::LOCATION, format!("{base}/v2/"))],
+    )
+        .into_response()
+}
+
+/// Any path no route serves: 404 below our own services' prefixes, else (an unknown or
+/// unserved API version, or no version at all) the versions document with 300, whatever the
+/// method, as Glance answers.
+pub async fn unrouted(base: BaseUrl, uri: Uri) -> Response {
+    let first = uri
+        .path()
+        .trim_start_matches('/')
+        .split('/')
+        .next()
+        .unwrap_or_default();
+    if OWN_PREFIXES.contains(&first) {
+        return Error::not_found("The resource could not be found.").into_response();
+    }
+    versions_root(base).await
 }
 
 /// `GET /versions`.
@@ -119,4 +170,30 @@ pub async fn import_info(_caller: Caller) -> Json<Value> {
 /// https://docs.openstack.org/api-ref/image/v2/index.html#list-stores
 pub async fn stores_info(_caller: Caller) -> Json<Value> {
     Json(json!({ "stores": [{ "id": STORE_ID, "default": "true" }] }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minor_versions_in_the_path_stand_for_v2() {
+        assert_eq!(
+            negotiated_path("/v2.1/images").as_deref(),
+            Some("/v2/images")
+        );
+        assert_eq!(negotiated_path("/v2.0").as_deref(), Some("/v2"));
+        assert_eq!(negotiated_path("/v2.7/").as_deref(), Some("/v2/"));
+        for unchanged in [
+            "/v2/images",
+            "/v2",
+            "/v2.6/images",
+            "/v2.10/images",
+            "/v9",
+            "/",
+            "",
+        ] {
+            assert_eq!(negotiated_path(unchanged), None, "{unchanged}");
+        }
+    }
 }

@@ -163,36 +163,61 @@ fn check_format(record: &ImageRecord, received: Uploaded<'_>) -> Result<Option<u
     .map_err(|message| Error::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, message))
 }
 
-/// A byte range to serve: `Ok((first, last))` inclusive, or `Err` when unsatisfiable.
-/// `None` means serve everything (no Range header, or one we do not understand).
-fn parse_range(headers: &HeaderMap, size: u64) -> Option<Result<(u64, u64), ()>> {
-    let value = headers.get(header::RANGE)?.to_str().ok()?.trim();
-    let spec = value.strip_prefix("bytes=")?;
+/// Why a `Range` header is refused.
+#[derive(Debug, PartialEq, Eq)]
+enum RangeRefusal {
+    /// More than one range: 400, as Glance serves one range per request.
+    Several,
+    /// A `bytes` range that does not parse or ends before it starts: 416, as in Glance.
+    Malformed,
+    /// A range outside the data: 416.
+    Unsatisfiable,
+}
+
+/// The byte range to serve, `(first, last)` inclusive; `Ok(None)` means everything (no Range
+/// header, or one in a unit other than bytes, which RFC 9110 says to ignore).
+fn parse_range(headers: &HeaderMap, size: u64) -> Result<Option<(u64, u64)>, RangeRefusal> {
+    let Some(value) = headers.get(header::RANGE) else {
+        return Ok(None);
+    };
+    let Some((unit, spec)) = value.to_str().ok().and_then(|text| text.split_once('=')) else {
+        return Ok(None);
+    };
+    if !unit.trim().eq_ignore_ascii_case("bytes") {
+        return Ok(None);
+    }
     if spec.contains(',') {
-        return None;
+        return Err(RangeRefusal::Several);
     }
-    let (start, end) = spec.split_once('-')?;
+    let (start, end) = spec.split_once('-').ok_or(RangeRefusal::Malformed)?;
     let (start, end) = (start.trim(), end.trim());
-    if start.is_empty() {
-        let suffix: u64 = end.parse().ok()?;
-        if suffix == 0 || size == 0 {
-            return Some(Err(()));
+    let number = |text: &str| -> Result<u64, RangeRefusal> {
+        if text.is_empty() || !text.bytes().all(|byte| byte.is_ascii_digit()) {
+            return Err(RangeRefusal::Malformed);
         }
-        return Some(Ok((size - suffix.min(size), size - 1)));
+        // More digits than u64 holds is past the end of any image.
+        Ok(text.parse().unwrap_or(u64::MAX))
+    };
+    if start.is_empty() {
+        let suffix = number(end)?;
+        if suffix == 0 || size == 0 {
+            return Err(RangeRefusal::Unsatisfiable);
+        }
+        return Ok(Some((size - suffix.min(size), size - 1)));
     }
-    let first: u64 = start.parse().ok()?;
-    let last: u64 = if end.is_empty() {
+    let first = number(start)?;
+    let last = if end.is_empty() {
         u64::MAX
     } else {
-        end.parse().ok()?
+        number(end)?
     };
     if last < first {
-        return None;
+        return Err(RangeRefusal::Malformed);
     }
     if first >= size {
-        return Some(Err(()));
+        return Err(RangeRefusal::Unsatisfiable);
     }
-    Some(Ok((first, last.min(size - 1))))
+    Ok(Some((first, last.min(size - 1))))
 }
 
 /// https://docs.openstack.org/api-ref/image/v2/index.html#download-binary-image-data
@@ -216,13 +241,20 @@ pub async fn download_image_data(
     };
     let size = data.size;
     let (status, first, length) = match parse_range(&headers, size) {
-        None => (StatusCode::OK, 0, size),
-        Some(Ok((first, last))) => (StatusCode::PARTIAL_CONTENT, first, last - first + 1),
-        Some(Err(())) => {
-            let mut error = Error::new(
-                StatusCode::RANGE_NOT_SATISFIABLE,
-                format!("The requested range is outside the image data ({size} bytes)"),
-            );
+        Ok(None) => (StatusCode::OK, 0, size),
+        Ok(Some((first, last))) => (StatusCode::PARTIAL_CONTENT, first, last - first + 1),
+        Err(RangeRefusal::Several) => {
+            return Err(Error::bad_request(
+                "Only one range per request is served; ask for each range separately",
+            ));
+        }
+        Err(refusal) => {
+            let message = if refusal == RangeRefusal::Malformed {
+                "The Range header is not a valid byte range".to_owned()
+            } else {
+                format!("The requested range is outside the image data ({size} bytes)")
+            };
+            let mut error = Error::new(StatusCode::RANGE_NOT_SATISFIABLE, message);
             error.header = HeaderValue::from_str(&format!("bytes */{size}"))
                 .ok()
                 .map(|value| (header::CONTENT_RANGE, value));
@@ -255,7 +287,7 @@ pub async fn download_image_data(
 mod tests {
     use super::*;
 
-    fn range(value: &str, size: u64) -> Option<Result<(u64, u64), ()>> {
+    fn range(value: &str, size: u64) -> Result<Option<(u64, u64)>, RangeRefusal> {
         let mut headers = HeaderMap::new();
         headers.insert(header::RANGE, HeaderValue::from_str(value).unwrap());
         parse_range(&headers, size)
@@ -263,12 +295,47 @@ mod tests {
 
     #[test]
     fn ranges() {
-        assert_eq!(range("bytes=0-15", 100), Some(Ok((0, 15))));
-        assert_eq!(range("bytes=90-", 100), Some(Ok((90, 99))));
-        assert_eq!(range("bytes=-10", 100), Some(Ok((90, 99))));
-        assert_eq!(range("bytes=50-500", 100), Some(Ok((50, 99))));
-        assert_eq!(range("bytes=999999-", 100), Some(Err(())));
-        assert_eq!(range("bytes=0-1,5-6", 100), None);
-        assert_eq!(range("items=0-1", 100), None);
+        assert_eq!(range("bytes=0-15", 100), Ok(Some((0, 15))));
+        assert_eq!(range("bytes=90-", 100), Ok(Some((90, 99))));
+        assert_eq!(range("bytes=-10", 100), Ok(Some((90, 99))));
+        assert_eq!(range("bytes=50-500", 100), Ok(Some((50, 99))));
+        assert_eq!(range("Bytes = 1 - 2", 100), Ok(Some((1, 2))));
+        assert_eq!(
+            range("bytes=0-99999999999999999999", 100),
+            Ok(Some((0, 99)))
+        );
+        assert_eq!(range("items=0-1", 100), Ok(None));
+        assert_eq!(
+            range("bytes=999999-", 100),
+            Err(RangeRefusal::Unsatisfiable)
+        );
+        assert_eq!(range("bytes=-0", 100), Err(RangeRefusal::Unsatisfiable));
+        assert_eq!(
+            range("bytes=99999999999999999999-", 100),
+            Err(RangeRefusal::Unsatisfiable)
+        );
+    }
+
+    /// Issue 9: Glance answers a malformed byte range with 416 and several ranges with 400;
+    /// both used to be ignored.
+    #[test]
+    fn issue9_malformed_and_multiple_ranges() {
+        for malformed in [
+            "bytes=abc-def",
+            "bytes=5-2",
+            "bytes=-",
+            "bytes=",
+            "bytes=1",
+            "bytes=+1-2",
+        ] {
+            assert_eq!(
+                range(malformed, 100),
+                Err(RangeRefusal::Malformed),
+                "{malformed}"
+            );
+        }
+        for several in ["bytes=0-1,5-6", "bytes=0-1, -5", "bytes=,"] {
+            assert_eq!(range(several, 100), Err(RangeRefusal::Several), "{several}");
+        }
     }
 }

@@ -131,7 +131,11 @@ pub async fn create_image(
     if let Ok(value) = HeaderValue::from_str(&location) {
         response_headers.insert(header::LOCATION, value);
     }
-    if let Ok(value) = HeaderValue::from_str(&IMPORT_METHODS.join(",")) {
+    // An empty field value is not allowed (RFC 9110), so no methods means no header, as in
+    // Glance.
+    if !IMPORT_METHODS.is_empty()
+        && let Ok(value) = HeaderValue::from_str(&IMPORT_METHODS.join(","))
+    {
         response_headers.insert("OpenStack-image-import-methods", value);
     }
     response_headers.insert(
@@ -228,6 +232,15 @@ struct ImageList<'a> {
     next: Option<String>,
 }
 
+/// The JSON-patch dialect of a PATCH, from its media type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum PatchDialect {
+    /// `application/openstack-images-v2.0-json-patch`: draft-04 style, `{"replace": "/name"}`.
+    V2_0,
+    /// `application/openstack-images-v2.1-json-patch`: RFC 6902 style, `{"op": "replace"}`.
+    V2_1,
+}
+
 /// One JSON-patch operation, normalized from either patch dialect.
 struct PatchOperation {
     op: String,
@@ -235,7 +248,7 @@ struct PatchOperation {
     value: Option<Value>,
 }
 
-fn parse_patch(body: &Value, dialect_v2_0: bool) -> Result<Vec<PatchOperation>, Error> {
+fn parse_patch(body: &Value, dialect: PatchDialect) -> Result<Vec<PatchOperation>, Error> {
     let Some(items) = body.as_array() else {
         return Err(Error::bad_request(
             "The request body must be a JSON array of patch operations",
@@ -248,7 +261,7 @@ fn parse_patch(body: &Value, dialect_v2_0: bool) -> Result<Vec<PatchOperation>, 
                 "Each patch operation must be a JSON object",
             ));
         };
-        let (op, path) = if dialect_v2_0 {
+        let (op, path) = if dialect == PatchDialect::V2_0 {
             // The older dialect names the operation as the key: {"replace": "/name", "value": ..}.
             let found = ["add", "remove", "replace"]
                 .iter()
@@ -316,6 +329,7 @@ fn parse_pointer(pointer: &str) -> Result<String, Error> {
 
 fn apply_patch(
     record: &mut ImageRecord,
+    dialect: PatchDialect,
     operations: &[PatchOperation],
     caller: &Caller,
 ) -> Result<(), Error> {
@@ -337,8 +351,14 @@ fn apply_patch(
                 }
             }
             op => {
-                if op == "replace" && !is_core(key) && !record.properties.contains_key(key) {
+                let present = is_core(key) || record.properties.contains_key(key);
+                if op == "replace" && !present {
                     return Err(Error::conflict(format!("Property {key} does not exist")));
+                }
+                // The 2.0 dialect follows draft-04 JSON patch, where `add` does not replace;
+                // Glance counts every core attribute as present.
+                if op == "add" && dialect == PatchDialect::V2_0 && present {
+                    return Err(Error::conflict(format!("Property {key} already present")));
                 }
                 apply_property(
                     record,
@@ -372,9 +392,9 @@ pub async fn update_image(
                 .to_ascii_lowercase()
         })
         .unwrap_or_default();
-    let dialect_v2_0 = match content_type.as_str() {
-        PATCH_V2_1 => false,
-        PATCH_V2_0 => true,
+    let dialect = match content_type.as_str() {
+        PATCH_V2_1 => PatchDialect::V2_1,
+        PATCH_V2_0 => PatchDialect::V2_0,
         other => {
             return Err(Error::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -391,13 +411,13 @@ pub async fn update_image(
     let bytes = read_small_body(request, &state).await?;
     let body: Value = serde_json::from_slice(&bytes)
         .map_err(|_| Error::bad_request("Malformed JSON in request body."))?;
-    let operations = parse_patch(&body, dialect_v2_0)?;
+    let operations = parse_patch(&body, dialect)?;
     let record = modify_image(
         &state,
         caller,
         &image_id,
         "modify_image",
-        move |record, caller| apply_patch(record, &operations, caller),
+        move |record, caller| apply_patch(record, dialect, &operations, caller),
     )
     .await?;
     Ok(Json(image_view(&record)))

@@ -6,6 +6,7 @@
 //! - A TLS handshake must finish within `HANDSHAKE_TIMEOUT`, and request headers must arrive
 //!   within `HEADER_READ_TIMEOUT` (hyper only enforces this with a timer installed, which is
 //!   done here).
+//! - A request head (request line and headers) larger than `MAX_HEAD_BYTES` gets 431.
 //! - On shutdown, the listener closes and open connections finish their current request,
 //!   for at most `DRAIN_TIMEOUT`.
 //!
@@ -36,8 +37,8 @@ pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time open requests get to finish after shutdown is requested.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
-/// Largest request head (request line plus headers) accepted.
-const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// Largest request head (request line plus headers) accepted; larger ones get 431.
+pub const MAX_HEAD_BYTES: usize = 64 * 1024;
 
 /// Where a request came from.
 #[derive(Clone, Copy, Debug)]
@@ -115,6 +116,10 @@ pub async fn serve(
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT)
+        // `max_buf_size` alone does not bound the head: one read may fill the buffer past it,
+        // and a head that arrived whole in that read is accepted. `max_header_size` checks the
+        // parsed head itself.
+        .max_header_size(MAX_HEAD_BYTES)
         .max_buf_size(MAX_HEAD_BYTES);
     let builder = Arc::new(builder);
     tokio::pin!(shutdown);
@@ -144,7 +149,8 @@ pub async fn serve(
         let app = app.clone();
         let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
             request.extensions_mut().insert(connection);
-            app.clone().oneshot(request.map(Body::new))
+            app.clone()
+                .oneshot(super::negotiate_version(request.map(Body::new)))
         });
         let watcher = graceful.watcher();
         let builder = builder.clone();

@@ -2,7 +2,8 @@
 //!
 //! Only `shared` images have members. The owning project adds and removes members; a member
 //! project accepts or rejects (or, again, leaves pending) the share. Owners and admins see every
-//! member of an image, a member project only its own membership.
+//! member of an image, a member project only its own membership. Showing one member answers
+//! every refusal with 404, as Glance does; the other calls refuse with 403.
 
 use axum::Json;
 use axum::extract::{Path, State};
@@ -128,10 +129,16 @@ pub async fn show_member(
     Path((image_id, member)): Path<(String, String)>,
 ) -> Result<Json<Value>, Error> {
     let image = load_visible(&state, &caller, &image_id).await?;
-    if !caller.can_read_members(&image) {
-        return Err(Error::not_authorized("get_member"));
+    // Unlike the other member calls, Glance answers every refusal here with 404, so that
+    // asking for one membership reveals nothing about the image or its members.
+    let refused = if !caller.can_read_members(&image) {
+        Err(Error::not_authorized("get_member"))
+    } else {
+        only_shared(&image, "show")
+    };
+    if let Err(error) = refused {
+        return Err(Error::not_found(error.message));
     }
-    only_shared(&image, "show")?;
     if !caller.sees_every_member(&image) && member != caller.project_id {
         return Err(no_member(&image_id, &member));
     }

@@ -1,7 +1,8 @@
 //! The HTTP face of ocellus: the only code that knows URLs, headers, JSON and Glance's error
 //! bodies.
 //!
-//! `router` is the whole route table. Handlers live one file per resource (`images`,
+//! `router` is the whole route table; `negotiate_version` rewrites a request's path before
+//! it, as Glance's version negotiation does. Handlers live one file per resource (`images`,
 //! `image_data`, `tags`, `discovery`); wire formats in `wire`; list parameters in `list_query`;
 //! the caller's identity in `auth`. Every response passes through `finish_response`, which adds
 //! `x-openstack-request-id`, renders error bodies and logs the request.
@@ -30,7 +31,7 @@ use axum::http::request::Parts;
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{MethodRouter, get, post, put};
+use axum::routing::{MethodRouter, any, get, post, put};
 
 pub use error::Error;
 pub use listener::serve;
@@ -61,6 +62,7 @@ pub fn router(state: AppState) -> Router {
         .route("/", resource("GET", get(discovery::versions_root)))
         .route("/versions", resource("GET", get(discovery::versions)))
         .route("/healthcheck", resource("GET", get(discovery::healthcheck)))
+        .route("/v2", any(discovery::v2_redirect))
         .route(
             "/v2/schemas/image",
             resource("GET", get(discovery::image_schema)),
@@ -167,9 +169,29 @@ pub fn router(state: AppState) -> Router {
             "/ocellus/v1/keys/{key_id}",
             resource("DELETE", axum::routing::delete(admin::revoke_key)),
         )
-        .fallback(|| async { Error::not_found("The resource could not be found.") })
+        .fallback(discovery::unrouted)
         .layer(middleware::from_fn(finish_response))
         .with_state(state)
+}
+
+/// Glance's version negotiation, which happens before routing: a request for `/v2.1/images`
+/// is served as `/v2/images` (see `discovery`).
+pub fn negotiate_version(mut request: Request) -> Request {
+    let Some(path) = discovery::negotiated_path(request.uri().path()) else {
+        return request;
+    };
+    let path_and_query = match request.uri().query() {
+        Some(query) => format!("{path}?{query}"),
+        None => path,
+    };
+    let mut parts = request.uri().clone().into_parts();
+    if let Ok(path_and_query) = path_and_query.parse() {
+        parts.path_and_query = Some(path_and_query);
+        if let Ok(uri) = axum::http::Uri::from_parts(parts) {
+            *request.uri_mut() = uri;
+        }
+    }
+    request
 }
 
 /// Adds Glance's 405 answers to a route: for methods it lacks, and for HEAD, which axum would

@@ -90,6 +90,67 @@ async fn ranges_are_served_and_checked() {
     assert_eq!(response.headers()["content-range"], "bytes */12296");
 }
 
+/// Issue 9: as in Glance, a byte range that cannot be parsed (or ends before it starts) is
+/// 416, and several ranges are 400; a Range in another unit is ignored (RFC 9110 requires it).
+#[tokio::test]
+async fn issue9_malformed_and_multiple_ranges_are_refused() {
+    let server = Server::start().await;
+    let bytes = random_bytes(100, 2);
+    let id = &server.create_raw().await;
+    assert_eq!(
+        server.upload(id, bytes.clone()).await,
+        StatusCode::NO_CONTENT
+    );
+    let file = format!("/v2/images/{id}/file");
+    let cases = [
+        ("bytes=abc-def", StatusCode::RANGE_NOT_SATISFIABLE),
+        ("bytes=5-2", StatusCode::RANGE_NOT_SATISFIABLE),
+        ("bytes=-", StatusCode::RANGE_NOT_SATISFIABLE),
+        ("bytes=", StatusCode::RANGE_NOT_SATISFIABLE),
+        ("bytes=0-1,5-6", StatusCode::BAD_REQUEST),
+        ("bytes=0-1, -5", StatusCode::BAD_REQUEST),
+    ];
+    for (range, expected) in cases {
+        let response = server
+            .request(Method::GET, &file)
+            .header("Range", range)
+            .header("Accept", "application/json")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), expected, "{range}");
+        if expected == StatusCode::RANGE_NOT_SATISFIABLE {
+            assert_eq!(
+                response.headers()["content-range"],
+                "bytes */100",
+                "{range}"
+            );
+        }
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(
+            body["code"],
+            format!(
+                "{} {}",
+                expected.as_u16(),
+                if expected == StatusCode::BAD_REQUEST {
+                    "Bad Request"
+                } else {
+                    "Request Range Not Satisfiable"
+                }
+            ),
+            "{range}"
+        );
+    }
+    let response = server
+        .request(Method::GET, &file)
+        .header("Range", "items=0-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.bytes().await.unwrap().as_ref(), bytes.as_slice());
+}
+
 #[tokio::test]
 async fn chunked_upload_streams() {
     let server = Server::start().await;

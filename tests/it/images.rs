@@ -36,6 +36,66 @@ async fn versions_document_lists_served_versions_with_absolute_links() {
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
 
+/// Issue 9: Glance's version negotiation. `/v2` redirects to `/v2/` (Glance's router does so
+/// for an empty path); a served minor version in the URL (`/v2.1/images`) stands for `/v2`; any
+/// other first path segment, an unknown or unserved version included, gets the versions
+/// document with 300.
+#[tokio::test]
+async fn issue9_version_prefixes_are_negotiated_as_glance_does() {
+    let server = Server::start().await;
+    let (_, versions) = server.json(server.request(Method::GET, "/")).await;
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    for path in ["/v2", "/v2.1"] {
+        let response = client.get(server.url(path)).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::FOUND, "{path}");
+        assert_eq!(
+            response.headers()["location"],
+            format!("{}/v2/", server.base).as_str(),
+            "{path}"
+        );
+        assert!(response.headers().contains_key("x-openstack-request-id"));
+        assert!(response.bytes().await.unwrap().is_empty(), "{path}");
+    }
+
+    let image = server.create(json!({"name": "negotiated"})).await;
+    let id = image["id"].as_str().unwrap();
+    for prefix in ["/v2.0", "/v2.1", "/v2.7"] {
+        let (status, shown) = server
+            .json(server.request(Method::GET, &format!("{prefix}/images/{id}?x=1")))
+            .await;
+        assert_eq!((status, &shown), (StatusCode::OK, &image), "{prefix}");
+    }
+
+    for (method, path) in [
+        (Method::GET, "/v9/images"),
+        (Method::GET, "/v1/images"),
+        (Method::GET, "/v1x"),
+        (Method::GET, "/v2.6/images"),
+        (Method::GET, "/v2.99/images"),
+        (Method::GET, "/images"),
+        (Method::POST, "/v9/images"),
+    ] {
+        let (status, body) = server.json(server.request(method.clone(), path)).await;
+        assert_eq!(
+            (status, &body),
+            (StatusCode::MULTIPLE_CHOICES, &versions),
+            "{method} {path}"
+        );
+    }
+    for path in [
+        "/v2/",
+        "/v2/nonexistent",
+        "/v2.1/nonexistent",
+        "/ocellus/v2",
+    ] {
+        let (status, _) = server.json(server.request(Method::GET, path)).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{path}");
+    }
+}
+
 #[tokio::test]
 async fn schemas_are_served() {
     let server = Server::start().await;
@@ -78,7 +138,9 @@ async fn create_applies_glance_defaults_and_headers() {
         headers["location"],
         format!("{}/v2/images/{id}", server.base).as_str()
     );
-    assert!(headers.contains_key("openstack-image-import-methods"));
+    // Issue 9: no import method is served, and an empty header field is not allowed (RFC 9110),
+    // so the header is left out, as Glance does when `enabled_import_methods` is empty.
+    assert!(!headers.contains_key("openstack-image-import-methods"));
     assert_eq!(headers["openstack-image-store-ids"], "fs");
     assert!(
         headers["x-openstack-request-id"]
@@ -226,7 +288,7 @@ async fn errors_are_html_by_default_and_json_on_request() {
         json!({"message": "No image found with ID 00000000-0000-0000-0000-000000000000<br /><br />\n\n\n",
                "code": "404 Not Found", "title": "Not Found"})
     );
-    for path in ["/v2/images/not-a-uuid", "/v2/nonexistent", "/v1x"] {
+    for path in ["/v2/images/not-a-uuid", "/v2/nonexistent", "/v2/"] {
         let (status, _) = server.json(server.request(Method::GET, path)).await;
         assert_eq!(status, StatusCode::NOT_FOUND, "{path}");
     }
@@ -389,6 +451,55 @@ async fn patch_follows_glance_rules() {
         .patch("00000000-0000-0000-0000-000000000000", json!([]))
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+/// Issue 9: in the older patch dialect (`application/openstack-images-v2.0-json-patch`), `add`
+/// of a property the image already has is a conflict; Glance counts every core attribute as
+/// present. The 2.1 dialect's `add` replaces.
+#[tokio::test]
+async fn issue9_v2_0_patch_add_of_a_present_property_is_409() {
+    let server = Server::start().await;
+    let image = server
+        .create(json!({"name": "golden", "os_distro": "debian"}))
+        .await;
+    let id = image["id"].as_str().unwrap();
+    let patch_v2_0 = |operations: Value| {
+        server
+            .request(Method::PATCH, &format!("/v2/images/{id}"))
+            .header(
+                "Content-Type",
+                "application/openstack-images-v2.0-json-patch",
+            )
+            .header("Accept", "application/json")
+            .body(operations.to_string())
+    };
+    for operations in [
+        json!([{"add": "/os_distro", "value": "ubuntu"}]),
+        json!([{"add": "/name", "value": "renamed"}]),
+        json!([{"add": "/min_ram", "value": 512}]),
+        json!([{"add": "/fresh", "value": "x"}, {"add": "/fresh", "value": "y"}]),
+    ] {
+        let (status, body) = server.json(patch_v2_0(operations.clone())).await;
+        assert_eq!(status, StatusCode::CONFLICT, "{operations}: {body}");
+        assert_eq!(body["code"], "409 Conflict");
+    }
+    let (_, unchanged) = server.show(id).await;
+    assert_eq!(unchanged, image);
+
+    let (status, patched) = server
+        .json(patch_v2_0(json!([{"add": "/fresh", "value": "x"}])))
+        .await;
+    assert_eq!((status, &patched["fresh"]), (StatusCode::OK, &json!("x")));
+    let (status, patched) = server
+        .patch(
+            id,
+            json!([{"op": "add", "path": "/os_distro", "value": "ubuntu"},
+                   {"op": "add", "path": "/name", "value": "renamed"}]),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{patched}");
+    assert_eq!(patched["os_distro"], "ubuntu");
+    assert_eq!(patched["name"], "renamed");
 }
 
 #[tokio::test]

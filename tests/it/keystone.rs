@@ -350,6 +350,98 @@ async fn admin_endpoint_creates_lists_and_revokes_keys() {
     );
 }
 
+/// Runs `ocellus key create` for project `cli` with `arguments` in `cwd`, with no `OCELLUS_*`
+/// variables; returns whether it succeeded, its stdout and its stderr.
+async fn key_create_command(
+    cwd: &std::path::Path,
+    arguments: Vec<String>,
+) -> (bool, String, String) {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_ocellus"));
+    command
+        .args([
+            "key",
+            "create",
+            "--project",
+            "cli",
+            "--role",
+            "member",
+            "--json",
+        ])
+        .args(arguments)
+        .current_dir(cwd);
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("OCELLUS_") {
+            command.env_remove(name);
+        }
+    }
+    let output = tokio::task::spawn_blocking(move || command.output())
+        .await
+        .unwrap()
+        .expect("the ocellus binary runs");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// Issue 9: `ocellus key create --url URL --data-dir DIR` authenticates with DIR's bootstrap
+/// key, as `--help` says; `--url` alone does not send the default data directory's key to
+/// whatever server the URL names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue9_key_create_with_url_sends_the_named_data_dirs_bootstrap_key() {
+    let (server, admin) = start_keys_server(0).await;
+    let cwd = tempfile::tempdir().unwrap();
+    // The working directory holds a copy of the key as ./ocellus-data, the default data dir.
+    let default_data_dir = cwd.path().join("ocellus-data");
+    std::fs::create_dir(&default_data_dir).unwrap();
+    std::fs::write(
+        default_data_dir.join(ocellus::BOOTSTRAP_KEY_FILE),
+        format!("{admin}\n"),
+    )
+    .unwrap();
+
+    let (succeeded, stdout, stderr) = key_create_command(
+        cwd.path(),
+        vec![
+            "--url".into(),
+            server.base.clone(),
+            "--data-dir".into(),
+            server.data_dir().display().to_string(),
+            "--name".into(),
+            "made-by-cli".into(),
+        ],
+    )
+    .await;
+    assert!(succeeded, "stdout: {stdout}\nstderr: {stderr}");
+    let created: Value = serde_json::from_str(&stdout).expect("--json prints JSON");
+    assert_eq!(created["name"], "made-by-cli");
+    assert_eq!(created["project"], "cli");
+    let made = text(&created, "/key");
+    assert_eq!(images_with(&server, &made).await, StatusCode::OK);
+
+    let (succeeded, stdout, stderr) = key_create_command(
+        cwd.path(),
+        vec![
+            "--url".into(),
+            server.base.clone(),
+            "--name".into(),
+            "not-made".into(),
+        ],
+    )
+    .await;
+    assert!(!succeeded, "stdout: {stdout}");
+    assert!(stderr.contains("401"), "stderr: {stderr}");
+    let listing = list_keys(&server, &admin).await;
+    let names: Vec<&str> = listing.body["keys"]
+        .as_array()
+        .expect("a keys array")
+        .iter()
+        .map(|key| key["name"].as_str().expect("a key name"))
+        .collect();
+    assert!(!names.contains(&"not-made"), "{names:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_endpoint_refuses_non_admins_duplicates_and_bad_requests() {
     let (server, admin) = start_keys_server(0).await;

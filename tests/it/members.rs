@@ -205,3 +205,38 @@ async fn an_image_has_at_most_128_members() {
     let (_, listing) = server.json(server.request(Method::GET, &members)).await;
     assert_eq!(listing["members"].as_array().unwrap().len(), 128);
 }
+
+/// Issue 9: showing a member of an image that is not shared is 404, not 403: Glance turns every
+/// refusal of that call into 404 so as not to reveal anything. Listing members stays 403.
+#[tokio::test]
+async fn issue9_member_of_an_unshared_image_is_404() {
+    let server = Server::start().await;
+    for visibility in ["private", "public", "community"] {
+        let image = server.create(json!({"visibility": visibility})).await;
+        let members = format!("/v2/images/{}/members", image["id"].as_str().unwrap());
+        let (status, body) = server
+            .json(
+                server
+                    .request(Method::GET, &format!("{members}/beta"))
+                    .header("Accept", "application/json"),
+            )
+            .await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{visibility}: {body}");
+        assert_eq!(body["code"], "404 Not Found", "{visibility}");
+        let (status, _) = server.json(server.request(Method::GET, &members)).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{visibility}");
+    }
+
+    // A project that sees a public image but may not read its members gets 404 as well.
+    let image = server.create(json!({"visibility": "public"})).await;
+    let member = format!("/v2/images/{}/members/beta", image["id"].as_str().unwrap());
+    let (status, _) = server
+        .json(
+            server
+                .request(Method::GET, &member)
+                .header("X-Project-Id", "beta")
+                .header("X-Roles", "member"),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
