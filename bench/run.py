@@ -19,6 +19,10 @@ loopback with a fresh data directory, and measures in the same run:
 - `GET /v2/images/{id}` with wrk (16 connections, 10 s), lab mode and with an
   API key;
 - peak RSS idle, during one 1 GiB upload and during 8 parallel ones;
+- cold downloads (blob evicted from the page cache) against the device's own
+  sequential read rate (dd iflag=direct bs=4M on the same blob);
+- metadata p99 and server threads while 300 slow uploads and 600 slow
+  downloads are held open (tests/system/crowd.py);
 - cold start to the first answered request with 10,000 images.
 
 It prints one table (figure, limit, ratio, target) and writes it as JSON.
@@ -495,6 +499,16 @@ def main():
         figures["rss_eight_uploads_mib"] = eight_uploads.peak_mib
         server.stop()
         servers.remove(server)
+
+        # Metadata latency under a crowd of slow transfers (300 uploads and 600 downloads held
+        # open), measured by the system test of the same name against the release binary.
+        log("metadata under 300 slow uploads and 600 slow downloads")
+        crowd = subprocess.run([sys.executable, str(ROOT / "tests" / "system" / "crowd.py"), str(BIN),
+                                "--seconds", "10"], timeout=TIMEOUT, text=True, capture_output=True)
+        crowd_figures = json.loads(crowd.stdout.strip().splitlines()[-1])
+        figures["crowd_metadata_p99_ms"] = crowd_figures["metadata_p99_ms"]
+        figures["crowd_max_threads"] = crowd_figures["max_threads"]
+        figures["crowd"] = crowd_figures
     finally:
         for server in servers:
             server.stop()
@@ -530,6 +544,10 @@ def report(figures, args):
         ("RSS peak, 1 upload", figures["rss_one_upload_mib"], "MiB", None, "<= 64", figures["rss_one_upload_mib"] <= 64),
         ("RSS peak, 8 uploads", figures["rss_eight_uploads_mib"], "MiB", None, "<= 128",
          figures["rss_eight_uploads_mib"] <= 128),
+        ("metadata p99, crowd of 900", figures["crowd_metadata_p99_ms"], "ms", None, "<= 100",
+         figures["crowd_metadata_p99_ms"] <= 100 and figures["crowd"]["pass"]),
+        ("server threads, crowd of 900", figures["crowd_max_threads"], "", None, "<= 64",
+         figures["crowd_max_threads"] <= 64),
         (f"cold start ({figures['cold_start_images']} images)", figures["cold_start_ms"], "ms", None, "<= 200",
          figures["cold_start_ms"] <= 200),
     ]
