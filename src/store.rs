@@ -32,7 +32,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use crate::blob::inspect::Inspection;
 use crate::blob::local::LocalDir;
 use crate::blob::pool::TransferPool;
-use crate::blob::{Backend, BlobError, BlobStore, ReceiveLimits, Received};
+use crate::blob::{Backend, BlobError, BlobStore, ReceiveLimits, Received, Space};
 use crate::kv::{
     AddMember, CreateKey, Digest, ImageData, ImageRecord, InsertOutcome, KeyRecord, Kv, KvError,
     ListOutcome, ListRequest, MemberRecord, MemberStatus, NewKey,
@@ -491,14 +491,12 @@ impl Store {
     }
 
     /// The free space kept back for metadata on this backend.
-    fn keep_free(&self) -> Result<u64, StoreError> {
-        Ok(
-            match (self.limits.min_free_space, self.backend().space()?) {
-                (Some(bytes), _) => bytes,
-                (None, Some(space)) => (space.total / 20).min(DEFAULT_RESERVE),
-                (None, None) => 0,
-            },
-        )
+    fn keep_free(&self, space: Option<Space>) -> u64 {
+        match (self.limits.min_free_space, space) {
+            (Some(bytes), _) => bytes,
+            (None, Some(space)) => (space.total / 20).min(DEFAULT_RESERVE),
+            (None, None) => 0,
+        }
     }
 
     /// Runs the upload protocol for image `id`: `start` checks and moves the image to `saving`
@@ -523,11 +521,12 @@ impl Store {
         // Room is checked against the declared size before the image moves to `saving`, so a
         // refusal leaves it `queued`; other refusals of `start` come first.
         let store = self.clone();
-        let (record, reservation) = blocking(move || {
-            let keep_free = store.keep_free().map_err(E::from)?;
+        let (record, reservation, keep_free) = blocking(move || {
+            let space = store.backend().space().map_err(StoreError::from)?;
+            let keep_free = store.keep_free(space);
             // With no declared size, an upload is refused only when nothing at all is left
             // above the reserve; the writer watches the reserve as it goes.
-            let room = match store.backend().space().map_err(StoreError::from)? {
+            let room = match space {
                 Some(space) => {
                     let available = space
                         .free
@@ -546,7 +545,7 @@ impl Store {
                 }
             })?;
             let reservation = Reservation::new(store.clone(), request.declared.unwrap_or(0));
-            Ok::<_, E>((record, reservation))
+            Ok::<_, E>((record, reservation, keep_free))
         })
         .await??;
         let Some(change) = record else {
@@ -558,7 +557,7 @@ impl Store {
             armed: true,
         };
         let outcome = self
-            .receive_and_attach(change.record, body, request, accept, finish)
+            .receive_and_attach(change.record, body, request, keep_free, accept, finish)
             .await;
         drop(reservation);
         // Failures answer only after the image is queued again, so a client may retry at once.
@@ -575,6 +574,7 @@ impl Store {
         record: ImageRecord,
         body: S,
         request: UploadRequest,
+        keep_free: u64,
         accept: impl FnOnce(&ImageRecord, Uploaded<'_>) -> Result<Option<u64>, E>,
         finish: impl FnOnce(&mut ImageRecord, ImageData) -> Result<(), E> + Send + 'static,
     ) -> Result<ImageRecord, E>
@@ -586,7 +586,7 @@ impl Store {
         let exact = request.declared.filter(|_| request.declared_exact);
         let limits = ReceiveLimits {
             max_size: exact.unwrap_or(request.cap).min(request.cap),
-            keep_free: self.keep_free().map_err(E::from)?,
+            keep_free,
         };
         let received = match self.blobs.receive(body, limits).await {
             Ok(received) => received,
