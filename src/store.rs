@@ -686,11 +686,9 @@ impl Store {
         let digest = data.digest;
         let pin = Pin::new(self.clone(), digest);
         let store = self.clone();
-        let source = blocking(move || Ok::<_, StoreError>(store.blobs.open(digest)?)).await??;
-        let verify = first == 0 && length == data.size;
-        Ok(self
-            .blobs
-            .read(source, digest, first, length, verify, (slot, pin)))
+        let size = data.size;
+        let blob = blocking(move || Ok::<_, StoreError>(store.blobs.open(digest, size)?)).await??;
+        Ok(self.blobs.read(blob, first, length, (slot, pin)))
     }
 
     /// Removes the blobs that a committed change left without references.

@@ -2,12 +2,18 @@
 //!
 //! Layout under the data directory:
 //! - `blobs/<2 hex>/<2 hex>/<64 hex>`: one file per distinct content, named by its BLAKE3
-//!   digest;
-//! - `tmp/<uuid>.part`: uploads in progress, on the same filesystem so that a rename publishes
-//!   them atomically;
-//! - `quarantine/<64 hex>`: blobs no image referenced when the server started, kept until the
-//!   grace period is over (an older database restored beside newer blobs must not cost their
-//!   bytes).
+//!   digest, and beside it `<64 hex>.obao`, its outboard (`outboard`; none for blobs of one
+//!   16 KiB group, whose outboard is empty);
+//! - `tmp/<uuid>.part` and `tmp/<uuid>.obao.part`: uploads in progress, on the same filesystem
+//!   so that a rename publishes them atomically;
+//! - `quarantine/<64 hex>` (and its `.obao`): blobs no image referenced when the server started,
+//!   kept until the grace period is over (an older database restored beside newer blobs must not
+//!   cost their bytes).
+//!
+//! An outboard is placed before its blob and removed after it, so a crash leaves at worst an
+//! outboard without a blob (ignored, and replaced by the same bytes when the content comes
+//! again) and never a blob whose outboard is missing for any reason other than its age: blobs
+//! stored before outboards existed get one when first read.
 //!
 //! Only server-computed digests and random UUIDs ever become paths.
 
@@ -50,21 +56,58 @@ impl LocalDir {
         let hex = digest.to_hex();
         self.blobs_dir.join(&hex[0..2]).join(&hex[2..4]).join(hex)
     }
+
+    /// Where the blob's outboard lives.
+    pub fn outboard_path(&self, digest: Digest) -> PathBuf {
+        with_outboard_suffix(self.path(digest))
+    }
 }
 
-/// An upload's temp file; removed when dropped unless it was placed.
+const OUTBOARD_SUFFIX: &str = ".obao";
+
+fn with_outboard_suffix(path: PathBuf) -> PathBuf {
+    let mut name = path.into_os_string();
+    name.push(OUTBOARD_SUFFIX);
+    PathBuf::from(name)
+}
+
+fn is_outboard(path: &Path) -> bool {
+    path.file_name()
+        .and_then(|name| name.to_str())
+        .is_some_and(|name| name.ends_with(OUTBOARD_SUFFIX))
+}
+
+/// Renames `from` to `to` if `from` exists; true if it did.
+fn rename_if_present(from: &Path, to: &Path) -> io::Result<bool> {
+    match fs::rename(from, to) {
+        Ok(()) => Ok(true),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(error) => Err(error),
+    }
+}
+
+fn remove_if_present(path: &Path) -> io::Result<()> {
+    match fs::remove_file(path) {
+        Err(error) if error.kind() != io::ErrorKind::NotFound => Err(error),
+        _ => Ok(()),
+    }
+}
+
+/// An upload's temp file and, once the upload passes 16 KiB, its outboard's; removed when
+/// dropped unless they were placed.
 struct LocalTemp {
     path: Option<PathBuf>,
     writer: TempWriter,
+    outboard: Option<(PathBuf, File)>,
 }
 
 impl Drop for LocalTemp {
     fn drop(&mut self) {
-        if let Some(path) = self.path.take()
-            && let Err(error) = fs::remove_file(&path)
-            && error.kind() != io::ErrorKind::NotFound
-        {
-            tracing::warn!(path = %path.display(), %error, "could not remove temp blob");
+        let outboard = self.outboard.take().map(|(path, _)| path);
+        for path in self.path.take().into_iter().chain(outboard) {
+            if let Err(error) = remove_if_present(&path) {
+                tracing::warn!(path = %path.display(), %error, "could not remove temp blob");
+            }
         }
     }
 }
@@ -74,8 +117,29 @@ impl TempObject for LocalTemp {
         self.writer.write(bytes)
     }
 
+    fn write_outboard(&mut self, bytes: &[u8]) -> io::Result<()> {
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        if self.outboard.is_none() {
+            let blob = self
+                .path
+                .as_ref()
+                .expect("temp blob has a path until placed");
+            let path = blob.with_extension(format!("{}.part", &OUTBOARD_SUFFIX[1..]));
+            let file = File::options().append(true).create_new(true).open(&path)?;
+            self.outboard = Some((path, file));
+        }
+        let (_, file) = self.outboard.as_mut().expect("opened above");
+        io::Write::write_all(file, bytes)
+    }
+
     fn finish(&mut self) -> io::Result<()> {
-        self.writer.finish()
+        self.writer.finish()?;
+        if let Some((_, file)) = &self.outboard {
+            file.sync_all()?;
+        }
+        Ok(())
     }
 
     fn into_any(self: Box<Self>) -> Box<dyn std::any::Any> {
@@ -83,18 +147,42 @@ impl TempObject for LocalTemp {
     }
 }
 
-struct LocalReader(File);
+struct LocalReader {
+    blob: File,
+    outboard: Option<File>,
+}
 
 impl BlobReader for LocalReader {
     fn read_at(&self, buffer: &mut [u8], offset: u64) -> io::Result<usize> {
-        self.0.read_at(buffer, offset)
+        self.blob.read_at(buffer, offset)
     }
 
     fn prefetch(&self, offset: u64, length: u64) {
         // Starts the reads into the page cache without waiting for them; only a hint.
         if let Some(length) = std::num::NonZeroU64::new(length) {
-            let _ =
-                rustix::fs::fadvise(&self.0, offset, Some(length), rustix::fs::Advice::WillNeed);
+            let _ = rustix::fs::fadvise(
+                &self.blob,
+                offset,
+                Some(length),
+                rustix::fs::Advice::WillNeed,
+            );
+        }
+    }
+
+    fn outboard_len(&self) -> io::Result<Option<u64>> {
+        self.outboard
+            .as_ref()
+            .map(|file| file.metadata().map(|metadata| metadata.len()))
+            .transpose()
+    }
+
+    fn read_outboard_at(&self, buffer: &mut [u8], offset: u64) -> io::Result<()> {
+        match &self.outboard {
+            Some(file) => file.read_exact_at(buffer, offset),
+            None => Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                "the blob has no outboard",
+            )),
         }
     }
 }
@@ -106,6 +194,7 @@ impl Backend for LocalDir {
         Ok(Box::new(LocalTemp {
             path: Some(path),
             writer,
+            outboard: None,
         }))
     }
 
@@ -115,16 +204,31 @@ impl Backend for LocalDir {
             .downcast::<LocalTemp>()
             .map_err(|_| io::Error::other("a temp object of another backend"))?;
         let target = self.path(digest);
+        let outboard_target = self.outboard_path(digest);
+        let parent = target.parent().expect("blob paths have parents");
         if target.exists() {
-            // Dedupe: the content is stored already; the temp file goes when `temp` drops.
+            // Dedupe: the content is stored already; the temp files go when `temp` drops. A
+            // blob stored before outboards existed adopts this upload's.
+            if let Some((source, _)) = &temp.outboard
+                && !outboard_target.exists()
+            {
+                fs::rename(source, &outboard_target)?;
+                temp.outboard = None;
+                sync_directory(parent)?;
+            }
             return Ok(());
         }
-        let parent = target.parent().expect("blob paths have parents");
         if !parent.exists() {
             fs::create_dir_all(parent)?;
             // New directories must themselves be durable for the rename below to survive.
             sync_directory(&self.blobs_dir)?;
             sync_directory(parent.parent().expect("blob fan-out has two levels"))?;
+        }
+        // The outboard first: a crash between the renames leaves an outboard without its blob,
+        // which nothing reads, rather than a blob without its outboard.
+        if let Some((source, _)) = &temp.outboard {
+            fs::rename(source, &outboard_target)?;
+            temp.outboard = None;
         }
         let source = temp.path.take().expect("temp blob has a path until placed");
         if let Err(error) = fs::rename(&source, &target) {
@@ -136,11 +240,8 @@ impl Backend for LocalDir {
 
     fn remove(&self, digest: Digest) -> io::Result<()> {
         let path = self.path(digest);
-        match fs::remove_file(&path) {
-            Ok(()) => {}
-            Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(()),
-            Err(error) => return Err(error),
-        }
+        remove_if_present(&path)?;
+        remove_if_present(&self.outboard_path(digest))?;
         match path.parent() {
             Some(parent) => sync_directory(parent),
             None => Ok(()),
@@ -148,10 +249,33 @@ impl Backend for LocalDir {
     }
 
     fn open(&self, digest: Digest) -> io::Result<Arc<dyn BlobReader>> {
-        let file = File::open(self.path(digest))?;
+        let blob = File::open(self.path(digest))?;
         // Downloads read front to back: a larger kernel readahead keeps more of the disk busy.
-        let _ = rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::Sequential);
-        Ok(Arc::new(LocalReader(file)))
+        let _ = rustix::fs::fadvise(&blob, 0, None, rustix::fs::Advice::Sequential);
+        let outboard = match File::open(self.outboard_path(digest)) {
+            Ok(file) => Some(file),
+            Err(error) if error.kind() == io::ErrorKind::NotFound => None,
+            Err(error) => return Err(error),
+        };
+        Ok(Arc::new(LocalReader { blob, outboard }))
+    }
+
+    fn put_outboard(&self, digest: Digest, outboard: &[u8]) -> io::Result<()> {
+        let temp = self
+            .tmp_dir
+            .join(format!("{}{OUTBOARD_SUFFIX}.part", uuid::Uuid::new_v4()));
+        let written = (|| {
+            let mut file = File::options().write(true).create_new(true).open(&temp)?;
+            io::Write::write_all(&mut file, outboard)?;
+            file.sync_all()?;
+            let target = self.outboard_path(digest);
+            fs::rename(&temp, &target)?;
+            sync_directory(target.parent().expect("blob paths have parents"))
+        })();
+        if written.is_err() {
+            let _ = remove_if_present(&temp);
+        }
+        written
     }
 
     fn size(&self, digest: Digest) -> io::Result<Option<u64>> {
@@ -176,6 +300,9 @@ impl Backend for LocalDir {
                 }
                 for blob in fs::read_dir(&level2)? {
                     let blob = blob?.path();
+                    if is_outboard(&blob) {
+                        continue;
+                    }
                     let name = blob.file_name().and_then(|name| name.to_str());
                     match name.and_then(Digest::from_hex) {
                         Some(digest) if self.path(digest) == blob => found.push(digest),
@@ -191,6 +318,12 @@ impl Backend for LocalDir {
 
     fn quarantine(&self, digest: Digest) -> io::Result<()> {
         let target = self.quarantine_dir.join(digest.to_hex());
+        // The outboard first, as in `place`; a blob quarantined without one (stored before
+        // outboards existed) gets one again when read after a restore.
+        rename_if_present(
+            &self.outboard_path(digest),
+            &with_outboard_suffix(target.clone()),
+        )?;
         fs::rename(self.path(digest), &target)?;
         // The rename starts the grace period.
         File::options()
@@ -208,6 +341,10 @@ impl Backend for LocalDir {
         let target = self.path(digest);
         let parent = target.parent().expect("blob paths have parents");
         fs::create_dir_all(parent)?;
+        rename_if_present(
+            &with_outboard_suffix(source.clone()),
+            &self.outboard_path(digest),
+        )?;
         fs::rename(&source, &target)?;
         sync_directory(parent)?;
         sync_directory(&self.quarantine_dir)?;
@@ -216,11 +353,20 @@ impl Backend for LocalDir {
 
     fn expire_quarantine(&self, older_than: SystemTime) -> io::Result<usize> {
         let mut removed = 0;
+        let mut outboards = Vec::new();
         for entry in fs::read_dir(&self.quarantine_dir)? {
-            let entry = entry?;
-            if entry.metadata()?.modified()? < older_than {
-                fs::remove_file(entry.path())?;
+            let path = entry?.path();
+            if is_outboard(&path) {
+                outboards.push(path);
+            } else if fs::metadata(&path)?.modified()? < older_than {
+                fs::remove_file(&path)?;
                 removed += 1;
+            }
+        }
+        // An outboard goes with its blob (its own time is the upload's, not the quarantine's).
+        for outboard in outboards {
+            if !outboard.with_extension("").exists() {
+                fs::remove_file(&outboard)?;
             }
         }
         if removed > 0 {
@@ -230,7 +376,13 @@ impl Backend for LocalDir {
     }
 
     fn quarantined(&self) -> io::Result<usize> {
-        Ok(fs::read_dir(&self.quarantine_dir)?.count())
+        let mut count = 0;
+        for entry in fs::read_dir(&self.quarantine_dir)? {
+            if !is_outboard(&entry?.path()) {
+                count += 1;
+            }
+        }
+        Ok(count)
     }
 
     fn remove_temps(&self) -> io::Result<usize> {
@@ -243,7 +395,15 @@ impl Backend for LocalDir {
     }
 
     fn temps(&self) -> io::Result<usize> {
-        Ok(fs::read_dir(&self.tmp_dir)?.count())
+        // An upload's outboard part belongs to its blob part; count uploads.
+        let mut count = 0;
+        for entry in fs::read_dir(&self.tmp_dir)? {
+            let name = entry?.file_name();
+            if !name.to_string_lossy().ends_with(".obao.part") {
+                count += 1;
+            }
+        }
+        Ok(count)
     }
 
     fn space(&self) -> io::Result<Option<Space>> {

@@ -6,16 +6,19 @@
 //! verification, buffers, the per-digest locks and the transfer pool.
 //!
 //! Receiving copies the body into 1 MiB pooled buffers (`buffers`) and hands each one, shared,
-//! to four stages through bounded channels: the temp-object writer and the MD5, SHA-512 and
-//! BLAKE3 hashers. A stage is an async task that runs each step as a job on the transfer pool
-//! (`pool`), so the four proceed in parallel while no thread waits for a slow client. The temp
-//! object is made durable before `receive` returns. `place` publishes it under its digest (or
-//! drops it when that content exists already).
+//! to three stages through bounded channels: the temp-object writer, which also builds the
+//! blob's BLAKE3 outboard tree (`outboard`; its root is the digest), and the MD5 and SHA-512
+//! hashers. A stage is an async task that runs each step as a job on the transfer pool
+//! (`pool`), so the stages proceed in parallel while no thread waits for a slow client. The
+//! temp object, outboard included, is made durable before `receive` returns. `place` publishes
+//! it under its digest (or drops it when that content exists already).
 //!
 //! Reading runs a small async producer per download that keeps a few reads in flight on the
-//! pool and, for a whole blob, re-hashes the buffers in order. Only the last buffer waits for
-//! the digest: on a mismatch the stream fails, which makes the HTTP layer cut the connection
-//! instead of ending it cleanly.
+//! pool. Every read, whole or ranged, is widened to whole 16 KiB groups and checked against the
+//! outboard (and through it the digest) inside its job, before any of its bytes are handed on;
+//! on a mismatch the stream fails, which makes the HTTP layer cut the connection instead of
+//! ending it cleanly. A blob stored before outboards existed gets one the first time it is
+//! opened, from a full read that is itself checked against the digest.
 //!
 //! Deciding which blobs are still needed is not done here: `store` holds the reference counts
 //! (in redb) and calls `place` and `remove` under `lock`, which serializes the two for a digest.
@@ -23,12 +26,7 @@
 mod buffers;
 pub mod inspect;
 pub mod local;
-// The BLAKE3 outboard for verified ranged reads (issue 9 §4). Built and tested, not yet on the
-// byte paths: until the upload writes outboards and reads verify with them, it is compiled for
-// its tests only.
-#[cfg(test)]
-#[allow(dead_code)]
-mod outboard;
+pub mod outboard;
 pub mod pool;
 mod writer;
 
@@ -44,6 +42,7 @@ use tokio::sync::mpsc;
 
 use crate::kv::Digest;
 use buffers::BufferPool;
+use outboard::{OutboardBuilder, OutboardError, OutboardSource, Verifier};
 use pool::TransferPool;
 
 /// Buffers handed to the writer and hashers are coalesced to about this size.
@@ -67,6 +66,9 @@ const SEND_STALL: std::time::Duration = std::time::Duration::from_secs(60);
 const SPACE_CHECK_EVERY: u64 = 32 << 20;
 /// Number of digest-striped locks.
 const LOCK_STRIPES: usize = 64;
+/// An upload writes its outboard out whenever this much of it is ready, so that the outboard
+/// of a large upload is never held in memory.
+const OUTBOARD_FLUSH: usize = 64 * 1024;
 
 /// Free and total bytes where a backend keeps its blobs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -83,10 +85,12 @@ pub trait Backend: Send + Sync + 'static {
     /// Publishes a finished temp object as the blob `digest`, or drops it when that content is
     /// stored already. Durable when it returns.
     fn place(&self, temp: Box<dyn TempObject>, digest: Digest) -> io::Result<()>;
-    /// Removes a blob; removing a missing one is not an error.
+    /// Removes a blob and its outboard; removing a missing one is not an error.
     fn remove(&self, digest: Digest) -> io::Result<()>;
-    /// Opens a blob for reading.
+    /// Opens a blob (and its outboard, if it has one) for reading.
     fn open(&self, digest: Digest) -> io::Result<Arc<dyn BlobReader>>;
+    /// Stores a blob's outboard, rebuilt for a blob that lacked one. Durable when it returns.
+    fn put_outboard(&self, digest: Digest, outboard: &[u8]) -> io::Result<()>;
     /// The stored size of a blob, `None` if it is missing.
     fn size(&self, digest: Digest) -> io::Result<Option<u64>>;
     /// Every stored blob.
@@ -110,7 +114,9 @@ pub trait Backend: Send + Sync + 'static {
 /// An upload being written. Bytes arrive in order.
 pub trait TempObject: Send {
     fn write(&mut self, bytes: &[u8]) -> io::Result<()>;
-    /// Makes everything written durable.
+    /// Appends to the upload's outboard, which is placed and removed along with it.
+    fn write_outboard(&mut self, bytes: &[u8]) -> io::Result<()>;
+    /// Makes everything written, outboard included, durable.
     fn finish(&mut self) -> io::Result<()>;
     /// For the backend's `place`, to get its own type back.
     fn into_any(self: Box<Self>) -> Box<dyn std::any::Any>;
@@ -121,6 +127,54 @@ pub trait BlobReader: Send + Sync {
     fn read_at(&self, buffer: &mut [u8], offset: u64) -> io::Result<usize>;
     /// A hint that these bytes will be read soon; a backend may start fetching them.
     fn prefetch(&self, _offset: u64, _length: u64) {}
+    /// The length of the blob's stored outboard, `None` if it has none.
+    fn outboard_len(&self) -> io::Result<Option<u64>>;
+    /// Fills `buffer` from the outboard at `offset`.
+    fn read_outboard_at(&self, buffer: &mut [u8], offset: u64) -> io::Result<()>;
+}
+
+/// Where a download's verifier finds the outboard.
+enum StoredOutboard {
+    /// A blob of one group has an empty outboard.
+    Empty,
+    Stored(Arc<dyn BlobReader>),
+    /// Rebuilt, when it could not be stored.
+    Memory(Vec<u8>),
+}
+
+impl OutboardSource for StoredOutboard {
+    fn outboard_len(&self) -> io::Result<u64> {
+        match self {
+            StoredOutboard::Empty => Ok(0),
+            StoredOutboard::Stored(reader) => Ok(reader.outboard_len()?.unwrap_or(0)),
+            StoredOutboard::Memory(bytes) => Ok(bytes.len() as u64),
+        }
+    }
+
+    fn read_exact_at(&self, offset: u64, buffer: &mut [u8]) -> io::Result<()> {
+        match self {
+            StoredOutboard::Empty => Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the outboard is empty",
+            )),
+            StoredOutboard::Stored(reader) => reader.read_outboard_at(buffer, offset),
+            StoredOutboard::Memory(bytes) => bytes.as_slice().read_exact_at(offset, buffer),
+        }
+    }
+}
+
+/// A blob open for verified reads: its bytes and the verifier that checks them.
+pub struct OpenBlob {
+    source: Arc<dyn BlobReader>,
+    verifier: Verifier<StoredOutboard>,
+    digest: Digest,
+}
+
+fn mismatch(error: OutboardError) -> io::Error {
+    match error {
+        OutboardError::Io(error) => error,
+        other => io::Error::new(io::ErrorKind::InvalidData, other.to_string()),
+    }
 }
 
 /// What can go wrong in the blob store.
@@ -247,6 +301,7 @@ impl BlobStore {
         let temp = self.pool.run(move || backend.create_temp()).await??;
         let writer = WriterStage {
             temp,
+            tree: OutboardBuilder::new(),
             backend: self.backend.clone(),
             keep_free: limits.keep_free,
             unchecked: 0,
@@ -261,12 +316,7 @@ impl BlobStore {
                 hasher.update(bytes);
                 Ok(())
             });
-        let (blake3_sender, blake3_task) =
-            stage(&self.pool, blake3::Hasher::new(), |hasher, bytes| {
-                hasher.update(bytes);
-                Ok(())
-            });
-        let senders = [write_sender, md5_sender, sha512_sender, blake3_sender];
+        let senders = [write_sender, md5_sender, sha512_sender];
 
         let mut inspector = inspect::Inspector::new();
         let mut size: u64 = 0;
@@ -320,17 +370,22 @@ impl BlobStore {
         let written = join_stage(write_task).await;
         let md5 = join_stage(md5_task).await;
         let sha512 = join_stage(sha512_task).await;
-        let blake3 = join_stage(blake3_task).await;
         // A failed disk is the server's fault even when the client also went wrong.
-        let mut writer = written?;
+        let writer = written?;
         outcome?;
-        let temp = self
+        let (temp, digest) = self
             .pool
-            .run(move || writer.temp.finish().map(|()| writer.temp))
+            .run(move || {
+                let WriterStage { mut temp, tree, .. } = writer;
+                let (root, rest) = tree.finish();
+                temp.write_outboard(&rest)?;
+                temp.finish()?;
+                Ok::<_, io::Error>((temp, Digest(root)))
+            })
             .await??;
         Ok(Received {
             temp,
-            digest: Digest(*blake3?.finalize().as_bytes()),
+            digest,
             size,
             md5: md5?.finalize().into(),
             sha512: sha512?.finalize().into(),
@@ -349,39 +404,108 @@ impl BlobStore {
         Ok(self.backend.remove(digest)?)
     }
 
-    /// Opens a blob for `read`. Blocks.
-    pub fn open(&self, digest: Digest) -> Result<Arc<dyn BlobReader>, BlobError> {
-        Ok(self.backend.open(digest)?)
+    /// Opens the blob `digest` of `size` bytes for `read`, with a verifier over its outboard
+    /// whose root has been checked against the digest. A blob without a usable outboard (stored
+    /// before outboards existed, or with a damaged one) first gets one rebuilt from a full read,
+    /// which fails with `InvalidData` if the bytes do not hash to the digest. Blocks.
+    pub fn open(&self, digest: Digest, size: u64) -> Result<OpenBlob, BlobError> {
+        let source = self.backend.open(digest)?;
+        let outboard = if outboard::outboard_len(size) == 0 {
+            StoredOutboard::Empty
+        } else if source.outboard_len()?.is_some() {
+            StoredOutboard::Stored(source.clone())
+        } else {
+            return self.rebuild(source, digest, size);
+        };
+        match Verifier::new(outboard, digest.0, size) {
+            Ok(verifier) => Ok(OpenBlob {
+                source,
+                verifier,
+                digest,
+            }),
+            Err(OutboardError::Io(error)) => Err(error.into()),
+            Err(error) => {
+                tracing::warn!(blob = %digest.to_hex(), %error, "the blob's outboard does not match its digest; rebuilding it");
+                self.rebuild(source, digest, size)
+            }
+        }
     }
 
-    /// Streams `length` bytes of an open blob from `offset`. With `verify`, the stream must
-    /// cover the whole blob; it is re-hashed and ends in an error if the digest does not match.
-    /// `keep` is held until the stream ends (a transfer permit, a pin on the blob).
-    pub fn read<K: Send + 'static>(
+    /// Builds a blob's outboard from all of its bytes and stores it.
+    fn rebuild(
         &self,
         source: Arc<dyn BlobReader>,
         digest: Digest,
+        size: u64,
+    ) -> Result<OpenBlob, BlobError> {
+        let mut tree = OutboardBuilder::new();
+        let mut buffer = vec![0; BUFFER_SIZE];
+        let mut offset = 0;
+        loop {
+            let read = read_fully(source.as_ref(), &mut buffer, offset)?;
+            tree.update(&buffer[..read]);
+            offset += read as u64;
+            if read < buffer.len() {
+                break;
+            }
+        }
+        let (root, outboard) = tree.finish();
+        if offset != size || root != digest.0 {
+            tracing::error!(blob = %digest.to_hex(), "blob content does not match its digest");
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "blob content does not match its digest",
+            )
+            .into());
+        }
+        let (source, outboard) = match self.backend.put_outboard(digest, &outboard) {
+            Ok(()) => {
+                tracing::info!(blob = %digest.to_hex(), "rebuilt the blob's outboard");
+                let source = self.backend.open(digest)?;
+                (source.clone(), StoredOutboard::Stored(source))
+            }
+            Err(error) => {
+                tracing::warn!(blob = %digest.to_hex(), %error, "could not store the blob's rebuilt outboard; using it for this read only");
+                (source, StoredOutboard::Memory(outboard))
+            }
+        };
+        let verifier = Verifier::new(outboard, digest.0, size).map_err(mismatch)?;
+        Ok(OpenBlob {
+            source,
+            verifier,
+            digest,
+        })
+    }
+
+    /// Streams `length` bytes of an open blob from `offset`, each read checked against the
+    /// outboard before its bytes are handed on; a mismatch ends the stream with an error.
+    /// `keep` is held until the stream ends (a transfer permit, a pin on the blob).
+    pub fn read<K: Send + 'static>(
+        &self,
+        blob: OpenBlob,
         offset: u64,
         length: u64,
-        verify: bool,
         keep: K,
     ) -> impl Stream<Item = Result<Bytes, io::Error>> + Send + 'static + use<K> {
         let (sender, receiver) = mpsc::channel::<Result<Bytes, io::Error>>(CHANNEL_DEPTH);
+        let digest = blob.digest;
         let reading = Reading {
-            source,
+            source: blob.source,
+            verifier: Arc::new(Mutex::new(blob.verifier)),
             pool: self.pool.clone(),
-            digest,
             offset,
             length,
-            verify,
             stall: self.send_stall,
         };
+        let stall = self.send_stall;
         tokio::spawn(async move {
             let _keep = keep;
             if let Err(error) = reading.run(&sender).await {
                 tracing::error!(blob = %digest.to_hex(), %error, "blob read failed");
-                // The consumer may be gone already; then nobody needs the error.
-                let _ = sender.try_send(Err(error));
+                // Queued behind the buffers already sent, so that the consumer sees the stream
+                // fail rather than end (a dropped error would look like a clean end). If the
+                // consumer is gone, nobody needs it.
+                give(&sender, Err(error), stall).await;
             }
         });
         futures_util::stream::unfold(receiver, |mut receiver| async move {
@@ -393,31 +517,35 @@ impl BlobStore {
 /// One download's reads.
 struct Reading {
     source: Arc<dyn BlobReader>,
+    verifier: Arc<Mutex<Verifier<StoredOutboard>>>,
     pool: Arc<TransferPool>,
-    digest: Digest,
     offset: u64,
     length: u64,
-    verify: bool,
     stall: std::time::Duration,
 }
 
 impl Reading {
     async fn run(self, sender: &mpsc::Sender<Result<Bytes, io::Error>>) -> io::Result<()> {
+        let size = self.lock_verifier().size();
+        let wanted = self.offset..self.offset.saturating_add(self.length).min(size);
+        // Reads cover whole groups, so that each can be checked; only the part asked for leaves.
+        let Some(span) = outboard::covering_range(self.offset, self.length, size) else {
+            return Ok(());
+        };
         let buffers = BufferPool::new(READ_SIZE, READ_POOL);
-        let end = self.offset.saturating_add(self.length);
-        let mut next = self.offset;
+        let end = span.end;
+        let mut next = span.start;
         let mut in_flight = VecDeque::new();
-        let mut hasher = self.verify.then(blake3::Hasher::new);
-        let mut sent = self.offset;
-        while sent < end {
+        loop {
             while in_flight.len() < READ_AHEAD && next < end {
                 let want = READ_SIZE.min(usize::try_from(end - next).unwrap_or(READ_SIZE));
                 let mut buffer = buffers.take();
                 let source = self.source.clone();
+                let verifier = self.verifier.clone();
                 let at = next;
-                let first = at == self.offset;
+                let first = at == span.start;
                 in_flight.push_back((
-                    want,
+                    at,
                     self.pool.spawn(move || {
                         // The first read asks for the whole window, each later one for the
                         // slice that enters it, so the window slides along with the reads.
@@ -427,46 +555,46 @@ impl Reading {
                             let from = at + PREFETCH_AHEAD;
                             source.prefetch(from, (want as u64).min(end - from));
                         }
-                        read_fully(source.as_ref(), &mut buffer.window()[..want], at)
-                            .map(|read| (buffer, read))
+                        let bytes = &mut buffer.window()[..want];
+                        if read_fully(source.as_ref(), bytes, at)? < want {
+                            return Err(io::Error::new(
+                                io::ErrorKind::UnexpectedEof,
+                                "blob is shorter than its record",
+                            ));
+                        }
+                        verifier
+                            .lock()
+                            .unwrap_or_else(|poisoned| poisoned.into_inner())
+                            .verify(at, bytes)
+                            .map_err(mismatch)?;
+                        Ok((buffer, want))
                     }),
                 ));
                 next += want as u64;
             }
-            let Some((want, job)) = in_flight.pop_front() else {
-                break;
+            let Some((at, job)) = in_flight.pop_front() else {
+                return Ok(());
             };
             let (buffer, read) = job.wait().await??;
-            if read < want {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "blob is shorter than its record",
-                ));
-            }
             let bytes = buffers.lend(buffer, read);
-            sent += read as u64;
-            if let Some(mut state) = hasher.take() {
-                let shared = bytes.clone();
-                let state = self
-                    .pool
-                    .run(move || {
-                        state.update(&shared);
-                        state
-                    })
-                    .await?;
-                if sent == end && state.finalize().as_bytes() != &self.digest.0 {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        "blob content does not match its digest",
-                    ));
-                }
-                hasher = Some(state);
-            }
-            if !give(sender, Ok(bytes), self.stall).await {
+            let from = wanted.start.max(at) - at;
+            let to = wanted.end.min(at + read as u64) - at;
+            if !give(
+                sender,
+                Ok(bytes.slice(from as usize..to as usize)),
+                self.stall,
+            )
+            .await
+            {
                 return Ok(());
             }
         }
-        Ok(())
+    }
+
+    fn lock_verifier(&self) -> MutexGuard<'_, Verifier<StoredOutboard>> {
+        self.verifier
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -500,9 +628,11 @@ async fn give(
     }
 }
 
-/// The writer stage's state: the temp object and the free-space watch.
+/// The writer stage's state: the temp object, the outboard being built, and the free-space
+/// watch.
 struct WriterStage {
     temp: Box<dyn TempObject>,
+    tree: OutboardBuilder,
     backend: Arc<dyn Backend>,
     keep_free: u64,
     unchecked: u64,
@@ -511,6 +641,10 @@ struct WriterStage {
 impl WriterStage {
     fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
         self.temp.write(bytes)?;
+        self.tree.update(bytes);
+        if self.tree.pending() >= OUTBOARD_FLUSH {
+            self.temp.write_outboard(&self.tree.drain())?;
+        }
         self.unchecked += bytes.len() as u64;
         if self.keep_free > 0 && self.unchecked >= SPACE_CHECK_EVERY {
             self.unchecked = 0;
@@ -599,16 +733,26 @@ mod tests {
         }
     }
 
-    /// Reads a blob through the store's byte path.
+    /// Reads a blob through the store's byte path; a failed open is the stream's only item.
     fn read(
         store: &BlobStore,
         digest: Digest,
+        size: u64,
         offset: u64,
         length: u64,
-        verify: bool,
     ) -> impl Stream<Item = Result<Bytes, io::Error>> + use<> {
-        let source = store.open(digest).unwrap();
-        store.read(source, digest, offset, length, verify, ())
+        match store.open(digest, size) {
+            Ok(blob) => store.read(blob, offset, length, ()).left_stream(),
+            Err(error) => futures_util::stream::iter([Err(io::Error::other(error.to_string()))])
+                .right_stream(),
+        }
+    }
+
+    /// What a read delivered before it ended, and whether it ended in an error.
+    async fn delivered(stream: impl Stream<Item = Result<Bytes, io::Error>>) -> (Vec<u8>, bool) {
+        let items: Vec<_> = stream.collect().await;
+        let failed = items.iter().any(Result::is_err);
+        (items.into_iter().flatten().flatten().collect(), failed)
     }
 
     #[tokio::test]
@@ -662,14 +806,24 @@ mod tests {
             .unwrap();
         let digest = received.digest;
         store.place(received.temp, digest).unwrap();
-        let good: Vec<_> = read(&store, digest, 0, 14, true).collect().await;
-        let good: Vec<u8> = good.into_iter().flat_map(|item| item.unwrap()).collect();
-        assert_eq!(good, b"precious bytes");
+        assert_eq!(
+            delivered(read(&store, digest, 14, 0, 14)).await,
+            (b"precious bytes".to_vec(), false)
+        );
+        assert_eq!(
+            delivered(read(&store, digest, 14, 3, 5)).await,
+            (b"cious".to_vec(), false)
+        );
         fs::write(local.path(digest), b"tampered bytes").unwrap();
-        // The only buffer is the last one, so it is withheld: nothing but the error arrives.
-        let bad: Vec<_> = read(&store, digest, 0, 14, true).collect().await;
-        assert_eq!(bad.len(), 1);
-        assert!(bad[0].is_err());
+        // The blob is one group: nothing of it arrives, whole or in part, only the error.
+        assert_eq!(
+            delivered(read(&store, digest, 14, 0, 14)).await,
+            (Vec::new(), true)
+        );
+        assert_eq!(
+            delivered(read(&store, digest, 14, 12, 1)).await,
+            (Vec::new(), true)
+        );
     }
 
     /// A body larger than all the read buffers together, arriving in chunks that do not line
@@ -707,23 +861,138 @@ mod tests {
         assert_eq!(digest.0, *blake3::hash(&data).as_bytes());
         store.place(received.temp, digest).unwrap();
 
-        // Collecting holds every buffer at once; the reader must not wait for them back.
-        let whole: Vec<_> = read(&store, digest, 0, received.size, true).collect().await;
-        let whole: Vec<u8> = whole.into_iter().flat_map(|item| item.unwrap()).collect();
-        assert!(whole == data);
-        let (offset, length) = (READ_SIZE as u64 - 7, 3 * READ_SIZE as u64);
-        let range: Vec<_> = read(&store, digest, offset, length, false).collect().await;
-        let range: Vec<u8> = range.into_iter().flat_map(|item| item.unwrap()).collect();
-        assert!(range[..] == data[offset as usize..(offset + length) as usize]);
+        let size = received.size;
+        assert!(local.outboard_path(digest).exists());
+        assert_eq!(
+            fs::metadata(local.outboard_path(digest)).unwrap().len(),
+            outboard::outboard_len(size)
+        );
 
-        // One flipped bit in the middle: the stream ends in an error before the last bytes.
+        // Collecting holds every buffer at once; the reader must not wait for them back.
+        let (whole, failed) = delivered(read(&store, digest, size, 0, size)).await;
+        assert!(!failed && whole == data);
+        let ranges = [
+            (READ_SIZE as u64 - 7, 3 * READ_SIZE as u64),
+            (1, 1),
+            (outboard::GROUP_SIZE - 1, 2),
+            (size - 1, 1),
+            (size - 20_000, 20_000),
+            (5 * BUFFER_SIZE as u64 + 3, 0),
+        ];
+        for (offset, length) in ranges {
+            let (range, failed) = delivered(read(&store, digest, size, offset, length)).await;
+            assert!(!failed);
+            assert!(range[..] == data[offset as usize..(offset + length) as usize]);
+        }
+
+        // One flipped bit in the middle: no byte of its group leaves, whole or ranged, and
+        // ranges elsewhere are still served.
+        let flipped = data.len() / 2 + 1000;
         let mut damaged = data.to_vec();
-        damaged[data.len() / 2] ^= 1;
+        damaged[flipped] ^= 1;
         fs::write(local.path(digest), &damaged).unwrap();
-        let items: Vec<_> = read(&store, digest, 0, received.size, true).collect().await;
-        assert!(items.last().unwrap().is_err());
-        let delivered: usize = items.iter().flatten().map(Bytes::len).sum();
-        assert!(delivered < data.len());
+        let group_start = flipped as u64 / outboard::GROUP_SIZE * outboard::GROUP_SIZE;
+        let (whole, failed) = delivered(read(&store, digest, size, 0, size)).await;
+        assert!(failed);
+        assert!(whole.len() as u64 <= group_start && whole[..] == data[..whole.len()]);
+        for (offset, length) in [
+            (flipped as u64, 1),
+            (group_start, 10),
+            (100, flipped as u64),
+        ] {
+            let (range, failed) = delivered(read(&store, digest, size, offset, length)).await;
+            assert!(
+                failed,
+                "the range {offset}+{length} covers the flipped byte"
+            );
+            assert!(range.len() as u64 + offset <= group_start.max(offset));
+        }
+        let (range, failed) = delivered(read(&store, digest, size, 0, group_start)).await;
+        assert!(!failed && range[..] == data[..group_start as usize]);
+        let after = group_start + outboard::GROUP_SIZE;
+        let (range, failed) = delivered(read(&store, digest, size, after, 50_000)).await;
+        assert!(!failed && range[..] == data[after as usize..after as usize + 50_000]);
+    }
+
+    /// A read that fails while its consumer lags (the channel full of good buffers) must
+    /// still end in the error, not look like a clean end once the good buffers are taken.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failure_behind_queued_buffers_still_arrives() {
+        let data = vec![3u8; 16 * READ_SIZE];
+        let dir = tempfile::tempdir().unwrap();
+        let (store, local) = open(dir.path());
+        let received = store
+            .receive(body(&[data.clone().leak()]), limit(u64::MAX))
+            .await
+            .unwrap();
+        let (digest, size) = (received.digest, received.size);
+        store.place(received.temp, digest).unwrap();
+        let mut damaged = data.clone();
+        damaged[CHANNEL_DEPTH * READ_SIZE] ^= 1;
+        fs::write(local.path(digest), &damaged).unwrap();
+        let stream = read(&store, digest, size, 0, size);
+        // Long enough for the reader to fill the channel and meet the damage.
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        let (bytes, failed) = delivered(stream).await;
+        assert!(
+            failed,
+            "the stream ended cleanly after {} bytes",
+            bytes.len()
+        );
+        assert_eq!(bytes.len(), CHANNEL_DEPTH * READ_SIZE);
+    }
+
+    /// Blobs stored before outboards existed, or whose outboard is damaged, get a new one from
+    /// a full read checked against the digest; a blob whose bytes are wrong gets none.
+    #[tokio::test]
+    async fn missing_or_damaged_outboards_are_rebuilt() {
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let dir = tempfile::tempdir().unwrap();
+        let (store, local) = open(dir.path());
+        let received = store
+            .receive(body(&[data.clone().leak()]), limit(u64::MAX))
+            .await
+            .unwrap();
+        let (digest, size) = (received.digest, received.size);
+        store.place(received.temp, digest).unwrap();
+        let path = local.outboard_path(digest);
+        let good = fs::read(&path).unwrap();
+
+        fs::remove_file(&path).unwrap();
+        assert_eq!(
+            delivered(read(&store, digest, size, 5, 10)).await,
+            (data[5..15].to_vec(), false)
+        );
+        assert_eq!(fs::read(&path).unwrap(), good, "the outboard was rebuilt");
+
+        let mut damaged = good.clone();
+        let last = damaged.len() - 1;
+        damaged[last] ^= 1;
+        fs::write(&path, &damaged).unwrap();
+        assert_eq!(
+            delivered(read(&store, digest, size, 0, size)).await,
+            (data.clone(), false)
+        );
+        assert_eq!(fs::read(&path).unwrap(), good, "the outboard was rebuilt");
+
+        // A blob whose bytes do not match: the open fails, and no outboard is made up.
+        fs::remove_file(&path).unwrap();
+        let mut rotten = data.clone();
+        rotten[123] ^= 1;
+        fs::write(local.path(digest), &rotten).unwrap();
+        let (bytes, failed) = delivered(read(&store, digest, size, 200_000, 10)).await;
+        assert!(failed && bytes.is_empty());
+        assert!(!path.exists());
+
+        // The same content uploaded again lends the stored blob its outboard.
+        fs::write(local.path(digest), &data).unwrap();
+        let again = store
+            .receive(body(&[data.clone().leak()]), limit(u64::MAX))
+            .await
+            .unwrap();
+        store.place(again.temp, digest).unwrap();
+        assert_eq!(fs::read(&path).unwrap(), good);
+        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
     }
 
     /// A reader whose consumer stops taking buffers gives up after the stall time, so the
@@ -743,7 +1012,7 @@ mod tests {
             .unwrap();
         let digest = received.digest;
         store.place(received.temp, digest).unwrap();
-        let mut stream = std::pin::pin!(read(&store, digest, 0, received.size, true));
+        let mut stream = std::pin::pin!(read(&store, digest, received.size, 0, received.size));
         let mut delivered = stream.next().await.unwrap().unwrap().len();
         tokio::time::sleep(std::time::Duration::from_secs(1)).await;
         while let Some(item) = stream.next().await {

@@ -205,7 +205,18 @@ impl OutboardBuilder {
         }
     }
 
-    /// The blob's BLAKE3 digest and its outboard.
+    /// Takes the outboard bytes written so far. Post-order makes them final: later bytes only
+    /// append, so a builder can be drained as the upload streams and `finish` returns the rest.
+    pub fn drain(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.outboard)
+    }
+
+    /// Outboard bytes waiting to be drained.
+    pub fn pending(&self) -> usize {
+        self.outboard.len()
+    }
+
+    /// The blob's BLAKE3 digest and its outboard (what `drain` has not taken).
     pub fn finish(mut self) -> ([u8; 32], Vec<u8>) {
         if self.index == 0 {
             // One group at most: no parents, and the group is the root.
@@ -576,12 +587,17 @@ mod tests {
         let mut piece = piece;
         let mut builder = OutboardBuilder::new();
         let mut rest = data;
+        let mut outboard = Vec::new();
         while !rest.is_empty() {
             let (head, tail) = rest.split_at(piece().clamp(1, rest.len()));
             builder.update(head);
+            // Drained as an upload does: the pieces joined must equal the whole.
+            outboard.extend(builder.drain());
             rest = tail;
         }
-        builder.finish()
+        let (root, rest) = builder.finish();
+        outboard.extend(rest);
+        (root, outboard)
     }
 
     /// What a download does: widen the range, read aligned buffers, verify each, and only then

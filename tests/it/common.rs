@@ -171,7 +171,19 @@ impl Server {
 
     /// Files in the blob directory.
     pub fn blob_files(&self) -> Vec<PathBuf> {
-        files_under(&self.data_dir().join("blobs"))
+        let mut files = files_under(&self.data_dir().join("blobs"));
+        files.retain(|path| path.extension().is_none_or(|extension| extension != "obao"));
+        files
+    }
+
+    /// The outboards beside the blobs.
+    pub fn outboard_files(&self) -> Vec<PathBuf> {
+        let mut files = files_under(&self.data_dir().join("blobs"));
+        files.retain(|path| {
+            path.extension()
+                .is_some_and(|extension| extension == "obao")
+        });
+        files
     }
 
     /// Files in the temp directory.

@@ -343,14 +343,39 @@ async fn corrupted_blob_aborts_the_download() {
         response.bytes().await.is_err(),
         "a corrupted full download must not end cleanly"
     );
-    // A range cannot be verified, but is still served.
-    let response = server
-        .request(Method::GET, &format!("/v2/images/{id}/file"))
-        .header("Range", "bytes=0-9")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.bytes().await.unwrap().as_ref(), &bytes[..10]);
+    // Ranges are verified too: one over the flipped byte fails without a clean end, whatever
+    // its size, and one that stays clear of the damaged 16 KiB group is served.
+    for range in [
+        "bytes=1499990-1500009",
+        "bytes=1500000-1500000",
+        "bytes=1400000-",
+    ] {
+        let response = server
+            .request(Method::GET, &format!("/v2/images/{id}/file"))
+            .header("Range", range)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::PARTIAL_CONTENT);
+        assert!(
+            response.bytes().await.is_err(),
+            "a range over the flipped byte must not end cleanly: {range}"
+        );
+    }
+    for (range, expected) in [
+        ("bytes=0-9", &bytes[..10]),
+        ("bytes=1600000-1600099", &bytes[1_600_000..1_600_100]),
+        ("bytes=-1000", &bytes[bytes.len() - 1000..]),
+    ] {
+        let response = server
+            .request(Method::GET, &format!("/v2/images/{id}/file"))
+            .header("Range", range)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::PARTIAL_CONTENT);
+        assert_eq!(response.bytes().await.unwrap().as_ref(), expected);
+    }
 }
 
 /// An upload whose client disappears mid-body: the image goes back to queued, no bytes stay.

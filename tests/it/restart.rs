@@ -126,15 +126,26 @@ async fn a_restored_older_database_costs_no_bytes() {
     let server = Server::start_in(dir, |_| {}).await;
     assert_eq!(server.show(&new_id).await.0, StatusCode::NOT_FOUND);
     assert_eq!(server.blob_files().len(), 1);
-    let quarantined = std::fs::read_dir(data_dir.join("quarantine"))
+    let mut quarantined: Vec<String> = std::fs::read_dir(data_dir.join("quarantine"))
         .unwrap()
-        .count();
-    assert_eq!(quarantined, 1, "the newer blob waits in quarantine");
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    quarantined.sort();
+    assert_eq!(quarantined.len(), 2, "{quarantined:?}");
+    assert_eq!(
+        format!("{}.obao", quarantined[0]),
+        quarantined[1],
+        "the newer blob waits in quarantine with its outboard"
+    );
+    let outboard = std::fs::read(data_dir.join("quarantine").join(&quarantined[1])).unwrap();
     let dir = server.stop().await;
 
     // Put the newer database back: its blob returns from quarantine, whole.
     std::fs::copy(&newer, &database).unwrap();
     let server = Server::start_in(dir, |_| {}).await;
+    let outboards = server.outboard_files();
+    assert_eq!(outboards.len(), 1);
+    assert_eq!(std::fs::read(&outboards[0]).unwrap(), outboard);
     assert_eq!(server.download(&new_id).await, (StatusCode::OK, new_bytes));
     assert_eq!(
         server.download(&old_id).await,
@@ -157,9 +168,15 @@ async fn quarantine_expires_after_its_grace() {
     let orphan = data_dir.join("blobs/ab/cd").join("abcd".repeat(16));
     std::fs::create_dir_all(orphan.parent().unwrap()).unwrap();
     std::fs::write(&orphan, b"unknown").unwrap();
+    std::fs::write(orphan.with_extension("obao"), [0; 64]).unwrap();
     let server = Server::start_in(dir, |_| {}).await;
     let parked = data_dir.join("quarantine").join("abcd".repeat(16));
     assert!(parked.exists());
+    assert!(
+        parked.with_extension("obao").exists(),
+        "the outboard goes along"
+    );
+    assert!(server.outboard_files().is_empty());
     let dir = server.stop().await;
     // A zero grace: the next start collects it.
     let server = Server::start_in(dir, |config| {
@@ -167,5 +184,6 @@ async fn quarantine_expires_after_its_grace() {
     })
     .await;
     assert!(!parked.exists());
+    assert!(!parked.with_extension("obao").exists());
     server.stop().await;
 }
