@@ -66,6 +66,8 @@ const SEND_STALL: std::time::Duration = std::time::Duration::from_secs(60);
 const SPACE_CHECK_EVERY: u64 = 32 << 20;
 /// Number of digest-striped locks.
 const LOCK_STRIPES: usize = 64;
+/// Buffers a stage may take in one pool job before it gives the thread back to other transfers.
+const STAGE_BURST: usize = 16;
 /// An upload writes its outboard out whenever this much of it is ready, so that the outboard
 /// of a large upload is never held in memory.
 const OUTBOARD_FLUSH: usize = 64 * 1024;
@@ -672,13 +674,26 @@ fn stage<S: Send + 'static>(
     let pool = pool.clone();
     let task = tokio::spawn(async move {
         while let Some(buffer) = receiver.recv().await {
-            let (back, result) = pool
+            let (back_state, back_receiver, result) = pool
                 .run(move || {
-                    let result = step(&mut state, &buffer);
-                    (state, result)
+                    let mut result = step(&mut state, &buffer);
+                    drop(buffer);
+                    // A stage that is behind takes the buffers already waiting in the same job:
+                    // a job per buffer would make the busiest stage wait, between buffers, for
+                    // the runtime to get a core and hand it the next one.
+                    let mut burst = 1;
+                    while result.is_ok() && burst < STAGE_BURST {
+                        let Ok(buffer) = receiver.try_recv() else {
+                            break;
+                        };
+                        result = step(&mut state, &buffer);
+                        burst += 1;
+                    }
+                    (state, receiver, result)
                 })
                 .await?;
-            state = back;
+            state = back_state;
+            receiver = back_receiver;
             result?;
         }
         Ok(state)
