@@ -196,8 +196,10 @@ def blob_bytes(data_dir):
     return total
 
 
-def blob_paths(data_dir):
-    return sorted(path for path in (Path(data_dir) / "blobs").rglob("*") if path.is_file())
+def blob_paths(data_dir, outboards=False):
+    """The blob files, and with `outboards` their outboard files (`.obao`) too."""
+    files = (Path(data_dir) / "blobs").rglob("*")
+    return sorted(path for path in files if path.is_file() and (outboards or path.suffix != ".obao"))
 
 
 def evict(path):
@@ -446,13 +448,14 @@ def main():
         # blobs from the page cache, reads one with O_DIRECT in 4 MiB blocks (what dd reaches
         # on this disk), evicts again and downloads.
         blobs = blob_paths(data_dir)
+        everything = blob_paths(data_dir, outboards=True)
         device, cold = [], []
         for _ in range(args.runs):
-            for blob in blobs:
-                evict(blob)
+            for path in everything:
+                evict(path)
             device.append(direct_read_rate(blobs[0]))
-            for blob in blobs:
-                evict(blob)
+            for path in everything:
+                evict(path)
             cold.append(curl_download(f"{server.base}/v2/images/{ids[0]}/file"))
         figures["limit_device_read_mbps"] = statistics.median(device)
         figures["download_cold_mbps"] = statistics.median(cold)

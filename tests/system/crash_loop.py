@@ -23,7 +23,8 @@ compared with the client's ledger:
   md5 and sha512; every PATCHed value is the last acked one or the unknown
   one after it; images from unknown creates may exist (queued, by their name);
 - no image is `saving`; `tmp/` is empty after start; the files under
-  `blobs/` are as many as the distinct sha512 values of active images.
+  `blobs/` are as many as the distinct sha512 values of active images, and each
+  blob of more than 16 KiB has its outboard beside it.
 
 Each writer owns its images (ownership is fixed by thread), so the operations
 on one image are sequential and the kill cuts at most the last of them.
@@ -325,9 +326,15 @@ def verify(server, data_dir, ledger, rng, prefix):
 
     listed = {doc["id"]: doc for doc in api.list_all()}
     distinct = {d["os_hash_value"] for d in listed.values() if d["status"] == "active"}
-    blobs = files_under(os.path.join(data_dir, "blobs"))
+    files = files_under(os.path.join(data_dir, "blobs"))
+    blobs = [path for path in files if not path.endswith(".obao")]
     if len(blobs) != len(distinct):
         problems.append(f"{len(blobs)} files under blobs/ but {len(distinct)} distinct contents among active images")
+    # An outboard is placed before its blob, so every blob of more than one 16 KiB group has
+    # one (an outboard without its blob may stay after a crash between the two renames).
+    for blob in blobs:
+        if os.path.getsize(blob) > 16384 and blob + ".obao" not in files:
+            problems.append(f"{blob} has no outboard")
     return problems, {"images": len(listed), "blobs": len(blobs), "downloaded": downloaded, "adopted": adopted}
 
 
