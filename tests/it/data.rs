@@ -376,6 +376,23 @@ async fn corrupted_blob_aborts_the_download() {
         assert_eq!(response.status(), StatusCode::PARTIAL_CONTENT);
         assert_eq!(response.bytes().await.unwrap().as_ref(), expected);
     }
+    // Without its outboard (a blob from before outboards), the rebuild reads the whole blob,
+    // finds it does not match, and nothing is served; no outboard is made from bad bytes.
+    for outboard in server.outboard_files() {
+        std::fs::remove_file(outboard).unwrap();
+    }
+    let response = server
+        .request(Method::GET, &format!("/v2/images/{id}/file"))
+        .header("Range", "bytes=0-9")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(server.outboard_files().is_empty());
+    // The good bytes back: the outboard is rebuilt and the image served again.
+    std::fs::write(&blob, &bytes).unwrap();
+    assert_eq!(server.download(id).await, (StatusCode::OK, bytes));
+    assert_eq!(server.outboard_files().len(), 1);
 }
 
 /// An upload whose client disappears mid-body: the image goes back to queued, no bytes stay.
