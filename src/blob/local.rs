@@ -4,7 +4,7 @@
 //! - `blobs/<2 hex>/<2 hex>/<64 hex>`: one file per distinct content, named by its BLAKE3
 //!   digest, and beside it `<64 hex>.obao`, its outboard (`outboard`; none for blobs of one
 //!   16 KiB group, whose outboard is empty);
-//! - `tmp/<uuid>.part` and `tmp/<uuid>.obao.part`: uploads in progress, on the same filesystem
+//! - `tmp/<uuid>.part` and `tmp/<uuid>.part.obao`: uploads in progress, on the same filesystem
 //!   so that a rename publishes them atomically;
 //! - `quarantine/<64 hex>` (and its `.obao`): blobs no image referenced when the server started,
 //!   kept until the grace period is over (an older database restored beside newer blobs must not
@@ -124,9 +124,9 @@ impl TempObject for LocalTemp {
         if self.outboard.is_none() {
             let blob = self
                 .path
-                .as_ref()
+                .clone()
                 .expect("temp blob has a path until placed");
-            let path = blob.with_extension(format!("{}.part", &OUTBOARD_SUFFIX[1..]));
+            let path = with_outboard_suffix(blob);
             let file = File::options().append(true).create_new(true).open(&path)?;
             self.outboard = Some((path, file));
         }
@@ -263,7 +263,7 @@ impl Backend for LocalDir {
     fn put_outboard(&self, digest: Digest, outboard: &[u8]) -> io::Result<()> {
         let temp = self
             .tmp_dir
-            .join(format!("{}{OUTBOARD_SUFFIX}.part", uuid::Uuid::new_v4()));
+            .join(format!("{}.part{OUTBOARD_SUFFIX}", uuid::Uuid::new_v4()));
         let written = (|| {
             let mut file = File::options().write(true).create_new(true).open(&temp)?;
             io::Write::write_all(&mut file, outboard)?;
@@ -398,8 +398,7 @@ impl Backend for LocalDir {
         // An upload's outboard part belongs to its blob part; count uploads.
         let mut count = 0;
         for entry in fs::read_dir(&self.tmp_dir)? {
-            let name = entry?.file_name();
-            if !name.to_string_lossy().ends_with(".obao.part") {
+            if !is_outboard(&entry?.path()) {
                 count += 1;
             }
         }

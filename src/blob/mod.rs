@@ -493,6 +493,7 @@ impl BlobStore {
         let digest = blob.digest;
         let reading = Reading {
             source: blob.source,
+            size: blob.verifier.size(),
             verifier: Arc::new(Mutex::new(blob.verifier)),
             pool: self.pool.clone(),
             offset,
@@ -519,6 +520,7 @@ impl BlobStore {
 /// One download's reads.
 struct Reading {
     source: Arc<dyn BlobReader>,
+    size: u64,
     verifier: Arc<Mutex<Verifier<StoredOutboard>>>,
     pool: Arc<TransferPool>,
     offset: u64,
@@ -528,7 +530,7 @@ struct Reading {
 
 impl Reading {
     async fn run(self, sender: &mpsc::Sender<Result<Bytes, io::Error>>) -> io::Result<()> {
-        let size = self.lock_verifier().size();
+        let size = self.size;
         let wanted = self.offset..self.offset.saturating_add(self.length).min(size);
         // Reads cover whole groups, so that each can be checked; only the part asked for leaves.
         let Some(span) = outboard::covering_range(self.offset, self.length, size) else {
@@ -591,12 +593,6 @@ impl Reading {
                 return Ok(());
             }
         }
-    }
-
-    fn lock_verifier(&self) -> MutexGuard<'_, Verifier<StoredOutboard>> {
-        self.verifier
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -929,6 +925,17 @@ mod tests {
         assert!(!failed && range[..] == data[after as usize..after as usize + 50_000]);
     }
 
+    /// Receives `data` into `store` and places it; its digest and size.
+    async fn store_blob(store: &BlobStore, data: &[u8]) -> (Digest, u64) {
+        let body = futures_util::stream::iter([Ok::<_, std::convert::Infallible>(
+            Bytes::copy_from_slice(data),
+        )]);
+        let received = store.receive(body, limit(u64::MAX)).await.unwrap();
+        let (digest, size) = (received.digest, received.size);
+        store.place(received.temp, digest).unwrap();
+        (digest, size)
+    }
+
     /// A read that fails while its consumer lags (the channel full of good buffers) must
     /// still end in the error, not look like a clean end once the good buffers are taken.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -936,12 +943,7 @@ mod tests {
         let data = vec![3u8; 16 * READ_SIZE];
         let dir = tempfile::tempdir().unwrap();
         let (store, local) = open(dir.path());
-        let received = store
-            .receive(body(&[data.clone().leak()]), limit(u64::MAX))
-            .await
-            .unwrap();
-        let (digest, size) = (received.digest, received.size);
-        store.place(received.temp, digest).unwrap();
+        let (digest, size) = store_blob(&store, &data).await;
         let mut damaged = data.clone();
         damaged[CHANNEL_DEPTH * READ_SIZE] ^= 1;
         fs::write(local.path(digest), &damaged).unwrap();
@@ -964,12 +966,7 @@ mod tests {
         let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
         let dir = tempfile::tempdir().unwrap();
         let (store, local) = open(dir.path());
-        let received = store
-            .receive(body(&[data.clone().leak()]), limit(u64::MAX))
-            .await
-            .unwrap();
-        let (digest, size) = (received.digest, received.size);
-        store.place(received.temp, digest).unwrap();
+        let (digest, size) = store_blob(&store, &data).await;
         let path = local.outboard_path(digest);
         let good = fs::read(&path).unwrap();
 
@@ -1001,11 +998,7 @@ mod tests {
 
         // The same content uploaded again lends the stored blob its outboard.
         fs::write(local.path(digest), &data).unwrap();
-        let again = store
-            .receive(body(&[data.clone().leak()]), limit(u64::MAX))
-            .await
-            .unwrap();
-        store.place(again.temp, digest).unwrap();
+        assert_eq!(store_blob(&store, &data).await, (digest, size));
         assert_eq!(fs::read(&path).unwrap(), good);
         assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
     }

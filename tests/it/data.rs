@@ -345,17 +345,20 @@ async fn corrupted_blob_aborts_the_download() {
     );
     // Ranges are verified too: one over the flipped byte fails without a clean end, whatever
     // its size, and one that stays clear of the damaged 16 KiB group is served.
+    let get_range = async |range: &str| {
+        server
+            .request(Method::GET, &format!("/v2/images/{id}/file"))
+            .header("Range", range)
+            .send()
+            .await
+            .unwrap()
+    };
     for range in [
         "bytes=1499990-1500009",
         "bytes=1500000-1500000",
         "bytes=1400000-",
     ] {
-        let response = server
-            .request(Method::GET, &format!("/v2/images/{id}/file"))
-            .header("Range", range)
-            .send()
-            .await
-            .unwrap();
+        let response = get_range(range).await;
         assert_eq!(response.status(), StatusCode::PARTIAL_CONTENT);
         assert!(
             response.bytes().await.is_err(),
@@ -367,12 +370,7 @@ async fn corrupted_blob_aborts_the_download() {
         ("bytes=1600000-1600099", &bytes[1_600_000..1_600_100]),
         ("bytes=-1000", &bytes[bytes.len() - 1000..]),
     ] {
-        let response = server
-            .request(Method::GET, &format!("/v2/images/{id}/file"))
-            .header("Range", range)
-            .send()
-            .await
-            .unwrap();
+        let response = get_range(range).await;
         assert_eq!(response.status(), StatusCode::PARTIAL_CONTENT);
         assert_eq!(response.bytes().await.unwrap().as_ref(), expected);
     }
@@ -381,12 +379,7 @@ async fn corrupted_blob_aborts_the_download() {
     for outboard in server.outboard_files() {
         std::fs::remove_file(outboard).unwrap();
     }
-    let response = server
-        .request(Method::GET, &format!("/v2/images/{id}/file"))
-        .header("Range", "bytes=0-9")
-        .send()
-        .await
-        .unwrap();
+    let response = get_range("bytes=0-9").await;
     assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
     assert!(server.outboard_files().is_empty());
     // The good bytes back: the outboard is rebuilt and the image served again.
