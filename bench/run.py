@@ -20,7 +20,8 @@ loopback with a fresh data directory, and measures in the same run:
   API key;
 - peak RSS idle, during one 1 GiB upload and during 8 parallel ones;
 - cold downloads (blob evicted from the page cache) against the device's own
-  sequential read rate (dd iflag=direct bs=4M on the same blob);
+  sequential read rate (dd iflag=direct bs=4M on the same blob), in 2 x --runs + 1
+  pairs judged on the median of each pair's ratio;
 - metadata p99 and server threads while 300 slow uploads and 600 slow
   downloads are held open (tests/system/crowd.py);
 - cold start to the first answered request with 10,000 images.
@@ -449,8 +450,10 @@ def main():
         # on this disk), evicts again and downloads.
         blobs = blob_paths(data_dir)
         everything = blob_paths(data_dir, outboards=True)
+        # The disk and this VM drift between seconds, so there are 2 x --runs + 1 pairs and the
+        # target is judged on the median of each pair's own ratio.
         device, cold = [], []
-        for _ in range(args.runs):
+        for _ in range(2 * args.runs + 1):
             for path in everything:
                 evict(path)
             device.append(direct_read_rate(blobs[0]))
@@ -460,6 +463,8 @@ def main():
         figures["limit_device_read_mbps"] = statistics.median(device)
         figures["download_cold_mbps"] = statistics.median(cold)
         figures["download_cold_runs"] = cold
+        figures["limit_device_read_runs"] = device
+        figures["download_cold_ratio"] = statistics.median(c / d for c, d in zip(cold, device))
         # Each download runs right after the sendfile reference fetches the same bytes, so that
         # both see the same machine state (this VM's loopback rate drifts between minutes).
         reference = SendfileServer(files[0])
@@ -530,7 +535,8 @@ def report(figures, args):
          ">= 0.8 x sendfile", figures["download_mbps"] >= 0.8 * figures["limit_sendfile_mbps"]),
         ("download, first (from disk)", figures["download_first_mbps"], "MB/s", None, "", True),
         ("download, cold (from disk)", figures["download_cold_mbps"], "MB/s", figures["limit_device_read_mbps"],
-         ">= 0.8 x device read (dd direct)", figures["download_cold_mbps"] >= 0.8 * figures["limit_device_read_mbps"]),
+         f">= 0.8 x dd direct (pairs: {figures['download_cold_ratio']:.2f})",
+         figures["download_cold_ratio"] >= 0.8),
         ("dedupe re-upload", figures["dedupe_upload_mbps"], "MB/s", upload_limit, "", True),
         ("dedupe bytes added", figures["dedupe_bytes_added"], "B", None, "0", figures["dedupe_bytes_added"] == 0),
         ("create, 1 client", figures["create_1_client_per_s"], "img/s", None, "", True),

@@ -57,6 +57,9 @@ const READ_AHEAD: usize = 4;
 /// keep only the kernel's readahead window (a few hundred KiB) in flight, which left a cold
 /// download at half the disk's rate; this keeps the device queue full.
 const PREFETCH_AHEAD: u64 = 32 << 20;
+/// The window moves in steps of this size: one hint per 4 MiB read, so the kernel submits
+/// requests as large as the device takes (`max_sectors_kb`) rather than one per 256 KiB read.
+const PREFETCH_STEP: u64 = 4 << 20;
 /// Read buffers kept for reuse per download: those in flight, the channel's, and a few held by
 /// the HTTP layer while it writes them.
 const READ_POOL: usize = READ_AHEAD + CHANNEL_DEPTH + 4;
@@ -551,13 +554,16 @@ impl Reading {
                 in_flight.push_back((
                     at,
                     self.pool.spawn(move || {
-                        // The first read asks for the whole window, each later one for the
-                        // slice that enters it, so the window slides along with the reads.
+                        // The first read asks for the whole window; each read that starts a
+                        // new step asks for the step that enters it, so the window slides
+                        // along with the reads.
                         if first {
                             source.prefetch(at, PREFETCH_AHEAD.min(end - at));
-                        } else if at + PREFETCH_AHEAD < end {
-                            let from = at + PREFETCH_AHEAD;
-                            source.prefetch(from, (want as u64).min(end - from));
+                        } else if (at - span.start).is_multiple_of(PREFETCH_STEP)
+                            && at + PREFETCH_AHEAD - PREFETCH_STEP < end
+                        {
+                            let from = at + PREFETCH_AHEAD - PREFETCH_STEP;
+                            source.prefetch(from, PREFETCH_STEP.min(end - from));
                         }
                         let bytes = &mut buffer.window()[..want];
                         if read_fully(source.as_ref(), bytes, at)? < want {
