@@ -39,3 +39,5 @@ cargo build --locked --quiet
 tests/clients/run.sh target/debug/ocellus
 echo "== system tests: a full disk, kill -9 cycles, a crowd of slow transfers"
 tests/system/run.sh target/debug/ocellus
+echo "== the appliance: static binary, systemd unit, .deb install, upgrade, remove, purge"
+tests/package/run.sh

@@ -16,6 +16,7 @@ pub const DEFAULT_IMAGE_SIZE_CAP: u64 = 1 << 40;
 
 /// How requests are authenticated.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[cfg_attr(test, derive(serde::Serialize))]
 #[serde(rename_all = "lowercase")]
 pub enum AuthMode {
     /// Lab mode: no credentials; every request acts as an admin of the default project unless
@@ -38,7 +39,7 @@ pub struct ServeArgs {
     pub data_dir: Option<PathBuf>,
     /// TOML file with any of: listen, data_dir, auth, default_project, image_size_cap, log,
     /// tls_cert, tls_key, public_url, auth_failure_limit, max_connections, max_uploads,
-    /// max_downloads, min_free_space, quarantine_days
+    /// max_downloads, min_free_space, quarantine_days, shutdown_timeout
     #[arg(long, env = "OCELLUS_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Authentication mode [default: none]
@@ -97,10 +98,15 @@ pub struct ServeArgs {
     /// before the server removes them [default: 7]
     #[arg(long, env = "OCELLUS_QUARANTINE_DAYS", value_name = "DAYS")]
     pub quarantine_days: Option<u64>,
+    /// Seconds that requests in flight get to finish after SIGTERM or SIGINT; then they are
+    /// cut (a cut upload leaves its image queued) [default: 30]
+    #[arg(long, env = "OCELLUS_SHUTDOWN_TIMEOUT", value_name = "SECONDS")]
+    pub shutdown_timeout: Option<u64>,
 }
 
 /// The TOML file's contents; every key is optional.
 #[derive(Debug, Default, Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
     pub listen: Option<SocketAddr>,
@@ -118,6 +124,7 @@ pub struct FileConfig {
     pub max_downloads: Option<usize>,
     pub min_free_space: Option<u64>,
     pub quarantine_days: Option<u64>,
+    pub shutdown_timeout: Option<u64>,
 }
 
 /// Certificate and key files for HTTPS.
@@ -141,6 +148,8 @@ pub struct Config {
     pub public_url: Option<String>,
     pub auth_failure_limit: u32,
     pub max_connections: usize,
+    /// Time requests in flight get to finish at shutdown.
+    pub shutdown_timeout: std::time::Duration,
     /// Transfer slots, free-space reserve, quarantine grace.
     pub store: StoreLimits,
 }
@@ -158,6 +167,7 @@ impl Default for Config {
             public_url: None,
             auth_failure_limit: 10,
             max_connections: 1024,
+            shutdown_timeout: std::time::Duration::from_secs(30),
             store: StoreLimits::default(),
         }
     }
@@ -210,6 +220,10 @@ impl Config {
                 .max_connections
                 .or(file.max_connections)
                 .unwrap_or(defaults.max_connections),
+            shutdown_timeout: args
+                .shutdown_timeout
+                .or(file.shutdown_timeout)
+                .map_or(defaults.shutdown_timeout, std::time::Duration::from_secs),
             store: StoreLimits {
                 max_uploads: args
                     .max_uploads
@@ -278,6 +292,61 @@ mod tests {
         assert_eq!(config.data_dir, PathBuf::from("/tmp/flag"));
         assert_eq!(config.image_size_cap, 10);
         assert_eq!(config.default_project, "lab");
+    }
+
+    /// The package's conffile sets what an appliance needs and lists every other setting,
+    /// commented out; uncommented, each of those lines must still be a valid setting.
+    #[test]
+    fn the_shipped_config_file_lists_every_setting() {
+        let text = include_str!("../packaging/deb/ocellus.toml");
+        let shipped: FileConfig = toml::from_str(text).unwrap();
+        assert_eq!(shipped.auth, Some(AuthMode::Keys));
+        assert_eq!(shipped.listen, Some("0.0.0.0:9292".parse().unwrap()));
+        assert_eq!(shipped.data_dir, Some(PathBuf::from("/var/lib/ocellus")));
+
+        let is_setting = |line: &str| {
+            line.split_once(" = ").is_some_and(|(key, _)| {
+                !key.is_empty()
+                    && key
+                        .bytes()
+                        .all(|byte| byte.is_ascii_lowercase() || byte == b'_')
+            })
+        };
+        let uncommented: String = text
+            .lines()
+            .map(|line| match line.strip_prefix("# ") {
+                Some(setting) if is_setting(setting) => setting,
+                _ => line,
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        toml::from_str::<FileConfig>(&uncommented).expect("every listed setting is valid");
+        let listed: std::collections::BTreeSet<String> =
+            toml::from_str::<toml::Table>(&uncommented)
+                .unwrap()
+                .keys()
+                .cloned()
+                .collect();
+        let accepted: std::collections::BTreeSet<String> =
+            match serde_json::to_value(FileConfig::default()).unwrap() {
+                serde_json::Value::Object(fields) => fields.keys().cloned().collect(),
+                other => panic!("{other}"),
+            };
+        assert_eq!(listed, accepted, "the conffile and FileConfig disagree");
+
+        let command = <ServeArgs as clap::Args>::augment_args(clap::Command::new("serve"));
+        let help = command
+            .get_arguments()
+            .find(|argument| argument.get_id() == "config")
+            .and_then(|argument| argument.get_help())
+            .unwrap()
+            .to_string();
+        for key in &accepted {
+            assert!(
+                help.contains(key.as_str()),
+                "--config's help does not name {key}"
+            );
+        }
     }
 
     #[test]

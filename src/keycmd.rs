@@ -107,6 +107,17 @@ pub enum KeyCommand {
         #[command(flatten)]
         target: KeyTarget,
     },
+    /// Create the bootstrap admin key if the data directory has no keys yet, as `serve` does
+    /// at its first start with auth = "keys", and print the path of the file holding it
+    /// (readable by its owner only). Needs the server stopped; the package runs it at install.
+    Bootstrap {
+        /// Server settings file, read for data_dir
+        #[arg(long, env = "OCELLUS_CONFIG", value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Data directory [default: ./ocellus-data]
+        #[arg(long, env = "OCELLUS_DATA_DIR", value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+    },
     /// Revoke a key: it and every token minted from it stop working at once
     Revoke {
         /// Key id (32 hex digits)
@@ -127,6 +138,7 @@ pub fn run(command: KeyCommand) -> Result<(), String> {
         KeyCommand::Create { target, .. }
         | KeyCommand::List { target, .. }
         | KeyCommand::Revoke { target, .. } => target.clone(),
+        KeyCommand::Bootstrap { config, data_dir } => return bootstrap(config, data_dir),
     };
     match backend(target)? {
         Backend::Local(store) => run_local(&store, command),
@@ -138,6 +150,36 @@ pub fn run(command: KeyCommand) -> Result<(), String> {
             runtime.block_on(run_remote(&url, &target, command))
         }
     }
+}
+
+/// `key bootstrap`: the first admin key of a data directory that has none.
+fn bootstrap(config: &Option<PathBuf>, data_dir: &Option<PathBuf>) -> Result<(), String> {
+    let config = Config::resolve(&ServeArgs {
+        config: config.clone(),
+        data_dir: data_dir.clone(),
+        ..ServeArgs::default()
+    })?;
+    let store = Store::open_metadata(&config.data_dir).map_err(|error| {
+        format!(
+            "cannot open {} (a running server makes its own bootstrap key at start): {error}",
+            config.data_dir.display()
+        )
+    })?;
+    let path = config.data_dir.join(crate::BOOTSTRAP_KEY_FILE);
+    if crate::ensure_bootstrap_key(&store, &config.data_dir).map_err(|error| error.to_string())? {
+        println!(
+            "created admin key 'bootstrap-admin' (project 'admin'); its secret is in {}",
+            path.display()
+        );
+    } else if path.exists() {
+        println!(
+            "keys exist already; the bootstrap admin key is in {}",
+            path.display()
+        );
+    } else {
+        println!("keys exist already and no bootstrap key file is kept; none was made");
+    }
+    Ok(())
 }
 
 fn backend(mut target: KeyTarget) -> Result<Backend, String> {
@@ -241,6 +283,7 @@ fn run_local(store: &Store, command: KeyCommand) -> Result<(), String> {
             Ok(None) => return Err(format!("no key with id {id}")),
             Err(error) => return Err(error.to_string()),
         },
+        KeyCommand::Bootstrap { config, data_dir } => return bootstrap(&config, &data_dir),
     }
     Ok(())
 }
@@ -280,6 +323,9 @@ async fn run_remote(url: &str, target: &KeyTarget, command: KeyCommand) -> Resul
             )
             .await?;
             println!("Revoked key {id}.");
+        }
+        KeyCommand::Bootstrap { .. } => {
+            return Err("key bootstrap works on a stopped server's data directory only".into());
         }
     }
     Ok(())

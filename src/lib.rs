@@ -57,8 +57,8 @@ pub fn open(config: config::Config) -> Result<AppState, OpenError> {
         store::Store::open_with(&config.data_dir, config.store).map_err(OpenError::Store)?,
     );
     let kv_error = |error: kv::KvError| OpenError::Store(store::StoreError::Kv(error));
-    if config.auth == config::AuthMode::Keys && store.key_count().map_err(kv_error)? == 0 {
-        bootstrap_key(&store, &config.data_dir)?;
+    if config.auth == config::AuthMode::Keys {
+        ensure_bootstrap_key(&store, &config.data_dir)?;
     }
     let identity =
         identity::Identity::new(store.clone(), config.auth_failure_limit).map_err(kv_error)?;
@@ -68,6 +68,22 @@ pub fn open(config: config::Config) -> Result<AppState, OpenError> {
         identity: Arc::new(identity),
         tls,
     })
+}
+
+/// With no keys in `store`, creates the first admin key and writes it to
+/// `BOOTSTRAP_KEY_FILE` in `data_dir`, readable by its owner only; true if it did. Blocks.
+pub fn ensure_bootstrap_key(
+    store: &store::Store,
+    data_dir: &std::path::Path,
+) -> Result<bool, OpenError> {
+    let count = store
+        .key_count()
+        .map_err(|error| OpenError::Store(store::StoreError::Kv(error)))?;
+    if count > 0 {
+        return Ok(false);
+    }
+    bootstrap_key(store, data_dir)?;
+    Ok(true)
 }
 
 /// Creates the first admin key and writes it to a file only the service user can read.

@@ -149,6 +149,11 @@ fn serve(args: &ServeArgs) -> ExitCode {
             .map_err(|error| format!("cannot listen on {listen}: {error}"))?;
         let address = listener.local_addr().map_err(|error| error.to_string())?;
         tracing::info!(%address, data_dir = %state.config.data_dir.display(), "ocellus is serving");
+        // Under systemd (Type=notify): the store is open and the listener bound.
+        notify(&[
+            sd_notify::NotifyState::Ready,
+            sd_notify::NotifyState::Status(&format!("serving on {address}")),
+        ]);
         ocellus::serve(listener, state, shutdown_signal())
             .await
             .map_err(|error| format!("server failed: {error}"))
@@ -188,4 +193,13 @@ async fn shutdown_signal() {
         let _ = interrupt.await;
     }
     tracing::info!("shutting down");
+    notify(&[sd_notify::NotifyState::Stopping]);
+}
+
+/// Tells the service manager about the server's state when it asked to be told
+/// (`NOTIFY_SOCKET`); a failure only costs the notification.
+fn notify(states: &[sd_notify::NotifyState<'_>]) {
+    if let Err(error) = sd_notify::notify(false, states) {
+        tracing::warn!(%error, "could not notify the service manager");
+    }
 }

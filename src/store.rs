@@ -279,6 +279,17 @@ impl Store {
         Ok(repairs)
     }
 
+    /// At shutdown, once no request runs: puts uploads that were cut back to `queued` and
+    /// removes their temp objects, as the next start would. Blocks.
+    pub fn settle_interrupted(&self) -> Result<(), StoreError> {
+        let requeued = self.kv.requeue_interrupted_uploads()?;
+        for id in &requeued {
+            tracing::info!(image = %id, "upload cut by shutdown; image is queued again");
+        }
+        self.backend().remove_temps()?;
+        Ok(())
+    }
+
     /// Removes quarantined blobs older than the grace period; returns how many. Blocks.
     pub fn collect_quarantine(&self) -> Result<usize, StoreError> {
         let cutoff = SystemTime::now()

@@ -8,7 +8,9 @@
 //!   done here).
 //! - A request head (request line and headers) larger than `MAX_HEAD_BYTES` gets 431.
 //! - On shutdown, the listener closes and open connections finish their current request,
-//!   for at most `DRAIN_TIMEOUT`.
+//!   for at most the configured `shutdown_timeout`; what is still open then is cut, and
+//!   uploads it cut are put back to `queued` with their temp files removed before `serve`
+//!   returns.
 //!
 //! Each request carries a `Connection` extension with the peer address (for the
 //! authentication failure limiter) and whether it came over TLS (for absolute links).
@@ -35,8 +37,6 @@ use crate::config::TlsFiles;
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time allowed for a TLS handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Time open requests get to finish after shutdown is requested.
-pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Largest request head (request line plus headers) accepted; larger ones get 431.
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
 
@@ -109,7 +109,10 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let acceptor = state.tls.clone().map(tokio_rustls::TlsAcceptor::from);
     let slots = Arc::new(Semaphore::new(state.config.max_connections));
+    let drain_timeout = state.config.shutdown_timeout;
+    let store = state.store.clone();
     let upkeep = tokio::spawn(upkeep(state.store.clone()));
+    let mut connections = tokio::task::JoinSet::new();
     let app = router(state);
     let graceful = GracefulShutdown::new();
     let mut builder = hyper::server::conn::http1::Builder::new();
@@ -125,6 +128,7 @@ pub async fn serve(
     tokio::pin!(shutdown);
 
     loop {
+        while connections.try_join_next().is_some() {}
         let permit = tokio::select! {
             permit = slots.clone().acquire_owned() => permit.expect("the slot semaphore is never closed"),
             () = &mut shutdown => break,
@@ -155,7 +159,7 @@ pub async fn serve(
         let watcher = graceful.watcher();
         let builder = builder.clone();
         let acceptor = acceptor.clone();
-        tokio::spawn(async move {
+        connections.spawn(async move {
             let _permit = permit;
             let result =
                 match acceptor {
@@ -190,11 +194,23 @@ pub async fn serve(
 
     drop(listener);
     upkeep.abort();
-    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
+    if tokio::time::timeout(drain_timeout, graceful.shutdown())
         .await
         .is_err()
     {
-        tracing::warn!("open connections did not finish in time; closing them");
+        tracing::warn!(
+            open = connections.len(),
+            "open connections did not finish in time; closing them"
+        );
+    }
+    // Cut what is left while the runtime still runs, so that each cut request's cleanup runs
+    // now rather than never (a runtime being dropped refuses new blocking work).
+    connections.abort_all();
+    while connections.join_next().await.is_some() {}
+    match tokio::task::spawn_blocking(move || store.settle_interrupted()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => tracing::warn!(%error, "could not settle interrupted uploads"),
+        Err(error) => tracing::warn!(%error, "could not settle interrupted uploads"),
     }
     Ok(())
 }

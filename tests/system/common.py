@@ -1,4 +1,4 @@
-"""Helpers shared by the system tests (full_disk.py, crash_loop.py, crowd.py).
+"""Helpers shared by the system tests (full_disk.py, crash_loop.py, crowd.py, shutdown.py).
 
 Each test drives the real `ocellus` binary as a separate process on a
 127.0.0.1 ephemeral port. Everything here is bounded: every request has a
@@ -205,8 +205,9 @@ class Api:
 class Server:
     """One `ocellus serve` process; its output goes to log_path."""
 
-    def __init__(self, binary, data_dir, log_path, extra_args=(), port=None):
+    def __init__(self, binary, data_dir, log_path, extra_args=(), port=None, env=None):
         self.binary = binary
+        self.env = dict(env or {})
         self.data_dir = str(data_dir)
         self.log_path = str(log_path)
         self.extra_args = list(extra_args)
@@ -226,10 +227,14 @@ class Server:
             logf.write(f"\n==== {time.strftime('%H:%M:%S')} {' '.join(argv)}\n".encode())
             logf.flush()
             self.proc = subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         env=clean_env(), preexec_fn=_die_with_parent)
+                                         env={**clean_env(), **self.env}, preexec_fn=_die_with_parent)
         finally:
             logf.close()
-        return self.wait_healthy(wait)
+        return None if wait is None else self.wait_healthy(wait)
+
+    def launch(self):
+        """Starts the process without waiting for it to answer."""
+        self.start(wait=None)
 
     def wait_healthy(self, wait):
         """Seconds until /healthcheck answered 200; raises if it never did."""

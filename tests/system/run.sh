@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Runs the three system tests against one ocellus binary and fails if any
+# Runs the system tests against one ocellus binary and fails if any
 # fails: full_disk.py (needs root and a loop device, else it prints SKIP and
 # passes), crash_loop.py (default cycles, or $OCELLUS_CRASH_CYCLES), crowd.py
-# (default crowd: 300 uploads, 600 downloads, 20 s).
+# (default crowd: 300 uploads, 600 downloads, 20 s), shutdown.py (systemd notify
+# and SIGTERM during uploads).
 #
 # Usage: tests/system/run.sh PATH_TO_OCELLUS_BINARY
 set -uo pipefail
@@ -22,7 +23,7 @@ if [[ -z ${PYTHON:-} ]]; then
 fi
 
 failed=()
-for test in full_disk crash_loop crowd; do
+for test in full_disk crash_loop crowd shutdown; do
     echo "== $test"
     start=$SECONDS
     # Each test bounds its own steps; the outer limit only catches a hang.
