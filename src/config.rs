@@ -39,7 +39,8 @@ pub struct ServeArgs {
     pub data_dir: Option<PathBuf>,
     /// TOML file with any of: listen, data_dir, auth, default_project, image_size_cap, log,
     /// tls_cert, tls_key, public_url, auth_failure_limit, max_connections, max_uploads,
-    /// max_downloads, min_free_space, quarantine_days, shutdown_timeout
+    /// max_downloads, min_free_space, quarantine_days, shutdown_timeout, log_format,
+    /// metrics_token, scrub_interval, scrub_rate
     #[arg(long, env = "OCELLUS_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Authentication mode [default: none]
@@ -102,6 +103,38 @@ pub struct ServeArgs {
     /// cut (a cut upload leaves its image queued) [default: 30]
     #[arg(long, env = "OCELLUS_SHUTDOWN_TIMEOUT", value_name = "SECONDS")]
     pub shutdown_timeout: Option<u64>,
+    /// Log lines as text for people or as one JSON object per line [default: human]
+    #[arg(long, env = "OCELLUS_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// Bearer token that lets a scraper read /metrics (and the detailed /healthcheck) from
+    /// other hosts; loopback clients and admin keys need none [default: none]
+    #[arg(
+        long,
+        env = "OCELLUS_METRICS_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub metrics_token: Option<String>,
+    /// Time between background scrub passes, which re-verify every blob: 90s, 15m, 12h, 7d,
+    /// 2w, or off [default: 7d]
+    #[arg(long, env = "OCELLUS_SCRUB_INTERVAL", value_name = "DURATION")]
+    pub scrub_interval: Option<String>,
+    /// Highest scrub read rate, in MB/s (10^6 bytes); the scrub also pauses while transfers
+    /// run [default: 50]
+    #[arg(long, env = "OCELLUS_SCRUB_RATE", value_name = "MB_PER_S")]
+    pub scrub_rate: Option<u64>,
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[cfg_attr(test, derive(serde::Serialize))]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One line of text per event, fields as key=value.
+    #[default]
+    Human,
+    /// One JSON object per line, with the request's span (its id) in each.
+    Json,
 }
 
 /// The TOML file's contents; every key is optional.
@@ -125,6 +158,10 @@ pub struct FileConfig {
     pub min_free_space: Option<u64>,
     pub quarantine_days: Option<u64>,
     pub shutdown_timeout: Option<u64>,
+    pub log_format: Option<LogFormat>,
+    pub metrics_token: Option<String>,
+    pub scrub_interval: Option<String>,
+    pub scrub_rate: Option<u64>,
 }
 
 /// Certificate and key files for HTTPS.
@@ -150,6 +187,10 @@ pub struct Config {
     pub max_connections: usize,
     /// Time requests in flight get to finish at shutdown.
     pub shutdown_timeout: std::time::Duration,
+    pub log_format: LogFormat,
+    /// Lets a scraper on another host read `/metrics`.
+    pub metrics_token: Option<String>,
+    pub scrub: crate::scrub::ScrubSettings,
     /// Transfer slots, free-space reserve, quarantine grace.
     pub store: StoreLimits,
 }
@@ -168,6 +209,9 @@ impl Default for Config {
             auth_failure_limit: 10,
             max_connections: 1024,
             shutdown_timeout: std::time::Duration::from_secs(30),
+            log_format: LogFormat::Human,
+            metrics_token: None,
+            scrub: crate::scrub::ScrubSettings::default(),
             store: StoreLimits::default(),
         }
     }
@@ -224,6 +268,28 @@ impl Config {
                 .shutdown_timeout
                 .or(file.shutdown_timeout)
                 .map_or(defaults.shutdown_timeout, std::time::Duration::from_secs),
+            log_format: args
+                .log_format
+                .or(file.log_format)
+                .unwrap_or(defaults.log_format),
+            metrics_token: args
+                .metrics_token
+                .clone()
+                .or(file.metrics_token)
+                .filter(|token| !token.is_empty()),
+            scrub: crate::scrub::ScrubSettings {
+                interval: match args.scrub_interval.clone().or(file.scrub_interval) {
+                    Some(text) => parse_interval(&text).ok_or_else(|| {
+                        format!("scrub_interval {text:?}: give 90s, 15m, 12h, 7d, 2w or off")
+                    })?,
+                    None => defaults.scrub.interval,
+                },
+                rate: match args.scrub_rate.or(file.scrub_rate) {
+                    Some(0) => return Err("scrub_rate must be at least 1 (MB/s)".into()),
+                    Some(megabytes) => megabytes.saturating_mul(1_000_000),
+                    None => defaults.scrub.rate,
+                },
+            },
             store: StoreLimits {
                 max_uploads: args
                     .max_uploads
@@ -261,6 +327,26 @@ impl Config {
         }
         Ok(config)
     }
+}
+
+/// `off` (or `0`) is `Some(None)`; `<number><s|m|h|d|w>` a duration; anything else `None`.
+fn parse_interval(text: &str) -> Option<Option<std::time::Duration>> {
+    let text = text.trim();
+    if text == "off" || text == "0" {
+        return Some(None);
+    }
+    let unit = text.chars().last()?;
+    let count: u64 = text[..text.len() - unit.len_utf8()].parse().ok()?;
+    let seconds = match unit {
+        's' => 1,
+        'm' => 60,
+        'h' => 3600,
+        'd' => 86_400,
+        'w' => 7 * 86_400,
+        _ => return None,
+    };
+    let total = count.checked_mul(seconds).filter(|total| *total > 0)?;
+    Some(Some(std::time::Duration::from_secs(total)))
 }
 
 fn read_file(path: &Path) -> Result<FileConfig, String> {

@@ -12,7 +12,9 @@ pub mod http;
 pub mod identity;
 pub mod keycmd;
 mod kv;
+pub mod metrics;
 pub mod policy;
+pub mod scrub;
 pub mod store;
 
 use std::sync::Arc;
@@ -67,6 +69,7 @@ pub fn open(config: config::Config) -> Result<AppState, OpenError> {
         config: Arc::new(config),
         identity: Arc::new(identity),
         tls,
+        metrics: Arc::new(metrics::Metrics::new()),
     })
 }
 

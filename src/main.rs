@@ -4,7 +4,7 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use ocellus::config::{Config, ServeArgs};
+use ocellus::config::{Config, LogFormat, ServeArgs};
 use ocellus::keycmd::KeyCommand;
 use tracing_subscriber::EnvFilter;
 
@@ -117,11 +117,18 @@ fn serve(args: &ServeArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match config.log_format {
+        LogFormat::Human => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+        // One object per line; the request span (its id and key) rides along in each.
+        LogFormat::Json => logs
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .init(),
+    }
 
     // Blocking threads run metadata work (redb calls, argon2); transfers have their own pool.
     // redb serializes writes, so a crowd of requests gains nothing from more threads than

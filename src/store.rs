@@ -66,6 +66,8 @@ pub enum StoreError {
     Gone,
     /// The image left `saving` while its data was uploading.
     Changed,
+    /// The blob failed verification (scrub or check) and has not been healed.
+    Damaged(Digest),
 }
 
 impl std::fmt::Display for StoreError {
@@ -91,6 +93,11 @@ impl std::fmt::Display for StoreError {
             StoreError::NoImage(id) => write!(formatter, "no image {id}"),
             StoreError::Gone => formatter.write_str("the image was deleted during the upload"),
             StoreError::Changed => formatter.write_str("the image changed during the upload"),
+            StoreError::Damaged(digest) => write!(
+                formatter,
+                "blob {} failed verification; its bytes are not served",
+                digest.to_hex()
+            ),
         }
     }
 }
@@ -172,6 +179,86 @@ pub struct CheckReport {
     pub leftovers: Vec<String>,
 }
 
+/// The store's figures, for `/metrics`, the detailed health check and `ocellus stats`.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct StoreStats {
+    pub images: u64,
+    /// Images per status, every status included.
+    pub images_by_status: std::collections::BTreeMap<&'static str, u64>,
+    /// Per owning project: images and bytes of their data (before deduplication).
+    pub projects: Vec<ProjectUsage>,
+    /// Bytes of image data as the images count them.
+    pub image_bytes: u64,
+    /// Distinct blobs and their bytes: what the data takes on the backend.
+    pub blobs: u64,
+    pub blob_bytes: u64,
+    /// What deduplication saves: `image_bytes - blob_bytes`.
+    pub dedupe_saved_bytes: u64,
+    pub quarantined_blobs: u64,
+    pub uploads_in_flight: u64,
+    pub downloads_in_flight: u64,
+}
+
+/// One project's use of the store.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct ProjectUsage {
+    pub project: String,
+    pub images: u64,
+    pub bytes: u64,
+}
+
+/// What re-verifying a blob found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Good,
+    /// Damaged, missing or the wrong length: now marked.
+    Bad(String),
+    /// `pace` asked to stop before the end.
+    Stopped,
+}
+
+/// The scrub's running figures (since the server started).
+#[derive(Debug, Default)]
+pub struct ScrubState {
+    pub passes: AtomicU64,
+    pub checked_blobs: AtomicU64,
+    pub checked_bytes: AtomicU64,
+    /// The fraction of the current pass done, as `f64` bits.
+    pub progress: AtomicU64,
+}
+
+/// A snapshot of the scrub's figures.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct ScrubStats {
+    pub passes: u64,
+    pub checked_blobs: u64,
+    pub checked_bytes: u64,
+    /// Blobs marked bad (by the scrub or a check) and not yet healed.
+    pub failed_blobs: u64,
+    pub progress: f64,
+}
+
+/// Whether the store can take writes, for `/healthcheck`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Health {
+    /// Metadata writes work (false after a failed write until the database is reopened).
+    pub database_writable: bool,
+    /// Free bytes on the backend, where it can tell.
+    pub free_bytes: Option<u64>,
+    /// The reserve uploads leave free for metadata.
+    pub reserve_bytes: u64,
+}
+
+impl Health {
+    /// Healthy: writes work and the free space is above the reserve.
+    pub fn ok(&self) -> bool {
+        self.database_writable
+            && self
+                .free_bytes
+                .is_none_or(|free| free >= self.reserve_bytes)
+    }
+}
+
 /// What a crash left behind, as `open` found and repaired it.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Repairs {
@@ -193,6 +280,7 @@ pub struct Store {
     reserved: AtomicU64,
     /// Blobs being read, with how many reads each.
     pins: Mutex<HashMap<Digest, usize>>,
+    scrub: ScrubState,
 }
 
 impl Store {
@@ -245,6 +333,7 @@ impl Store {
             downloads: Arc::new(Semaphore::new(limits.max_downloads.max(1))),
             reserved: AtomicU64::new(0),
             pins: Mutex::new(HashMap::new()),
+            scrub: ScrubState::default(),
         })
     }
 
@@ -328,6 +417,139 @@ impl Store {
             return false;
         }
         self.kv.recover()
+    }
+
+    /// Counts images, bytes and transfers. Reads every image record: for a scrape or a
+    /// command, not per request. Blocks.
+    pub fn stats(&self) -> Result<StoreStats, StoreError> {
+        let audit = self.kv.audit()?;
+        let blob_bytes: u64 = audit
+            .blobs
+            .iter()
+            .filter(|blob| blob.references > 0)
+            .map(|blob| blob.size)
+            .sum();
+        let in_flight = |semaphore: &Semaphore, limit: usize| {
+            limit.saturating_sub(semaphore.available_permits()) as u64
+        };
+        Ok(StoreStats {
+            images: audit.images,
+            images_by_status: audit.by_status,
+            projects: audit
+                .by_owner
+                .into_iter()
+                .map(|(project, (images, bytes))| ProjectUsage {
+                    project,
+                    images,
+                    bytes,
+                })
+                .collect(),
+            image_bytes: audit.image_bytes,
+            blobs: audit
+                .blobs
+                .iter()
+                .filter(|blob| blob.references > 0)
+                .count() as u64,
+            blob_bytes,
+            dedupe_saved_bytes: audit.image_bytes.saturating_sub(blob_bytes),
+            quarantined_blobs: self.backend().quarantined()? as u64,
+            uploads_in_flight: in_flight(&self.uploads, self.limits.max_uploads.max(1)),
+            downloads_in_flight: in_flight(&self.downloads, self.limits.max_downloads.max(1)),
+        })
+    }
+
+    /// Re-reads one blob and checks every byte against its digest and outboard; a blob that
+    /// fails (or is missing, or has the wrong length) is marked damaged, so its images refuse
+    /// downloads. `pace` is called after each buffer with its length and may stop the check
+    /// (`Verdict::Stopped`). Blocks.
+    pub fn verify_blob(
+        &self,
+        digest: Digest,
+        size: u64,
+        pace: &mut dyn FnMut(u64) -> bool,
+    ) -> Result<Verdict, StoreError> {
+        let checked = self
+            .blobs
+            .open(digest, size)
+            .map_err(|error| match error {
+                BlobError::Io(error) => error,
+                other => std::io::Error::other(other.to_string()),
+            })
+            .and_then(|blob| self.blobs.verify_all(blob, pace));
+        let problem = match checked {
+            Ok(true) => return Ok(Verdict::Good),
+            Ok(false) => return Ok(Verdict::Stopped),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => "missing".to_owned(),
+            Err(error)
+                if matches!(
+                    error.kind(),
+                    std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof
+                ) =>
+            {
+                error.to_string()
+            }
+            // Anything else (an I/O error) says nothing about the bytes; report, don't mark.
+            Err(error) => return Err(StoreError::from(error)),
+        };
+        tracing::error!(blob = %digest.to_hex(), %problem, "blob failed verification; its images refuse downloads until good bytes are uploaded again");
+        self.kv.mark_bad_blob(digest, crate::identity::now_secs())?;
+        Ok(Verdict::Bad(problem))
+    }
+
+    /// The scrub's running figures, which the scrub updates.
+    pub fn scrub_state(&self) -> &ScrubState {
+        &self.scrub
+    }
+
+    /// A snapshot of the scrub's figures, with the count of blobs marked damaged. Blocks.
+    pub fn scrub_stats(&self) -> Result<ScrubStats, StoreError> {
+        Ok(ScrubStats {
+            passes: self.scrub.passes.load(Ordering::Relaxed),
+            checked_blobs: self.scrub.checked_blobs.load(Ordering::Relaxed),
+            checked_bytes: self.scrub.checked_bytes.load(Ordering::Relaxed),
+            failed_blobs: self.kv.bad_blobs()?.len() as u64,
+            progress: f64::from_bits(self.scrub.progress.load(Ordering::Relaxed)),
+        })
+    }
+
+    /// Blobs marked damaged, with the Unix time each was found. Blocks.
+    pub fn bad_blobs(&self) -> Result<Vec<(Digest, i64)>, StoreError> {
+        Ok(self.kv.bad_blobs()?)
+    }
+
+    /// Every referenced blob and its size. Blocks.
+    pub fn blob_sizes(&self) -> Result<Vec<(Digest, u64)>, StoreError> {
+        Ok(self.kv.blob_sizes()?)
+    }
+
+    /// A number kept in the database's meta table. Blocks.
+    pub fn meta(&self, name: &str) -> Result<Option<u64>, StoreError> {
+        Ok(self.kv.meta(name)?)
+    }
+
+    /// Sets a number in the database's meta table. Blocks.
+    pub fn set_meta(&self, name: &str, value: u64) -> Result<(), StoreError> {
+        Ok(self.kv.set_meta(name, value)?)
+    }
+
+    /// Uploads and downloads running now.
+    pub fn transfers_in_flight(&self) -> usize {
+        let busy = |semaphore: &Semaphore, limit: usize| {
+            limit.saturating_sub(semaphore.available_permits())
+        };
+        busy(&self.uploads, self.limits.max_uploads.max(1))
+            + busy(&self.downloads, self.limits.max_downloads.max(1))
+    }
+
+    /// Whether writes can work now: the database state and the free space against the
+    /// reserve. Cheap (one statfs). Blocks.
+    pub fn health(&self) -> Health {
+        let space = self.backend().space().ok().flatten();
+        Health {
+            database_writable: self.healthy(),
+            free_bytes: space.map(|space| space.free),
+            reserve_bytes: self.keep_free(space),
+        }
     }
 
     /// Checks metadata against the blobs: reference counts, presence and size of every
@@ -649,9 +871,27 @@ impl Store {
             sha512: received.sha512,
         };
         let _guard = self.blobs.lock(digest);
+        // Bytes that just hashed to a blob marked damaged heal it: the damaged copy goes to
+        // quarantine (so that placing does not keep it as a duplicate) and these take its place.
+        let heals = self.kv.is_bad_blob(digest).map_err(E::from)?;
+        if heals
+            && self
+                .backend()
+                .size(digest)
+                .map_err(StoreError::from)?
+                .is_some()
+        {
+            self.backend()
+                .quarantine(digest)
+                .map_err(|error| E::from(StoreError::from(error)))?;
+        }
         self.blobs
             .place(received.temp, digest)
             .map_err(|error| E::from(StoreError::Blob(error)))?;
+        if heals {
+            self.kv.clear_bad_blob(digest).map_err(E::from)?;
+            tracing::warn!(blob = %digest.to_hex(), "a damaged blob was healed by an upload of the same bytes");
+        }
         let outcome = self.kv.update_image(id, |record| {
             if record.status != ImageStatus::Saving {
                 return Err(E::from(StoreError::Changed));
@@ -698,7 +938,13 @@ impl Store {
         let pin = Pin::new(self.clone(), digest);
         let store = self.clone();
         let size = data.size;
-        let blob = blocking(move || Ok::<_, StoreError>(store.blobs.open(digest, size)?)).await??;
+        let blob = blocking(move || {
+            if store.kv.is_bad_blob(digest)? {
+                return Err(StoreError::Damaged(digest));
+            }
+            Ok::<_, StoreError>(store.blobs.open(digest, size)?)
+        })
+        .await??;
         Ok(self.blobs.read(blob, first, length, (slot, pin)))
     }
 
@@ -722,6 +968,7 @@ impl Store {
         }
         if self.kv.blob_references(digest)? == 0 {
             self.blobs.remove(digest)?;
+            self.kv.clear_bad_blob(digest)?;
         }
         Ok(())
     }

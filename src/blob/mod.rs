@@ -436,6 +436,44 @@ impl BlobStore {
         }
     }
 
+    /// Reads a whole open blob and checks every buffer against the outboard; `pace` gets each
+    /// buffer's length and may stop the read by returning false (then `Ok(false)`). A mismatch
+    /// is `InvalidData`, a blob shorter or longer than its size `UnexpectedEof` or
+    /// `InvalidData`. Blocks.
+    pub fn verify_all(
+        &self,
+        mut blob: OpenBlob,
+        pace: &mut dyn FnMut(u64) -> bool,
+    ) -> io::Result<bool> {
+        let size = blob.verifier.size();
+        let mut buffer = vec![0; BUFFER_SIZE];
+        let mut offset = 0;
+        while offset < size {
+            let want =
+                usize::try_from(size - offset).map_or(BUFFER_SIZE, |left| left.min(BUFFER_SIZE));
+            if read_fully(blob.source.as_ref(), &mut buffer[..want], offset)? < want {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "blob is shorter than its record",
+                ));
+            }
+            blob.verifier
+                .verify(offset, &buffer[..want])
+                .map_err(mismatch)?;
+            offset += want as u64;
+            if !pace(want as u64) {
+                return Ok(false);
+            }
+        }
+        if read_fully(blob.source.as_ref(), &mut buffer[..1], size)? > 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "blob is longer than its record",
+            ));
+        }
+        Ok(true)
+    }
+
     /// Builds a blob's outboard from all of its bytes and stores it.
     fn rebuild(
         &self,
@@ -504,7 +542,7 @@ impl BlobStore {
             stall: self.send_stall,
         };
         let stall = self.send_stall;
-        tokio::spawn(async move {
+        tokio::spawn(tracing::Instrument::in_current_span(async move {
             let _keep = keep;
             if let Err(error) = reading.run(&sender).await {
                 tracing::error!(blob = %digest.to_hex(), %error, "blob read failed");
@@ -513,7 +551,7 @@ impl BlobStore {
                 // consumer is gone, nobody needs it.
                 give(&sender, Err(error), stall).await;
             }
-        });
+        }));
         futures_util::stream::unfold(receiver, |mut receiver| async move {
             receiver.recv().await.map(|item| (item, receiver))
         })

@@ -84,11 +84,14 @@ pub async fn authenticate(parts: &mut Parts, state: &AppState) -> Result<Authent
         return Err(unauthorized(&base));
     };
     let client = client_address(parts);
-    state
+    let authenticated = state
         .identity
         .authenticate(credential, client)
         .await
-        .map_err(|error| auth_error(error, &base))
+        .map_err(|error| auth_error(error, &base))?;
+    // The request's log lines name the key (its id, never the secret).
+    tracing::Span::current().record("key", authenticated.key.id.as_str());
+    Ok(authenticated)
 }
 
 /// Renders an authentication failure.

@@ -17,9 +17,7 @@ use axum::http::{StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
-use axum::extract::State;
-
-use super::{AppState, BaseUrl, Error, schemas};
+use super::{BaseUrl, Error, schemas};
 use crate::policy::Caller;
 
 /// The store id reported in `OpenStack-image-store-ids` and `/v2/info/stores`.
@@ -116,24 +114,6 @@ pub async fn unrouted(base: BaseUrl, uri: Uri) -> Response {
 /// `GET /versions`.
 pub async fn versions(BaseUrl(base): BaseUrl) -> Response {
     Json(versions_document(&base)).into_response()
-}
-
-/// `GET /healthcheck`: plain `OK` while the service can take changes; 503 while metadata
-/// writes fail (a full or failing disk), so that a load balancer or monitor notices.
-pub async fn healthcheck(State(state): State<AppState>) -> Response {
-    if state.store.healthy() {
-        ([(header::CONTENT_TYPE, "text/plain; charset=UTF-8")], "OK").into_response()
-    } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            [
-                (header::CONTENT_TYPE, "text/plain; charset=UTF-8"),
-                (header::RETRY_AFTER, super::error::RETRY_AFTER),
-            ],
-            "metadata writes are failing: the disk is full or failing",
-        )
-            .into_response()
-    }
 }
 
 /// https://docs.openstack.org/api-ref/image/v2/index.html#show-image-schema

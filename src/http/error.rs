@@ -154,6 +154,11 @@ impl From<StoreError> for Error {
             StoreError::Changed => {
                 Error::conflict("The image changed while its data was uploading")
             }
+            StoreError::Damaged(_) => Error::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "The image data failed verification on the server and is not served; an operator \
+                 can heal it by uploading the same data again (see `ocellus check`).",
+            ),
         }
     }
 }

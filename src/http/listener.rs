@@ -112,6 +112,7 @@ pub async fn serve(
     let drain_timeout = state.config.shutdown_timeout;
     let store = state.store.clone();
     let upkeep = tokio::spawn(upkeep(state.store.clone()));
+    let scrub = crate::scrub::Scrub::start(state.store.clone(), state.config.scrub)?;
     let mut connections = tokio::task::JoinSet::new();
     let app = router(state);
     let graceful = GracefulShutdown::new();
@@ -207,7 +208,12 @@ pub async fn serve(
     // now rather than never (a runtime being dropped refuses new blocking work).
     connections.abort_all();
     while connections.join_next().await.is_some() {}
-    match tokio::task::spawn_blocking(move || store.settle_interrupted()).await {
+    match tokio::task::spawn_blocking(move || {
+        scrub.stop();
+        store.settle_interrupted()
+    })
+    .await
+    {
         Ok(Ok(())) => {}
         Ok(Err(error)) => tracing::warn!(%error, "could not settle interrupted uploads"),
         Err(error) => tracing::warn!(%error, "could not settle interrupted uploads"),

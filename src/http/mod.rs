@@ -17,12 +17,15 @@ mod images;
 mod list_query;
 pub mod listener;
 mod members;
+mod observe;
 pub mod schemas;
 mod tags;
 mod wire;
 
 use std::sync::Arc;
 use std::time::Instant;
+
+use tracing::Instrument;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -54,6 +57,8 @@ pub struct AppState {
     pub identity: Arc<Identity>,
     /// The HTTPS configuration, when `tls_cert` and `tls_key` are set.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// What `/metrics` serves.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// The whole route table.
@@ -61,7 +66,8 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/", resource("GET", get(discovery::versions_root)))
         .route("/versions", resource("GET", get(discovery::versions)))
-        .route("/healthcheck", resource("GET", get(discovery::healthcheck)))
+        .route("/healthcheck", resource("GET", get(observe::healthcheck)))
+        .route("/metrics", resource("GET", get(observe::metrics)))
         .route("/v2", any(discovery::v2_redirect))
         .route(
             "/v2/schemas/image",
@@ -169,8 +175,12 @@ pub fn router(state: AppState) -> Router {
             "/ocellus/v1/keys/{key_id}",
             resource("DELETE", axum::routing::delete(admin::revoke_key)),
         )
+        .route_layer(middleware::from_fn(observe::note_route))
         .fallback(discovery::unrouted)
-        .layer(middleware::from_fn(finish_response))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            finish_response,
+        ))
         .with_state(state)
 }
 
@@ -216,8 +226,14 @@ fn tokens_resource() -> MethodRouter<AppState> {
         .fallback(|| identity::identity_method_not_allowed("GET, HEAD, POST"))
 }
 
-/// Adds the request id, renders error bodies in the format the client accepts, and logs.
-async fn finish_response(request: Request, next: Next) -> Response {
+/// Adds the request id, renders error bodies in the format the client accepts, runs the
+/// request in its span, and hands its log line and metrics to the response body
+/// (`observe::LoggedBody`), which writes them when it ends.
+async fn finish_response(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
     let started = Instant::now();
     let wants_json = request
         .headers()
@@ -227,8 +243,13 @@ async fn finish_response(request: Request, next: Next) -> Response {
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
     let request_id = format!("req-{}", uuid::Uuid::new_v4());
+    let span = tracing::info_span!("request", id = %request_id, key = tracing::field::Empty);
+    let received = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counted = received.clone();
+    let request = request.map(|body| Body::new(observe::CountedBody::new(body, counted)));
 
-    let mut response = next.run(request).await;
+    let mut response = next.run(request).instrument(span.clone()).await;
+    let _entered = span.enter();
     if let Some(error::ErrorMessage(message)) =
         response.extensions_mut().remove::<error::ErrorMessage>()
     {
@@ -257,15 +278,20 @@ async fn finish_response(request: Request, next: Next) -> Response {
             .headers_mut()
             .insert("x-openstack-request-id", value);
     }
-    tracing::info!(
-        %method,
-        %path,
-        status = response.status().as_u16(),
-        elapsed_ms = started.elapsed().as_millis() as u64,
-        request_id,
-        "request"
-    );
-    response
+    let finish = observe::Finish {
+        span: span.clone(),
+        started,
+        method,
+        path,
+        route: response
+            .extensions()
+            .get::<observe::Route>()
+            .map(|route| route.0.clone()),
+        status: response.status(),
+        received,
+        metrics: state.metrics.clone(),
+    };
+    response.map(|body| Body::new(observe::LoggedBody::new(body, finish)))
 }
 
 /// A JSON request body; a malformed or oversized body gets Glance's error instead of axum's.

@@ -582,9 +582,11 @@ mod tests {
         let kv = Kv::open(&path).unwrap();
         assert_eq!(kv.key_count().unwrap(), 0);
         assert!(kv.memberships("beta").unwrap().is_empty());
+        // Version 3's table too.
+        assert!(kv.bad_blobs().unwrap().is_empty());
         let transaction = kv.begin_read().unwrap();
         let meta = transaction.open_table(META).unwrap();
-        assert_eq!(meta.get("schema_version").unwrap().unwrap().value(), 2);
+        assert_eq!(meta.get("schema_version").unwrap().unwrap().value(), 3);
     }
 
     #[test]

@@ -32,15 +32,15 @@ pub use records::{ImageData, ImageRecord, ImageStatus, Visibility};
 pub use tables::{Digest, ImageId};
 
 use tables::{
-    API_KEY_NAMES, API_KEYS, BLOBS, DELETED_IMAGES, IMAGE_SORT_INDEX, IMAGES, MEMBERS, MEMBERSHIPS,
-    META, PROJECTS, SECRETS,
+    API_KEY_NAMES, API_KEYS, BAD_BLOBS, BLOBS, DELETED_IMAGES, IMAGE_SORT_INDEX, IMAGES, MEMBERS,
+    MEMBERSHIPS, META, PROJECTS, SECRETS,
 };
 
 /// The schema version this build writes. Older databases are upgraded at open.
 ///
 /// - 1: images, sort index, tombstones, blobs.
 /// - 2: adds image members, API keys, projects and secrets (new, empty tables).
-const SCHEMA_VERSION: u64 = 2;
+const SCHEMA_VERSION: u64 = 3;
 
 /// What can go wrong in the metadata store.
 #[derive(Debug)]
@@ -140,6 +140,12 @@ pub struct Audit {
     pub images: u64,
     pub saving: Vec<ImageId>,
     pub blobs: Vec<BlobAudit>,
+    /// Images per status (every status, zero included).
+    pub by_status: std::collections::BTreeMap<&'static str, u64>,
+    /// Images and their data's bytes per owner (`""` for images without one).
+    pub by_owner: std::collections::BTreeMap<String, (u64, u64)>,
+    /// Bytes of image data as the images see it, before deduplication.
+    pub image_bytes: u64,
 }
 
 /// One blob as the metadata sees it.
@@ -207,8 +213,9 @@ impl Kv {
                 Some(version) if version > SCHEMA_VERSION => {
                     return Err(KvError::SchemaTooNew { found: version });
                 }
-                // Version 1 to 2 only adds tables, which the `open_table` calls below create;
-                // later versions add their row migrations here.
+                // Versions 1 to 3 only add tables (2: keys and members; 3: bad blobs), which
+                // the `open_table` calls below create; later versions add their row
+                // migrations here.
                 Some(_) | None => {
                     meta.insert("schema_version", SCHEMA_VERSION)?;
                 }
@@ -223,6 +230,7 @@ impl Kv {
             transaction.open_table(API_KEY_NAMES)?;
             transaction.open_table(PROJECTS)?;
             transaction.open_table(SECRETS)?;
+            transaction.open_table(BAD_BLOBS)?;
         }
         kv.commit(transaction)?;
         Ok(kv)
@@ -436,6 +444,75 @@ impl Kv {
         }))
     }
 
+    /// Marks a blob damaged (keeps the first time it was found).
+    pub fn mark_bad_blob(&self, digest: Digest, found_at: i64) -> Result<(), KvError> {
+        let transaction = self.begin_write()?;
+        {
+            let mut bad = transaction.open_table(BAD_BLOBS)?;
+            if bad.get(digest)?.is_none() {
+                bad.insert(digest, found_at)?;
+            }
+        }
+        self.commit(transaction)
+    }
+
+    /// Clears a blob's damage mark; true if it had one.
+    pub fn clear_bad_blob(&self, digest: Digest) -> Result<bool, KvError> {
+        let transaction = self.begin_write()?;
+        let had = {
+            let mut bad = transaction.open_table(BAD_BLOBS)?;
+            bad.remove(digest)?.is_some()
+        };
+        self.commit(transaction)?;
+        Ok(had)
+    }
+
+    /// Whether a blob is marked damaged.
+    pub fn is_bad_blob(&self, digest: Digest) -> Result<bool, KvError> {
+        let transaction = self.begin_read()?;
+        let bad = transaction.open_table(BAD_BLOBS)?;
+        Ok(bad.get(digest)?.is_some())
+    }
+
+    /// Every blob marked damaged, with when it was found.
+    pub fn bad_blobs(&self) -> Result<Vec<(Digest, i64)>, KvError> {
+        let transaction = self.begin_read()?;
+        let bad = transaction.open_table(BAD_BLOBS)?;
+        let mut found = Vec::new();
+        for entry in bad.iter()? {
+            let (digest, at) = entry?;
+            found.push((digest.value(), at.value()));
+        }
+        Ok(found)
+    }
+
+    /// Every blob some image references, with its size.
+    pub fn blob_sizes(&self) -> Result<Vec<(Digest, u64)>, KvError> {
+        let transaction = self.begin_read()?;
+        let blobs = transaction.open_table(BLOBS)?;
+        let mut found = Vec::new();
+        for entry in blobs.iter()? {
+            let (digest, value) = entry?;
+            found.push((digest.value(), value.value().0));
+        }
+        Ok(found)
+    }
+
+    /// A counter or time kept in the meta table.
+    pub fn meta(&self, name: &str) -> Result<Option<u64>, KvError> {
+        let transaction = self.begin_read()?;
+        let meta = transaction.open_table(META)?;
+        Ok(meta.get(name)?.map(|value| value.value()))
+    }
+
+    /// Sets a counter or time in the meta table (not `schema_version`).
+    pub fn set_meta(&self, name: &str, value: u64) -> Result<(), KvError> {
+        debug_assert_ne!(name, "schema_version");
+        let transaction = self.begin_write()?;
+        transaction.open_table(META)?.insert(name, value)?;
+        self.commit(transaction)
+    }
+
     /// How many images reference a blob.
     pub fn blob_references(&self, digest: Digest) -> Result<u64, KvError> {
         let transaction = self.begin_read()?;
@@ -461,14 +538,26 @@ impl Kv {
         let images = transaction.open_table(IMAGES)?;
         let blobs = transaction.open_table(BLOBS)?;
         let mut audit = Audit::default();
+        for status in ImageStatus::ALL {
+            audit.by_status.insert(status.as_str(), 0);
+        }
         let mut named: std::collections::BTreeMap<Digest, (u64, u64)> = Default::default();
         for entry in images.iter()? {
             let (_, bytes) = entry?;
             let record = ImageRecord::decode(bytes.value())?;
             audit.images += 1;
+            *audit.by_status.entry(record.status.as_str()).or_default() += 1;
             if record.status == ImageStatus::Saving {
                 audit.saving.push(record.id);
             }
+            let size = record.data.as_ref().map_or(0, |data| data.size);
+            let owner = audit
+                .by_owner
+                .entry(record.owner.clone().unwrap_or_default())
+                .or_default();
+            owner.0 += 1;
+            owner.1 += size;
+            audit.image_bytes += size;
             if let Some(data) = &record.data {
                 let entry = named.entry(data.digest).or_insert((data.size, 0));
                 entry.1 += 1;

@@ -45,6 +45,10 @@ pub const PROJECTS: TableDefinition<&str, &str> = TableDefinition::new("projects
 /// Server secrets, generated once: the key that signs identity tokens.
 pub const SECRETS: TableDefinition<&str, &[u8]> = TableDefinition::new("secrets_v1");
 
+/// Blobs found damaged (by the scrub or `ocellus check`), with the Unix time they were found;
+/// their images refuse downloads until good bytes are uploaded again.
+pub const BAD_BLOBS: TableDefinition<Digest, i64> = TableDefinition::new("bad_blobs_v1");
+
 /// The 16 bytes of an image UUID.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
 pub struct ImageId(pub [u8; 16]);

@@ -10,6 +10,7 @@ use tokio::sync::oneshot;
 
 pub struct Server {
     pub base: String,
+    state: ocellus::AppState,
     pub client: reqwest::Client,
     pub dir: tempfile::TempDir,
     shutdown: oneshot::Sender<()>,
@@ -39,6 +40,7 @@ impl Server {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let (shutdown, signal) = oneshot::channel::<()>();
+        let kept = state.clone();
         let task = tokio::spawn(ocellus::serve(listener, state, async move {
             let _ = signal.await;
         }));
@@ -48,6 +50,7 @@ impl Server {
             .unwrap();
         Server {
             base,
+            state: kept,
             client,
             dir,
             shutdown,
@@ -57,10 +60,18 @@ impl Server {
 
     /// Stops the server, waits until its stores are closed, and hands back the data dir.
     pub async fn stop(self) -> tempfile::TempDir {
+        // Our own handle on the state would keep the database open past the server.
+        drop(self.state);
         drop(self.client);
         let _ = self.shutdown.send(());
         self.task.await.unwrap().unwrap();
         self.dir
+    }
+
+    /// The server's router, for requests that must look as if they came from elsewhere (a
+    /// `Connection` extension with another peer address).
+    pub fn router(&self) -> axum::Router {
+        ocellus::http::router(self.state.clone())
     }
 
     pub fn data_dir(&self) -> PathBuf {

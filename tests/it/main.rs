@@ -11,5 +11,6 @@ mod limits;
 mod list;
 mod matrix;
 mod members;
+mod observe;
 mod restart;
 mod tls;

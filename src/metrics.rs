@@ -1,0 +1,304 @@
+//! The Prometheus metrics served at `/metrics`.
+//!
+//! Two kinds: what the HTTP layer counts as each request ends (requests by route and status,
+//! latency, bytes in and out, authentication failures, 429s), kept in prometheus-client
+//! families, and the store's figures (images by status, bytes, dedupe, quarantine, transfers
+//! in flight, scrub), read when the page is rendered. Route labels are the route templates
+//! (`/v2/images/{image_id}`), never raw paths, so the label sets stay few.
+
+use std::sync::Mutex;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::{Registry, Unit};
+
+use crate::store::{ScrubStats, StoreStats};
+
+/// Latency buckets, seconds: 0.5 ms to about 65 s.
+const LATENCY_BUCKETS: [f64; 18] = [
+    0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512, 1.024, 2.048,
+    4.096, 8.192, 16.384, 32.768, 65.536,
+];
+
+/// A finished request.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub method: String,
+    pub route: String,
+    pub status: u16,
+}
+
+/// A route and method.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub method: String,
+    pub route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StatusLabel {
+    status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    kind: String,
+}
+
+type LatencyFamily = Family<RouteLabels, Histogram, fn() -> Histogram>;
+
+/// Every metric, registered once.
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    latency: LatencyFamily,
+    received: Family<RouteLabels, Counter>,
+    sent: Family<RouteLabels, Counter>,
+    auth_failures: Counter,
+    throttled: Counter,
+    images: Family<StatusLabel, Gauge>,
+    transfers: Family<KindLabel, Gauge>,
+    image_bytes: Gauge,
+    blobs: Gauge,
+    blob_bytes: Gauge,
+    dedupe_saved: Gauge,
+    quarantined: Gauge,
+    scrub_passes: Gauge,
+    scrub_checked: Gauge,
+    scrub_checked_bytes: Gauge,
+    scrub_failures: Gauge,
+    scrub_progress: Gauge<f64, std::sync::atomic::AtomicU64>,
+    /// Rendering updates the store gauges and then encodes; one scrape at a time.
+    render: Mutex<()>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str("Metrics")
+    }
+}
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(LATENCY_BUCKETS)
+}
+
+impl Default for Metrics {
+    fn default() -> Metrics {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("ocellus");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "http_requests",
+            "Requests answered, by method, route template and status",
+            requests.clone(),
+        );
+        let latency: LatencyFamily = Family::new_with_constructor(latency_histogram);
+        registry.register_with_unit(
+            "http_request_duration",
+            "Time from the request's arrival to the end of its response body",
+            Unit::Seconds,
+            latency.clone(),
+        );
+        let received = Family::<RouteLabels, Counter>::default();
+        registry.register_with_unit(
+            "http_received",
+            "Request body bytes received",
+            Unit::Bytes,
+            received.clone(),
+        );
+        let sent = Family::<RouteLabels, Counter>::default();
+        registry.register_with_unit(
+            "http_sent",
+            "Response body bytes sent",
+            Unit::Bytes,
+            sent.clone(),
+        );
+        let auth_failures = Counter::default();
+        registry.register(
+            "auth_failures",
+            "Requests refused for a missing, wrong, expired or revoked credential (401)",
+            auth_failures.clone(),
+        );
+        let throttled = Counter::default();
+        registry.register(
+            "throttled",
+            "Requests refused with 429 by the authentication failure limiter",
+            throttled.clone(),
+        );
+        let images = Family::<StatusLabel, Gauge>::default();
+        registry.register("images", "Images by status", images.clone());
+        let transfers = Family::<KindLabel, Gauge>::default();
+        registry.register(
+            "transfers_in_flight",
+            "Uploads and downloads running now",
+            transfers.clone(),
+        );
+        let gauge = |registry: &mut Registry, name: &str, help: &str, unit: Option<Unit>| {
+            let gauge = Gauge::default();
+            match unit {
+                Some(unit) => registry.register_with_unit(name, help, unit, gauge.clone()),
+                None => registry.register(name, help, gauge.clone()),
+            }
+            gauge
+        };
+        let image_bytes = gauge(
+            &mut registry,
+            "image_data",
+            "Image data as the images count it, before deduplication",
+            Some(Unit::Bytes),
+        );
+        let blobs = gauge(&mut registry, "blobs", "Distinct blobs stored", None);
+        let blob_bytes = gauge(
+            &mut registry,
+            "blob_data",
+            "Bytes of the stored blobs (what image data takes on disk)",
+            Some(Unit::Bytes),
+        );
+        let dedupe_saved = gauge(
+            &mut registry,
+            "dedupe_saved",
+            "Bytes deduplication saves: image data minus blob data",
+            Some(Unit::Bytes),
+        );
+        let quarantined = gauge(
+            &mut registry,
+            "quarantined_blobs",
+            "Blobs no image references, kept in quarantine until their grace ends",
+            None,
+        );
+        let scrub_passes = gauge(
+            &mut registry,
+            "scrub_passes",
+            "Scrub passes completed since the server started",
+            None,
+        );
+        let scrub_checked = gauge(
+            &mut registry,
+            "scrub_checked_blobs",
+            "Blobs the scrub has re-verified since the server started",
+            None,
+        );
+        let scrub_checked_bytes = gauge(
+            &mut registry,
+            "scrub_checked",
+            "Bytes the scrub has re-verified since the server started",
+            Some(Unit::Bytes),
+        );
+        let scrub_failures = gauge(
+            &mut registry,
+            "scrub_failed_blobs",
+            "Blobs that failed verification and are marked bad (their images refuse downloads)",
+            None,
+        );
+        let scrub_progress = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        registry.register(
+            "scrub_progress",
+            "Fraction of the current scrub pass done (0 to 1)",
+            scrub_progress.clone(),
+        );
+        Metrics {
+            registry,
+            requests,
+            latency,
+            received,
+            sent,
+            auth_failures,
+            throttled,
+            images,
+            transfers,
+            image_bytes,
+            blobs,
+            blob_bytes,
+            dedupe_saved,
+            quarantined,
+            scrub_passes,
+            scrub_checked,
+            scrub_checked_bytes,
+            scrub_failures,
+            scrub_progress,
+            render: Mutex::new(()),
+        }
+    }
+
+    /// Counts one finished request.
+    pub fn request_done(
+        &self,
+        route: RouteLabels,
+        status: u16,
+        seconds: f64,
+        received: u64,
+        sent: u64,
+    ) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                method: route.method.clone(),
+                route: route.route.clone(),
+                status,
+            })
+            .inc();
+        self.latency.get_or_create(&route).observe(seconds);
+        if received > 0 {
+            self.received.get_or_create(&route).inc_by(received);
+        }
+        if sent > 0 {
+            self.sent.get_or_create(&route).inc_by(sent);
+        }
+        match status {
+            401 => {
+                self.auth_failures.inc();
+            }
+            429 => {
+                self.throttled.inc();
+            }
+            _ => {}
+        }
+    }
+
+    /// The text exposition (Prometheus / OpenMetrics text format) with the store's figures.
+    pub fn render(&self, store: &StoreStats, scrub: &ScrubStats) -> String {
+        let _one_at_a_time = self
+            .render
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        let signed = |value: u64| i64::try_from(value).unwrap_or(i64::MAX);
+        for (status, count) in &store.images_by_status {
+            self.images
+                .get_or_create(&StatusLabel {
+                    status: (*status).to_owned(),
+                })
+                .set(signed(*count));
+        }
+        for (kind, count) in [
+            ("upload", store.uploads_in_flight),
+            ("download", store.downloads_in_flight),
+        ] {
+            self.transfers
+                .get_or_create(&KindLabel {
+                    kind: kind.to_owned(),
+                })
+                .set(signed(count));
+        }
+        self.image_bytes.set(signed(store.image_bytes));
+        self.blobs.set(signed(store.blobs));
+        self.blob_bytes.set(signed(store.blob_bytes));
+        self.dedupe_saved.set(signed(store.dedupe_saved_bytes));
+        self.quarantined.set(signed(store.quarantined_blobs));
+        self.scrub_passes.set(signed(scrub.passes));
+        self.scrub_checked.set(signed(scrub.checked_blobs));
+        self.scrub_checked_bytes.set(signed(scrub.checked_bytes));
+        self.scrub_failures.set(signed(scrub.failed_blobs));
+        self.scrub_progress.set(scrub.progress);
+        let mut text = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
+        text
+    }
+}
