@@ -127,7 +127,7 @@ pub enum KeyCommand {
     },
 }
 
-enum Backend {
+pub(crate) enum Backend {
     Local(Box<Store>),
     Remote { url: String, target: Box<KeyTarget> },
 }
@@ -182,7 +182,7 @@ fn bootstrap(config: &Option<PathBuf>, data_dir: &Option<PathBuf>) -> Result<(),
     Ok(())
 }
 
-fn backend(mut target: KeyTarget) -> Result<Backend, String> {
+pub(crate) fn backend(mut target: KeyTarget) -> Result<Backend, String> {
     let args = ServeArgs {
         config: target.config.clone(),
         data_dir: target.data_dir.clone(),
@@ -390,7 +390,7 @@ fn print_list(views: &[Value], json: bool) {
 }
 
 /// One request to the admin endpoint; the JSON answer, or the server's error message.
-async fn call(
+pub(crate) async fn call(
     url: &str,
     target: &KeyTarget,
     method: &str,

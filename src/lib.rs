@@ -13,6 +13,7 @@ pub mod identity;
 pub mod keycmd;
 mod kv;
 pub mod metrics;
+pub mod opcmd;
 pub mod policy;
 pub mod scrub;
 pub mod store;

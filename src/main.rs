@@ -29,18 +29,23 @@ enum Command {
     /// Manage API keys, in the data directory or through the running server
     #[command(subcommand)]
     Key(KeyCommand),
-    /// Check a stopped server's data directory: every blob's reference count equals the images
-    /// naming it and every referenced blob exists with its recorded size (exit 1 if not);
-    /// also lists what an interrupted run left (images in saving, temp files, unreferenced
-    /// blobs), which the next start repairs
-    Check(CheckArgs),
-}
-
-#[derive(clap::Args)]
-struct CheckArgs {
-    /// The data directory [default: ./ocellus-data]
-    #[arg(long, env = "OCELLUS_DATA_DIR", value_name = "DIR")]
-    data_dir: Option<std::path::PathBuf>,
+    /// Check the store: every referenced blob read and verified against its digest and
+    /// verification tree, missing and unreferenced blobs, reference counts, images stuck in
+    /// saving, temp files; exit 0 if sound, 1 if problems remain, 2 if the check could not
+    /// run. `--repair` fixes what is safe. Works on a stopped server's data directory or
+    /// through the running server
+    Check(ocellus::opcmd::CheckArgs),
+    /// Remove quarantined blobs past their grace and temp files no upload owns; `--dry-run`
+    /// says what and how many bytes
+    Gc(ocellus::opcmd::GcArgs),
+    /// Images by status, bytes stored, dedupe ratio, damaged blobs and per-project usage
+    Stats(ocellus::opcmd::StatsArgs),
+    /// Write a consistent backup into an empty directory: a copy of the database and the
+    /// blobs it references (hard-linked on the same filesystem, copied otherwise), each
+    /// verified; works while the server runs
+    Backup(ocellus::opcmd::BackupArgs),
+    /// Restore a backup into a new (missing or empty) data directory, verifying every blob
+    Restore(ocellus::opcmd::RestoreArgs),
 }
 
 /// Upper bound of tokio's blocking pool.
@@ -50,7 +55,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => serve(&args),
-        Command::Check(args) => check(args),
+        Command::Check(args) => operate(ocellus::opcmd::check(args)),
+        Command::Gc(args) => operate(ocellus::opcmd::gc(args)),
+        Command::Stats(args) => operate(ocellus::opcmd::stats(args)),
+        Command::Backup(args) => operate(ocellus::opcmd::backup(args)),
+        Command::Restore(args) => operate(ocellus::opcmd::restore(args)),
         Command::Key(command) => match ocellus::keycmd::run(command) {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {
@@ -61,42 +70,13 @@ fn main() -> ExitCode {
     }
 }
 
-fn check(args: CheckArgs) -> ExitCode {
-    let data_dir = args
-        .data_dir
-        .unwrap_or_else(|| ocellus::config::Config::default().data_dir);
-    if !data_dir.join(ocellus::DATABASE_FILE).exists() {
-        eprintln!("ocellus: {} holds no database", data_dir.display());
-        return ExitCode::from(2);
-    }
-    let store = match ocellus::store::Store::open_metadata(&data_dir) {
-        Ok(store) => store,
+/// Runs an operator command: exit 0 when clean, 1 when it found problems, 2 when it failed.
+fn operate(result: Result<ocellus::opcmd::Outcome, String>) -> ExitCode {
+    match result {
+        Ok(ocellus::opcmd::Outcome::Clean) => ExitCode::SUCCESS,
+        Ok(ocellus::opcmd::Outcome::Problems) => ExitCode::FAILURE,
         Err(error) => {
-            eprintln!("ocellus: cannot open {}: {error}", data_dir.display());
-            return ExitCode::from(2);
-        }
-    };
-    match store.check() {
-        Ok(report) => {
-            println!(
-                "{} images, {} blobs, {} in quarantine",
-                report.images, report.blobs, report.quarantined
-            );
-            for leftover in &report.leftovers {
-                println!("leftover (repaired at the next start): {leftover}");
-            }
-            for problem in &report.problems {
-                println!("problem: {problem}");
-            }
-            if report.problems.is_empty() {
-                println!("consistent");
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            }
-        }
-        Err(error) => {
-            eprintln!("ocellus: check failed: {error}");
+            eprintln!("ocellus: {error}");
             ExitCode::from(2)
         }
     }

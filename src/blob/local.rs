@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use super::writer::TempWriter;
-use super::{Backend, BlobReader, Space, TempObject};
+use super::{Backend, BlobReader, Space, Swept, TempObject};
 use crate::kv::Digest;
 
 /// The blob directory of one data directory.
@@ -351,28 +351,40 @@ impl Backend for LocalDir {
         Ok(true)
     }
 
-    fn expire_quarantine(&self, older_than: SystemTime) -> io::Result<usize> {
-        let mut removed = 0;
+    fn sweep_quarantine(&self, older_than: SystemTime, dry_run: bool) -> io::Result<Swept> {
+        let mut swept = Swept::default();
         let mut outboards = Vec::new();
         for entry in fs::read_dir(&self.quarantine_dir)? {
             let path = entry?.path();
             if is_outboard(&path) {
                 outboards.push(path);
-            } else if fs::metadata(&path)?.modified()? < older_than {
-                fs::remove_file(&path)?;
-                removed += 1;
+                continue;
+            }
+            let metadata = fs::metadata(&path)?;
+            if metadata.modified()? < older_than {
+                swept.count += 1;
+                swept.bytes += metadata.len();
+                if !dry_run {
+                    fs::remove_file(&path)?;
+                }
             }
         }
         // An outboard goes with its blob (its own time is the upload's, not the quarantine's).
         for outboard in outboards {
-            if !outboard.with_extension("").exists() {
+            let blob = PathBuf::from(
+                outboard
+                    .to_string_lossy()
+                    .trim_end_matches(OUTBOARD_SUFFIX)
+                    .to_owned(),
+            );
+            if !blob.exists() && !dry_run {
                 fs::remove_file(&outboard)?;
             }
         }
-        if removed > 0 {
+        if swept.count > 0 && !dry_run {
             sync_directory(&self.quarantine_dir)?;
         }
-        Ok(removed)
+        Ok(swept)
     }
 
     fn quarantined(&self) -> io::Result<usize> {
@@ -385,13 +397,63 @@ impl Backend for LocalDir {
         Ok(count)
     }
 
-    fn remove_temps(&self) -> io::Result<usize> {
-        let mut removed = 0;
+    fn sweep_temps(&self, older_than: Option<SystemTime>, dry_run: bool) -> io::Result<Swept> {
+        let mut swept = Swept::default();
         for entry in fs::read_dir(&self.tmp_dir)? {
-            fs::remove_file(entry?.path())?;
-            removed += 1;
+            let path = entry?.path();
+            let metadata = match fs::metadata(&path) {
+                Ok(metadata) => metadata,
+                // Placed or dropped by its upload meanwhile.
+                Err(error) if error.kind() == io::ErrorKind::NotFound => continue,
+                Err(error) => return Err(error),
+            };
+            if older_than.is_some_and(|cutoff| metadata.modified().is_ok_and(|at| at >= cutoff)) {
+                continue;
+            }
+            if !is_outboard(&path) {
+                swept.count += 1;
+            }
+            swept.bytes += metadata.len();
+            if !dry_run {
+                remove_if_present(&path)?;
+            }
         }
-        Ok(removed)
+        Ok(swept)
+    }
+
+    fn export(&self, digest: Digest, dir: &Path) -> io::Result<bool> {
+        let hex = digest.to_hex();
+        let target = dir
+            .join("blobs")
+            .join(&hex[0..2])
+            .join(&hex[2..4])
+            .join(&hex);
+        fs::create_dir_all(target.parent().expect("blob paths have parents"))?;
+        let mut linked = true;
+        for (from, to) in [
+            (self.path(digest), target.clone()),
+            (
+                self.outboard_path(digest),
+                with_outboard_suffix(target.clone()),
+            ),
+        ] {
+            match fs::hard_link(&from, &to) {
+                Ok(()) => {}
+                Err(error) if error.kind() == io::ErrorKind::NotFound && is_outboard(&from) => {}
+                Err(error) if error.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(_) => {
+                    // Another filesystem (or one without links): copy.
+                    linked = false;
+                    match fs::copy(&from, &to) {
+                        Ok(_) => {}
+                        Err(error)
+                            if error.kind() == io::ErrorKind::NotFound && is_outboard(&from) => {}
+                        Err(error) => return Err(error),
+                    }
+                }
+            }
+        }
+        Ok(linked)
     }
 
     fn temps(&self) -> io::Result<usize> {

@@ -104,16 +104,28 @@ pub trait Backend: Send + Sync + 'static {
     fn quarantine(&self, digest: Digest) -> io::Result<()>;
     /// Moves a quarantined blob back into place; false if it is not in quarantine.
     fn restore(&self, digest: Digest) -> io::Result<bool>;
-    /// Removes quarantined blobs set aside before `older_than`; returns how many.
-    fn expire_quarantine(&self, older_than: SystemTime) -> io::Result<usize>;
+    /// Removes quarantined blobs set aside before `older_than` (with `dry_run`, only counts
+    /// them); returns how many and their bytes.
+    fn sweep_quarantine(&self, older_than: SystemTime, dry_run: bool) -> io::Result<Swept>;
     /// How many blobs are in quarantine.
     fn quarantined(&self) -> io::Result<usize>;
-    /// Removes temp objects left by interrupted uploads; returns how many.
-    fn remove_temps(&self) -> io::Result<usize>;
+    /// Removes temp objects (uploads, counted with their outboards), all of them or those
+    /// untouched since `older_than` (with `dry_run`, only counts them).
+    fn sweep_temps(&self, older_than: Option<SystemTime>, dry_run: bool) -> io::Result<Swept>;
+    /// Puts a stored blob and its outboard under `dir`, in the blob directory's own layout,
+    /// hard-linked where the filesystem allows, copied otherwise; true if linked.
+    fn export(&self, digest: Digest, dir: &std::path::Path) -> io::Result<bool>;
     /// How many temp objects exist.
     fn temps(&self) -> io::Result<usize>;
     /// Free and total space, when the backend has such a notion.
     fn space(&self) -> io::Result<Option<Space>>;
+}
+
+/// What a sweep removed (or, in a dry run, would remove).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Swept {
+    pub count: usize,
+    pub bytes: u64,
 }
 
 /// An upload being written. Bytes arrive in order.

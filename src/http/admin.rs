@@ -111,3 +111,106 @@ pub async fn revoke_key(
         None => Err(Error::not_found(format!("No key with id {key_id}"))),
     }
 }
+
+/// The body of `POST /ocellus/v1/check` and `/gc`.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct OperationBody {
+    #[serde(default)]
+    repair: bool,
+    #[serde(default)]
+    dry_run: bool,
+}
+
+/// An empty body asks for the defaults.
+fn operation_body(body: &[u8]) -> Result<OperationBody, Error> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(OperationBody::default());
+    }
+    serde_json::from_slice(body)
+        .map_err(|error| Error::bad_request(format!("Bad request body: {error}")))
+}
+
+/// `POST /ocellus/v1/check` (`ocellus check` while the server runs): the full check, and
+/// with `{"repair": true}` its safe repairs. Uploads in flight are left alone.
+pub async fn check(
+    State(state): State<AppState>,
+    caller: Caller,
+    parts: Parts,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, Error> {
+    require_admin(&state, &caller, &parts)?;
+    let repair = operation_body(&body)?.repair;
+    let store = state.store.clone();
+    let report =
+        blocking(move || Ok(store.check_full(crate::store::Mode::Online, repair, &mut |_| {})?))
+            .await?;
+    Ok(Json(serde_json::to_value(report).unwrap_or_default()))
+}
+
+/// `POST /ocellus/v1/gc` (`ocellus gc` while the server runs).
+pub async fn gc(
+    State(state): State<AppState>,
+    caller: Caller,
+    parts: Parts,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, Error> {
+    require_admin(&state, &caller, &parts)?;
+    let dry_run = operation_body(&body)?.dry_run;
+    let store = state.store.clone();
+    let report = blocking(move || Ok(store.gc(crate::store::Mode::Online, dry_run)?)).await?;
+    Ok(Json(serde_json::to_value(report).unwrap_or_default()))
+}
+
+/// `GET /ocellus/v1/stats` (`ocellus stats` while the server runs).
+pub async fn stats(
+    State(state): State<AppState>,
+    caller: Caller,
+    parts: Parts,
+) -> Result<Json<Value>, Error> {
+    require_admin(&state, &caller, &parts)?;
+    let store = state.store.clone();
+    let (stats, scrub, bad) =
+        blocking(move || Ok((store.stats()?, store.scrub_stats()?, store.bad_blobs()?))).await?;
+    let mut value = serde_json::to_value(stats).unwrap_or_default();
+    value["scrub"] = serde_json::to_value(scrub).unwrap_or_default();
+    value["damaged_blobs"] = bad
+        .iter()
+        .map(|(digest, at)| json!({"blob": digest.to_hex(), "found_at": at}))
+        .collect();
+    Ok(Json(value))
+}
+
+/// Where the server stages backups: inside its data directory, the one place a hardened unit
+/// lets it write, and on the blobs' filesystem, so that staging links rather than copies.
+pub const BACKUP_STAGING: &str = "backups";
+
+/// `POST /ocellus/v1/backups` (`ocellus backup DIR` while the server runs): writes a backup
+/// (database copy, hard links to its blobs, manifest) under `<data_dir>/backups/` and answers
+/// its path; the command then copies it to DIR, verifying every blob, and removes it.
+pub async fn backup(
+    State(state): State<AppState>,
+    caller: Caller,
+    parts: Parts,
+) -> Result<Response, Error> {
+    require_admin(&state, &caller, &parts)?;
+    let store = state.store.clone();
+    let dir = state.config.data_dir.join(BACKUP_STAGING).join(format!(
+        "{}-{}",
+        identity::now_secs(),
+        uuid::Uuid::new_v4().simple()
+    ));
+    let path = std::fs::canonicalize(&state.config.data_dir)
+        .map(|data| data.join(dir.strip_prefix(&state.config.data_dir).unwrap_or(&dir)))
+        .unwrap_or_else(|_| dir.clone());
+    let manifest = blocking(move || Ok(store.backup_into(&dir)?)).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({
+            "path": path.display().to_string(),
+            "blobs": manifest.blobs.len(),
+            "linked": manifest.linked,
+        })),
+    )
+        .into_response())
+}

@@ -171,6 +171,10 @@ pub fn router(state: AppState) -> Router {
             "/ocellus/v1/keys",
             resource("GET, POST", get(admin::list_keys).post(admin::create_key)),
         )
+        .route("/ocellus/v1/check", resource("POST", post(admin::check)))
+        .route("/ocellus/v1/gc", resource("POST", post(admin::gc)))
+        .route("/ocellus/v1/stats", resource("GET", get(admin::stats)))
+        .route("/ocellus/v1/backups", resource("POST", post(admin::backup)))
         .route(
             "/ocellus/v1/keys/{key_id}",
             resource("DELETE", axum::routing::delete(admin::revoke_key)),

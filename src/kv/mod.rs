@@ -24,7 +24,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, WriteTransaction};
+use redb::{
+    Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, Value, WriteTransaction,
+};
 
 pub use access::{AddMember, CreateKey, KeyRecord, MemberRecord, MemberStatus, NewKey, Role};
 pub use index::{Direction, SortKey};
@@ -513,6 +515,64 @@ impl Kv {
         self.commit(transaction)
     }
 
+    /// Writes a consistent copy of the whole database to a new file at `path` (one read
+    /// transaction, every table), and returns the blobs that copy references with their sizes.
+    /// The file must not exist.
+    pub fn snapshot(&self, path: &Path) -> Result<Vec<(Digest, u64)>, KvError> {
+        if path.exists() {
+            return Err(KvError::Redb(redb::Error::Io(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                format!("{} exists", path.display()),
+            ))));
+        }
+        let source = self.begin_read()?;
+        let copy = Database::create(path)?;
+        let target = copy.begin_write()?;
+        copy_table(&source, &target, META)?;
+        copy_table(&source, &target, IMAGES)?;
+        copy_table(&source, &target, IMAGE_SORT_INDEX)?;
+        copy_table(&source, &target, DELETED_IMAGES)?;
+        copy_table(&source, &target, BLOBS)?;
+        copy_table(&source, &target, MEMBERS)?;
+        copy_table(&source, &target, MEMBERSHIPS)?;
+        copy_table(&source, &target, API_KEYS)?;
+        copy_table(&source, &target, API_KEY_NAMES)?;
+        copy_table(&source, &target, PROJECTS)?;
+        copy_table(&source, &target, SECRETS)?;
+        copy_table(&source, &target, BAD_BLOBS)?;
+        target.commit()?;
+        let blobs = source.open_table(BLOBS)?;
+        let mut referenced = Vec::new();
+        for entry in blobs.iter()? {
+            let (digest, value) = entry?;
+            referenced.push((digest.value(), value.value().0));
+        }
+        Ok(referenced)
+    }
+
+    /// Sets a blob's reference count to what the images say (`ocellus check --repair`); a
+    /// count of zero removes the row. Returns the count it had.
+    pub fn set_reference_count(
+        &self,
+        digest: Digest,
+        size: u64,
+        count: u64,
+    ) -> Result<u64, KvError> {
+        let transaction = self.begin_write()?;
+        let had = {
+            let mut blobs = transaction.open_table(BLOBS)?;
+            let had = blobs.get(digest)?.map_or(0, |value| value.value().1);
+            if count == 0 {
+                blobs.remove(digest)?;
+            } else {
+                blobs.insert(digest, (size, count))?;
+            }
+            had
+        };
+        self.commit(transaction)?;
+        Ok(had)
+    }
+
     /// How many images reference a blob.
     pub fn blob_references(&self, digest: Digest) -> Result<u64, KvError> {
         let transaction = self.begin_read()?;
@@ -762,6 +822,21 @@ fn compare_records(
 type ImagesTable<'t> = redb::Table<'t, ImageId, &'static [u8]>;
 type SortIndexTable<'t> = redb::Table<'t, &'static [u8], ()>;
 type BlobsTable<'t> = redb::Table<'t, Digest, (u64, u64)>;
+
+/// Copies every row of one table between databases.
+fn copy_table<K: redb::Key + 'static, V: Value + 'static>(
+    source: &redb::ReadTransaction,
+    target: &WriteTransaction,
+    definition: TableDefinition<K, V>,
+) -> Result<(), KvError> {
+    let from = source.open_table(definition)?;
+    let mut to = target.open_table(definition)?;
+    for entry in from.iter()? {
+        let (key, value) = entry?;
+        to.insert(key.value(), value.value())?;
+    }
+    Ok(())
+}
 
 /// Writes `new` over `old`, keeping the sort index and blob reference counts in step.
 /// Returns blobs that lost their last reference.

@@ -20,6 +20,11 @@
 //! it does not know).
 
 use std::collections::HashMap;
+
+mod ops;
+pub use ops::{
+    BACKUP_FORMAT, BackupManifest, CheckReport, GcReport, MANIFEST_FILE, Mode, RemovalHold,
+};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -167,18 +172,6 @@ pub struct UploadRequest {
     pub cap: u64,
 }
 
-/// What `Store::check` found.
-#[derive(Debug)]
-pub struct CheckReport {
-    pub images: u64,
-    pub blobs: usize,
-    pub quarantined: usize,
-    /// Inconsistencies; empty when the store is consistent.
-    pub problems: Vec<String>,
-    /// What an interrupted run left, which the next start repairs.
-    pub leftovers: Vec<String>,
-}
-
 /// The store's figures, for `/metrics`, the detailed health check and `ocellus stats`.
 #[derive(Debug, Default, Clone, serde::Serialize)]
 pub struct StoreStats {
@@ -281,6 +274,9 @@ pub struct Store {
     /// Blobs being read, with how many reads each.
     pins: Mutex<HashMap<Digest, usize>>,
     scrub: ScrubState,
+    /// Backups in progress, during which blob removals wait in `deferred`.
+    holds: std::sync::atomic::AtomicUsize,
+    deferred: Mutex<Vec<Digest>>,
 }
 
 impl Store {
@@ -334,6 +330,8 @@ impl Store {
             reserved: AtomicU64::new(0),
             pins: Mutex::new(HashMap::new()),
             scrub: ScrubState::default(),
+            holds: std::sync::atomic::AtomicUsize::new(0),
+            deferred: Mutex::new(Vec::new()),
         })
     }
 
@@ -347,7 +345,7 @@ impl Store {
             tracing::warn!(image = %id, "upload was interrupted; image is queued again");
             repairs.requeued += 1;
         }
-        repairs.temp_removed = self.backend().remove_temps()?;
+        repairs.temp_removed = self.backend().sweep_temps(None, false)?.count;
         let referenced = self.kv.referenced_blobs()?;
         for digest in self.backend().list()? {
             if !referenced.contains(&digest) {
@@ -375,7 +373,7 @@ impl Store {
         for id in &requeued {
             tracing::info!(image = %id, "upload cut by shutdown; image is queued again");
         }
-        self.backend().remove_temps()?;
+        self.backend().sweep_temps(None, false)?;
         Ok(())
     }
 
@@ -384,7 +382,7 @@ impl Store {
         let cutoff = SystemTime::now()
             .checked_sub(self.limits.quarantine_grace)
             .unwrap_or(SystemTime::UNIX_EPOCH);
-        let removed = self.backend().expire_quarantine(cutoff)?;
+        let removed = self.backend().sweep_quarantine(cutoff, false)?.count;
         if removed > 0 {
             tracing::info!(removed, "removed quarantined blobs past their grace period");
         }
@@ -550,54 +548,6 @@ impl Store {
             free_bytes: space.map(|space| space.free),
             reserve_bytes: self.keep_free(space),
         }
-    }
-
-    /// Checks metadata against the blobs: reference counts, presence and size of every
-    /// referenced blob. What a crash legitimately leaves (images in `saving`, temp objects,
-    /// unreferenced blobs, all repaired at the next start) is listed apart. Blocks; for
-    /// `ocellus check` on a stopped server.
-    pub fn check(&self) -> Result<CheckReport, StoreError> {
-        let audit = self.kv.audit()?;
-        let mut problems = Vec::new();
-        let mut leftovers = Vec::new();
-        for id in &audit.saving {
-            leftovers.push(format!("image {id} is saving"));
-        }
-        for blob in &audit.blobs {
-            let hex = blob.digest.to_hex();
-            if blob.references != blob.counted {
-                problems.push(format!(
-                    "blob {hex}: reference count {} but {} images name it",
-                    blob.references, blob.counted
-                ));
-            }
-            match self.backend().size(blob.digest)? {
-                None => problems.push(format!("blob {hex} is referenced but missing")),
-                Some(size) if size != blob.size => problems.push(format!(
-                    "blob {hex} holds {size} bytes, its record says {}",
-                    blob.size
-                )),
-                Some(_) => {}
-            }
-        }
-        let referenced: std::collections::HashSet<Digest> =
-            audit.blobs.iter().map(|blob| blob.digest).collect();
-        for digest in self.backend().list()? {
-            if !referenced.contains(&digest) {
-                leftovers.push(format!("blob {} is not referenced", digest.to_hex()));
-            }
-        }
-        let temps = self.backend().temps()?;
-        if temps > 0 {
-            leftovers.push(format!("{temps} temp objects are left"));
-        }
-        Ok(CheckReport {
-            images: audit.images,
-            blobs: audit.blobs.len(),
-            quarantined: self.backend().quarantined()?,
-            problems,
-            leftovers,
-        })
     }
 
     // Metadata. Each call is one transaction; async callers run them on the blocking pool.
@@ -964,6 +914,14 @@ impl Store {
     fn remove_if_unreferenced(&self, digest: Digest) -> Result<(), StoreError> {
         if self.pinned(digest) {
             // The last read to end removes it (`Pin::drop`).
+            return Ok(());
+        }
+        if self.holds.load(Ordering::Acquire) > 0 {
+            // A backup is linking blobs; the hold's end removes it.
+            self.deferred
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner())
+                .push(digest);
             return Ok(());
         }
         if self.kv.blob_references(digest)? == 0 {

@@ -1,0 +1,298 @@
+//! The operator's work on a store: the full check (and its repairs), garbage collection and
+//! backups. Each runs the same way in the server (through the admin endpoint) and on a
+//! stopped server's data directory (`ocellus check|gc|backup`); `Mode` says which, because
+//! what is safe to touch differs: while the server runs, an image in `saving` and a fresh temp
+//! file belong to an upload in progress.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+
+use super::{Store, StoreError, Verdict};
+use crate::blob::Swept;
+use crate::kv::Digest;
+
+/// Where the operation runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// In the running server: uploads may be in flight.
+    Online,
+    /// On a stopped server's data directory: nothing else touches it.
+    Offline,
+}
+
+/// A temp file untouched this long belongs to no live upload (an idle upload is abandoned
+/// after 60 s), so `gc` may remove it while the server runs.
+pub const STALE_TEMP: Duration = Duration::from_secs(600);
+
+/// What `check` found, and with `--repair` what it fixed.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct CheckReport {
+    pub images: u64,
+    pub blobs: u64,
+    pub verified_blobs: u64,
+    pub verified_bytes: u64,
+    pub quarantined: u64,
+    /// Inconsistencies and damage still present; empty when the store is sound.
+    pub problems: Vec<String>,
+    /// What an interrupted run left (repaired by `--repair` or the next start).
+    pub leftovers: Vec<String>,
+    /// What `--repair` fixed.
+    pub repaired: Vec<String>,
+}
+
+impl CheckReport {
+    pub fn sound(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+/// What `gc` removed (or, in a dry run, would remove).
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
+pub struct GcReport {
+    pub dry_run: bool,
+    /// Quarantined blobs past their grace period.
+    pub quarantine: Swept,
+    /// Temp files of uploads that ended without cleaning up.
+    pub temps: Swept,
+}
+
+/// The description written as `BACKUP.json` beside a backup's database and blobs.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct BackupManifest {
+    pub format: u32,
+    pub created_at: i64,
+    pub ocellus_version: String,
+    /// Every blob the database copy references, as hex digest and size.
+    pub blobs: BTreeMap<String, u64>,
+    /// How many blobs went in as hard links (the rest were copied).
+    pub linked: u64,
+}
+
+/// The manifest's file name, and the database copy's.
+pub const MANIFEST_FILE: &str = "BACKUP.json";
+pub const BACKUP_FORMAT: u32 = 1;
+
+/// Holds blob removals back while a backup copies the database and links the blobs it names,
+/// so that no blob the copy references can vanish in between; removals asked for meanwhile run
+/// when the hold ends.
+pub struct RemovalHold<'a> {
+    store: &'a Store,
+}
+
+impl Drop for RemovalHold<'_> {
+    fn drop(&mut self) {
+        if self.store.holds.fetch_sub(1, Ordering::AcqRel) != 1 {
+            return;
+        }
+        let deferred = std::mem::take(
+            &mut *self
+                .store
+                .deferred
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner()),
+        );
+        self.store.release(&deferred);
+    }
+}
+
+impl Store {
+    /// The full check: every referenced blob read and verified against its digest and
+    /// outboard (a damaged one is marked, as the scrub does), missing and misplaced blobs,
+    /// reference counts against the images, orphans, images stuck in `saving`, temp files.
+    /// With `repair`, fixes what is safe: reference counts, orphans (to quarantine), missing
+    /// blobs still in quarantine (back), damage marks on blobs that verify again and, offline,
+    /// uploads left `saving` and their temp files. `progress` gets the bytes verified. Blocks.
+    pub fn check_full(
+        &self,
+        mode: Mode,
+        repair: bool,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<CheckReport, StoreError> {
+        let audit = self.kv.audit()?;
+        let bad: HashSet<Digest> = self.kv.bad_blobs()?.into_iter().map(|(d, _)| d).collect();
+        let mut report = CheckReport {
+            images: audit.images,
+            ..CheckReport::default()
+        };
+        for id in &audit.saving {
+            match (mode, repair) {
+                (Mode::Online, _) => {}
+                (Mode::Offline, false) => report.leftovers.push(format!("image {id} is saving")),
+                (Mode::Offline, true) => {
+                    self.requeue(*id)?;
+                    report
+                        .repaired
+                        .push(format!("image {id}: saving -> queued"));
+                }
+            }
+        }
+        let mut referenced = HashSet::new();
+        for blob in &audit.blobs {
+            let hex = blob.digest.to_hex();
+            if blob.counted > 0 {
+                referenced.insert(blob.digest);
+            }
+            if blob.references != blob.counted {
+                let drift = format!(
+                    "blob {hex}: reference count {} but {} images name it",
+                    blob.references, blob.counted
+                );
+                if repair {
+                    let _guard = self.blobs.lock(blob.digest);
+                    self.kv
+                        .set_reference_count(blob.digest, blob.size, blob.counted)?;
+                    report
+                        .repaired
+                        .push(format!("{drift}: count set to {}", blob.counted));
+                } else {
+                    report.problems.push(drift);
+                }
+            }
+            if blob.counted == 0 {
+                continue;
+            }
+            report.blobs += 1;
+            let mut present = self.backend().size(blob.digest)?;
+            if present.is_none() && repair && self.restore_from_quarantine(blob.digest)? {
+                report
+                    .repaired
+                    .push(format!("blob {hex}: brought back from quarantine"));
+                present = self.backend().size(blob.digest)?;
+            }
+            if present.is_none() {
+                report.problems.push(format!(
+                    "blob {hex} is missing ({} images name it)",
+                    blob.counted
+                ));
+                continue;
+            }
+            let verdict = self.verify_blob(blob.digest, blob.size, &mut |bytes| {
+                progress(bytes);
+                true
+            })?;
+            report.verified_blobs += 1;
+            report.verified_bytes += blob.size;
+            match verdict {
+                Verdict::Good if bad.contains(&blob.digest) => {
+                    if repair {
+                        self.kv.clear_bad_blob(blob.digest)?;
+                        report
+                            .repaired
+                            .push(format!("blob {hex}: verifies again; damage mark cleared"));
+                    } else {
+                        report.problems.push(format!(
+                            "blob {hex} is marked damaged but verifies now (--repair clears the mark)"
+                        ));
+                    }
+                }
+                Verdict::Good | Verdict::Stopped => {}
+                Verdict::Bad(problem) => report.problems.push(format!(
+                    "blob {hex} is damaged ({problem}); its {} images refuse downloads until the same data is uploaded again",
+                    blob.counted
+                )),
+            }
+        }
+        for digest in self.backend().list()? {
+            if referenced.contains(&digest) {
+                continue;
+            }
+            let hex = digest.to_hex();
+            if !repair {
+                report
+                    .leftovers
+                    .push(format!("blob {hex} is not referenced"));
+                continue;
+            }
+            let _guard = self.blobs.lock(digest);
+            if self.kv.blob_references(digest)? == 0 && !self.pinned(digest) {
+                self.backend().quarantine(digest)?;
+                report
+                    .repaired
+                    .push(format!("blob {hex}: not referenced; moved to quarantine"));
+            }
+        }
+        let temps = self.backend().temps()?;
+        if temps > 0 && mode == Mode::Offline {
+            if repair {
+                let swept = self.backend().sweep_temps(None, false)?;
+                report.repaired.push(format!(
+                    "{} temp files removed ({} bytes)",
+                    swept.count, swept.bytes
+                ));
+            } else {
+                report
+                    .leftovers
+                    .push(format!("{temps} temp objects are left"));
+            }
+        }
+        report.quarantined = self.backend().quarantined()? as u64;
+        Ok(report)
+    }
+
+    /// Removes quarantined blobs past their grace and temp files no upload owns (offline: all;
+    /// online: those untouched for `STALE_TEMP`); with `dry_run`, only counts them. Blocks.
+    pub fn gc(&self, mode: Mode, dry_run: bool) -> Result<GcReport, StoreError> {
+        let cutoff = SystemTime::now()
+            .checked_sub(self.limits.quarantine_grace)
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        let quarantine = self.backend().sweep_quarantine(cutoff, dry_run)?;
+        let temps_before = match mode {
+            Mode::Offline => None,
+            Mode::Online => Some(
+                SystemTime::now()
+                    .checked_sub(STALE_TEMP)
+                    .unwrap_or(SystemTime::UNIX_EPOCH),
+            ),
+        };
+        let temps = self.backend().sweep_temps(temps_before, dry_run)?;
+        Ok(GcReport {
+            dry_run,
+            quarantine,
+            temps,
+        })
+    }
+
+    /// Holds blob removals back until the returned guard drops.
+    pub fn hold_removals(&self) -> RemovalHold<'_> {
+        self.holds.fetch_add(1, Ordering::AcqRel);
+        RemovalHold { store: self }
+    }
+
+    /// Writes a backup into the empty (or missing) directory `dir`: a consistent copy of the
+    /// database, every blob it references (hard-linked when `dir` is on the same filesystem,
+    /// copied otherwise) with its outboard, and `BACKUP.json`. Blob removals wait meanwhile,
+    /// so the copy and the blobs match. Blocks.
+    pub fn backup_into(&self, dir: &Path) -> Result<BackupManifest, StoreError> {
+        std::fs::create_dir_all(dir)?;
+        if std::fs::read_dir(dir)?.next().is_some() {
+            return Err(StoreError::from(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                format!("{} is not empty", dir.display()),
+            )));
+        }
+        let _hold = self.hold_removals();
+        let referenced = self.kv.snapshot(&dir.join(crate::DATABASE_FILE))?;
+        let mut manifest = BackupManifest {
+            format: BACKUP_FORMAT,
+            created_at: crate::identity::now_secs(),
+            ocellus_version: env!("CARGO_PKG_VERSION").to_owned(),
+            ..BackupManifest::default()
+        };
+        for (digest, size) in referenced {
+            if self.backend().export(digest, dir)? {
+                manifest.linked += 1;
+            }
+            manifest.blobs.insert(digest.to_hex(), size);
+        }
+        let text = serde_json::to_vec_pretty(&manifest)
+            .map_err(|error| std::io::Error::other(error.to_string()))?;
+        let manifest_path = dir.join(MANIFEST_FILE);
+        std::fs::write(&manifest_path, text)?;
+        std::fs::File::open(&manifest_path)?.sync_all()?;
+        Ok(manifest)
+    }
+}
