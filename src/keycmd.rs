@@ -213,7 +213,7 @@ pub(crate) fn backend(mut target: KeyTarget) -> Result<Backend, String> {
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|error| format!("cannot create {}: {error}", config.data_dir.display()))?;
     let database = config.data_dir.join(crate::DATABASE_FILE);
-    match Store::open_metadata(&config.data_dir) {
+    match Store::open_offline(&config.data_dir, config.store) {
         Ok(store) => Ok(Backend::Local(Box::new(store))),
         Err(StoreError::Kv(KvError::Locked)) => {
             let scheme = if config.tls.is_some() {

@@ -310,9 +310,14 @@ impl Store {
     /// Opens only what the offline `key` commands need: the metadata, with no repair of the
     /// blobs (that is the server's job at its start). Blocks.
     pub fn open_metadata(data_dir: &Path) -> Result<Store, StoreError> {
+        Store::open_offline(data_dir, StoreLimits::default())
+    }
+
+    /// Like `open_metadata`, with the configured limits (the quarantine grace, for `gc`).
+    pub fn open_offline(data_dir: &Path, limits: StoreLimits) -> Result<Store, StoreError> {
         let limits = StoreLimits {
             transfer_threads: 1,
-            ..StoreLimits::default()
+            ..limits
         };
         std::fs::create_dir_all(data_dir)?;
         let kv = Kv::open(&data_dir.join(crate::DATABASE_FILE))?;

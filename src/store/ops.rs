@@ -296,3 +296,87 @@ impl Store {
         Ok(manifest)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::kv::{ImageData, ImageId, ImageRecord, ImageStatus, Visibility};
+
+    /// An active image whose data is `bytes`, written straight into the catalog, with its blob
+    /// file placed by hand.
+    fn stored_image(store: &Store, data_dir: &Path, id: u8, bytes: &[u8]) -> Digest {
+        let digest = Digest(*blake3::hash(bytes).as_bytes());
+        let hex = digest.to_hex();
+        let path = data_dir
+            .join("blobs")
+            .join(&hex[0..2])
+            .join(&hex[2..4])
+            .join(&hex);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, bytes).unwrap();
+        let record = ImageRecord {
+            id: ImageId([id; 16]),
+            name: None,
+            status: ImageStatus::Active,
+            visibility: Visibility::Private,
+            protected: false,
+            os_hidden: false,
+            owner: Some("ops".into()),
+            disk_format: Some("raw".into()),
+            container_format: Some("bare".into()),
+            min_ram: 0,
+            min_disk: 0,
+            data: Some(ImageData {
+                digest,
+                size: bytes.len() as u64,
+                virtual_size: None,
+                md5: [0; 16],
+                sha512: [0; 64],
+            }),
+            created_at: 1,
+            updated_at: 1,
+            tags: Vec::new(),
+            properties: BTreeMap::new(),
+        };
+        store.kv.insert_image(&record).unwrap();
+        digest
+    }
+
+    #[test]
+    fn reference_count_drift_is_found_and_repaired() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let bytes = vec![5u8; 40_000];
+        let digest = stored_image(&store, dir.path(), 1, &bytes);
+        stored_image(&store, dir.path(), 2, &bytes);
+        assert!(
+            store
+                .check_full(Mode::Offline, false, &mut |_| {})
+                .unwrap()
+                .sound()
+        );
+
+        // The count says 5 where two images name the blob.
+        store.kv.set_reference_count(digest, 40_000, 5).unwrap();
+        let found = store.check_full(Mode::Offline, false, &mut |_| {}).unwrap();
+        assert_eq!(
+            found.problems,
+            vec![format!(
+                "blob {}: reference count 5 but 2 images name it",
+                digest.to_hex()
+            )]
+        );
+        let repaired = store.check_full(Mode::Offline, true, &mut |_| {}).unwrap();
+        assert!(repaired.sound(), "{repaired:?}");
+        assert_eq!(repaired.repaired.len(), 1, "{repaired:?}");
+        assert_eq!(store.kv.blob_references(digest).unwrap(), 2);
+        // Verified bytes were counted for the progress bar.
+        let mut seen = 0;
+        store
+            .check_full(Mode::Offline, false, &mut |bytes| seen += bytes)
+            .unwrap();
+        assert_eq!(seen, 40_000);
+    }
+}

@@ -12,5 +12,6 @@ mod list;
 mod matrix;
 mod members;
 mod observe;
+mod ops;
 mod restart;
 mod tls;
