@@ -39,6 +39,9 @@ install -m 0644 "$root/systemd/ocellus.service" "$tree/lib/systemd/system/ocellu
 install -m 0644 "$here/ocellus.toml" "$tree/etc/ocellus/ocellus.toml"
 install -m 0644 "$here/copyright" "$tree/usr/share/doc/ocellus/copyright"
 install -m 0644 "$root/README.md" "$tree/usr/share/doc/ocellus/README.md"
+install -d -m 0755 "$tree/usr/share/man/man1"
+gzip -9n < "$here/ocellus.1" > "$tree/usr/share/man/man1/ocellus.1.gz"
+chmod 0644 "$tree/usr/share/man/man1/ocellus.1.gz"
 gzip -9n < "$here/changelog" > "$tree/usr/share/doc/ocellus/changelog.Debian.gz"
 chmod 0644 "$tree/usr/share/doc/ocellus/changelog.Debian.gz"
 for script in postinst prerm postrm; do
