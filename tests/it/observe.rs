@@ -267,7 +267,14 @@ async fn json_logs_carry_the_request_id() {
         probe.local_addr().unwrap().port()
     };
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ocellus"))
-        .args(["serve", "--log-format", "json", "--listen"])
+        .args([
+            "serve",
+            "--auth",
+            "keys",
+            "--log-format",
+            "json",
+            "--listen",
+        ])
         .arg(format!("127.0.0.1:{port}"))
         .arg("--data-dir")
         .arg(&data)
@@ -293,6 +300,19 @@ async fn json_logs_carry_the_request_id() {
             .is_ok()
     })
     .await;
+    let key = read_bootstrap_key(&data);
+    let (key_id, secret) = crate::keys_support::split_key(&key);
+    let client = reqwest::Client::builder()
+        .default_headers(
+            [(
+                reqwest::header::HeaderName::from_static("x-auth-token"),
+                reqwest::header::HeaderValue::from_str(&key).unwrap(),
+            )]
+            .into_iter()
+            .collect(),
+        )
+        .build()
+        .unwrap();
     let created: Value = client
         .post(format!("{base}/v2/images"))
         .json(&json!({"name": "logged", "disk_format": "raw", "container_format": "bare"}))
@@ -366,6 +386,9 @@ async fn json_logs_carry_the_request_id() {
     );
     assert_eq!(request_line["fields"]["status"], 204);
     assert_eq!(request_line["fields"]["bytes_in"], 200_000);
+    // The key is named by its id; its secret appears nowhere.
+    assert_eq!(request_line["span"]["key"], key_id.as_str());
+    assert!(lines.iter().all(|line| !line.contains(&secret)));
     let download_lines = in_request(&download_id);
     assert!(
         download_lines
