@@ -495,7 +495,7 @@ impl Store {
             Err(error) => return Err(StoreError::from(error)),
         };
         tracing::error!(blob = %digest.to_hex(), %problem, "blob failed verification; its images refuse downloads until good bytes are uploaded again");
-        self.kv.mark_bad_blob(digest, crate::identity::now_secs())?;
+        self.kv.mark_bad_blob(digest, unix_now())?;
         Ok(Verdict::Bad(problem))
     }
 
@@ -942,6 +942,11 @@ impl Store {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .contains_key(&digest)
     }
+}
+
+/// Seconds since the Unix epoch.
+fn unix_now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
 }
 
 /// The free space an upload leaves by default: the smaller of this and 5 % of the filesystem.

@@ -278,7 +278,7 @@ impl Store {
         let referenced = self.kv.snapshot(&dir.join(crate::DATABASE_FILE))?;
         let mut manifest = BackupManifest {
             format: BACKUP_FORMAT,
-            created_at: crate::identity::now_secs(),
+            created_at: super::unix_now(),
             ocellus_version: env!("CARGO_PKG_VERSION").to_owned(),
             ..BackupManifest::default()
         };
