@@ -40,7 +40,10 @@ pub struct ServeArgs {
     /// TOML file with any of: listen, data_dir, auth, default_project, image_size_cap, log,
     /// tls_cert, tls_key, public_url, auth_failure_limit, max_connections, max_uploads,
     /// max_downloads, min_free_space, quarantine_days, shutdown_timeout, log_format,
-    /// metrics_token, scrub_interval, scrub_rate
+    /// metrics_token, scrub_interval, scrub_rate, import_methods, web_download_allow,
+    /// web_download_ports, max_imports, task_time_to_live, image_size_total,
+    /// image_stage_total, image_count_total, image_count_uploading, image_tag_quota,
+    /// image_property_quota, image_member_quota
     #[arg(long, env = "OCELLUS_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Authentication mode [default: none]
@@ -123,7 +126,164 @@ pub struct ServeArgs {
     /// run [default: 50]
     #[arg(long, env = "OCELLUS_SCRUB_RATE", value_name = "MB_PER_S")]
     pub scrub_rate: Option<u64>,
+    /// Interoperable import methods offered, comma-separated: glance-direct, web-download
+    /// [default: both]
+    #[arg(
+        long,
+        env = "OCELLUS_IMPORT_METHODS",
+        value_name = "METHODS",
+        value_delimiter = ','
+    )]
+    pub import_methods: Option<Vec<String>>,
+    /// CIDRs or host names web-download may reach on any port, although the default rules
+    /// deny them (loopback, private, link-local, ...), comma-separated [default: none]
+    #[arg(
+        long,
+        env = "OCELLUS_WEB_DOWNLOAD_ALLOW",
+        value_name = "CIDR_OR_HOST",
+        value_delimiter = ','
+    )]
+    pub web_download_allow: Option<Vec<String>>,
+    /// Ports web-download may use for other hosts, comma-separated [default: 80,443]
+    #[arg(
+        long,
+        env = "OCELLUS_WEB_DOWNLOAD_PORTS",
+        value_name = "PORTS",
+        value_delimiter = ','
+    )]
+    pub web_download_ports: Option<Vec<u16>>,
+    /// Imports running at once; more wait as pending tasks [default: 4]
+    #[arg(long, env = "OCELLUS_MAX_IMPORTS", value_name = "COUNT")]
+    pub max_imports: Option<usize>,
+    /// Hours a finished task is kept before it expires [default: 48]
+    #[arg(long, env = "OCELLUS_TASK_TIME_TO_LIVE", value_name = "HOURS")]
+    pub task_time_to_live: Option<u64>,
+    /// Default per-project limit on the bytes of all its images, staged data included
+    /// (e.g. 50GiB; -1: unlimited) [default: unlimited]
+    #[arg(long, env = "OCELLUS_IMAGE_SIZE_TOTAL", value_name = "SIZE")]
+    pub image_size_total: Option<String>,
+    /// Default per-project limit on staged bytes [default: unlimited]
+    #[arg(long, env = "OCELLUS_IMAGE_STAGE_TOTAL", value_name = "SIZE")]
+    pub image_stage_total: Option<String>,
+    /// Default per-project limit on the number of images [default: unlimited]
+    #[arg(
+        long,
+        env = "OCELLUS_IMAGE_COUNT_TOTAL",
+        value_name = "COUNT",
+        allow_hyphen_values = true
+    )]
+    pub image_count_total: Option<i64>,
+    /// Default per-project limit on images receiving data at once [default: unlimited]
+    #[arg(
+        long,
+        env = "OCELLUS_IMAGE_COUNT_UPLOADING",
+        value_name = "COUNT",
+        allow_hyphen_values = true
+    )]
+    pub image_count_uploading: Option<i64>,
+    /// Most tags per image; negative: unlimited [default: 128]
+    #[arg(
+        long,
+        env = "OCELLUS_IMAGE_TAG_QUOTA",
+        value_name = "COUNT",
+        allow_hyphen_values = true
+    )]
+    pub image_tag_quota: Option<i64>,
+    /// Most custom properties per image; negative: unlimited [default: 128]
+    #[arg(
+        long,
+        env = "OCELLUS_IMAGE_PROPERTY_QUOTA",
+        value_name = "COUNT",
+        allow_hyphen_values = true
+    )]
+    pub image_property_quota: Option<i64>,
+    /// Most members per image; negative: unlimited [default: 128]
+    #[arg(
+        long,
+        env = "OCELLUS_IMAGE_MEMBER_QUOTA",
+        value_name = "COUNT",
+        allow_hyphen_values = true
+    )]
+    pub image_member_quota: Option<i64>,
 }
+
+/// A size in a settings file: bytes, or text with a unit (`50GiB`).
+#[derive(Clone, Debug, Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
+#[serde(untagged)]
+pub enum SizeSetting {
+    Bytes(i64),
+    Text(String),
+}
+
+impl SizeSetting {
+    fn text(&self) -> String {
+        match self {
+            SizeSetting::Bytes(bytes) => bytes.to_string(),
+            SizeSetting::Text(text) => text.clone(),
+        }
+    }
+}
+
+/// Parses `50GiB`, `10 GB`, `1048576`, `-1` (unlimited: `None`). Units: B, KB, MB, GB, TB
+/// (powers of 1000) and KiB, MiB, GiB, TiB (powers of 1024).
+pub fn parse_size(text: &str) -> Result<Option<u64>, String> {
+    let text = text.trim();
+    if text.starts_with('-') {
+        return match text.parse::<i64>() {
+            Ok(value) if value < 0 => Ok(None),
+            _ => Err(format!("{text:?} is not a size")),
+        };
+    }
+    let split = text
+        .find(|character: char| !character.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size"))?;
+    let scale: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        "tb" => 1_000_000_000_000,
+        "kib" => 1 << 10,
+        "mib" => 1 << 20,
+        "gib" => 1 << 30,
+        "tib" => 1 << 40,
+        _ => {
+            return Err(format!(
+                "{text:?}: unknown unit (B, KB, MB, GB, TB, KiB, MiB, GiB, TiB)"
+            ));
+        }
+    };
+    number
+        .checked_mul(scale)
+        .map(Some)
+        .ok_or_else(|| format!("{text:?} is too large"))
+}
+
+/// How many of a thing an image may have; `None`: unlimited.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PerImageQuotas {
+    pub tags: Option<usize>,
+    pub properties: Option<usize>,
+    pub members: Option<usize>,
+}
+
+impl Default for PerImageQuotas {
+    fn default() -> PerImageQuotas {
+        PerImageQuotas {
+            tags: Some(128),
+            properties: Some(128),
+            members: Some(128),
+        }
+    }
+}
+
+/// The import methods this build can offer.
+pub const IMPORT_METHODS: [&str; 2] = ["glance-direct", "web-download"];
 
 /// How log lines are written.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
@@ -162,6 +322,18 @@ pub struct FileConfig {
     pub metrics_token: Option<String>,
     pub scrub_interval: Option<String>,
     pub scrub_rate: Option<u64>,
+    pub import_methods: Option<Vec<String>>,
+    pub web_download_allow: Option<Vec<String>>,
+    pub web_download_ports: Option<Vec<u16>>,
+    pub max_imports: Option<usize>,
+    pub task_time_to_live: Option<u64>,
+    pub image_size_total: Option<SizeSetting>,
+    pub image_stage_total: Option<SizeSetting>,
+    pub image_count_total: Option<i64>,
+    pub image_count_uploading: Option<i64>,
+    pub image_tag_quota: Option<i64>,
+    pub image_property_quota: Option<i64>,
+    pub image_member_quota: Option<i64>,
 }
 
 /// Certificate and key files for HTTPS.
@@ -191,6 +363,13 @@ pub struct Config {
     /// Lets a scraper on another host read `/metrics`.
     pub metrics_token: Option<String>,
     pub scrub: crate::scrub::ScrubSettings,
+    /// Import methods offered, in Glance's order.
+    pub import_methods: Vec<String>,
+    /// What web-download may reach.
+    pub web_download: crate::fetch::Rules,
+    /// Imports running at once.
+    pub max_imports: usize,
+    pub per_image: PerImageQuotas,
     /// Transfer slots, free-space reserve, quarantine grace.
     pub store: StoreLimits,
 }
@@ -212,6 +391,13 @@ impl Default for Config {
             log_format: LogFormat::Human,
             metrics_token: None,
             scrub: crate::scrub::ScrubSettings::default(),
+            import_methods: IMPORT_METHODS
+                .iter()
+                .map(|method| (*method).to_owned())
+                .collect(),
+            web_download: crate::fetch::Rules::default(),
+            max_imports: 4,
+            per_image: PerImageQuotas::default(),
             store: StoreLimits::default(),
         }
     }
@@ -290,7 +476,110 @@ impl Config {
                     None => defaults.scrub.rate,
                 },
             },
+            import_methods: match args.import_methods.clone().or(file.import_methods) {
+                Some(methods) => {
+                    let mut chosen = Vec::new();
+                    for method in methods {
+                        let method = method.trim().to_owned();
+                        if method.is_empty() {
+                            continue;
+                        }
+                        if !IMPORT_METHODS.contains(&method.as_str()) {
+                            return Err(format!(
+                                "import_methods: {method:?} is not one of {}",
+                                IMPORT_METHODS.join(", ")
+                            ));
+                        }
+                        if !chosen.contains(&method) {
+                            chosen.push(method);
+                        }
+                    }
+                    chosen
+                }
+                None => defaults.import_methods,
+            },
+            web_download: crate::fetch::Rules {
+                allow: args
+                    .web_download_allow
+                    .clone()
+                    .or(file.web_download_allow)
+                    .unwrap_or_default()
+                    .iter()
+                    .filter(|entry| !entry.trim().is_empty())
+                    .map(|entry| {
+                        entry
+                            .parse()
+                            .map_err(|error| format!("web_download_allow: {error}"))
+                    })
+                    .collect::<Result<_, _>>()?,
+                ports: args
+                    .web_download_ports
+                    .clone()
+                    .or(file.web_download_ports)
+                    .unwrap_or(defaults.web_download.ports),
+            },
+            max_imports: args
+                .max_imports
+                .or(file.max_imports)
+                .unwrap_or(defaults.max_imports),
+            per_image: {
+                let count = |value: Option<i64>, default: Option<usize>| match value {
+                    Some(limit) if limit < 0 => None,
+                    Some(limit) => Some(limit as usize),
+                    None => default,
+                };
+                PerImageQuotas {
+                    tags: count(
+                        args.image_tag_quota.or(file.image_tag_quota),
+                        defaults.per_image.tags,
+                    ),
+                    properties: count(
+                        args.image_property_quota.or(file.image_property_quota),
+                        defaults.per_image.properties,
+                    ),
+                    members: count(
+                        args.image_member_quota.or(file.image_member_quota),
+                        defaults.per_image.members,
+                    ),
+                }
+            },
             store: StoreLimits {
+                quotas: crate::store::Quotas {
+                    image_size_total: match args
+                        .image_size_total
+                        .clone()
+                        .or(file.image_size_total.as_ref().map(SizeSetting::text))
+                    {
+                        Some(text) => parse_size(&text)
+                            .map_err(|error| format!("image_size_total: {error}"))?,
+                        None => None,
+                    },
+                    image_stage_total: match args
+                        .image_stage_total
+                        .clone()
+                        .or(file.image_stage_total.as_ref().map(SizeSetting::text))
+                    {
+                        Some(text) => parse_size(&text)
+                            .map_err(|error| format!("image_stage_total: {error}"))?,
+                        None => None,
+                    },
+                    image_count_total: args
+                        .image_count_total
+                        .or(file.image_count_total)
+                        .filter(|limit| *limit >= 0)
+                        .map(|limit| limit as u64),
+                    image_count_uploading: args
+                        .image_count_uploading
+                        .or(file.image_count_uploading)
+                        .filter(|limit| *limit >= 0)
+                        .map(|limit| limit as u64),
+                },
+                task_time_to_live: args
+                    .task_time_to_live
+                    .or(file.task_time_to_live)
+                    .map_or(defaults.store.task_time_to_live, |hours| {
+                        std::time::Duration::from_secs(hours.saturating_mul(3600))
+                    }),
                 max_uploads: args
                     .max_uploads
                     .or(file.max_uploads)
@@ -318,6 +607,9 @@ impl Config {
             return Err(format!(
                 "public_url {url:?} must start with http:// or https://"
             ));
+        }
+        if config.max_imports == 0 {
+            return Err("max_imports must be at least 1".into());
         }
         if config.max_connections == 0 {
             return Err("max_connections must be at least 1".into());

@@ -8,8 +8,10 @@
 
 mod blob;
 pub mod config;
+pub mod fetch;
 pub mod http;
 pub mod identity;
+pub mod importer;
 pub mod keycmd;
 mod kv;
 pub mod metrics;
@@ -42,6 +44,10 @@ impl std::fmt::Display for OpenError {
 
 impl std::error::Error for OpenError {}
 
+/// The id of the one store, in `OpenStack-image-store-ids`, `/v2/info/stores` and an image's
+/// `stores`: Glance's name for its filesystem store.
+pub const STORE_ID: &str = "fs";
+
 /// Name of the metadata database file in the data directory.
 pub const DATABASE_FILE: &str = "ocellus.redb";
 
@@ -65,12 +71,19 @@ pub fn open(config: config::Config) -> Result<AppState, OpenError> {
     }
     let identity =
         identity::Identity::new(store.clone(), config.auth_failure_limit).map_err(kv_error)?;
+    let importer = Arc::new(importer::Importer::new(
+        store.clone(),
+        fetch::Fetcher::new(config.web_download.clone()).map_err(OpenError::Tls)?,
+        config.max_imports,
+        config.image_size_cap,
+    ));
     Ok(AppState {
         store,
         config: Arc::new(config),
         identity: Arc::new(identity),
         tls,
         metrics: Arc::new(metrics::Metrics::new()),
+        importer,
     })
 }
 

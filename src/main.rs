@@ -46,6 +46,9 @@ enum Command {
     Backup(ocellus::opcmd::BackupArgs),
     /// Restore a backup into a new (missing or empty) data directory, verifying every blob
     Restore(ocellus::opcmd::RestoreArgs),
+    /// Per-project quotas: set overrides of the configured defaults, list limits and usage
+    #[command(subcommand)]
+    Quota(ocellus::opcmd::QuotaCommand),
 }
 
 /// Upper bound of tokio's blocking pool.
@@ -60,6 +63,7 @@ fn main() -> ExitCode {
         Command::Stats(args) => operate(ocellus::opcmd::stats(args)),
         Command::Backup(args) => operate(ocellus::opcmd::backup(args)),
         Command::Restore(args) => operate(ocellus::opcmd::restore(args)),
+        Command::Quota(command) => operate(ocellus::opcmd::quota(command)),
         Command::Key(command) => match ocellus::keycmd::run(command) {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {

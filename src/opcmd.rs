@@ -506,3 +506,156 @@ fn verify_blob_file(
     }
     Ok(())
 }
+
+/// `ocellus quota …`.
+#[derive(Debug, clap::Subcommand)]
+pub enum QuotaCommand {
+    /// Set a project's quotas (the others stay); sizes take units (50GiB), -1 is unlimited,
+    /// "default" goes back to the configured default
+    Set {
+        /// The project id
+        project: String,
+        /// Bytes of all the project's images, staged data included
+        #[arg(long, value_name = "SIZE", allow_hyphen_values = true)]
+        image_size_total: Option<String>,
+        /// Bytes of staged data
+        #[arg(long, value_name = "SIZE", allow_hyphen_values = true)]
+        image_stage_total: Option<String>,
+        /// Number of images
+        #[arg(long, value_name = "COUNT", allow_hyphen_values = true)]
+        image_count_total: Option<String>,
+        /// Images receiving data at once
+        #[arg(long, value_name = "COUNT", allow_hyphen_values = true)]
+        image_count_uploading: Option<String>,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: KeyTarget,
+    },
+    /// List every project with quota overrides or images: overrides, limits in force, usage
+    List {
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: KeyTarget,
+    },
+}
+
+/// A quota value from the command line: a size or count, `-1`, or `default` (JSON null).
+fn quota_value(text: &str, size: bool) -> Result<Value, String> {
+    if text == "default" {
+        return Ok(Value::Null);
+    }
+    let parsed = if size {
+        crate::config::parse_size(text)?
+    } else {
+        match text.parse::<i64>() {
+            Ok(value) if value < 0 => None,
+            Ok(value) => Some(value as u64),
+            Err(_) => return Err(format!("{text:?} is not a count")),
+        }
+    };
+    Ok(match parsed {
+        None => json!(-1),
+        Some(value) => json!(i64::try_from(value).map_err(|_| format!("{text:?} is too large"))?),
+    })
+}
+
+pub fn quota(command: QuotaCommand) -> Result<Outcome, String> {
+    match command {
+        QuotaCommand::Set {
+            project,
+            image_size_total,
+            image_stage_total,
+            image_count_total,
+            image_count_uploading,
+            json,
+            target,
+        } => {
+            let mut body = serde_json::Map::new();
+            for (key, value, size) in [
+                ("image_size_total", image_size_total, true),
+                ("image_stage_total", image_stage_total, true),
+                ("image_count_total", image_count_total, false),
+                ("image_count_uploading", image_count_uploading, false),
+            ] {
+                if let Some(value) = value {
+                    body.insert(
+                        key.into(),
+                        quota_value(&value, size)
+                            .map_err(|error| format!("--{}: {error}", key.replace('_', "-")))?,
+                    );
+                }
+            }
+            if body.is_empty() {
+                return Err("give at least one quota to set".into());
+            }
+            let body = Value::Object(body);
+            let view = match open(&target)? {
+                Backend::Local(store) => {
+                    crate::http::admin::apply_quota_change(&store, &project, &body)?
+                        .map_err(|error| error.to_string())?
+                }
+                Backend::Remote { url, target } => remote(call(
+                    &url,
+                    &target,
+                    "PUT",
+                    &format!("/ocellus/v1/quotas/{project}"),
+                    Some(body),
+                ))?,
+            };
+            print_quotas(&[view], json);
+        }
+        QuotaCommand::List { json, target } => {
+            let views = match open(&target)? {
+                Backend::Local(store) => {
+                    crate::http::admin::quota_views(&store).map_err(|error| error.to_string())?
+                }
+                Backend::Remote { url, target } => {
+                    let value = remote(call(&url, &target, "GET", "/ocellus/v1/quotas", None))?;
+                    value["quotas"].as_array().cloned().unwrap_or_default()
+                }
+            };
+            print_quotas(&views, json);
+        }
+    }
+    Ok(Outcome::Clean)
+}
+
+fn print_quotas(views: &[Value], json: bool) {
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&views).unwrap_or_default()
+        );
+        return;
+    }
+    let shown = |value: &Value| match value.as_i64() {
+        Some(-1) => "unlimited".to_owned(),
+        Some(value) => value.to_string(),
+        None => "-".to_owned(),
+    };
+    println!(
+        "{:<34} {:>22} {:>22} {:>14} {:>14}",
+        "project", "size (usage/limit)", "staged", "images", "uploading"
+    );
+    for view in views {
+        let pair = |key: &str| {
+            format!(
+                "{}/{}",
+                view["usage"][key].as_u64().unwrap_or(0),
+                shown(&view["limits"][key])
+            )
+        };
+        println!(
+            "{:<34} {:>22} {:>22} {:>14} {:>14}",
+            view["project"].as_str().unwrap_or(""),
+            pair("image_size_total"),
+            pair("image_stage_total"),
+            pair("image_count_total"),
+            pair("image_count_uploading")
+        );
+    }
+}

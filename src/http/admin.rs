@@ -214,3 +214,143 @@ pub async fn backup(
     )
         .into_response())
 }
+
+/// A project's quotas as the admin endpoint shows them: the overrides (`null`: the default)
+/// and the limits in force (`-1`: unlimited), with the project's usage.
+fn quota_view(
+    project: &str,
+    overrides: &crate::kv::QuotaRecord,
+    quotas: &crate::store::Quotas,
+    usage: &crate::kv::Usage,
+) -> Value {
+    let limit =
+        |limit: Option<u64>| limit.map_or(-1, |limit| i64::try_from(limit).unwrap_or(i64::MAX));
+    json!({
+        "project": project,
+        "overrides": {
+            "image_size_total": overrides.image_size_total,
+            "image_stage_total": overrides.image_stage_total,
+            "image_count_total": overrides.image_count_total,
+            "image_count_uploading": overrides.image_count_uploading,
+        },
+        "limits": {
+            "image_size_total": limit(quotas.image_size_total),
+            "image_stage_total": limit(quotas.image_stage_total),
+            "image_count_total": limit(quotas.image_count_total),
+            "image_count_uploading": limit(quotas.image_count_uploading),
+        },
+        "usage": {
+            "image_size_total": usage.size_total,
+            "image_stage_total": usage.stage_total,
+            "image_count_total": usage.count_total,
+            "image_count_uploading": usage.count_uploading,
+        },
+    })
+}
+
+/// `GET /ocellus/v1/quotas` (`ocellus quota list`): every project with overrides or images.
+pub async fn list_quotas(
+    State(state): State<AppState>,
+    caller: Caller,
+    parts: Parts,
+) -> Result<Json<Value>, Error> {
+    require_admin(&state, &caller, &parts)?;
+    let store = state.store.clone();
+    let views = blocking(move || Ok(quota_views(&store)?)).await?;
+    Ok(Json(json!({ "quotas": views })))
+}
+
+/// Every project with quota overrides or images, as `quota_view`s. Blocks.
+pub fn quota_views(store: &crate::store::Store) -> Result<Vec<Value>, crate::store::StoreError> {
+    let mut projects: std::collections::BTreeMap<String, crate::kv::QuotaRecord> =
+        store.quota_overrides()?.into_iter().collect();
+    for usage in store.stats()?.projects {
+        if !usage.project.is_empty() {
+            projects.entry(usage.project).or_default();
+        }
+    }
+    let mut views = Vec::new();
+    for (project, overrides) in projects {
+        let quotas = store.quotas(&project)?;
+        let usage = store.usage(&project)?;
+        views.push(quota_view(&project, &overrides, &quotas, &usage));
+    }
+    Ok(views)
+}
+
+/// `PUT /ocellus/v1/quotas/{project}` (`ocellus quota set`): changes the project's overrides
+/// named in the body, each to a number (`-1`: unlimited) or `null` (back to the default);
+/// the others stay.
+pub async fn set_quota(
+    State(state): State<AppState>,
+    caller: Caller,
+    parts: Parts,
+    Path(project): Path<String>,
+    JsonBody(body): JsonBody,
+) -> Result<Json<Value>, Error> {
+    require_admin(&state, &caller, &parts)?;
+    if project.is_empty() || project.len() > 255 {
+        return Err(Error::bad_request("A project id is 1 to 255 characters"));
+    }
+    let store = state.store.clone();
+    let view = blocking(move || {
+        Ok(apply_quota_change(&store, &project, &body).map_err(Error::bad_request)??)
+    })
+    .await?;
+    Ok(Json(view))
+}
+
+/// Applies a quota change (`PUT /ocellus/v1/quotas/{project}`'s body) and returns the
+/// project's view; the outer error is a bad body. Blocks.
+pub fn apply_quota_change(
+    store: &crate::store::Store,
+    project: &str,
+    body: &Value,
+) -> Result<Result<Value, crate::store::StoreError>, String> {
+    let Value::Object(fields) = body else {
+        return Err("The body must be a JSON object".into());
+    };
+    let mut changes = Vec::new();
+    for (key, value) in fields {
+        let parsed = match value {
+            Value::Null => None,
+            Value::Number(number) => Some(
+                number
+                    .as_i64()
+                    .ok_or_else(|| format!("{key} must be an integer"))?,
+            ),
+            _ => return Err(format!("{key} must be an integer or null")),
+        };
+        if ![
+            "image_size_total",
+            "image_stage_total",
+            "image_count_total",
+            "image_count_uploading",
+        ]
+        .contains(&key.as_str())
+        {
+            return Err(format!("Unknown quota {key}"));
+        }
+        changes.push((key.clone(), parsed));
+    }
+    Ok((|| {
+        let mut overrides = store
+            .quota_overrides()?
+            .into_iter()
+            .find(|(name, _)| name == project)
+            .map(|(_, overrides)| overrides)
+            .unwrap_or_default();
+        for (key, value) in changes {
+            match key.as_str() {
+                "image_size_total" => overrides.image_size_total = value,
+                "image_stage_total" => overrides.image_stage_total = value,
+                "image_count_total" => overrides.image_count_total = value,
+                _ => overrides.image_count_uploading = value,
+            }
+        }
+        store.set_quota_overrides(project, &overrides)?;
+        let quotas = store.quotas(project)?;
+        let usage = store.usage(project)?;
+        Ok(quota_view(project, &overrides, &quotas, &usage))
+    })())
+}

@@ -20,22 +20,23 @@ use serde_json::{Value, json};
 use super::{BaseUrl, Error, schemas};
 use crate::policy::Caller;
 
-/// The store id reported in `OpenStack-image-store-ids` and `/v2/info/stores`.
-pub const STORE_ID: &str = "fs";
-
-/// Import methods served; empty until interoperable import is implemented.
-pub const IMPORT_METHODS: &[&str] = &[];
+pub use crate::STORE_ID;
 
 /// v2 minor versions with whether we serve what they added.
 const VERSIONS: &[(&str, bool)] = &[
-    ("v2.0", true),  // images, image data, tags, schemas
-    ("v2.1", true),  // image members
-    ("v2.2", false), // metadata definitions
-    ("v2.3", true),  // deactivate and reactivate
-    ("v2.4", false), // tasks
-    ("v2.5", true),  // community and shared visibility
-    ("v2.6", false), // interoperable import
-    ("v2.7", true),  // hidden images and multiple hashes (os_hidden, os_hash_*)
+    ("v2.0", true),   // images, image data, tags, schemas
+    ("v2.1", true),   // image members
+    ("v2.2", false),  // metadata definitions
+    ("v2.3", true),   // deactivate and reactivate
+    ("v2.4", true),   // tasks
+    ("v2.5", true),   // community and shared visibility
+    ("v2.6", true),   // interoperable import
+    ("v2.7", true),   // hidden images and multiple hashes (os_hidden, os_hash_*)
+    ("v2.8", true),   // stores: /v2/info/stores, `stores` on import (one store here)
+    ("v2.9", false),  // the copy-image import method
+    ("v2.10", false), // DELETE /v2/stores/{store}/{image}
+    ("v2.11", false),
+    ("v2.12", true), // /v2/info/usage and an image's tasks
 ];
 
 fn versions_document(base: &str) -> Value {
@@ -116,6 +117,15 @@ pub async fn versions(BaseUrl(base): BaseUrl) -> Response {
     Json(versions_document(&base)).into_response()
 }
 
+/// https://docs.openstack.org/api-ref/image/v2/index.html#show-task-schema
+pub async fn task_schema(_caller: Caller) -> Json<Value> {
+    Json(schemas::task_schema())
+}
+
+pub async fn tasks_schema(_caller: Caller) -> Json<Value> {
+    Json(schemas::tasks_schema())
+}
+
 /// https://docs.openstack.org/api-ref/image/v2/index.html#show-image-schema
 pub async fn image_schema(_caller: Caller) -> Json<Value> {
     Json(schemas::image_schema())
@@ -134,17 +144,6 @@ pub async fn member_schema(_caller: Caller) -> Json<Value> {
 /// https://docs.openstack.org/api-ref/image/v2/index.html#show-image-members-schema
 pub async fn members_schema(_caller: Caller) -> Json<Value> {
     Json(schemas::members_schema())
-}
-
-/// https://docs.openstack.org/api-ref/image/v2/index.html#import-methods-and-values-discovery
-pub async fn import_info(_caller: Caller) -> Json<Value> {
-    Json(json!({
-        "import-methods": {
-            "description": "Import methods this server offers.",
-            "type": "array",
-            "value": IMPORT_METHODS,
-        }
-    }))
 }
 
 /// https://docs.openstack.org/api-ref/image/v2/index.html#list-stores
@@ -167,7 +166,7 @@ mod tests {
         for unchanged in [
             "/v2/images",
             "/v2",
-            "/v2.6/images",
+            "/v2.2/images",
             "/v2.10/images",
             "/v9",
             "/",

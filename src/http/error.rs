@@ -154,6 +154,7 @@ impl From<StoreError> for Error {
             StoreError::Changed => {
                 Error::conflict("The image changed while its data was uploading")
             }
+            StoreError::Quota(exceeded) => Error::too_large(exceeded.to_string()),
             StoreError::Damaged(_) => Error::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "The image data failed verification on the server and is not served; an operator \

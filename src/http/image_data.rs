@@ -36,6 +36,42 @@ pub async fn upload_image_data(
     Path(image_id): Path<String>,
     request: Request,
 ) -> Result<Response, Error> {
+    receive_image_data(state, caller, image_id, request, false).await
+}
+
+/// https://docs.openstack.org/api-ref/image/v2/index.html#stage-binary-image-data
+///
+/// The same streaming, hashing, limits and format checks as `/file`; the bytes go into the
+/// blob store at once (so they never exist twice on disk) and the image stays `uploading`
+/// until `POST /import` with `glance-direct` makes it `active`.
+pub async fn stage_image_data(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(image_id): Path<String>,
+    request: Request,
+) -> Result<Response, Error> {
+    if !state
+        .config
+        .import_methods
+        .iter()
+        .any(|method| method == "glance-direct")
+    {
+        return Err(Error::not_found(
+            "The glance-direct import method is not enabled on this server",
+        ));
+    }
+    receive_image_data(state, caller, image_id, request, true).await
+}
+
+/// `PUT /file` (`staging` false: the image becomes `active`) and `PUT /stage` (`staging` true:
+/// it becomes `uploading`, holding its data for an import).
+async fn receive_image_data(
+    state: AppState,
+    caller: Caller,
+    image_id: String,
+    request: Request,
+    staging: bool,
+) -> Result<Response, Error> {
     let headers = request.headers();
     if let Some(content_type) = headers.get(header::CONTENT_TYPE) {
         let media_type = content_type
@@ -71,6 +107,8 @@ pub async fn upload_image_data(
         return Err(Error::no_image(&image_id));
     };
     let request_sizes = UploadRequest {
+        quota: true,
+        staging,
         declared: declared_size.or(content_length),
         declared_exact: declared_size.is_some(),
         cap,
@@ -104,10 +142,16 @@ pub async fn upload_image_data(
                 if !caller.can_modify(record) {
                     return Err(Error::not_authorized("upload_image"));
                 }
+                let target = if staging {
+                    ImageStatus::Uploading
+                } else {
+                    ImageStatus::Saving
+                };
                 if record.status != ImageStatus::Queued {
                     return Err(Error::conflict(format!(
-                        "Image status transition from {} to saving is not allowed",
-                        record.status.as_str()
+                        "Image status transition from {} to {} is not allowed",
+                        record.status.as_str(),
+                        target.as_str()
                     )));
                 }
                 if record.disk_format.is_none() || record.container_format.is_none() {
@@ -115,13 +159,17 @@ pub async fn upload_image_data(
                         "Set disk_format and container_format before uploading image data",
                     ));
                 }
-                record.status = ImageStatus::Saving;
+                record.status = target;
                 record.updated_at = now_micros().max(record.updated_at);
                 Ok(())
             },
             check_format,
-            |record, data| {
-                record.status = ImageStatus::Active;
+            move |record, data| {
+                record.status = if staging {
+                    ImageStatus::Uploading
+                } else {
+                    ImageStatus::Active
+                };
                 record.data = Some(data);
                 record.updated_at = now_micros().max(record.updated_at);
                 Ok(())
@@ -133,6 +181,7 @@ pub async fn upload_image_data(
         image = %record.id,
         size = data.map(|data| data.size),
         blob = %data.map(|data| data.digest.to_hex()).unwrap_or_default(),
+        staged = staging,
         "image data stored"
     );
     Ok(no_content())
@@ -236,7 +285,12 @@ pub async fn download_image_data(
             "The image is deactivated; its data cannot be downloaded",
         ));
     }
-    let Some(data) = record.data.as_ref() else {
+    // Staged data belongs to the import until it completes: like Glance, no data to serve.
+    let staged = matches!(
+        record.status,
+        ImageStatus::Uploading | ImageStatus::Importing
+    );
+    let Some(data) = record.data.as_ref().filter(|_| !staged) else {
         return Ok(no_content());
     };
     let size = data.size;

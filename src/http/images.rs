@@ -7,7 +7,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 
-use super::discovery::{IMPORT_METHODS, STORE_ID};
+use super::discovery::STORE_ID;
 use super::wire::{
     ImageJson, apply_property, check_quotas, check_writable, image_view, is_core, now_micros,
 };
@@ -112,11 +112,17 @@ pub async fn create_image(
     if !caller.can_create(record.owner.as_deref()) {
         return Err(Error::not_authorized("add_image"));
     }
-    check_quotas(&record)?;
+    check_quotas(&record, &state.config.per_image)?;
 
     let store = state.store.clone();
     let stored = record.clone();
-    let outcome = blocking(move || Ok(store.insert_image(&stored)?)).await?;
+    let outcome = blocking(move || {
+        if let Some(owner) = &stored.owner {
+            store.check_image_count(owner)?;
+        }
+        Ok(store.insert_image(&stored)?)
+    })
+    .await?;
     if outcome == InsertOutcome::IdTaken {
         return Err(Error::conflict(format!(
             "An image with ID {} exists or existed",
@@ -131,18 +137,22 @@ pub async fn create_image(
     if let Ok(value) = HeaderValue::from_str(&location) {
         response_headers.insert(header::LOCATION, value);
     }
-    // An empty field value is not allowed (RFC 9110), so no methods means no header, as in
-    // Glance.
-    if !IMPORT_METHODS.is_empty()
-        && let Ok(value) = HeaderValue::from_str(&IMPORT_METHODS.join(","))
+    discovery_headers(&state, response_headers);
+    Ok(response)
+}
+
+/// `OpenStack-image-import-methods` (the methods enabled; an empty field value is not
+/// allowed, so no methods means no header, as in Glance) and `OpenStack-image-store-ids`.
+fn discovery_headers(state: &AppState, headers: &mut axum::http::HeaderMap) {
+    if !state.config.import_methods.is_empty()
+        && let Ok(value) = HeaderValue::from_str(&state.config.import_methods.join(","))
     {
-        response_headers.insert("OpenStack-image-import-methods", value);
+        headers.insert("OpenStack-image-import-methods", value);
     }
-    response_headers.insert(
+    headers.insert(
         "OpenStack-image-store-ids",
         HeaderValue::from_static(STORE_ID),
     );
-    Ok(response)
 }
 
 /// https://docs.openstack.org/api-ref/image/v2/index.html#show-image
@@ -150,12 +160,14 @@ pub async fn show_image(
     State(state): State<AppState>,
     caller: Caller,
     Path(image_id): Path<String>,
-) -> Result<Json<Value>, Error> {
+) -> Result<Response, Error> {
     let record = load_visible(&state, &caller, &image_id).await?;
     if !caller.can_read() {
         return Err(Error::not_authorized("get_image"));
     }
-    Ok(Json(image_view(&record)))
+    let mut response = Json(image_view(&record)).into_response();
+    discovery_headers(&state, response.headers_mut());
+    Ok(response)
 }
 
 /// https://docs.openstack.org/api-ref/image/v2/index.html#list-images
@@ -332,6 +344,7 @@ fn apply_patch(
     dialect: PatchDialect,
     operations: &[PatchOperation],
     caller: &Caller,
+    limits: &crate::config::PerImageQuotas,
 ) -> Result<(), Error> {
     for operation in operations {
         let key = operation.path.as_str();
@@ -369,7 +382,7 @@ fn apply_patch(
             }
         }
     }
-    check_quotas(record)
+    check_quotas(record, limits)
 }
 
 /// https://docs.openstack.org/api-ref/image/v2/index.html#update-image
@@ -412,12 +425,13 @@ pub async fn update_image(
     let body: Value = serde_json::from_slice(&bytes)
         .map_err(|_| Error::bad_request("Malformed JSON in request body."))?;
     let operations = parse_patch(&body, dialect)?;
+    let limits = state.config.per_image;
     let record = modify_image(
         &state,
         caller,
         &image_id,
         "modify_image",
-        move |record, caller| apply_patch(record, dialect, &operations, caller),
+        move |record, caller| apply_patch(record, dialect, &operations, caller, &limits),
     )
     .await?;
     Ok(Json(image_view(&record)))

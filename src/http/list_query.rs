@@ -54,6 +54,9 @@ pub struct Filters {
     tags: Vec<String>,
     size_min: Option<u64>,
     size_max: Option<u64>,
+    /// `size=N` and `virtual_size=N`: equality on the base columns, as in Glance.
+    size: Option<u64>,
+    virtual_size: Option<u64>,
     protected: Option<bool>,
     os_hidden: bool,
     checksum: Option<String>,
@@ -101,6 +104,10 @@ impl Filters {
             && self
                 .size_max
                 .is_none_or(|max| size.is_some_and(|size| size <= max))
+            && self.size.is_none_or(|wanted| size == Some(wanted))
+            && self.virtual_size.is_none_or(|wanted| {
+                record.data.as_ref().and_then(|data| data.virtual_size) == Some(wanted)
+            })
             && self
                 .protected
                 .is_none_or(|protected| record.protected == protected)
@@ -212,6 +219,8 @@ pub fn parse(query: Option<&str>) -> Result<ListParams, Error> {
             "tag" => filters.tags.push(value.clone()),
             "size_min" => filters.size_min = Some(parse_number(key, value)?),
             "size_max" => filters.size_max = Some(parse_number(key, value)?),
+            "size" => filters.size = Some(parse_number(key, value)?),
+            "virtual_size" => filters.virtual_size = Some(parse_number(key, value)?),
             "min_ram" => filters.min_ram = Some(parse_number(key, value)? as i64),
             "min_disk" => filters.min_disk = Some(parse_number(key, value)? as i64),
             "protected" => filters.protected = Some(parse_bool(key, value)?),

@@ -16,9 +16,6 @@ use super::{AppState, Error, JsonBody, blocking, no_content};
 use crate::kv::{AddMember, ImageRecord, MemberRecord, MemberStatus, Visibility};
 use crate::policy::Caller;
 
-/// Glance's default `image_member_quota`.
-pub const MEMBER_QUOTA: usize = 128;
-
 fn member_view(member: &MemberRecord) -> Value {
     json!({
         "member_id": member.member,
@@ -76,8 +73,9 @@ pub async fn create_member(
     let store = state.store.clone();
     let id = image.id;
     let added_member = member.clone();
+    let quota = state.config.per_image.members.unwrap_or(usize::MAX);
     let outcome = blocking(move || {
-        store.add_member(id, &added_member, now_micros(), MEMBER_QUOTA, |image| {
+        store.add_member(id, &added_member, now_micros(), quota, |image| {
             only_shared(image, "add")
         })
     })

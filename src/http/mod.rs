@@ -7,13 +7,14 @@
 //! the caller's identity in `auth`. Every response passes through `finish_response`, which adds
 //! `x-openstack-request-id`, renders error bodies and logs the request.
 
-mod admin;
+pub(crate) mod admin;
 mod auth;
 mod discovery;
 mod error;
 mod identity;
 mod image_data;
 mod images;
+mod import;
 mod list_query;
 pub mod listener;
 mod members;
@@ -59,6 +60,8 @@ pub struct AppState {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// What `/metrics` serves.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Runs imports in the background.
+    pub importer: Arc<crate::importer::Importer>,
 }
 
 /// The whole route table.
@@ -85,9 +88,42 @@ pub fn router(state: AppState) -> Router {
             "/v2/schemas/members",
             resource("GET", get(discovery::members_schema)),
         )
+        .route("/v2/info/import", resource("GET", get(import::import_info)))
         .route(
-            "/v2/info/import",
-            resource("GET", get(discovery::import_info)),
+            "/v2/info/stores/detail",
+            resource("GET", get(import::stores_detail)),
+        )
+        .route("/v2/info/usage", resource("GET", get(import::usage)))
+        .route(
+            "/v2/schemas/task",
+            resource("GET", get(discovery::task_schema)),
+        )
+        .route(
+            "/v2/schemas/tasks",
+            resource("GET", get(discovery::tasks_schema)),
+        )
+        .route(
+            "/v2/images/{image_id}/stage",
+            resource("PUT", put(image_data::stage_image_data)),
+        )
+        .route(
+            "/v2/images/{image_id}/import",
+            resource("POST", post(import::import_image)),
+        )
+        .route(
+            "/v2/images/{image_id}/tasks",
+            resource("GET", get(import::image_tasks)),
+        )
+        .route(
+            "/v2/tasks",
+            resource(
+                "GET, POST",
+                get(import::list_tasks).post(import::create_task),
+            ),
+        )
+        .route(
+            "/v2/tasks/{task_id}",
+            resource("GET", get(import::show_task)),
         )
         .route(
             "/v2/info/stores",
@@ -171,6 +207,14 @@ pub fn router(state: AppState) -> Router {
             "/ocellus/v1/keys",
             resource("GET, POST", get(admin::list_keys).post(admin::create_key)),
         )
+        .route(
+            "/ocellus/v1/quotas",
+            resource("GET", get(admin::list_quotas)),
+        )
+        .route(
+            "/ocellus/v1/quotas/{project}",
+            resource("PUT", put(admin::set_quota)),
+        )
         .route("/ocellus/v1/check", resource("POST", post(admin::check)))
         .route("/ocellus/v1/gc", resource("POST", post(admin::gc)))
         .route("/ocellus/v1/stats", resource("GET", get(admin::stats)))
@@ -248,6 +292,10 @@ async fn finish_response(
     let path = request.uri().path().to_owned();
     let request_id = format!("req-{}", uuid::Uuid::new_v4());
     let span = tracing::info_span!("request", id = %request_id, key = tracing::field::Empty);
+    let mut request = request;
+    request
+        .extensions_mut()
+        .insert(import::RequestId(request_id.clone()));
     let received = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let counted = received.clone();
     let request = request.map(|body| Body::new(observe::CountedBody::new(body, counted)));

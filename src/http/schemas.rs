@@ -130,6 +130,53 @@ pub fn member_schema() -> Value {
 /// Returns the schema of a member list (`GET /v2/schemas/members`).
 ///
 /// The full member schema is embedded as the item schema of `members`.
+/// The properties of a task, shared by the task and tasks schemas; `full` adds those only a
+/// single task shows.
+fn task_properties(full: bool) -> Value {
+    let uuid =
+        "^([0-9a-fA-F]){8}-([0-9a-fA-F]){4}-([0-9a-fA-F]){4}-([0-9a-fA-F]){4}-([0-9a-fA-F]){12}$";
+    let mut properties = json!({
+        "id": {"description": "The task's identifier", "pattern": uuid, "type": "string"},
+        "type": {"description": "What the task does", "enum": ["import", "api_image_import", "location_import"], "type": "string"},
+        "status": {"description": "Where the task stands", "enum": ["pending", "processing", "success", "failure"], "type": "string"},
+        "owner": {"description": "The project that created the task", "type": "string"},
+        "image_id": {"description": "The image the task works on", "type": "string"},
+        "request_id": {"description": "The id of the request that created the task", "type": "string"},
+        "user_id": {"description": "The user that created the task", "type": "string"},
+        "expires_at": {"description": "When the finished task will be removed", "type": ["null", "string"]},
+        "created_at": {"description": "When the task was created", "type": "string"},
+        "updated_at": {"description": "When the task last changed", "type": "string"},
+        "self": {"readOnly": true, "type": "string"},
+        "schema": {"readOnly": true, "type": "string"},
+    });
+    if full {
+        properties["input"] =
+            json!({"description": "The task's parameters", "type": ["null", "object"]});
+        properties["result"] =
+            json!({"description": "What the task produced", "type": ["null", "object"]});
+        properties["message"] =
+            json!({"description": "A human-readable note, usually on failure", "type": "string"});
+    }
+    properties
+}
+
+/// https://docs.openstack.org/api-ref/image/v2/index.html#show-task-schema
+pub fn task_schema() -> Value {
+    json!({"name": "task", "properties": task_properties(true)})
+}
+
+/// https://docs.openstack.org/api-ref/image/v2/index.html#show-tasks-schema
+pub fn tasks_schema() -> Value {
+    json!({
+        "name": "tasks",
+        "properties": {
+            "tasks": {"type": "array", "items": {"name": "task", "properties": task_properties(false)}},
+            "schema": {"type": "string"},
+        },
+        "links": [{"rel": "describedby", "href": "{schema}"}],
+    })
+}
+
 pub fn members_schema() -> Value {
     json!({
         "name": "members",

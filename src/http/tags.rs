@@ -15,6 +15,7 @@ pub async fn add_image_tag(
     Path((image_id, tag)): Path<(String, String)>,
 ) -> Result<Response, Error> {
     let tag = check_tag(&tag)?;
+    let limits = state.config.per_image;
     modify_image(
         &state,
         caller,
@@ -24,7 +25,7 @@ pub async fn add_image_tag(
             if !record.tags.contains(&tag) {
                 record.tags.push(tag);
             }
-            check_quotas(record)
+            check_quotas(record, &limits)
         },
     )
     .await?;

@@ -15,9 +15,6 @@ use super::schemas::{CONTAINER_FORMATS, DISK_FORMATS};
 use crate::kv::{ImageId, ImageRecord, ImageStatus, Visibility};
 use crate::policy::Caller;
 
-/// Glance's `image_property_quota` and `image_tag_quota`.
-pub const PROPERTY_QUOTA: usize = 128;
-pub const TAG_QUOTA: usize = 128;
 /// Longest name, owner, tag, property key or value.
 const MAX_LENGTH: usize = 255;
 
@@ -82,7 +79,16 @@ pub fn hex(bytes: &[u8]) -> String {
 
 /// MD5 of the image data as Glance's `checksum`, if there is data.
 pub fn checksum(record: &ImageRecord) -> Option<String> {
-    record.data.as_ref().map(|data| hex(&data.md5))
+    record
+        .data
+        .as_ref()
+        .filter(|_| {
+            !matches!(
+                record.status,
+                ImageStatus::Uploading | ImageStatus::Importing
+            )
+        })
+        .map(|data| hex(&data.md5))
 }
 
 /// An image as Glance shows it: custom properties flattened next to the core fields, nulls for
@@ -95,7 +101,15 @@ impl serde::Serialize for ImageJson<'_> {
         use serde::ser::SerializeMap;
 
         let record = self.0;
-        let data = record.data.as_ref();
+        // Staged data (an image `uploading` or `importing`) shows its size only, as in Glance:
+        // its hashes and virtual size appear once it is imported.
+        let size = record.data.as_ref().map(|data| data.size);
+        let data = record.data.as_ref().filter(|_| {
+            !matches!(
+                record.status,
+                ImageStatus::Uploading | ImageStatus::Importing
+            )
+        });
         let id = record.id.to_string();
         let mut map = serializer.serialize_map(None)?;
         // Custom properties never share a name with the core fields below: `apply_property`
@@ -107,7 +121,7 @@ impl serde::Serialize for ImageJson<'_> {
         map.serialize_entry("disk_format", &record.disk_format)?;
         map.serialize_entry("container_format", &record.container_format)?;
         map.serialize_entry("visibility", record.visibility.as_str())?;
-        map.serialize_entry("size", &data.map(|data| data.size))?;
+        map.serialize_entry("size", &size)?;
         map.serialize_entry("virtual_size", &data.and_then(|data| data.virtual_size))?;
         map.serialize_entry("status", record.status.as_str())?;
         map.serialize_entry("checksum", &checksum(record))?;
@@ -331,17 +345,29 @@ pub fn apply_property(
     Ok(())
 }
 
-/// 413 when an image carries more custom properties or tags than the quotas allow.
-pub fn check_quotas(record: &ImageRecord) -> Result<(), Error> {
-    if record.properties.len() > PROPERTY_QUOTA {
+/// 413 when an image carries more custom properties or tags than the quotas allow. The
+/// `os_glance_*` properties the server sets during imports do not count.
+pub fn check_quotas(
+    record: &ImageRecord,
+    limits: &crate::config::PerImageQuotas,
+) -> Result<(), Error> {
+    let properties = record
+        .properties
+        .keys()
+        .filter(|key| !key.starts_with("os_glance"))
+        .count();
+    if let Some(limit) = limits.properties
+        && properties > limit
+    {
         return Err(Error::too_large(format!(
-            "Too many image properties: {} given, at most {PROPERTY_QUOTA} allowed",
-            record.properties.len()
+            "Too many image properties: {properties} given, at most {limit} allowed"
         )));
     }
-    if record.tags.len() > TAG_QUOTA {
+    if let Some(limit) = limits.tags
+        && record.tags.len() > limit
+    {
         return Err(Error::too_large(format!(
-            "Too many image tags: {} given, at most {TAG_QUOTA} allowed",
+            "Too many image tags: {} given, at most {limit} allowed",
             record.tags.len()
         )));
     }

@@ -17,6 +17,7 @@ mod access;
 mod index;
 mod records;
 mod tables;
+mod tasks;
 
 use std::collections::HashSet;
 use std::ops::Bound;
@@ -32,17 +33,18 @@ pub use access::{AddMember, CreateKey, KeyRecord, MemberRecord, MemberStatus, Ne
 pub use index::{Direction, SortKey};
 pub use records::{ImageData, ImageRecord, ImageStatus, Visibility};
 pub use tables::{Digest, ImageId};
+pub use tasks::{QuotaRecord, TaskKind, TaskRecord, TaskStatus, Usage};
 
 use tables::{
-    API_KEY_NAMES, API_KEYS, BAD_BLOBS, BLOBS, DELETED_IMAGES, IMAGE_SORT_INDEX, IMAGES, MEMBERS,
-    MEMBERSHIPS, META, PROJECTS, SECRETS,
+    API_KEY_NAMES, API_KEYS, BAD_BLOBS, BLOBS, DELETED_IMAGES, IMAGE_SORT_INDEX, IMAGE_TASKS,
+    IMAGES, MEMBERS, MEMBERSHIPS, META, PROJECTS, QUOTAS, SECRETS, TASKS,
 };
 
 /// The schema version this build writes. Older databases are upgraded at open.
 ///
 /// - 1: images, sort index, tombstones, blobs.
 /// - 2: adds image members, API keys, projects and secrets (new, empty tables).
-const SCHEMA_VERSION: u64 = 3;
+const SCHEMA_VERSION: u64 = 4;
 
 /// What can go wrong in the metadata store.
 #[derive(Debug)]
@@ -215,9 +217,9 @@ impl Kv {
                 Some(version) if version > SCHEMA_VERSION => {
                     return Err(KvError::SchemaTooNew { found: version });
                 }
-                // Versions 1 to 3 only add tables (2: keys and members; 3: bad blobs), which
-                // the `open_table` calls below create; later versions add their row
-                // migrations here.
+                // Versions 1 to 4 only add tables (2: keys and members; 3: bad blobs; 4: tasks
+                // and quotas), which the `open_table` calls below create; later versions add
+                // their row migrations here.
                 Some(_) | None => {
                     meta.insert("schema_version", SCHEMA_VERSION)?;
                 }
@@ -233,6 +235,9 @@ impl Kv {
             transaction.open_table(PROJECTS)?;
             transaction.open_table(SECRETS)?;
             transaction.open_table(BAD_BLOBS)?;
+            transaction.open_table(TASKS)?;
+            transaction.open_table(IMAGE_TASKS)?;
+            transaction.open_table(QUOTAS)?;
         }
         kv.commit(transaction)?;
         Ok(kv)
@@ -322,7 +327,7 @@ impl Kv {
             for entry in images.iter()? {
                 let (_, bytes) = entry?;
                 let record = ImageRecord::decode(bytes.value())?;
-                if record.status == ImageStatus::Saving {
+                if crate::store::receiving(&record) {
                     stuck.push(record);
                 }
             }
@@ -331,7 +336,7 @@ impl Kv {
         let mut ids = Vec::new();
         for record in stuck {
             let changed = self.update_image(record.id, |image| {
-                if image.status == ImageStatus::Saving {
+                if crate::store::receiving(image) {
                     image.status = ImageStatus::Queued;
                 }
                 Ok::<(), KvError>(())
@@ -540,6 +545,9 @@ impl Kv {
         copy_table(&source, &target, PROJECTS)?;
         copy_table(&source, &target, SECRETS)?;
         copy_table(&source, &target, BAD_BLOBS)?;
+        copy_table(&source, &target, TASKS)?;
+        copy_table(&source, &target, IMAGE_TASKS)?;
+        copy_table(&source, &target, QUOTAS)?;
         target.commit()?;
         let blobs = source.open_table(BLOBS)?;
         let mut referenced = Vec::new();

@@ -183,3 +183,12 @@ mod tests {
         assert_eq!(Digest::from_hex(&"AB".repeat(32)), None);
     }
 }
+
+/// Tasks by id: a version byte, then the postcard encoding (`tasks.rs`).
+pub const TASKS: TableDefinition<ImageId, &[u8]> = TableDefinition::new("tasks_v1");
+
+/// The tasks of each image: image id then task id, both 16 bytes.
+pub const IMAGE_TASKS: TableDefinition<&[u8], ()> = TableDefinition::new("image_tasks_v1");
+
+/// Per-project quota overrides, by project id.
+pub const QUOTAS: TableDefinition<&str, &[u8]> = TableDefinition::new("quotas_v1");

@@ -21,10 +21,14 @@
 
 use std::collections::HashMap;
 
+mod import;
 mod ops;
+mod quota;
+pub use import::{FAILED_IMPORT, IMPORT_TASK, IMPORTING_TO, INTERRUPTED, end_import};
 pub use ops::{
     BACKUP_FORMAT, BackupManifest, CheckReport, GcReport, MANIFEST_FILE, Mode, RemovalHold,
 };
+pub use quota::{QuotaClaim, QuotaExceeded, Quotas};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -73,6 +77,8 @@ pub enum StoreError {
     Changed,
     /// The blob failed verification (scrub or check) and has not been healed.
     Damaged(Digest),
+    /// The project would cross a quota.
+    Quota(QuotaExceeded),
 }
 
 impl std::fmt::Display for StoreError {
@@ -98,6 +104,7 @@ impl std::fmt::Display for StoreError {
             StoreError::NoImage(id) => write!(formatter, "no image {id}"),
             StoreError::Gone => formatter.write_str("the image was deleted during the upload"),
             StoreError::Changed => formatter.write_str("the image changed during the upload"),
+            StoreError::Quota(exceeded) => exceeded.fmt(formatter),
             StoreError::Damaged(digest) => write!(
                 formatter,
                 "blob {} failed verification; its bytes are not served",
@@ -140,6 +147,16 @@ pub struct StoreLimits {
     pub quarantine_grace: Duration,
     /// Transfer pool threads.
     pub transfer_threads: usize,
+    /// Default per-project quotas (overridden per project in the catalog).
+    pub quotas: Quotas,
+    /// How long finished tasks are kept (Glance's `task_time_to_live`).
+    pub task_time_to_live: Duration,
+}
+
+impl StoreLimits {
+    pub fn task_time_to_live_micros(&self) -> i64 {
+        i64::try_from(self.task_time_to_live.as_micros()).unwrap_or(i64::MAX)
+    }
 }
 
 impl Default for StoreLimits {
@@ -150,6 +167,8 @@ impl Default for StoreLimits {
             min_free_space: None,
             quarantine_grace: Duration::from_secs(7 * 24 * 3600),
             transfer_threads: TransferPool::default_threads(),
+            quotas: Quotas::default(),
+            task_time_to_live: Duration::from_secs(48 * 3600),
         }
     }
 }
@@ -162,8 +181,12 @@ pub struct Uploaded<'a> {
 }
 
 /// An upload's request, as far as the store cares.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct UploadRequest {
+    /// Whether the bytes count against the image owner's quotas.
+    pub quota: bool,
+    /// Staged data (`PUT /stage`) also counts against `image_stage_total`.
+    pub staging: bool,
     /// `x-openstack-image-size`, or the `Content-Length`, when the client gave one.
     pub declared: Option<u64>,
     /// Whether `declared` came from `x-openstack-image-size` (then it must match exactly).
@@ -277,6 +300,8 @@ pub struct Store {
     /// Backups in progress, during which blob removals wait in `deferred`.
     holds: std::sync::atomic::AtomicUsize,
     deferred: Mutex<Vec<Digest>>,
+    /// Per-project usage while uploads of the project run (`quota.rs`).
+    ledgers: quota::Ledgers,
 }
 
 impl Store {
@@ -337,6 +362,7 @@ impl Store {
             scrub: ScrubState::default(),
             holds: std::sync::atomic::AtomicUsize::new(0),
             deferred: Mutex::new(Vec::new()),
+            ledgers: Mutex::new(HashMap::new()),
         })
     }
 
@@ -346,6 +372,13 @@ impl Store {
 
     fn repair(&self) -> Result<Repairs, StoreError> {
         let mut repairs = Repairs::default();
+        let failed = self.fail_interrupted_imports()?;
+        if failed > 0 {
+            tracing::warn!(
+                failed,
+                "imports were interrupted; their tasks failed and images are queued again"
+            );
+        }
         for id in self.kv.requeue_interrupted_uploads()? {
             tracing::warn!(image = %id, "upload was interrupted; image is queued again");
             repairs.requeued += 1;
@@ -497,6 +530,11 @@ impl Store {
         tracing::error!(blob = %digest.to_hex(), %problem, "blob failed verification; its images refuse downloads until good bytes are uploaded again");
         self.kv.mark_bad_blob(digest, unix_now())?;
         Ok(Verdict::Bad(problem))
+    }
+
+    /// How long finished tasks are kept, in microseconds.
+    pub fn task_time_to_live_micros(&self) -> i64 {
+        self.limits.task_time_to_live_micros()
     }
 
     /// The scrub's running figures, which the scrub updates.
@@ -706,10 +744,12 @@ impl Store {
         E: From<StoreError> + From<KvError> + Send + 'static,
     {
         let _slot = Store::slot(&self.uploads).await.map_err(E::from)?;
-        // Room is checked against the declared size before the image moves to `saving`, so a
-        // refusal leaves it `queued`; other refusals of `start` come first.
+        // Room and quotas are checked against the declared size before the image moves to
+        // `saving`, so a refusal leaves it `queued`; other refusals of `start` come first.
         let store = self.clone();
-        let (record, reservation, keep_free) = blocking(move || {
+        let quota = request.quota;
+        let staging = request.staging;
+        let (record, reservation, keep_free, claim) = blocking(move || {
             let space = store.backend().space().map_err(StoreError::from)?;
             let keep_free = store.keep_free(space);
             // With no declared size, an upload is refused only when nothing at all is left
@@ -725,17 +765,35 @@ impl Store {
                 }
                 None => None,
             };
+            let mut claim = None;
             let record = store.kv.update_image(id, |record| {
                 start(record)?;
-                match room {
-                    Some(refusal) => Err(E::from(refusal)),
-                    None => Ok(()),
+                if let Some(refusal) = room {
+                    return Err(E::from(refusal));
                 }
+                if quota && let Some(owner) = &record.owner {
+                    claim = Some(store.claim_quota(owner, staging, request.declared)?);
+                }
+                Ok(())
             })?;
             let reservation = Reservation::new(store.clone(), request.declared.unwrap_or(0));
-            Ok::<_, E>((record, reservation, keep_free))
+            Ok::<_, E>((record, reservation, keep_free, claim))
         })
         .await??;
+        // Each chunk takes its bytes from the project's quota as it arrives; a refusal ends
+        // the body, and the upload answers 413.
+        let claim = Arc::new(Mutex::new(claim));
+        let taker = claim.clone();
+        let body = futures_util::StreamExt::map(body, move |item| match item {
+            Ok(bytes) => {
+                let mut claim = taker.lock().unwrap_or_else(|poison| poison.into_inner());
+                match claim.as_mut().map(|claim| claim.take(bytes.len() as u64)) {
+                    Some(Err(refusal)) => Err(refusal.to_string()),
+                    _ => Ok(bytes),
+                }
+            }
+            Err(error) => Err(error.to_string()),
+        });
         let Some(change) = record else {
             return Err(E::from(StoreError::NoImage(id)));
         };
@@ -748,6 +806,23 @@ impl Store {
             .receive_and_attach(change.record, body, request, keep_free, accept, finish)
             .await;
         drop(reservation);
+        let outcome = {
+            let mut claim = claim.lock().unwrap_or_else(|poison| poison.into_inner());
+            match (outcome, claim.as_mut()) {
+                (Ok(record), Some(claim)) => {
+                    claim.commit();
+                    Ok(record)
+                }
+                (
+                    Err(_),
+                    Some(QuotaClaim {
+                        refused: Some(refusal),
+                        ..
+                    }),
+                ) => Err(E::from(StoreError::Quota(refusal.clone()))),
+                (outcome, _) => outcome,
+            }
+        };
         // Failures answer only after the image is queued again, so a client may retry at once.
         guard.armed = false;
         if outcome.is_err() {
@@ -866,7 +941,7 @@ impl Store {
     /// Puts an image that is still `saving` back to `queued`.
     fn requeue(&self, id: ImageId) -> Result<(), StoreError> {
         let result = self.kv.update_image(id, |record| {
-            if record.status == ImageStatus::Saving {
+            if receiving(record) {
                 record.status = ImageStatus::Queued;
             }
             Ok::<(), KvError>(())
@@ -941,6 +1016,16 @@ impl Store {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .contains_key(&digest)
+    }
+}
+
+/// Whether an image is in the middle of receiving data: `saving`, or `uploading` / `importing`
+/// before its data arrived. Such an image goes back to `queued` when the transfer fails.
+pub fn receiving(record: &ImageRecord) -> bool {
+    match record.status {
+        ImageStatus::Saving => true,
+        ImageStatus::Uploading | ImageStatus::Importing => record.data.is_none(),
+        _ => false,
     }
 }
 

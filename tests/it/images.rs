@@ -21,14 +21,16 @@ async fn versions_document_lists_served_versions_with_absolute_links() {
     let (status, root) = server.json(server.request(Method::GET, "/")).await;
     assert_eq!(status, StatusCode::MULTIPLE_CHOICES);
     let href = format!("{}/v2/", server.base);
-    let expected: Vec<Value> = ["v2.7", "v2.5", "v2.3", "v2.1", "v2.0"]
-        .iter()
-        .enumerate()
-        .map(|(index, id)| {
-            json!({"id": id, "status": if index == 0 { "CURRENT" } else { "SUPPORTED" },
+    let expected: Vec<Value> = [
+        "v2.12", "v2.8", "v2.7", "v2.6", "v2.5", "v2.4", "v2.3", "v2.1", "v2.0",
+    ]
+    .iter()
+    .enumerate()
+    .map(|(index, id)| {
+        json!({"id": id, "status": if index == 0 { "CURRENT" } else { "SUPPORTED" },
                    "links": [{"rel": "self", "href": href}]})
-        })
-        .collect();
+    })
+    .collect();
     assert_eq!(root, json!({ "versions": expected }));
     let (status, versions) = server.json(server.request(Method::GET, "/versions")).await;
     assert_eq!((status, versions), (StatusCode::OK, root));
@@ -73,7 +75,7 @@ async fn issue9_version_prefixes_are_negotiated_as_glance_does() {
         (Method::GET, "/v9/images"),
         (Method::GET, "/v1/images"),
         (Method::GET, "/v1x"),
-        (Method::GET, "/v2.6/images"),
+        (Method::GET, "/v2.9/images"),
         (Method::GET, "/v2.99/images"),
         (Method::GET, "/images"),
         (Method::POST, "/v9/images"),
@@ -138,9 +140,11 @@ async fn create_applies_glance_defaults_and_headers() {
         headers["location"],
         format!("{}/v2/images/{id}", server.base).as_str()
     );
-    // Issue 9: no import method is served, and an empty header field is not allowed (RFC 9110),
-    // so the header is left out, as Glance does when `enabled_import_methods` is empty.
-    assert!(!headers.contains_key("openstack-image-import-methods"));
+    // Issue 11: the enabled import methods, in Glance's order.
+    assert_eq!(
+        headers["openstack-image-import-methods"],
+        "glance-direct,web-download"
+    );
     assert_eq!(headers["openstack-image-store-ids"], "fs");
     assert!(
         headers["x-openstack-request-id"]

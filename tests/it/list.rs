@@ -68,6 +68,7 @@ async fn bad_list_parameters_are_400() {
         "?sort=name:asc&sort_key=name",
         "?protected=maybe",
         "?size_min=big",
+        "?size=big",
         "?visibility=secret",
         "?status=sleeping",
         "?member_status=bored",
@@ -124,6 +125,10 @@ async fn filters_select_images() {
     expect("?visibility=community", vec![id(&community)]).await;
     expect("?size_min=1000&size_max=1000", vec![id(&a)]).await;
     expect("?size_min=1001", vec![]).await;
+    // Issue 11 (tempest's test_list_images_param_size): `size` is the base column, not a
+    // custom property.
+    expect("?size=1000", vec![id(&a)]).await;
+    expect("?size=999", vec![]).await;
     expect("?os_distro=debian", vec![id(&a)]).await;
     expect("?owner=lab&name=beta", vec![id(&b)]).await;
     expect(
