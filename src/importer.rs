@@ -29,6 +29,8 @@ pub struct Importer {
     slots: Arc<Semaphore>,
     /// The largest image accepted (`image_size_cap`).
     cap: u64,
+    /// The imports running or waiting, so that shutdown can end them.
+    running: std::sync::Mutex<tokio::task::JoinSet<()>>,
 }
 
 /// The upload format checks (safety, and a bare image's `disk_format`), as for `PUT /file`;
@@ -52,6 +54,7 @@ impl Importer {
             fetcher,
             slots: Arc::new(Semaphore::new(max_imports.max(1))),
             cap,
+            running: std::sync::Mutex::new(tokio::task::JoinSet::new()),
         }
     }
 
@@ -64,7 +67,12 @@ impl Importer {
     /// the caller has already moved to `importing`.
     pub fn start(self: &Arc<Self>, task: ImageId, image: ImageId, source: Source) {
         let importer = self.clone();
-        tokio::spawn(tracing::Instrument::in_current_span(async move {
+        let mut running = self
+            .running
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        while running.try_join_next().is_some() {}
+        running.spawn(tracing::Instrument::in_current_span(async move {
             let Ok(_slot) = importer.slots.clone().acquire_owned().await else {
                 return;
             };
@@ -85,6 +93,20 @@ impl Importer {
             };
             importer.finish(task, image, outcome).await;
         }));
+    }
+
+    /// At shutdown: ends the imports still running or waiting. Their tasks stay `pending` or
+    /// `processing` in the catalog, and the next start fails them with `INTERRUPTED` and puts
+    /// their images back to `queued`.
+    pub async fn shutdown(&self) {
+        let mut running = std::mem::take(
+            &mut *self
+                .running
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner()),
+        );
+        running.abort_all();
+        while running.join_next().await.is_some() {}
     }
 
     async fn import_staged(&self, image: ImageId) -> Result<String, String> {

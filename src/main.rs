@@ -25,7 +25,7 @@ enum Command {
     /// Serve the Glance Image API and a Keystone-compatible token endpoint (default
     /// 127.0.0.1:9292, data in ./ocellus-data, no authentication: every request acts as an
     /// admin of the default project)
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Manage API keys, in the data directory or through the running server
     #[command(subcommand)]
     Key(KeyCommand),

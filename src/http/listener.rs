@@ -111,6 +111,7 @@ pub async fn serve(
     let slots = Arc::new(Semaphore::new(state.config.max_connections));
     let drain_timeout = state.config.shutdown_timeout;
     let store = state.store.clone();
+    let importer = state.importer.clone();
     let upkeep = tokio::spawn(upkeep(state.store.clone()));
     let scrub = crate::scrub::Scrub::start(state.store.clone(), state.config.scrub)?;
     let mut connections = tokio::task::JoinSet::new();
@@ -208,6 +209,7 @@ pub async fn serve(
     // now rather than never (a runtime being dropped refuses new blocking work).
     connections.abort_all();
     while connections.join_next().await.is_some() {}
+    importer.shutdown().await;
     match tokio::task::spawn_blocking(move || {
         scrub.stop();
         store.settle_interrupted()

@@ -158,6 +158,15 @@ macro_rules! fixed_bytes_key {
 fixed_bytes_key!(ImageId, 16, "ocellus::ImageId");
 fixed_bytes_key!(Digest, 32, "ocellus::Digest");
 
+/// Tasks by id: a version byte, then the postcard encoding (`tasks.rs`).
+pub const TASKS: TableDefinition<ImageId, &[u8]> = TableDefinition::new("tasks_v1");
+
+/// The tasks of each image: image id then task id, both 16 bytes.
+pub const IMAGE_TASKS: TableDefinition<&[u8], ()> = TableDefinition::new("image_tasks_v1");
+
+/// Per-project quota overrides, by project id.
+pub const QUOTAS: TableDefinition<&str, &[u8]> = TableDefinition::new("quotas_v1");
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -183,12 +192,3 @@ mod tests {
         assert_eq!(Digest::from_hex(&"AB".repeat(32)), None);
     }
 }
-
-/// Tasks by id: a version byte, then the postcard encoding (`tasks.rs`).
-pub const TASKS: TableDefinition<ImageId, &[u8]> = TableDefinition::new("tasks_v1");
-
-/// The tasks of each image: image id then task id, both 16 bytes.
-pub const IMAGE_TASKS: TableDefinition<&[u8], ()> = TableDefinition::new("image_tasks_v1");
-
-/// Per-project quota overrides, by project id.
-pub const QUOTAS: TableDefinition<&str, &[u8]> = TableDefinition::new("quotas_v1");

@@ -923,7 +923,8 @@ impl Store {
             tracing::warn!(blob = %digest.to_hex(), "a damaged blob was healed by an upload of the same bytes");
         }
         let outcome = self.kv.update_image(id, |record| {
-            if record.status != ImageStatus::Saving {
+            // Still receiving, as `start` left it (not deleted, deactivated or requeued since).
+            if !receiving(record) {
                 return Err(E::from(StoreError::Changed));
             }
             finish(record, data)

@@ -84,13 +84,25 @@ pub struct QuotaClaim {
     quotas: Quotas,
     staging: bool,
     taken: u64,
+    /// Bytes taken ahead for a declared size, not yet used by arriving chunks.
+    prepaid: u64,
     /// Set when a `take` was refused: the upload ends with 413.
     pub refused: Option<QuotaExceeded>,
 }
 
 impl QuotaClaim {
-    /// Takes `bytes` more for this upload, or refuses if the project would cross a limit.
+    /// Takes `bytes` more for this upload (from what a declared size took ahead, first), or
+    /// refuses if the project would cross a limit.
     pub fn take(&mut self, bytes: u64) -> Result<(), QuotaExceeded> {
+        let ahead = self.prepaid.min(bytes);
+        self.prepaid -= ahead;
+        self.reserve(bytes - ahead)
+    }
+
+    fn reserve(&mut self, bytes: u64) -> Result<(), QuotaExceeded> {
+        if bytes == 0 {
+            return Ok(());
+        }
         let mut ledgers = self.store.lock_ledgers();
         let ledger = ledgers.entry(self.project.clone()).or_default();
         if let Some(limit) = self.quotas.image_size_total {
@@ -246,20 +258,14 @@ impl Store {
             quotas,
             staging,
             taken: 0,
+            prepaid: 0,
             refused: None,
         };
-        // A declared size is checked (not taken) up front, so that a body that cannot fit is
-        // refused before it is sent.
+        // A declared size is taken up front: a body that cannot fit is refused before it is
+        // sent, and of several uploads at once the first to declare gets the room.
         if let Some(declared) = declared {
-            claim.take(declared).map_err(StoreError::Quota)?;
-            let mut ledgers = self.lock_ledgers();
-            if let Some(ledger) = ledgers.get_mut(project) {
-                ledger.in_flight -= declared;
-                if staging {
-                    ledger.stage_in_flight -= declared;
-                }
-            }
-            claim.taken = 0;
+            claim.reserve(declared).map_err(StoreError::Quota)?;
+            claim.prepaid = declared;
         }
         Ok(claim)
     }

@@ -5,6 +5,7 @@ mod common;
 mod data;
 mod formats;
 mod images;
+mod import;
 mod keys_support;
 mod keystone;
 mod limits;

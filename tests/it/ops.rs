@@ -9,7 +9,7 @@ use serde_json::Value;
 use crate::common::{Server, files_under, random_bytes};
 
 /// Runs `ocellus ARGS` with no `OCELLUS_*` variables; returns exit code, stdout and stderr.
-async fn ocellus(args: Vec<String>) -> (i32, String, String) {
+pub async fn ocellus(args: Vec<String>) -> (i32, String, String) {
     let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_ocellus"));
     command.args(args);
     for (name, _) in std::env::vars_os() {
@@ -28,7 +28,7 @@ async fn ocellus(args: Vec<String>) -> (i32, String, String) {
     )
 }
 
-fn args(words: &[&str], paths: &[&Path]) -> Vec<String> {
+pub fn args(words: &[&str], paths: &[&Path]) -> Vec<String> {
     words
         .iter()
         .map(|word| (*word).to_owned())
