@@ -37,6 +37,8 @@ cargo test --locked
 echo "== real OpenStack clients against the built binary"
 cargo build --locked --quiet
 tests/clients/run.sh target/debug/ocellus
+echo "== OpenStack's own image API tests (tempest) against the built binary"
+tests/tempest/run.sh target/debug/ocellus
 echo "== system tests: a full disk, kill -9 cycles, a crowd of slow transfers"
 tests/system/run.sh target/debug/ocellus
 echo "== the appliance: static binary, systemd unit, .deb install, upgrade, remove, purge"
