@@ -276,7 +276,11 @@ pub async fn image_tasks(
 ) -> Result<Json<Value>, Error> {
     let record = load_visible(&state, &caller, &image_id).await?;
     let store = state.store.clone();
-    let mut tasks = blocking(move || Ok(store.image_tasks(record.id)?)).await?;
+    let mut tasks = blocking(move || {
+        store.expire_tasks(now_micros())?;
+        Ok(store.image_tasks(record.id)?)
+    })
+    .await?;
     tasks.sort_by_key(|task| std::cmp::Reverse(task.created_at));
     Ok(Json(json!({
         "tasks": tasks.iter().map(image_task_view).collect::<Vec<_>>(),
@@ -359,7 +363,12 @@ pub async fn list_tasks(
         }
     }
     let store = state.store.clone();
-    let mut tasks = blocking(move || Ok(store.tasks()?)).await?;
+    // Expired tasks go before they could be listed (the hourly upkeep removes them too).
+    let mut tasks = blocking(move || {
+        store.expire_tasks(now_micros())?;
+        Ok(store.tasks()?)
+    })
+    .await?;
     tasks.retain(|task| {
         status.is_none_or(|status| task.status == status)
             && kind

@@ -79,7 +79,7 @@ const COLLECT_EVERY: Duration = Duration::from_secs(3600);
 
 /// The server's own housekeeping: after a failed metadata write, reopens the database as soon
 /// as that can work (checked every second); every hour, removes quarantined blobs past their
-/// grace period.
+/// grace period and tasks past their expiry.
 async fn upkeep(store: Arc<crate::store::Store>) {
     let mut ticks = tokio::time::interval(UPKEEP_EVERY);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -93,9 +93,14 @@ async fn upkeep(store: Arc<crate::store::Store>) {
         if last_collect.elapsed() >= COLLECT_EVERY {
             last_collect = tokio::time::Instant::now();
             let store = store.clone();
-            let collected = tokio::task::spawn_blocking(move || store.collect_quarantine()).await;
+            let collected = tokio::task::spawn_blocking(move || {
+                store.collect_quarantine()?;
+                let now = time::OffsetDateTime::now_utc().unix_timestamp_nanos() as i64 / 1000;
+                store.expire_tasks(now)
+            })
+            .await;
             if let Ok(Err(error)) = collected {
-                tracing::warn!(%error, "could not collect quarantined blobs");
+                tracing::warn!(%error, "could not collect quarantined blobs or expired tasks");
             }
         }
     }

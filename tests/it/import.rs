@@ -588,3 +588,77 @@ async fn quota_commands_set_and_list_overrides() {
     assert_eq!(code, 2);
     assert!(err.contains("not a size"), "{err}");
 }
+
+/// `POST /v2/tasks` with Glance's old `import` type: a URL that does not pass the
+/// web-download rules is 400; an allowed one makes an image and fetches into it. Finished
+/// tasks expire after `task_time_to_live` (here 0 hours: at once).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_import_task_type_fetches_into_a_new_image_and_tasks_expire() {
+    let server = Server::start_with(|config| {
+        config.web_download.allow = vec!["127.0.0.1/32".parse().unwrap()];
+    })
+    .await;
+    let bytes = random_bytes(50_000, 77);
+    let origin = Origin::start(bytes.clone()).await;
+    let task = |from: String| {
+        json!({"type": "import", "input": {
+            "import_from": from,
+            "import_from_format": "raw",
+            "image_properties": {"name": "from-task", "disk_format": "raw", "container_format": "bare"},
+        }})
+    };
+    let (status, _) = server
+        .json(
+            server
+                .request(Method::POST, "/v2/tasks")
+                .json(&task("http://169.254.169.254/x".into())),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, _) = server
+        .json(
+            server
+                .request(Method::POST, "/v2/tasks")
+                .json(&json!({"type": "export", "input": {}})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, created) = server
+        .json(
+            server
+                .request(Method::POST, "/v2/tasks")
+                .json(&task(origin.url("/image"))),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    assert_eq!(created["type"], "import");
+    let task_id = created["id"].as_str().unwrap().to_owned();
+    let mut shown = Value::Null;
+    eventually(async || {
+        shown = server
+            .json(server.request(Method::GET, &format!("/v2/tasks/{task_id}")))
+            .await
+            .1;
+        shown["status"] == "success"
+    })
+    .await;
+    let image = shown["result"]["image_id"].as_str().unwrap();
+    let (_, image_shown) = server.show(image).await;
+    assert_eq!(image_shown["name"], "from-task");
+    assert_eq!(server.download(image).await, (StatusCode::OK, bytes));
+
+    let expiring = Server::start_with(|config| {
+        config.store.task_time_to_live = Duration::ZERO;
+    })
+    .await;
+    let id = expiring.create_raw().await;
+    assert_eq!(
+        stage(&expiring, &id, random_bytes(1000, 5)).await,
+        StatusCode::NO_CONTENT
+    );
+    let (status, _) = import(&expiring, &id, json!({"method": {"name": "glance-direct"}})).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    settled(&expiring, &id).await;
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert!(image_tasks(&expiring, &id).await.is_empty());
+}
