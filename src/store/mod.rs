@@ -772,7 +772,7 @@ impl Store {
                     return Err(E::from(refusal));
                 }
                 if quota && let Some(owner) = &record.owner {
-                    claim = Some(store.claim_quota(owner, staging, request.declared)?);
+                    claim = store.claim_quota(owner, staging, request.declared)?;
                 }
                 Ok(())
             })?;

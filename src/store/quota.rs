@@ -218,13 +218,14 @@ impl Store {
     }
 
     /// Opens an upload's claim on its project's quota: refused at once if the project has as
-    /// many uploads running as it may, or if the declared size would not fit. Blocks.
+    /// many uploads running as it may, or if the declared size would not fit; `None` when no
+    /// byte limit applies, so that unlimited projects pay nothing per chunk. Blocks.
     pub(super) fn claim_quota(
         self: &Arc<Self>,
         project: &str,
         staging: bool,
         declared: Option<u64>,
-    ) -> Result<QuotaClaim, StoreError> {
+    ) -> Result<Option<QuotaClaim>, StoreError> {
         let quotas = self.quotas(project)?;
         let unlimited = quotas.image_size_total.is_none()
             && quotas.image_stage_total.is_none()
@@ -242,6 +243,9 @@ impl Store {
                 limit,
                 usage: usage.count_uploading,
             }));
+        }
+        if quotas.image_size_total.is_none() && (quotas.image_stage_total.is_none() || !staging) {
+            return Ok(None);
         }
         {
             let mut ledgers = self.lock_ledgers();
@@ -267,6 +271,6 @@ impl Store {
             claim.reserve(declared).map_err(StoreError::Quota)?;
             claim.prepaid = declared;
         }
-        Ok(claim)
+        Ok(Some(claim))
     }
 }
