@@ -2,8 +2,9 @@
 # Client-compatibility smoke test: runs the real OpenStack python clients
 # (glanceclient, openstackclient, openstacksdk) against freshly started
 # ocellus servers, twice:
-#   1. lab mode (no authentication, plain http): the seed flows end to end
-#      (seed_flows.py);
+#   1. lab mode (no authentication, plain http): the seed flows end to end,
+#      and interoperable import (glance-direct and web-download, the latter
+#      from a loopback web server) with each client (seed_flows.py);
 #   2. API keys over https (auth = "keys", a server certificate signed by a
 #      test CA from examples/test_cert.rs): keys provisioned with `ocellus
 #      key` before the server starts, the clients authenticating through its
@@ -96,9 +97,11 @@ stop_server() {
 # ends; server logs are only shown when something went wrong, because that
 # is when they explain the failure: the logs of the runs whose flows failed,
 # and that of the run in progress if the script stopped in its middle.
+web_pid=
 cleanup() {
     local rc=$? log
     stop_server
+    if [[ -n $web_pid ]]; then kill "$web_pid" 2>/dev/null || true; fi
     if [[ $rc -ne 0 ]]; then
         for log in "${failed_logs[@]}" ${current_log:+"$current_log"}; do
             [[ -f $log ]] || continue
@@ -181,15 +184,26 @@ port=$(free_port)
 url=http://127.0.0.1:$port
 mkdir -p "$tmp/data"
 current_log=$tmp/server.log
-"$bin" serve --listen "127.0.0.1:$port" --data-dir "$tmp/data" >"$current_log" 2>&1 &
+# web-download may reach the loopback web server that serves the same image.
+"$bin" serve --listen "127.0.0.1:$port" --data-dir "$tmp/data" \
+    --web-download-allow 127.0.0.1/32 >"$current_log" 2>&1 &
 server_pid=$!
 wait_for_server "$url" || exit 1
+web_port=$(free_port)
+mkdir -p "$tmp/web"
+cp "$image" "$tmp/web/image.qcow2"
+(cd "$tmp/web" && exec "$pyenv/bin/python" -m http.server --bind 127.0.0.1 "$web_port") >"$tmp/web.log" 2>&1 &
+web_pid=$!
+for _ in $(seq 50); do curl -sf -o /dev/null "http://127.0.0.1:$web_port/image.qcow2" && break; sleep 0.1; done
 
-if ! "$pyenv/bin/python" "$here/seed_flows.py" "$url" "$image"; then
+if ! "$pyenv/bin/python" "$here/seed_flows.py" "$url" "$image" --web-url "http://127.0.0.1:$web_port/image.qcow2"; then
     status=1
     failed_logs+=("$current_log")
 fi
 stop_server
+kill "$web_pid" 2>/dev/null || true
+wait "$web_pid" 2>/dev/null || true
+web_pid=
 current_log=
 
 # ---- Run 2: API keys, https ----

@@ -29,6 +29,8 @@ from pathlib import Path
 
 from common import (
     TIMEOUT,
+    Cmd,
+    StepFailed,
     Runner,
     expect,
     expect_eq,
@@ -427,10 +429,106 @@ def sdk_flow(r, env):
         conn.close()
 
 
+def wait_active(conn, image_id):
+    """Polls an imported image until it leaves `importing` (bounded by TIMEOUT)."""
+    import time
+    deadline = time.monotonic() + TIMEOUT
+    while time.monotonic() < deadline:
+        image = conn.image.get_image(image_id)
+        if image.status not in ("importing", "uploading", "queued") or image.properties.get("os_glance_failed_import"):
+            return image
+        time.sleep(0.2)
+    raise StepFailed(f"image {image_id} did not become active within {TIMEOUT} s")
+
+
+def check_imported(conn, env, image_id, what):
+    image = wait_active(conn, image_id)
+    expect_eq(image.status, "active", f"{what}: status")
+    expect_eq(image.size, env.size, f"{what}: size")
+    expect_eq(image.checksum, env.md5, f"{what}: checksum")
+    expect_eq(image.hash_value, env.sha512, f"{what}: os_hash_value")
+    if env.virtual_size is not None:
+        expect_eq(image.virtual_size, env.virtual_size, f"{what}: virtual_size")
+    response = conn.image.download_image(image)
+    data = response.content if hasattr(response, "content") else response
+    expect_eq(hashlib.sha512(data).hexdigest(), env.sha512, f"{what}: downloaded sha512")
+    tasks = conn.image.get(f"/images/{image_id}/tasks").json()["tasks"]
+    expect(any(t["status"] == "success" for t in tasks), f"{what}: no successful task in {tasks}")
+    conn.image.delete_image(image_id, ignore_missing=False)
+
+
+def import_flow(r, env, web_url):
+    """Interoperable import with the real clients: glanceclient's image-create-via-import
+    (glance-direct and web-download), openstackclient's image create --import, and
+    openstacksdk's stage and import calls; each image is checked through the SDK."""
+    conn = r.step("openstacksdk connect (import)", lambda: sdk_connect(env.url))
+
+    def glance_import(method, *extra):
+        def run():
+            # glanceclient reads image data from any stdin that is not a terminal, and then
+            # refuses --file and web-download; a user types these on a terminal, so the command
+            # gets one (a pseudo-terminal) as its stdin.
+            import pty
+            import subprocess
+            primary, secondary = pty.openpty()
+            argv = [env.tool("glance"), "--os-image-url", env.url, "--os-auth-token", "x",
+                    "image-create-via-import", "--name", f"import-{method}", "--disk-format", "qcow2",
+                    "--container-format", "bare", "--import-method", method, *extra]
+            try:
+                proc = subprocess.run(argv, env=env.cli_env, cwd=env.workdir, stdin=secondary,
+                                      capture_output=True, text=True, timeout=TIMEOUT)
+            finally:
+                os.close(primary)
+                os.close(secondary)
+            cmd = Cmd(argv, proc.returncode, proc.stdout, proc.stderr)
+            expect(proc.returncode == 0, f"exited with status {proc.returncode}", cmd)
+            image_id = parse_table(cmd.stdout).get("id", "")
+            expect(re.fullmatch(r"[0-9a-f-]{36}", image_id), "no image id in the table", cmd)
+            check_imported(conn, env, image_id, f"glance {method}")
+        return run
+
+    r.step("glance image-create-via-import glance-direct",
+           glance_import("glance-direct", "--file", str(env.image)), conn)
+    if web_url:
+        r.step("glance image-create-via-import web-download",
+               glance_import("web-download", "--uri", web_url), conn)
+
+    def osc_import():
+        help_text = env.openstack("image", "create", "--help").stdout
+        if "--import" not in help_text:
+            print("info: this openstackclient has no image create --import", flush=True)
+            return
+        cmd = env.openstack("image", "create", "--import", "--file", str(env.image), "--disk-format", "qcow2",
+                            "--container-format", "bare", "-f", "json", "import-osc")
+        check_imported(conn, env, parse_json(cmd)["id"], "openstack image create --import")
+
+    r.step("openstack image create --import", osc_import, conn)
+
+    def sdk_import(method):
+        def run():
+            image = conn.image.create_image(name=f"import-sdk-{method}", disk_format="qcow2",
+                                            container_format="bare")
+            if method == "glance-direct":
+                conn.image.stage_image(image, data=env.data)
+                expect_eq(conn.image.get_image(image.id).status, "uploading", "status after stage")
+                conn.image.import_image(image, method="glance-direct")
+            else:
+                conn.image.import_image(image, method="web-download", uri=web_url)
+            check_imported(conn, env, image.id, f"openstacksdk {method}")
+        return run
+
+    r.step("openstacksdk stage_image + import_image glance-direct", sdk_import("glance-direct"), conn)
+    if web_url:
+        r.step("openstacksdk import_image web-download", sdk_import("web-download"), conn)
+    if conn is not None:
+        conn.close()
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("url", help="unversioned server root, e.g. http://127.0.0.1:9292")
     parser.add_argument("image", help="disk image file to upload")
+    parser.add_argument("--web-url", help="URL of the same image on a loopback web server, for web-download")
     args = parser.parse_args()
 
     # The in-process SDK reads the same variables the CLIs do.
@@ -445,6 +543,7 @@ def main():
         glance_flow(r, env)
         osc_flow(r, env)
         sdk_flow(r, env)
+        import_flow(r, env, args.web_url)
         return r.summary()
 
 
