@@ -160,12 +160,12 @@ fn task_properties(full: bool) -> Value {
     properties
 }
 
-/// https://docs.openstack.org/api-ref/image/v2/index.html#show-task-schema
+/// <https://docs.openstack.org/api-ref/image/v2/index.html#show-task-schema>
 pub fn task_schema() -> Value {
     json!({"name": "task", "properties": task_properties(true)})
 }
 
-/// https://docs.openstack.org/api-ref/image/v2/index.html#show-tasks-schema
+/// <https://docs.openstack.org/api-ref/image/v2/index.html#show-tasks-schema>
 pub fn tasks_schema() -> Value {
     json!({
         "name": "tasks",
