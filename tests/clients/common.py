@@ -2,14 +2,17 @@
 
 A flow is a sequence of named steps run by a Runner: each prints "ok: <step>",
 "FAIL: <step>" (with the evidence) or "skip: <step>", and the summary line
-"N passed, M failed" decides the exit status. The clients run as
-subprocesses through run_command, always with a timeout and an environment
-from isolated_env, so nothing on the host can steer them.
+"N passed, M failed" decides the exit status. A step the pinned client
+cannot do at all (an option it lacks) prints "skip: <step> (<reason>)" and
+is counted apart, without failing the run. The clients run as subprocesses
+through run_command, always with a timeout and an environment from
+isolated_env, so nothing on the host can steer them.
 """
 
 import hashlib
 import json
 import os
+import pty
 import shutil
 import subprocess
 import sys
@@ -61,6 +64,7 @@ class Runner:
         self.passed = 0
         self.failed = 0
         self.skipped = 0
+        self.unsupported = 0
 
     def step(self, name, fn, *needs):
         """Runs fn() as a step named name and returns its result, or None.
@@ -87,10 +91,21 @@ class Runner:
         # A step that passes but has nothing to hand on still counts as done.
         return True if result is None else result
 
+    def not_supported(self, name, reason):
+        """Reports a step the client under test cannot do at all.
+
+        This is a property of the pinned client, not a server failure, so it
+        does not fail the run; the reason says what is missing.
+        """
+        self.unsupported += 1
+        print(f"skip: {name} ({reason})", flush=True)
+
     def summary(self):
         line = f"{self.passed} passed, {self.failed} failed"
         if self.skipped:
             line += f", {self.skipped} skipped"
+        if self.unsupported:
+            line += f", {self.unsupported} not supported by the client"
         print(line, flush=True)
         return 0 if self.failed == 0 and self.skipped == 0 else 1
 
@@ -197,18 +212,26 @@ def find_tool(name):
     return found
 
 
-def run_command(argv, env, cwd, check=True):
+def run_command(argv, env, cwd, check=True, terminal=False):
     """Runs a command with the given environment and the global timeout.
+
+    stdin is empty (/dev/null), or with terminal a pseudo-terminal nobody
+    types into, as when an operator runs the command in a shell: some
+    commands (glanceclient's image-create-via-import) take any stdin that is
+    not a terminal for image data.
 
     Returns a Cmd; raises StepFailed on a timeout, and on a non-zero exit
     status unless check is false.
     """
+    primary = secondary = None
+    if terminal:
+        primary, secondary = pty.openpty()
     try:
         proc = subprocess.run(
             argv,
             cwd=cwd,
             env=env,
-            stdin=subprocess.DEVNULL,
+            stdin=secondary if terminal else subprocess.DEVNULL,
             capture_output=True,
             text=True,
             timeout=TIMEOUT,
@@ -216,6 +239,10 @@ def run_command(argv, env, cwd, check=True):
     except subprocess.TimeoutExpired as e:
         cmd = Cmd(argv, "timeout", to_text(e.stdout), to_text(e.stderr))
         raise StepFailed(f"timed out after {TIMEOUT} s\n{cmd.describe()}") from None
+    finally:
+        if terminal:
+            os.close(primary)
+            os.close(secondary)
     cmd = Cmd(argv, proc.returncode, proc.stdout, proc.stderr)
     if check and proc.returncode != 0:
         raise StepFailed(f"exited with status {proc.returncode}\n{cmd.describe()}")

@@ -3,8 +3,10 @@
 # (glanceclient, openstackclient, openstacksdk) against freshly started
 # ocellus servers, twice:
 #   1. lab mode (no authentication, plain http): the seed flows end to end,
-#      and interoperable import (glance-direct and web-download, the latter
-#      from a loopback web server) with each client (seed_flows.py);
+#      and interoperable image import with each client: glance-direct, and
+#      web-download from a loopback web server (python's http.server) that
+#      the server is allowed to reach with --web-download-allow
+#      (seed_flows.py);
 #   2. API keys over https (auth = "keys", a server certificate signed by a
 #      test CA from examples/test_cert.rs): keys provisioned with `ocellus
 #      key` before the server starts, the clients authenticating through its
@@ -80,8 +82,10 @@ fi
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/ocellus-clients.XXXXXX")
 # The runs are sequential, so one server runs at a time: its pid, and its
 # log while its run is in progress. failed_logs collects the logs of the
-# runs whose flows failed.
+# runs whose flows failed. web_pid is the loopback web server of the lab
+# run, the source of its web-download imports.
 server_pid=
+web_pid=
 current_log=
 failed_logs=()
 
@@ -93,15 +97,22 @@ stop_server() {
     server_pid=
 }
 
-# The server is stopped and the scratch space removed however the script
+stop_web_server() {
+    if [[ -n $web_pid ]] && kill -0 "$web_pid" 2>/dev/null; then
+        kill "$web_pid" 2>/dev/null || true
+        wait "$web_pid" 2>/dev/null || true
+    fi
+    web_pid=
+}
+
+# The servers are stopped and the scratch space removed however the script
 # ends; server logs are only shown when something went wrong, because that
 # is when they explain the failure: the logs of the runs whose flows failed,
 # and that of the run in progress if the script stopped in its middle.
-web_pid=
 cleanup() {
     local rc=$? log
     stop_server
-    if [[ -n $web_pid ]]; then kill "$web_pid" 2>/dev/null || true; fi
+    stop_web_server
     if [[ $rc -ne 0 ]]; then
         for log in "${failed_logs[@]}" ${current_log:+"$current_log"}; do
             [[ -f $log ]] || continue
@@ -144,6 +155,24 @@ free_port() {
     "$pyenv/bin/python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
+# Waits up to 10 s for the web server just started ($web_pid) to serve URL.
+wait_for_web_server() {
+    local url=$1
+    for _ in $(seq 100); do
+        if curl -sf --max-time 2 -o /dev/null "$url"; then
+            echo "web server up at $url (pid $web_pid)" >&2
+            return 0
+        fi
+        if ! kill -0 "$web_pid" 2>/dev/null; then
+            echo "error: web server exited before serving $url" >&2
+            return 1
+        fi
+        sleep 0.1
+    done
+    echo "error: web server did not serve $url within 10 s" >&2
+    return 1
+}
+
 # Waits up to 10 s for the server just started ($server_pid) to answer
 # URL/versions, which needs no credential in any mode; further arguments go
 # to curl (--cacert for https).
@@ -180,30 +209,37 @@ status=0
 # ---- Run 1: lab mode, plain http ----
 
 echo "== lab mode (auth = none, http): seed_flows.py"
+
+# The source of the web-download imports: the test image on a loopback web
+# server, alone in a directory so that nothing else in $tmp is served. Its
+# log (one line per request) goes with the server's if the flows fail.
+web_port=$(free_port)
+web_url=http://127.0.0.1:$web_port/image.qcow2
+web_log=$tmp/web-server.log
+mkdir -p "$tmp/web"
+cp "$image" "$tmp/web/image.qcow2"
+"$pyenv/bin/python" -m http.server --bind 127.0.0.1 --directory "$tmp/web" "$web_port" >"$web_log" 2>&1 &
+web_pid=$!
+wait_for_web_server "$web_url" || exit 1
+
 port=$(free_port)
 url=http://127.0.0.1:$port
 mkdir -p "$tmp/data"
 current_log=$tmp/server.log
-# web-download may reach the loopback web server that serves the same image.
+# web-download refuses loopback addresses unless allowed, as a deployment
+# must not let users make it fetch from its own host; here that host is
+# where the image is served.
 "$bin" serve --listen "127.0.0.1:$port" --data-dir "$tmp/data" \
     --web-download-allow 127.0.0.1/32 >"$current_log" 2>&1 &
 server_pid=$!
 wait_for_server "$url" || exit 1
-web_port=$(free_port)
-mkdir -p "$tmp/web"
-cp "$image" "$tmp/web/image.qcow2"
-(cd "$tmp/web" && exec "$pyenv/bin/python" -m http.server --bind 127.0.0.1 "$web_port") >"$tmp/web.log" 2>&1 &
-web_pid=$!
-for _ in $(seq 50); do curl -sf -o /dev/null "http://127.0.0.1:$web_port/image.qcow2" && break; sleep 0.1; done
 
-if ! "$pyenv/bin/python" "$here/seed_flows.py" "$url" "$image" --web-url "http://127.0.0.1:$web_port/image.qcow2"; then
+if ! "$pyenv/bin/python" "$here/seed_flows.py" "$url" "$image" --web-url "$web_url"; then
     status=1
-    failed_logs+=("$current_log")
+    failed_logs+=("$current_log" "$web_log")
 fi
 stop_server
-kill "$web_pid" 2>/dev/null || true
-wait "$web_pid" 2>/dev/null || true
-web_pid=
+stop_web_server
 current_log=
 
 # ---- Run 2: API keys, https ----

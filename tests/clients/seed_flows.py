@@ -4,34 +4,44 @@
 Runs the seed flows with the real OpenStack clients against a running
 ocellus server: python-glanceclient and python-openstackclient as
 subprocesses (exactly as an operator would type them) and openstacksdk as a
-library. Every step prints "ok: <step>", "FAIL: <step>" (with the command,
-its stdout and its stderr) or "skip: <step>" when a step it depends on has
-failed. The last line is "N passed, M failed" (", K skipped" is appended
-only when something was skipped) and the exit status is 0 only when nothing
-failed or was skipped.
+library; then interoperable image import with each of them (glance-direct,
+and web-download when a URL is given). Every step prints "ok: <step>",
+"FAIL: <step>" (with the command, its stdout and its stderr) or
+"skip: <step>" when a step it depends on has failed. The last line is
+"N passed, M failed" (", K skipped" is appended only when something was
+skipped, ", K not supported by the client" when a pinned client lacks an
+option a step needs) and the exit status is 0 only when nothing failed or
+was skipped.
 
-Usage: seed_flows.py URL IMAGE
-  URL    the unversioned root of the server, e.g. http://127.0.0.1:9292
-  IMAGE  a local disk image file to upload (a qcow2 made by run.sh)
+Usage: seed_flows.py URL IMAGE [--web-url WEB_URL]
+  URL      the unversioned root of the server, e.g. http://127.0.0.1:9292
+  IMAGE    a local disk image file to upload (a qcow2 made by run.sh)
+  WEB_URL  the same file on a web server the server may fetch from (run.sh
+           serves it on loopback and allows that with --web-download-allow),
+           for the web-download imports; without it they are left out
 
 The server is expected to run in unauthenticated lab mode, so any token is
 accepted and no Keystone is involved.
 """
 
 import argparse
+import ast
 import hashlib
 import json
 import os
 import re
 import sys
 import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
 from pathlib import Path
 
 from common import (
     TIMEOUT,
-    Cmd,
-    StepFailed,
     Runner,
+    StepFailed,
     expect,
     expect_eq,
     file_digests,
@@ -61,23 +71,38 @@ class Env:
     def tool(self, name):
         return find_tool(name)
 
-    def run(self, argv, check=True):
+    def run(self, argv, check=True, terminal=False):
         """Runs a CLI with the isolated environment and the global timeout."""
-        return run_command(argv, self.cli_env, self.workdir, check=check)
+        return run_command(argv, self.cli_env, self.workdir, check=check, terminal=terminal)
 
-    def glance(self, *args, check=True):
+    def glance(self, *args, check=True, terminal=False):
         # The token is arbitrary because the server runs in lab mode; giving
         # both --os-image-url and --os-auth-token is what makes glanceclient
         # skip Keystone entirely.
         argv = [self.tool("glance"), "--os-image-url", self.url, "--os-auth-token", "x", *args]
-        return self.run(argv, check=check)
+        return self.run(argv, check=check, terminal=terminal)
 
-    def openstack(self, *args, check=True):
+    def openstack(self, *args, check=True, terminal=False):
         # The "none" auth plugin with --os-endpoint is how openstackclient
         # talks to a standalone service; the endpoint is unversioned, like a
         # real Glance catalog entry, so the client has to discover /v2.
         argv = [self.tool("openstack"), "--os-auth-type", "none", "--os-endpoint", self.url, *args]
-        return self.run(argv, check=check)
+        return self.run(argv, check=check, terminal=terminal)
+
+    def get_json(self, path):
+        """GETs an API path directly (lab mode needs no token), for what no CLI shows."""
+        # No proxy, whatever the host's settings: the server is on loopback.
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        request = urllib.request.Request(self.url + path, headers={"Accept": "application/json"})
+        try:
+            with opener.open(request, timeout=TIMEOUT) as response:
+                body = response.read()
+        except urllib.error.HTTPError as e:
+            raise StepFailed(f"GET {path}: HTTP {e.code}\n{e.read()[:2000]!r}") from None
+        try:
+            return json.loads(body)
+        except json.JSONDecodeError as e:
+            raise StepFailed(f"GET {path}: the body is not JSON ({e})\n{body[:2000]!r}") from None
 
     def scratch(self, name):
         path = self.workdir / name
@@ -429,106 +454,557 @@ def sdk_flow(r, env):
         conn.close()
 
 
-def wait_active(conn, image_id):
-    """Polls an imported image until it leaves `importing` (bounded by TIMEOUT)."""
-    import time
+# Interoperable image import: the image is created empty, its data staged
+# (glance-direct) or fetched by the server (web-download), and a background
+# task takes it from `importing` to `active`, or back to `queued` with the
+# store in os_glance_failed_import if the import fails. Each client drives
+# the workflow its own way; the results are checked through the same client,
+# and the image's tasks through GET /v2/images/{id}/tasks.
+
+UUID_RE = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+REQUEST_ID_RE = "req-" + UUID_RE
+IMPORT_METHODS = ("glance-direct", "web-download")
+
+# How often an import in progress is looked at; the whole wait is bounded
+# by TIMEOUT.
+POLL_INTERVAL = 0.5
+
+
+def until_imported(show, what):
+    """Calls show() until the image is no longer importing, and returns its view.
+
+    show() returns (status, view, evidence). The import runs in the server's
+    background after the 202, so the image is `importing` for a while; a
+    wait bounded by TIMEOUT makes a stuck import fail the step instead of
+    hanging the run.
+    """
     deadline = time.monotonic() + TIMEOUT
-    while time.monotonic() < deadline:
-        image = conn.image.get_image(image_id)
-        if image.status not in ("importing", "uploading", "queued") or image.properties.get("os_glance_failed_import"):
-            return image
-        time.sleep(0.2)
-    raise StepFailed(f"image {image_id} did not become active within {TIMEOUT} s")
+    while True:
+        status, view, evidence = show()
+        if status != "importing":
+            return view
+        if time.monotonic() >= deadline:
+            raise StepFailed(f"{what}: still importing after {TIMEOUT} s\n{evidence}")
+        time.sleep(POLL_INTERVAL)
 
 
-def check_imported(conn, env, image_id, what):
-    image = wait_active(conn, image_id)
-    expect_eq(image.status, "active", f"{what}: status")
-    expect_eq(image.size, env.size, f"{what}: size")
-    expect_eq(image.checksum, env.md5, f"{what}: checksum")
-    expect_eq(image.hash_value, env.sha512, f"{what}: os_hash_value")
-    if env.virtual_size is not None:
-        expect_eq(image.virtual_size, env.virtual_size, f"{what}: virtual_size")
-    response = conn.image.download_image(image)
-    data = response.content if hasattr(response, "content") else response
-    expect_eq(hashlib.sha512(data).hexdigest(), env.sha512, f"{what}: downloaded sha512")
-    tasks = conn.image.get(f"/images/{image_id}/tasks").json()["tasks"]
-    expect(any(t["status"] == "success" for t in tasks), f"{what}: no successful task in {tasks}")
-    conn.image.delete_image(image_id, ignore_missing=False)
+def check_import_task(tasks, image_id, method, uri=None, status="success", request_id=None, evidence=""):
+    """Checks the tasks of an image imported once: one api_image_import task.
+
+    tasks are dicts with Glance's task fields (as in the tasks API's JSON);
+    request_id, if given, is the x-openstack-request-id of the import call,
+    which Glance records in the task.
+    """
+
+    def check(cond, message):
+        expect(cond, f"{message}\ntasks: {json.dumps(tasks, indent=2)}\n{evidence}".rstrip())
+
+    check(isinstance(tasks, list) and len(tasks) == 1, f"expected exactly one task of image {image_id}")
+    task = tasks[0]
+    fields = [("status", status), ("image_id", image_id)]
+    if "type" in task:  # glanceclient's table has no type column
+        fields.append(("type", "api_image_import"))
+    for key, want in fields:
+        check(task.get(key) == want, f"task {key}: expected {want!r}, got {task.get(key)!r}")
+    import_req = (task.get("input") or {}).get("import_req") or {}
+    method_req = import_req.get("method") or {}
+    check(method_req.get("name") == method, f"task input.import_req.method.name is not {method!r}")
+    if uri is not None:
+        check(method_req.get("uri") == uri, f"task input.import_req.method.uri is not {uri!r}")
+    task_request_id = task.get("request_id") or ""
+    check(re.fullmatch(REQUEST_ID_RE, task_request_id), f"task request_id {task_request_id!r} is not req-<uuid>")
+    if request_id is not None:
+        check(task_request_id == request_id, f"task request_id is not the import call's {request_id!r}")
+    if status == "failure":
+        # A failed import must say why; a successful one may be silent.
+        check(task.get("message"), "the failed task has no message")
+
+
+def glance_task_rows(cmd):
+    """Reads `glance --verbose image-tasks` into task dicts with the API's field names.
+
+    glanceclient prints one table row per task; with --verbose the Input and
+    Result columns hold Python reprs of the JSON objects.
+    """
+    lines = [line for line in cmd.stdout.splitlines() if line.startswith("|")]
+    expect(lines, "image-tasks printed no table", cmd)
+    header = [c.strip() for c in lines[0].strip().strip("|").split("|")]
+    rows = []
+    for line in lines[1:]:
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        expect(len(cells) == len(header), f"image-tasks row has {len(cells)} cells, header {len(header)}", cmd)
+        row = dict(zip(header, cells))
+        try:
+            task_input = ast.literal_eval(row.get("Input", "None"))
+        except (ValueError, SyntaxError):
+            task_input = None
+        rows.append({
+            "id": row.get("Task Id"),
+            "image_id": row.get("Image Id"),
+            "status": row.get("Status"),
+            "message": row.get("Message"),
+            "request_id": row.get("Request Id"),
+            "input": task_input,
+        })
+    return rows
+
+
+def missing_url(web_url):
+    """A URL on the same loopback web server that answers 404."""
+    return urllib.parse.urljoin(web_url, "no-such-image.qcow2")
+
+
+# glanceclient: image-create-via-import, which creates the image, stages the
+# file (glance-direct) and calls the import, after asking import-info
+# whether the method is offered.
+
+
+def glance_import_info_flow(r, env):
+    def import_info():
+        cmd = env.glance("import-info")
+        raw = parse_table(cmd.stdout).get("import-methods", "")
+        try:
+            methods = json.loads(raw).get("value")
+        except (json.JSONDecodeError, AttributeError):
+            methods = None
+        expect(isinstance(methods, list), f"import-methods {raw!r} has no value list", cmd)
+        for method in IMPORT_METHODS:
+            expect(method in methods, f"{method} missing from import-methods {methods}", cmd)
+
+    r.step("glance import-info lists glance-direct and web-download", import_info)
+
+
+def glance_import_flow(r, env, method, source, uri=None):
+    """One image through `glance image-create-via-import --import-method METHOD`."""
+    name = f"import-glanceclient-{method}"
+    label = f"glance {method} import"
+
+    def create():
+        # glanceclient takes any stdin that is not a terminal for image data
+        # and then refuses --file (two sources) and web-download (data
+        # given), so the command gets a terminal, as typed in a shell.
+        cmd = env.glance(
+            "image-create-via-import",
+            "--name", name,
+            "--disk-format", "qcow2",
+            "--container-format", "bare",
+            "--import-method", method,
+            *source,
+            terminal=True,
+        )
+        table = parse_table(cmd.stdout)
+        image_id = table.get("id", "")
+        expect(re.fullmatch(UUID_RE, image_id), "no image id in the image-create-via-import table", cmd)
+        expect_eq(table.get("name"), name, "name", cmd)
+        # The command shows the image right after the 202 of the import call.
+        status = table.get("status")
+        expect(status in ("importing", "active"), f"status {status!r} is neither importing nor active", cmd)
+        return image_id
+
+    image_id = r.step(f"glance image-create-via-import --import-method {method} {source[0]}", create)
+
+    def show():
+        def once():
+            cmd = env.glance("image-show", "--max-column-width", "1000", image_id)
+            table = parse_table(cmd.stdout)
+            return table.get("status"), (table, cmd), cmd.describe()
+
+        return until_imported(once, label)
+
+    def active():
+        t, cmd = show()
+        expect_eq(t.get("status"), "active", "status", cmd)
+        expect_eq(t.get("disk_format"), "qcow2", "disk_format", cmd)
+        expect_eq(t.get("container_format"), "bare", "container_format", cmd)
+        expect_eq(t.get("size"), str(env.size), "size", cmd)
+        expect_eq(t.get("checksum"), env.md5, "checksum", cmd)
+        expect_eq(t.get("os_hash_algo"), "sha512", "os_hash_algo", cmd)
+        expect_eq(t.get("os_hash_value"), env.sha512, "os_hash_value", cmd)
+        if env.virtual_size is not None:
+            expect_eq(t.get("virtual_size"), str(env.virtual_size), "virtual_size", cmd)
+        # Nothing left to import to, and nothing failed.
+        expect_eq(t.get("os_glance_importing_to_stores", ""), "", "os_glance_importing_to_stores", cmd)
+        expect_eq(t.get("os_glance_failed_import", ""), "", "os_glance_failed_import", cmd)
+
+    imported = r.step(
+        f"glance image-show: the {method} import becomes active with the file's size, checksum, "
+        "os_hash_value and virtual_size",
+        active,
+        image_id,
+    )
+
+    def download():
+        out = env.scratch(f"glance-{method}-download.img")
+        cmd = env.glance("image-download", "--file", str(out), image_id)
+        expect(out.exists(), f"image-download did not write {out}", cmd)
+        expect_same_bytes(env, out, "downloaded image", cmd)
+
+    r.step(f"glance image-download ({method} import)", download, imported)
+
+    def tasks():
+        cmd = env.glance("--verbose", "image-tasks", image_id)
+        check_import_task(glance_task_rows(cmd), image_id, method, uri=uri, evidence=cmd.describe())
+
+    r.step(f"glance image-tasks ({method} import): one successful import task", tasks, imported)
+
+    def delete():
+        env.glance("image-delete", image_id)
+        cmd = env.glance("image-show", image_id, check=False)
+        expect(cmd.rc != 0, "image-show still succeeds after image-delete", cmd)
+
+    r.step(f"glance image-delete ({method} import)", delete, image_id)
+
+
+def glance_failed_import_flow(r, env, web_url):
+    """A web-download the server cannot fetch: the image returns to queued."""
+    name = "import-glanceclient-web-download-404"
+    uri = missing_url(web_url)
+
+    def create():
+        cmd = env.glance(
+            "image-create-via-import",
+            "--name", name,
+            "--disk-format", "qcow2",
+            "--container-format", "bare",
+            "--import-method", "web-download",
+            "--uri", uri,
+            terminal=True,
+        )
+        image_id = parse_table(cmd.stdout).get("id", "")
+        expect(re.fullmatch(UUID_RE, image_id), "no image id in the image-create-via-import table", cmd)
+        return image_id
+
+    image_id = r.step("glance image-create-via-import --import-method web-download --uri <a URL that answers 404>",
+                      create)
+
+    def queued():
+        def once():
+            cmd = env.glance("image-show", "--max-column-width", "1000", image_id)
+            table = parse_table(cmd.stdout)
+            return table.get("status"), (table, cmd), cmd.describe()
+
+        t, cmd = until_imported(once, "failed web-download import")
+        expect_eq(t.get("status"), "queued", "status after the failed import", cmd)
+        expect(t.get("os_glance_failed_import"), "os_glance_failed_import is empty after the failed import", cmd)
+        expect_eq(t.get("os_glance_importing_to_stores", ""), "", "os_glance_importing_to_stores", cmd)
+        expect(t.get("checksum") in (None, "None", ""), "the failed import left a checksum", cmd)
+
+    failed = r.step("glance image-show: the failed web-download is back to queued with os_glance_failed_import",
+                    queued, image_id)
+
+    def tasks():
+        cmd = env.glance("--verbose", "image-tasks", image_id)
+        check_import_task(glance_task_rows(cmd), image_id, "web-download", uri=uri, status="failure",
+                          evidence=cmd.describe())
+
+    r.step("glance image-tasks (failed web-download): one failed task with a message", tasks, failed)
+
+    def delete():
+        env.glance("image-delete", image_id)
+        cmd = env.glance("image-show", image_id, check=False)
+        expect(cmd.rc != 0, "image-show still succeeds after image-delete", cmd)
+
+    r.step("glance image-delete (failed web-download)", delete, image_id)
+
+
+# openstackclient: `image create --import` (glance-direct through the SDK)
+# and `image import --method web-download` on a queued image.
+
+
+def osc_imported_steps(r, env, image_id, started, method, uri=None):
+    """Waits for an import started with openstackclient and checks its result.
+
+    started is the result of the step that started the import; without it
+    only the image is deleted.
+    """
+    label = f"openstack {method} import"
+
+    def active():
+        def once():
+            cmd = env.openstack("image", "show", image_id, "-f", "json")
+            image = parse_json(cmd)
+            return image.get("status"), (image, cmd), cmd.describe()
+
+        i, cmd = until_imported(once, label)
+        expect_eq(i.get("status"), "active", "status", cmd)
+        expect_eq(i.get("disk_format"), "qcow2", "disk_format", cmd)
+        expect_eq(i.get("container_format"), "bare", "container_format", cmd)
+        expect_eq(i.get("size"), env.size, "size", cmd)
+        expect_eq(i.get("checksum"), env.md5, "checksum", cmd)
+        expect_eq(osc_field(i, "os_hash_algo"), "sha512", "os_hash_algo", cmd)
+        expect_eq(osc_field(i, "os_hash_value"), env.sha512, "os_hash_value", cmd)
+        if env.virtual_size is not None:
+            expect_eq(i.get("virtual_size"), env.virtual_size, "virtual_size", cmd)
+        expect_eq(osc_field(i, "os_glance_importing_to_stores") or "", "", "os_glance_importing_to_stores", cmd)
+        expect_eq(osc_field(i, "os_glance_failed_import") or "", "", "os_glance_failed_import", cmd)
+
+    imported = r.step(
+        f"openstack image show: the {method} import becomes active with the file's size, checksum, "
+        "os_hash_value and virtual_size",
+        active,
+        image_id,
+        started,
+    )
+
+    def save():
+        out = env.scratch(f"osc-{method}-save.img")
+        cmd = env.openstack("image", "save", "--file", str(out), image_id)
+        expect(out.exists(), f"image save did not write {out}", cmd)
+        expect_same_bytes(env, out, "saved image", cmd)
+
+    r.step(f"openstack image save ({method} import)", save, imported)
+
+    def tasks():
+        # openstackclient has no command for an image's tasks.
+        body = env.get_json(f"/v2/images/{image_id}/tasks")
+        check_import_task(body.get("tasks"), image_id, method, uri=uri)
+
+    r.step(f"GET /v2/images/{{id}}/tasks ({method} import by openstackclient): one successful task", tasks, imported)
+
+    def delete():
+        env.openstack("image", "delete", image_id)
+        cmd = env.openstack("image", "show", image_id, check=False)
+        expect(cmd.rc != 0, "image show still succeeds after image delete", cmd)
+
+    r.step(f"openstack image delete ({method} import)", delete, image_id)
+
+
+def osc_import_flow(r, env, web_url):
+    step = "openstack image create --import --file"
+    # --import came with openstackclient 5.x; a client without it cannot
+    # take this path at all, which is not the server's fault. If the help
+    # itself fails, the step below fails with the evidence.
+    try:
+        offered = "--import" in env.openstack("image", "create", "--help").stdout
+    except StepFailed:
+        offered = True
+    if not offered:
+        r.not_supported(step, "this openstackclient's image create has no --import option")
+    else:
+        name = "import-openstackclient-glance-direct"
+
+        def create():
+            cmd = env.openstack(
+                "image", "create", name,
+                "--import",
+                "--file", str(env.image),
+                "--disk-format", "qcow2",
+                "--container-format", "bare",
+                "-f", "json",
+            )
+            image = parse_json(cmd)
+            image_id = image.get("id") or ""
+            expect(re.fullmatch(UUID_RE, image_id), "no image id in the image create output", cmd)
+            expect_eq(image.get("name"), name, "name", cmd)
+            status = image.get("status")
+            expect(status in ("importing", "active"), f"status {status!r} is neither importing nor active", cmd)
+            return image_id
+
+        image_id = r.step(step, create)
+        osc_imported_steps(r, env, image_id, image_id, "glance-direct")
+
+    if not web_url:
+        return
+    name = "import-openstackclient-web-download"
+
+    def create_queued():
+        # Without --file, openstackclient uploads whatever a stdin that is
+        # not a terminal holds (nothing, from /dev/null); at a terminal it
+        # creates just the record.
+        cmd = env.openstack(
+            "image", "create", name,
+            "--disk-format", "qcow2",
+            "--container-format", "bare",
+            "-f", "json",
+            terminal=True,
+        )
+        image = parse_json(cmd)
+        image_id = image.get("id") or ""
+        expect(re.fullmatch(UUID_RE, image_id), "no image id in the image create output", cmd)
+        expect_eq(image.get("status"), "queued", "status", cmd)
+        return image_id
+
+    image_id = r.step("openstack image create (no data, for web-download)", create_queued)
+
+    def import_():
+        # The command checks import info and the image's status first. It
+        # exits 0 even if the server refuses the import (openstacksdk's
+        # import_image does not raise on an error status), so the image
+        # must show that the import started.
+        imported = env.openstack("image", "import", "--method", "web-download", "--uri", web_url, image_id)
+        cmd = env.openstack("image", "show", image_id, "-f", "json")
+        status = parse_json(cmd).get("status")
+        expect(
+            status in ("importing", "active"),
+            f"status {status!r} after image import is neither importing nor active\n{imported.describe()}",
+            cmd,
+        )
+
+    started = r.step("openstack image import --method web-download --uri", import_, image_id)
+    osc_imported_steps(r, env, image_id, started, "web-download", uri=web_url)
+
+
+# openstacksdk: create_image(use_import=True), and stage_image and
+# import_image called one by one.
+
+
+def sdk_import_flow(r, env, web_url):
+    conn = r.step("openstacksdk connect (for import)", lambda: sdk_connect(env.url))
+
+    def import_info():
+        methods = conn.image.get_import_info().import_methods
+        values = methods.get("value") if isinstance(methods, dict) else None
+        expect(isinstance(values, list), f"import_methods {methods!r} has no value list")
+        for method in IMPORT_METHODS:
+            expect(method in values, f"{method} missing from import_methods {values}")
+
+    r.step("openstacksdk get_import_info lists glance-direct and web-download", import_info, conn)
+
+    def imported_steps(image_id, started, how, method, uri=None, request_id=None):
+        """The checks of one import; started is the result of the step that started it."""
+
+        def active():
+            def once():
+                image = conn.image.get_image(image_id)
+                return image.status, image, f"image: {json.dumps(image.to_dict(), indent=2, default=str)}"
+
+            image = until_imported(once, f"openstacksdk {how}")
+            evidence = f"image: {json.dumps(image.to_dict(), indent=2, default=str)}"
+
+            def check(actual, expected, what):
+                expect(actual == expected, f"{what}: expected {expected!r}, got {actual!r}\n{evidence}")
+
+            check(image.status, "active", "status")
+            check(image.disk_format, "qcow2", "disk_format")
+            check(image.container_format, "bare", "container_format")
+            check(image.size, env.size, "size")
+            check(image.checksum, env.md5, "checksum")
+            check(image.hash_algo, "sha512", "os_hash_algo")
+            check(image.hash_value, env.sha512, "os_hash_value")
+            if env.virtual_size is not None:
+                check(image.virtual_size, env.virtual_size, "virtual_size")
+            props = image.properties or {}
+            check(props.get("os_glance_importing_to_stores") or "", "", "os_glance_importing_to_stores")
+            check(props.get("os_glance_failed_import") or "", "", "os_glance_failed_import")
+
+        imported = r.step(
+            f"openstacksdk get_image: the {how} becomes active with the file's size, checksum, "
+            "os_hash_value and virtual_size",
+            active,
+            image_id,
+            started,
+        )
+
+        def download():
+            response = conn.image.download_image(image_id)
+            data = response.content if hasattr(response, "content") else response
+            expect_eq(len(data), env.size, "downloaded size")
+            expect_eq(hashlib.md5(data).hexdigest(), env.md5, "downloaded md5")
+            expect_eq(hashlib.sha512(data).hexdigest(), env.sha512, "downloaded sha512")
+
+        r.step(f"openstacksdk download_image ({how})", download, imported)
+
+        def tasks():
+            found = [t.to_dict() for t in conn.image.image_tasks(image_id)]
+            check_import_task(found, image_id, method, uri=uri, request_id=request_id)
+
+        what = "one successful task" + (", with the import call's request id" if request_id else "")
+        r.step(f"openstacksdk image_tasks ({how}): {what}", tasks, imported)
+
+        def delete():
+            conn.image.delete_image(image_id, ignore_missing=False)
+            expect(conn.image.find_image(image_id) is None, f"image {image_id} still found after delete")
+
+        r.step(f"openstacksdk delete_image ({how})", delete, image_id)
+
+    # create_image does it all: create, stage the file, import. It returns
+    # the image as created (queued), and wait=True does not wait for an
+    # import (only for the old tasks API), so the steps after look it up.
+    def create_import():
+        image = conn.image.create_image(
+            "import-openstacksdk-use-import",
+            filename=str(env.image),
+            disk_format="qcow2",
+            container_format="bare",
+            use_import=True,
+            wait=True,
+            timeout=TIMEOUT,
+            allow_duplicates=True,
+        )
+        expect(image is not None, "create_image returned nothing")
+        status = conn.image.get_image(image.id).status
+        expect(status in ("importing", "active"), f"status {status!r} after create_image: not importing or active")
+        return image.id
+
+    image_id = r.step("openstacksdk create_image(use_import=True, filename=...)", create_import, conn)
+    imported_steps(image_id, image_id, "create_image(use_import=True)", "glance-direct")
+
+    def create_queued(name):
+        image = conn.image.create_image(name, disk_format="qcow2", container_format="bare", allow_duplicates=True)
+        expect_eq(image.status, "queued", "status of the new image")
+        # The server says in a header which import methods the image may use.
+        expect(
+            set(IMPORT_METHODS) <= set(image.image_import_methods or []),
+            f"OpenStack-image-import-methods {image.image_import_methods!r} lacks {IMPORT_METHODS}",
+        )
+        return image
+
+    def import_(image, method, uri=None):
+        response = conn.image.import_image(image, method=method, uri=uri)
+        evidence = f"status {response.status_code}, headers {dict(response.headers)}, body {response.text[:2000]!r}"
+        expect(response.status_code == 202, f"POST /v2/images/{image.id}/import: expected 202\n{evidence}")
+        request_id = response.headers.get("x-openstack-request-id", "")
+        expect(re.fullmatch(REQUEST_ID_RE, request_id), f"x-openstack-request-id is not req-<uuid>\n{evidence}")
+        return request_id
+
+    def stage():
+        image = create_queued("import-openstacksdk-glance-direct")
+        staged = conn.image.stage_image(image, filename=str(env.image))
+        expect_eq(staged.status, "uploading", "status after stage_image")
+        return image
+
+    staged = r.step("openstacksdk create_image (no data) + stage_image: uploading", stage, conn)
+    request_id = r.step(
+        "openstacksdk import_image(method='glance-direct'): 202 with a request id",
+        lambda: import_(staged, "glance-direct"),
+        staged,
+    )
+    imported_steps(staged and staged.id, request_id, "stage_image + import_image(glance-direct)",
+                   "glance-direct", request_id=request_id)
+
+    if web_url:
+        queued = r.step("openstacksdk create_image (no data, for web-download)",
+                        lambda: create_queued("import-openstacksdk-web-download"), conn)
+        request_id = r.step(
+            "openstacksdk import_image(method='web-download', uri=...): 202 with a request id",
+            lambda: import_(queued, "web-download", web_url),
+            queued,
+        )
+        imported_steps(queued and queued.id, request_id, "import_image(web-download)", "web-download",
+                       uri=web_url, request_id=request_id)
+
+    if conn is not None:
+        conn.close()
 
 
 def import_flow(r, env, web_url):
-    """Interoperable import with the real clients: glanceclient's image-create-via-import
-    (glance-direct and web-download), openstackclient's image create --import, and
-    openstacksdk's stage and import calls; each image is checked through the SDK."""
-    conn = r.step("openstacksdk connect (import)", lambda: sdk_connect(env.url))
-
-    def glance_import(method, *extra):
-        def run():
-            # glanceclient reads image data from any stdin that is not a terminal, and then
-            # refuses --file and web-download; a user types these on a terminal, so the command
-            # gets one (a pseudo-terminal) as its stdin.
-            import pty
-            import subprocess
-            primary, secondary = pty.openpty()
-            argv = [env.tool("glance"), "--os-image-url", env.url, "--os-auth-token", "x",
-                    "image-create-via-import", "--name", f"import-{method}", "--disk-format", "qcow2",
-                    "--container-format", "bare", "--import-method", method, *extra]
-            try:
-                proc = subprocess.run(argv, env=env.cli_env, cwd=env.workdir, stdin=secondary,
-                                      capture_output=True, text=True, timeout=TIMEOUT)
-            finally:
-                os.close(primary)
-                os.close(secondary)
-            cmd = Cmd(argv, proc.returncode, proc.stdout, proc.stderr)
-            expect(proc.returncode == 0, f"exited with status {proc.returncode}", cmd)
-            image_id = parse_table(cmd.stdout).get("id", "")
-            expect(re.fullmatch(r"[0-9a-f-]{36}", image_id), "no image id in the table", cmd)
-            check_imported(conn, env, image_id, f"glance {method}")
-        return run
-
-    r.step("glance image-create-via-import glance-direct",
-           glance_import("glance-direct", "--file", str(env.image)), conn)
+    glance_import_info_flow(r, env)
+    glance_import_flow(r, env, "glance-direct", ["--file", str(env.image)])
     if web_url:
-        r.step("glance image-create-via-import web-download",
-               glance_import("web-download", "--uri", web_url), conn)
-
-    def osc_import():
-        help_text = env.openstack("image", "create", "--help").stdout
-        if "--import" not in help_text:
-            print("info: this openstackclient has no image create --import", flush=True)
-            return
-        cmd = env.openstack("image", "create", "--import", "--file", str(env.image), "--disk-format", "qcow2",
-                            "--container-format", "bare", "-f", "json", "import-osc")
-        check_imported(conn, env, parse_json(cmd)["id"], "openstack image create --import")
-
-    r.step("openstack image create --import", osc_import, conn)
-
-    def sdk_import(method):
-        def run():
-            image = conn.image.create_image(name=f"import-sdk-{method}", disk_format="qcow2",
-                                            container_format="bare")
-            if method == "glance-direct":
-                conn.image.stage_image(image, data=env.data)
-                expect_eq(conn.image.get_image(image.id).status, "uploading", "status after stage")
-                conn.image.import_image(image, method="glance-direct")
-            else:
-                conn.image.import_image(image, method="web-download", uri=web_url)
-            check_imported(conn, env, image.id, f"openstacksdk {method}")
-        return run
-
-    r.step("openstacksdk stage_image + import_image glance-direct", sdk_import("glance-direct"), conn)
-    if web_url:
-        r.step("openstacksdk import_image web-download", sdk_import("web-download"), conn)
-    if conn is not None:
-        conn.close()
+        glance_import_flow(r, env, "web-download", ["--uri", web_url], uri=web_url)
+        glance_failed_import_flow(r, env, web_url)
+    osc_import_flow(r, env, web_url)
+    sdk_import_flow(r, env, web_url)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("url", help="unversioned server root, e.g. http://127.0.0.1:9292")
     parser.add_argument("image", help="disk image file to upload")
-    parser.add_argument("--web-url", help="URL of the same image on a loopback web server, for web-download")
+    parser.add_argument(
+        "--web-url",
+        help="URL of the same image on a web server the server may fetch from, for the web-download imports",
+    )
     args = parser.parse_args()
 
     # The in-process SDK reads the same variables the CLIs do.
@@ -539,6 +1015,10 @@ def main():
         env = Env(args.url, args.image, workdir)
         os.environ.update({k: env.cli_env[k] for k in ("HOME", "XDG_CONFIG_HOME", "no_proxy", "NO_PROXY")})
         print(f"image: {env.image} ({env.size} bytes, virtual size {env.virtual_size}, md5 {env.md5})", flush=True)
+        if args.web_url:
+            print(f"web-download source: {args.web_url}", flush=True)
+        else:
+            print("info: no --web-url, so the web-download imports are left out", flush=True)
         r = Runner()
         glance_flow(r, env)
         osc_flow(r, env)
