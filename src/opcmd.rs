@@ -101,6 +101,25 @@ fn remote<T>(work: impl Future<Output = Result<T, String>>) -> Result<T, String>
         .block_on(work)
 }
 
+/// Calls the running server's admin endpoint and reads its answer as `T`.
+fn ask<T: serde::de::DeserializeOwned>(
+    url: &str,
+    target: &KeyTarget,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+) -> Result<T, String> {
+    let value = remote(call(url, target, method, path, body))?;
+    serde_json::from_value(value).map_err(|error| error.to_string())
+}
+
+fn print_json(value: &impl serde::Serialize) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).unwrap_or_default()
+    );
+}
+
 /// A progress bar over `total` bytes on a terminal; hidden otherwise.
 fn bar(total: u64, what: &str) -> ProgressBar {
     if !std::io::stderr().is_terminal() {
@@ -134,22 +153,16 @@ pub fn check(args: CheckArgs) -> Result<Outcome, String> {
             progress.finish_and_clear();
             report
         }
-        Backend::Remote { url, target } => {
-            let value = remote(call(
-                &url,
-                &target,
-                "POST",
-                "/ocellus/v1/check",
-                Some(json!({"repair": args.repair})),
-            ))?;
-            serde_json::from_value(value).map_err(|error| error.to_string())?
-        }
+        Backend::Remote { url, target } => ask(
+            &url,
+            &target,
+            "POST",
+            "/ocellus/v1/check",
+            Some(json!({"repair": args.repair})),
+        )?,
     };
     if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&report).unwrap_or_default()
-        );
+        print_json(&report);
     } else {
         println!(
             "{} images, {} blobs ({} verified, {} bytes), {} in quarantine",
@@ -186,22 +199,16 @@ pub fn gc(args: GcArgs) -> Result<Outcome, String> {
         Backend::Local(store) => store
             .gc(Mode::Offline, args.dry_run)
             .map_err(|error| error.to_string())?,
-        Backend::Remote { url, target } => {
-            let value = remote(call(
-                &url,
-                &target,
-                "POST",
-                "/ocellus/v1/gc",
-                Some(json!({"dry_run": args.dry_run})),
-            ))?;
-            serde_json::from_value(value).map_err(|error| error.to_string())?
-        }
+        Backend::Remote { url, target } => ask(
+            &url,
+            &target,
+            "POST",
+            "/ocellus/v1/gc",
+            Some(json!({"dry_run": args.dry_run})),
+        )?,
     };
     if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&report).unwrap_or_default()
-        );
+        print_json(&report);
     } else {
         let verb = if report.dry_run {
             "would remove"
@@ -222,24 +229,14 @@ pub fn gc(args: GcArgs) -> Result<Outcome, String> {
 pub fn stats(args: StatsArgs) -> Result<Outcome, String> {
     let value: Value = match open(&args.target)? {
         Backend::Local(store) => {
-            let stats = store.stats().map_err(|error| error.to_string())?;
-            let bad = store.bad_blobs().map_err(|error| error.to_string())?;
-            let mut value = serde_json::to_value(stats).unwrap_or_default();
-            value["damaged_blobs"] = bad
-                .iter()
-                .map(|(digest, at)| json!({"blob": digest.to_hex(), "found_at": at}))
-                .collect();
-            value
+            crate::http::admin::stats_view(&store).map_err(|error| error.to_string())?
         }
         Backend::Remote { url, target } => {
             remote(call(&url, &target, "GET", "/ocellus/v1/stats", None))?
         }
     };
     if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&value).unwrap_or_default()
-        );
+        print_json(&value);
         return Ok(Outcome::Clean);
     }
     let number = |pointer: &str| value.pointer(pointer).and_then(Value::as_u64).unwrap_or(0);
@@ -626,10 +623,7 @@ pub fn quota(command: QuotaCommand) -> Result<Outcome, String> {
 
 fn print_quotas(views: &[Value], json: bool) {
     if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&views).unwrap_or_default()
-        );
+        print_json(&views);
         return;
     }
     let shown = |value: &Value| match value.as_i64() {

@@ -170,15 +170,20 @@ pub async fn stats(
 ) -> Result<Json<Value>, Error> {
     require_admin(&state, &caller, &parts)?;
     let store = state.store.clone();
-    let (stats, scrub, bad) =
-        blocking(move || Ok((store.stats()?, store.scrub_stats()?, store.bad_blobs()?))).await?;
-    let mut value = serde_json::to_value(stats).unwrap_or_default();
-    value["scrub"] = serde_json::to_value(scrub).unwrap_or_default();
-    value["damaged_blobs"] = bad
+    Ok(Json(blocking(move || Ok(stats_view(&store)?)).await?))
+}
+
+/// What `ocellus stats` shows: the store's figures, the scrub's and the damaged blobs.
+/// Reads every image record. Blocks.
+pub fn stats_view(store: &crate::store::Store) -> Result<Value, crate::store::StoreError> {
+    let mut value = serde_json::to_value(store.stats()?).unwrap_or_default();
+    value["scrub"] = serde_json::to_value(store.scrub_stats()?).unwrap_or_default();
+    value["damaged_blobs"] = store
+        .bad_blobs()?
         .iter()
         .map(|(digest, at)| json!({"blob": digest.to_hex(), "found_at": at}))
         .collect();
-    Ok(Json(value))
+    Ok(value)
 }
 
 /// Where the server stages backups: inside its data directory, the one place a hardened unit

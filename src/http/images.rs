@@ -74,18 +74,13 @@ pub async fn modify_image(
     changed.ok_or_else(|| Error::no_image(raw_id))
 }
 
-/// https://docs.openstack.org/api-ref/image/v2/index.html#create-image
-pub async fn create_image(
-    State(state): State<AppState>,
-    caller: Caller,
-    BaseUrl(base): BaseUrl,
-    JsonBody(body): JsonBody,
-) -> Result<Response, Error> {
-    let Value::Object(fields) = body else {
-        return Err(Error::bad_request(
-            "Provided object does not match schema 'image': the body must be a JSON object",
-        ));
-    };
+/// A new `queued` image owned by the caller's project, with the client's `fields` applied
+/// and checked (writable, valid, within the per-image quotas, allowed to the caller).
+pub fn new_image(
+    fields: &serde_json::Map<String, Value>,
+    caller: &Caller,
+    limits: &crate::config::PerImageQuotas,
+) -> Result<ImageRecord, Error> {
     let now = now_micros();
     let mut record = ImageRecord {
         id: ImageId::random(),
@@ -105,14 +100,30 @@ pub async fn create_image(
         tags: Vec::new(),
         properties: Default::default(),
     };
-    for (key, value) in &fields {
+    for (key, value) in fields {
         check_writable(key)?;
-        apply_property(&mut record, key, value, &caller)?;
+        apply_property(&mut record, key, value, caller)?;
     }
     if !caller.can_create(record.owner.as_deref()) {
         return Err(Error::not_authorized("add_image"));
     }
-    check_quotas(&record, &state.config.per_image)?;
+    check_quotas(&record, limits)?;
+    Ok(record)
+}
+
+/// https://docs.openstack.org/api-ref/image/v2/index.html#create-image
+pub async fn create_image(
+    State(state): State<AppState>,
+    caller: Caller,
+    BaseUrl(base): BaseUrl,
+    JsonBody(body): JsonBody,
+) -> Result<Response, Error> {
+    let Value::Object(fields) = body else {
+        return Err(Error::bad_request(
+            "Provided object does not match schema 'image': the body must be a JSON object",
+        ));
+    };
+    let record = new_image(&fields, &caller, &state.config.per_image)?;
 
     let store = state.store.clone();
     let stored = record.clone();

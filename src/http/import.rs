@@ -10,12 +10,12 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 
 use super::images::load_visible;
-use super::wire::{apply_property, check_quotas, check_writable, format_time, now_micros};
+use super::wire::{format_time, now_micros};
 use super::{AppState, Error, JsonBody, blocking};
 use crate::STORE_ID;
 use crate::importer::{Source, new_task};
 use crate::kv::{
-    ImageId, ImageRecord, ImageStatus, InsertOutcome, TaskKind, TaskRecord, TaskStatus, Visibility,
+    ImageId, ImageRecord, ImageStatus, InsertOutcome, TaskKind, TaskRecord, TaskStatus,
 };
 use crate::policy::Caller;
 
@@ -474,32 +474,12 @@ pub async fn create_task(
             "URI for web-download does not pass filtering: {import_from}"
         ))
     })?;
-    let now = now_micros();
-    let mut record = ImageRecord {
-        id: ImageId::random(),
-        name: None,
-        status: ImageStatus::Queued,
-        visibility: Visibility::Shared,
-        protected: false,
-        os_hidden: false,
-        owner: Some(caller.project_id.clone()),
-        disk_format: None,
-        container_format: None,
-        min_ram: 0,
-        min_disk: 0,
-        data: None,
-        created_at: now,
-        updated_at: now,
-        tags: Vec::new(),
-        properties: Default::default(),
-    };
-    if let Some(properties) = input.get("image_properties").and_then(Value::as_object) {
-        for (key, value) in properties {
-            check_writable(key)?;
-            apply_property(&mut record, key, value, &caller)?;
-        }
-    }
-    check_quotas(&record, &state.config.per_image)?;
+    let empty = Map::new();
+    let properties = input
+        .get("image_properties")
+        .and_then(Value::as_object)
+        .unwrap_or(&empty);
+    let record = super::images::new_image(properties, &caller, &state.config.per_image)?;
     let task = new_task(
         TaskKind::Import,
         &caller.project_id,
