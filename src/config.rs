@@ -43,7 +43,7 @@ pub struct ServeArgs {
     /// metrics_token, scrub_interval, scrub_rate, import_methods, web_download_allow,
     /// web_download_ports, max_imports, task_time_to_live, image_size_total,
     /// image_stage_total, image_count_total, image_count_uploading, image_tag_quota,
-    /// image_property_quota, image_member_quota
+    /// image_property_quota, image_member_quota, enable_v1_api
     #[arg(long, env = "OCELLUS_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Authentication mode [default: none]
@@ -205,6 +205,10 @@ pub struct ServeArgs {
         allow_hyphen_values = true
     )]
     pub image_member_quota: Option<i64>,
+    /// Serve the legacy Images API v1 under /v1 (true or false) [default: true in lab mode,
+    /// false with keys]
+    #[arg(long, env = "OCELLUS_ENABLE_V1_API", value_name = "BOOL")]
+    pub enable_v1_api: Option<bool>,
 }
 
 /// A size in a settings file: bytes, or text with a unit (`50GiB`).
@@ -334,6 +338,7 @@ pub struct FileConfig {
     pub image_tag_quota: Option<i64>,
     pub image_property_quota: Option<i64>,
     pub image_member_quota: Option<i64>,
+    pub enable_v1_api: Option<bool>,
 }
 
 /// Certificate and key files for HTTPS.
@@ -372,6 +377,8 @@ pub struct Config {
     pub per_image: PerImageQuotas,
     /// Transfer slots, free-space reserve, quarantine grace.
     pub store: StoreLimits,
+    /// Whether `/v1` serves the legacy Images API.
+    pub enable_v1_api: bool,
 }
 
 impl Default for Config {
@@ -399,6 +406,7 @@ impl Default for Config {
             max_imports: 4,
             per_image: PerImageQuotas::default(),
             store: StoreLimits::default(),
+            enable_v1_api: true,
         }
     }
 }
@@ -411,6 +419,7 @@ impl Config {
             None => FileConfig::default(),
         };
         let defaults = Config::default();
+        let auth = args.auth.or(file.auth).unwrap_or(defaults.auth);
         let config = Config {
             listen: args.listen.or(file.listen).unwrap_or(defaults.listen),
             data_dir: args
@@ -418,7 +427,7 @@ impl Config {
                 .clone()
                 .or(file.data_dir)
                 .unwrap_or(defaults.data_dir),
-            auth: args.auth.or(file.auth).unwrap_or(defaults.auth),
+            auth,
             default_project: args
                 .default_project
                 .clone()
@@ -597,6 +606,11 @@ impl Config {
                     }),
                 ..defaults.store
             },
+            // The v1 API is the seed lab's; with keys it must be asked for.
+            enable_v1_api: args
+                .enable_v1_api
+                .or(file.enable_v1_api)
+                .unwrap_or(auth == AuthMode::None),
         };
         if config.default_project.is_empty() || config.default_project.len() > 255 {
             return Err("default_project must be 1 to 255 characters".into());
@@ -685,9 +699,9 @@ mod tests {
         let is_setting = |line: &str| {
             line.split_once(" = ").is_some_and(|(key, _)| {
                 !key.is_empty()
-                    && key
-                        .bytes()
-                        .all(|byte| byte.is_ascii_lowercase() || byte == b'_')
+                    && key.bytes().all(|byte| {
+                        byte.is_ascii_lowercase() || byte.is_ascii_digit() || byte == b'_'
+                    })
             })
         };
         let uncommented: String = text

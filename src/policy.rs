@@ -46,6 +46,18 @@ impl MemberStatusFilter {
     }
 }
 
+/// The `is_public` parameter of a v1 listing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PublicFilter {
+    /// Absent or `true`: as Glance v1, public images plus the caller's own and those shared
+    /// with it (unless it rejected the share).
+    Default,
+    /// `false`: the images that are not public, of those the caller may list.
+    NotPublic,
+    /// `none`: every image the caller may list.
+    Any,
+}
+
 impl Caller {
     fn has_role(&self, role: &str) -> bool {
         self.roles.iter().any(|held| held == role)
@@ -131,6 +143,26 @@ impl Caller {
     /// `modify_member`: admin, or a member of the member project itself.
     pub fn can_set_member_status(&self, member: &str) -> bool {
         self.is_admin() || (self.has_role("member") && member == self.project_id)
+    }
+
+    /// Whether an image belongs in a v1 listing with this `is_public` parameter.
+    pub fn lists_v1(&self, image: &ImageRecord, public: PublicFilter) -> bool {
+        let any = MemberStatusFilter::All;
+        match public {
+            PublicFilter::Default => {
+                image.visibility == Visibility::Public
+                    || self.owns(image)
+                    || matches!(
+                        self.membership(image),
+                        Some(MemberStatus::Pending | MemberStatus::Accepted)
+                    )
+            }
+            PublicFilter::NotPublic => {
+                image.visibility != Visibility::Public
+                    && self.lists(image, VisibilityFilter::All, any)
+            }
+            PublicFilter::Any => self.lists(image, VisibilityFilter::All, any),
+        }
     }
 
     /// Whether an image belongs in a listing with these `visibility` and `member_status`

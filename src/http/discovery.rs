@@ -8,16 +8,18 @@
 //! the highest listed is CURRENT.
 //!
 //! Version negotiation follows Glance's middleware, minus its `Accept`-header variant: a listed
-//! minor version as the first path segment stands for `v2` (`/v2.1/images` is `/v2/images`),
-//! `/v2` itself redirects to `/v2/`, and a path that starts with anything else (`/v9/images`,
-//! `/v1/images`) gets the versions document with 300.
+//! minor version as the first path segment stands for `v2` (`/v2.1/images` is `/v2/images`,
+//! and `/v1.1/images` is `/v1/images`), `/v2` itself redirects to `/v2/`, and a path that
+//! starts with anything else (`/v9/images`, or `/v1/images` when the v1 API is off) gets the
+//! versions document with 300. With `enable_v1_api`, the document also lists v1.1 and v1.0.
 
 use axum::Json;
+use axum::extract::State;
 use axum::http::{StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
-use super::{BaseUrl, Error, schemas};
+use super::{AppState, BaseUrl, Error, schemas};
 use crate::policy::Caller;
 
 pub use crate::STORE_ID;
@@ -39,7 +41,7 @@ const VERSIONS: &[(&str, bool)] = &[
     ("v2.12", true), // /v2/info/usage and an image's tasks
 ];
 
-fn versions_document(base: &str) -> Value {
+fn versions_document(base: &str, v1: bool) -> Value {
     let href = format!("{base}/v2/");
     let served: Vec<&str> = VERSIONS
         .iter()
@@ -58,12 +60,28 @@ fn versions_document(base: &str) -> Value {
             })
         })
         .collect();
+    let mut entries = entries;
+    if v1 {
+        // The legacy API, when enabled, after every v2 entry as Glance listed it.
+        let href = format!("{base}/v1/");
+        for id in V1_VERSIONS {
+            entries.push(json!({
+                "id": id,
+                "status": "SUPPORTED",
+                "links": [{"rel": "self", "href": href}],
+            }));
+        }
+    }
     json!({ "versions": entries })
 }
 
+/// The legacy API's versions, newest first.
+const V1_VERSIONS: [&str; 2] = ["v1.1", "v1.0"];
+
 /// `GET /`: 300 Multiple Choices with the versions document.
-pub async fn versions_root(BaseUrl(base): BaseUrl) -> Response {
-    (StatusCode::MULTIPLE_CHOICES, Json(versions_document(&base))).into_response()
+pub async fn versions_root(State(state): State<AppState>, BaseUrl(base): BaseUrl) -> Response {
+    let document = versions_document(&base, state.config.enable_v1_api);
+    (StatusCode::MULTIPLE_CHOICES, Json(document)).into_response()
 }
 
 /// First path segments of ocellus's own services, where an unknown path is 404 rather than
@@ -83,6 +101,9 @@ fn is_served_version(segment: &str) -> bool {
 pub fn negotiated_path(path: &str) -> Option<String> {
     let rest = path.strip_prefix('/')?;
     let (segment, tail) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    if V1_VERSIONS.contains(&segment) {
+        return Some(format!("/v1{tail}"));
+    }
     (segment != "v2" && is_served_version(segment)).then(|| format!("/v2{tail}"))
 }
 
@@ -99,22 +120,22 @@ pub async fn v2_redirect(_caller: Caller, BaseUrl(base): BaseUrl) -> Response {
 /// Any path no route serves: 404 below our own services' prefixes, else (an unknown or
 /// unserved API version, or no version at all) the versions document with 300, whatever the
 /// method, as Glance answers.
-pub async fn unrouted(base: BaseUrl, uri: Uri) -> Response {
+pub async fn unrouted(state: State<AppState>, base: BaseUrl, uri: Uri) -> Response {
     let first = uri
         .path()
         .trim_start_matches('/')
         .split('/')
         .next()
         .unwrap_or_default();
-    if OWN_PREFIXES.contains(&first) {
+    if OWN_PREFIXES.contains(&first) || (first == "v1" && state.config.enable_v1_api) {
         return Error::not_found("The resource could not be found.").into_response();
     }
-    versions_root(base).await
+    versions_root(state, base).await
 }
 
 /// `GET /versions`.
-pub async fn versions(BaseUrl(base): BaseUrl) -> Response {
-    Json(versions_document(&base)).into_response()
+pub async fn versions(State(state): State<AppState>, BaseUrl(base): BaseUrl) -> Response {
+    Json(versions_document(&base, state.config.enable_v1_api)).into_response()
 }
 
 /// https://docs.openstack.org/api-ref/image/v2/index.html#show-task-schema

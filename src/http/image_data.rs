@@ -17,7 +17,7 @@ use crate::kv::{ImageId, ImageRecord, ImageStatus};
 use crate::policy::Caller;
 use crate::store::{UploadRequest, Uploaded};
 
-fn header_u64(headers: &HeaderMap, name: &str) -> Result<Option<u64>, Error> {
+pub(super) fn header_u64(headers: &HeaderMap, name: &str) -> Result<Option<u64>, Error> {
     match headers.get(name) {
         None => Ok(None),
         Some(value) => value
@@ -113,21 +113,7 @@ async fn receive_image_data(
         declared_exact: declared_size.is_some(),
         cap,
     };
-    // A client that stops sending mid-upload must not hold the image in `saving` (and a
-    // connection slot) forever.
-    let body = futures_util::stream::unfold(
-        Box::pin(request.into_body().into_data_stream()),
-        |mut body| async move {
-            match tokio::time::timeout(BODY_IDLE_TIMEOUT, body.next()).await {
-                Ok(Some(chunk)) => Some((chunk.map_err(|error| error.to_string()), body)),
-                Ok(None) => None,
-                Err(_) => Some((
-                    Err(format!("no data for {} s", BODY_IDLE_TIMEOUT.as_secs())),
-                    body,
-                )),
-            }
-        },
-    );
+    let body = idle_limited(request.into_body());
     let raw = image_id.clone();
     let record = state
         .store
@@ -190,6 +176,24 @@ async fn receive_image_data(
 /// How long an upload may go without receiving any bytes before it is abandoned.
 pub const BODY_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
+/// An upload's body as a stream that fails after `BODY_IDLE_TIMEOUT` without data: a client
+/// that stops sending mid-upload must not hold the image in `saving` (and a connection slot)
+/// forever.
+pub(super) fn idle_limited(
+    body: Body,
+) -> impl futures_util::Stream<Item = Result<axum::body::Bytes, String>> + Send {
+    futures_util::stream::unfold(Box::pin(body.into_data_stream()), |mut body| async move {
+        match tokio::time::timeout(BODY_IDLE_TIMEOUT, body.next()).await {
+            Ok(Some(chunk)) => Some((chunk.map_err(|error| error.to_string()), body)),
+            Ok(None) => None,
+            Err(_) => Some((
+                Err(format!("no data for {} s", BODY_IDLE_TIMEOUT.as_secs())),
+                body,
+            )),
+        }
+    })
+}
+
 fn size_mismatch(declared: u64, actual: u64) -> Error {
     Error::bad_request(format!(
         "x-openstack-image-size declared {declared} bytes but the data is {actual} bytes"
@@ -203,7 +207,10 @@ fn too_large(cap: u64) -> Error {
 /// Applies the format inspector's verdict (`check_upload`) to every upload: unsafe data, or
 /// data that is not what a bare image's `disk_format` says, answers 415 as in Glance. Returns
 /// the virtual size to record.
-fn check_format(record: &ImageRecord, received: Uploaded<'_>) -> Result<Option<u64>, Error> {
+pub(super) fn check_format(
+    record: &ImageRecord,
+    received: Uploaded<'_>,
+) -> Result<Option<u64>, Error> {
     check_upload(
         record.disk_format.as_deref().unwrap_or(""),
         record.container_format.as_deref().unwrap_or(""),

@@ -454,11 +454,17 @@ pub async fn delete_image(
     caller: Caller,
     Path(image_id): Path<String>,
 ) -> Result<Response, Error> {
-    let Some(id) = ImageId::parse(&image_id) else {
-        return Err(Error::no_image(&image_id));
+    remove_image(&state, caller, &image_id).await?;
+    Ok(no_content())
+}
+
+/// Deletes an image the caller may delete (v2's `delete_image` rule) unless it is protected.
+pub async fn remove_image(state: &AppState, caller: Caller, image_id: &str) -> Result<(), Error> {
+    let Some(id) = ImageId::parse(image_id) else {
+        return Err(Error::no_image(image_id));
     };
     let store = state.store.clone();
-    let raw = image_id.clone();
+    let raw = image_id.to_owned();
     let deleted = blocking(move || {
         store.delete_image(id, now_micros(), |record| {
             if !caller.can_see(record) {
@@ -479,9 +485,9 @@ pub async fn delete_image(
     match deleted {
         Some(_) => {
             tracing::info!(image = %image_id, "image deleted");
-            Ok(no_content())
+            Ok(())
         }
-        None => Err(Error::no_image(&image_id)),
+        None => Err(Error::no_image(image_id)),
     }
 }
 

@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 
 use super::images::load_visible;
-use super::wire::{format_time, now_micros};
+use super::wire::{format_time, micro_time, now_micros};
 use super::{AppState, Error, JsonBody, blocking};
 use crate::STORE_ID;
 use crate::importer::{Source, new_task};
@@ -23,19 +23,8 @@ use crate::policy::Caller;
 #[derive(Clone, Debug)]
 pub struct RequestId(pub String);
 
-fn request_id(parts: &Parts) -> Option<String> {
+pub(super) fn request_id(parts: &Parts) -> Option<String> {
     parts.extensions.get::<RequestId>().map(|id| id.0.clone())
-}
-
-/// A task's times as its image's task list shows them: ISO 8601 with microseconds, no zone.
-fn micro_time(micros: i64) -> String {
-    let format = time::macros::format_description!(
-        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]"
-    );
-    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(micros) * 1000)
-        .ok()
-        .and_then(|time| time.format(&format).ok())
-        .unwrap_or_default()
 }
 
 fn json_text(text: &str) -> Value {
@@ -168,20 +157,48 @@ pub async fn import_image(
             Source::Web(url)
         }
     };
+    start_import(
+        &state,
+        &caller,
+        &record,
+        source,
+        Value::Object(body.clone()),
+        request_id(&parts),
+    )
+    .await?;
+    Ok(StatusCode::ACCEPTED.into_response())
+}
+
+/// Starts an import of `record` from `source`: its task is recorded and the image moves to
+/// `importing` in one step (refused with 409 unless `import_allowed`), then the importer runs
+/// it in the background. `import_req` is the request as the task's input shows it. Returns the
+/// task's id.
+pub(super) async fn start_import(
+    state: &AppState,
+    caller: &Caller,
+    record: &ImageRecord,
+    source: Source,
+    import_req: Value,
+    request_id: Option<String>,
+) -> Result<ImageId, Error> {
     let mut input = json!({
         "image_id": record.id.to_string(),
-        "import_req": Value::Object(body.clone()),
+        "import_req": import_req,
         "backend": [STORE_ID],
     });
-    if let Source::Web(url) = &source {
-        input["uri"] = url.to_string().into();
-    }
+    let method = match &source {
+        Source::Web(url) => {
+            input["uri"] = url.to_string().into();
+            "web-download"
+        }
+        Source::Staged => "glance-direct",
+    };
     let task = new_task(
         TaskKind::ApiImageImport,
         record.owner.as_deref().unwrap_or(&caller.project_id),
         caller.user_id.as_deref(),
         Some(record.id),
-        request_id(&parts),
+        request_id,
         input,
     );
     let store = state.store.clone();
@@ -195,9 +212,9 @@ pub async fn import_image(
         Ok(())
     })
     .await?;
-    tracing::info!(image = %image, task = %task_id, method = name, "import accepted");
+    tracing::info!(image = %image, task = %task_id, method, "import accepted");
     state.importer.start(task_id, image, source);
-    Ok(StatusCode::ACCEPTED.into_response())
+    Ok(task_id)
 }
 
 /// `stores`, `all_stores` and `all_stores_must_succeed` as Glance takes them, for one store.

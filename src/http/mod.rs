@@ -21,6 +21,7 @@ mod members;
 mod observe;
 pub mod schemas;
 mod tags;
+mod v1;
 mod wire;
 
 use std::sync::Arc;
@@ -223,6 +224,7 @@ pub fn router(state: AppState) -> Router {
             "/ocellus/v1/keys/{key_id}",
             resource("DELETE", axum::routing::delete(admin::revoke_key)),
         )
+        .merge(v1_routes(&state))
         .route_layer(middleware::from_fn(observe::note_route))
         .fallback(discovery::unrouted)
         .layer(middleware::from_fn_with_state(
@@ -230,6 +232,53 @@ pub fn router(state: AppState) -> Router {
             finish_response,
         ))
         .with_state(state)
+}
+
+/// The legacy v1 API's routes, when `enable_v1_api` is on (else `/v1` paths get the versions
+/// document, as any unserved version does).
+fn v1_routes(state: &AppState) -> Router<AppState> {
+    if !state.config.enable_v1_api {
+        return Router::new();
+    }
+    let images = || resource("GET", get(v1::list_images));
+    Router::new()
+        .route("/v1", resource("GET", get(v1::v1_redirect)))
+        .route("/v1/", images())
+        .route(
+            "/v1/images",
+            resource("GET, POST", get(v1::list_images).post(v1::create_image)),
+        )
+        .route(
+            "/v1/images/detail",
+            resource("GET", get(v1::list_images_detail)),
+        )
+        .route(
+            "/v1/images/{image_id}",
+            get(v1::show_image)
+                .head(v1::head_image)
+                .put(v1::update_image)
+                .delete(v1::delete_image)
+                .fallback(|method: Method| async move {
+                    Error::method_not_allowed(method.as_str(), "GET, HEAD, PUT, DELETE")
+                }),
+        )
+        .route(
+            "/v1/images/{image_id}/members",
+            resource("GET, PUT", get(v1::list_members).put(v1::replace_members)),
+        )
+        .route(
+            "/v1/images/{image_id}/members/{member_id}",
+            resource(
+                "PUT, DELETE",
+                get(v1::forbid_member_show)
+                    .put(v1::set_member)
+                    .delete(v1::remove_member),
+            ),
+        )
+        .route(
+            "/v1/shared-images/{member_id}",
+            resource("GET", get(v1::list_shared_images)),
+        )
 }
 
 /// Glance's version negotiation, which happens before routing: a request for `/v2.1/images`

@@ -68,6 +68,17 @@ pub fn format_time(micros: i64) -> String {
         .unwrap_or_default()
 }
 
+/// Timestamps with microseconds and no zone (UTC), as Glance shows an image's tasks and as the
+/// v1 API shows images.
+pub fn micro_time(micros: i64) -> String {
+    let format =
+        format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]");
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(micros) * 1000)
+        .ok()
+        .and_then(|time| time.format(&format).ok())
+        .unwrap_or_default()
+}
+
 /// Lower-case hex of a digest, as Glance reports checksums.
 pub fn hex(bytes: &[u8]) -> String {
     let mut text = String::with_capacity(bytes.len() * 2);

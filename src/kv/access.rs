@@ -11,11 +11,14 @@ use serde::{Deserialize, Serialize};
 
 use super::records::ImageRecord;
 use super::tables::{
-    API_KEY_NAMES, API_KEYS, IMAGES, ImageId, MEMBERS, MEMBERSHIPS, PROJECTS, SECRETS,
+    API_KEY_NAMES, API_KEYS, BLOBS, IMAGE_SORT_INDEX, IMAGES, ImageId, MEMBERS, MEMBERSHIPS,
+    PROJECTS, SECRETS,
 };
 use super::{Kv, KvError};
 
 const MEMBER_RECORD_V1: u8 = 1;
+/// Adds `can_share`, which the v1 API sets and reports.
+const MEMBER_RECORD_V2: u8 = 2;
 const KEY_RECORD_V1: u8 = 1;
 
 /// Where a member stands on an image shared with it.
@@ -56,6 +59,9 @@ pub struct MemberRecord {
     /// Unix microseconds.
     pub created_at: i64,
     pub updated_at: i64,
+    /// The v1 API's flag: whether the member may share the image onward. Kept and reported;
+    /// only the owner and admins manage members, whatever it says.
+    pub can_share: bool,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -63,6 +69,14 @@ struct MemberValueV1 {
     status: MemberStatus,
     created_at: i64,
     updated_at: i64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct MemberValueV2 {
+    status: MemberStatus,
+    created_at: i64,
+    updated_at: i64,
+    can_share: bool,
 }
 
 impl MemberRecord {
@@ -89,22 +103,36 @@ impl MemberRecord {
     }
 
     fn encode(&self) -> Vec<u8> {
-        let value = MemberValueV1 {
+        let value = MemberValueV2 {
             status: self.status,
             created_at: self.created_at,
             updated_at: self.updated_at,
+            can_share: self.can_share,
         };
-        let mut bytes = vec![MEMBER_RECORD_V1];
+        let mut bytes = vec![MEMBER_RECORD_V2];
         bytes.extend(postcard::to_allocvec(&value).expect("member records always serialize"));
         bytes
     }
 
+    /// Reads either version; a version 1 record (written before the v1 API) cannot share.
     fn decode(key: &[u8], bytes: &[u8]) -> Result<MemberRecord, KvError> {
         let corrupt = || KvError::Corrupt("bad member record".into());
-        if key.len() < 16 || bytes.first() != Some(&MEMBER_RECORD_V1) {
+        if key.len() < 16 {
             return Err(corrupt());
         }
-        let value: MemberValueV1 = postcard::from_bytes(&bytes[1..]).map_err(|_| corrupt())?;
+        let value = match bytes.split_first() {
+            Some((&MEMBER_RECORD_V1, body)) => {
+                let old: MemberValueV1 = postcard::from_bytes(body).map_err(|_| corrupt())?;
+                MemberValueV2 {
+                    status: old.status,
+                    created_at: old.created_at,
+                    updated_at: old.updated_at,
+                    can_share: false,
+                }
+            }
+            Some((&MEMBER_RECORD_V2, body)) => postcard::from_bytes(body).map_err(|_| corrupt())?,
+            _ => return Err(corrupt()),
+        };
         let mut id = [0u8; 16];
         id.copy_from_slice(&key[..16]);
         Ok(MemberRecord {
@@ -113,6 +141,7 @@ impl MemberRecord {
             status: value.status,
             created_at: value.created_at,
             updated_at: value.updated_at,
+            can_share: value.can_share,
         })
     }
 }
@@ -124,6 +153,28 @@ pub enum AddMember {
     NoImage,
     Duplicate,
     /// The image already has this many members.
+    OverQuota(usize),
+}
+
+/// A change to an image's members in the v1 API's terms.
+#[derive(Clone, Debug)]
+pub enum MembersEdit {
+    /// Adds the member (pending), or sets `can_share` of an existing one when given.
+    Upsert {
+        member: String,
+        can_share: Option<bool>,
+    },
+    /// The image's members become exactly these: new ones are added (pending), missing ones
+    /// removed, kept ones keep their status and take the given `can_share`.
+    Replace(Vec<(String, Option<bool>)>),
+}
+
+/// The outcome of a `MembersEdit`.
+#[derive(Debug, PartialEq, Eq)]
+pub enum EditMembers {
+    Done,
+    NoImage,
+    /// The image would have more members than this.
     OverQuota(usize),
 }
 
@@ -316,6 +367,7 @@ impl Kv {
                 status: MemberStatus::Pending,
                 created_at: now,
                 updated_at: now,
+                can_share: false,
             };
             members
                 .insert(key.as_slice(), record.encode().as_slice())
@@ -327,6 +379,108 @@ impl Kv {
         }
         self.commit(transaction)?;
         Ok(AddMember::Added(record))
+    }
+
+    /// Applies a v1 members change in one transaction, after `prepare` has checked (and
+    /// possibly changed: v1 sharing turns a private image into a shared one) the image record.
+    pub fn edit_members<E: From<KvError>>(
+        &self,
+        image_id: ImageId,
+        edit: &MembersEdit,
+        now: i64,
+        quota: usize,
+        prepare: impl FnOnce(&mut ImageRecord) -> Result<(), E>,
+    ) -> Result<EditMembers, E> {
+        let transaction = self.begin_write()?;
+        {
+            let mut images = transaction.open_table(IMAGES).map_err(KvError::from)?;
+            let Some(bytes) = images.get(image_id).map_err(KvError::from)? else {
+                return Ok(EditMembers::NoImage);
+            };
+            let old = ImageRecord::decode(bytes.value()).map_err(KvError::from)?;
+            drop(bytes);
+            let mut new = old.clone();
+            prepare(&mut new)?;
+            if new != old {
+                let mut sort_index = transaction
+                    .open_table(IMAGE_SORT_INDEX)
+                    .map_err(KvError::from)?;
+                let mut blobs = transaction.open_table(BLOBS).map_err(KvError::from)?;
+                super::write_record(&mut images, &mut sort_index, &mut blobs, Some(&old), &new)?;
+            }
+            let mut members = transaction.open_table(MEMBERS).map_err(KvError::from)?;
+            let mut memberships = transaction.open_table(MEMBERSHIPS).map_err(KvError::from)?;
+            let (start, end) = MemberRecord::image_range(image_id);
+            let mut current = HashMap::new();
+            for entry in members
+                .range::<&[u8]>(start.as_slice()..end.as_slice())
+                .map_err(KvError::from)?
+            {
+                let (key, value) = entry.map_err(KvError::from)?;
+                let record = MemberRecord::decode(key.value(), value.value())?;
+                current.insert(record.member.clone(), record);
+            }
+            let wanted: Vec<(String, Option<bool>)> = match edit {
+                MembersEdit::Upsert { member, can_share } => {
+                    vec![(member.clone(), *can_share)]
+                }
+                MembersEdit::Replace(list) => {
+                    for member in current.keys() {
+                        if !list.iter().any(|(name, _)| name == member) {
+                            members
+                                .remove(MemberRecord::key(image_id, member).as_slice())
+                                .map_err(KvError::from)?;
+                            memberships
+                                .remove(MemberRecord::reverse_key(image_id, member).as_slice())
+                                .map_err(KvError::from)?;
+                        }
+                    }
+                    current.retain(|member, _| list.iter().any(|(name, _)| name == member));
+                    list.clone()
+                }
+            };
+            let added = wanted
+                .iter()
+                .filter(|(member, _)| !current.contains_key(member))
+                .count();
+            if added > 0 && current.len() + added > quota {
+                return Ok(EditMembers::OverQuota(quota));
+            }
+            for (member, can_share) in wanted {
+                let record = match current.remove(&member) {
+                    Some(mut kept) => {
+                        let Some(can_share) = can_share.filter(|&flag| flag != kept.can_share)
+                        else {
+                            continue;
+                        };
+                        kept.can_share = can_share;
+                        kept.updated_at = now;
+                        kept
+                    }
+                    None => {
+                        memberships
+                            .insert(MemberRecord::reverse_key(image_id, &member).as_slice(), ())
+                            .map_err(KvError::from)?;
+                        MemberRecord {
+                            image_id,
+                            member: member.clone(),
+                            status: MemberStatus::Pending,
+                            created_at: now,
+                            updated_at: now,
+                            can_share: can_share.unwrap_or(false),
+                        }
+                    }
+                };
+                members
+                    .insert(
+                        MemberRecord::key(image_id, &member).as_slice(),
+                        record.encode().as_slice(),
+                    )
+                    .map_err(KvError::from)?;
+            }
+        }
+        self.commit(transaction)?;
+        Ok(EditMembers::Done)
     }
 
     /// Sets a member's status; `None` if there is no such member.
@@ -645,6 +799,7 @@ mod tests {
             status: MemberStatus::Accepted,
             created_at: 1,
             updated_at: 2,
+            can_share: true,
         };
         let key = MemberRecord::key(record.image_id, &record.member);
         assert_eq!(
@@ -653,27 +808,132 @@ mod tests {
         );
     }
 
-    /// Pins the member encoding (the key holds image id and member; the value the rest).
+    /// Version 1 records (before the v1 API's `can_share`) still read, as members that cannot
+    /// share; the bytes are what the earlier releases wrote.
     #[test]
-    fn member_record_v1_golden_bytes() {
+    fn member_record_v1_golden_bytes_still_decode() {
         let record = MemberRecord {
             image_id: ImageId([7; 16]),
             member: "beta".into(),
             status: MemberStatus::Accepted,
             created_at: 1_700_000_000,
             updated_at: -1,
+            can_share: false,
         };
-        let expected: Vec<u8> = [
+        let version1: Vec<u8> = [
             &[1u8][..],                // version
             &[1],                      // status: accepted
             &[128, 196, 159, 213, 12], // created_at (zigzag varint)
             &[1],                      // updated_at -1 (zigzag)
         ]
         .concat();
+        assert_eq!(
+            MemberRecord::decode(&MemberRecord::key(record.image_id, "beta"), &version1).unwrap(),
+            record
+        );
+    }
+
+    /// Pins the current member encoding (the key holds image id and member; the value the
+    /// rest).
+    #[test]
+    fn member_record_v2_golden_bytes() {
+        let record = MemberRecord {
+            image_id: ImageId([7; 16]),
+            member: "beta".into(),
+            status: MemberStatus::Pending,
+            created_at: 1_700_000_000,
+            updated_at: -1,
+            can_share: true,
+        };
+        let expected: Vec<u8> = [
+            &[2u8][..],                // version
+            &[0],                      // status: pending
+            &[128, 196, 159, 213, 12], // created_at (zigzag varint)
+            &[1],                      // updated_at -1 (zigzag)
+            &[1],                      // can_share
+        ]
+        .concat();
         assert_eq!(record.encode(), expected);
         assert_eq!(
             MemberRecord::decode(&MemberRecord::key(record.image_id, "beta"), &expected).unwrap(),
             record
+        );
+    }
+
+    #[test]
+    fn v1_member_edits() {
+        let dir = tempfile::tempdir().unwrap();
+        let kv = Kv::open(&dir.path().join("db.redb")).unwrap();
+        let image = ImageId([9; 16]);
+        let record = ImageRecord {
+            id: image,
+            name: None,
+            status: crate::kv::ImageStatus::Queued,
+            visibility: crate::kv::Visibility::Private,
+            protected: false,
+            os_hidden: false,
+            owner: Some("alpha".into()),
+            disk_format: None,
+            container_format: None,
+            min_ram: 0,
+            min_disk: 0,
+            data: None,
+            created_at: 0,
+            updated_at: 0,
+            tags: Vec::new(),
+            properties: Default::default(),
+        };
+        kv.insert_image(&record).unwrap();
+        let share = |record: &mut ImageRecord| {
+            record.visibility = crate::kv::Visibility::Shared;
+            Ok::<(), KvError>(())
+        };
+        let upsert = |member: &str, can_share| MembersEdit::Upsert {
+            member: member.into(),
+            can_share,
+        };
+        assert_eq!(
+            kv.edit_members(image, &upsert("beta", None), 1, 2, share)
+                .unwrap(),
+            EditMembers::Done
+        );
+        assert_eq!(
+            kv.image(image).unwrap().unwrap().visibility,
+            crate::kv::Visibility::Shared
+        );
+        kv.set_member_status(image, "beta", MemberStatus::Accepted, 2)
+            .unwrap();
+        kv.edit_members(image, &upsert("beta", Some(true)), 3, 2, share)
+            .unwrap();
+        let beta = kv.member(image, "beta").unwrap().unwrap();
+        assert!(beta.can_share);
+        assert_eq!(beta.status, MemberStatus::Accepted, "kept its status");
+        let replace = MembersEdit::Replace(vec![
+            ("beta".into(), None),
+            ("gamma".into(), Some(false)),
+            ("delta".into(), None),
+        ]);
+        assert_eq!(
+            kv.edit_members(image, &replace, 4, 2, share).unwrap(),
+            EditMembers::OverQuota(2)
+        );
+        assert_eq!(
+            kv.members(image).unwrap().len(),
+            1,
+            "a refused edit changes nothing"
+        );
+        let replace = MembersEdit::Replace(vec![("gamma".into(), Some(true))]);
+        kv.edit_members(image, &replace, 5, 2, share).unwrap();
+        let members = kv.members(image).unwrap();
+        assert_eq!(members.len(), 1);
+        assert_eq!(members[0].member, "gamma");
+        assert!(members[0].can_share && members[0].status == MemberStatus::Pending);
+        assert!(kv.memberships("beta").unwrap().is_empty());
+        assert_eq!(kv.memberships("gamma").unwrap().len(), 1);
+        assert_eq!(
+            kv.edit_members(ImageId([1; 16]), &replace, 6, 2, share)
+                .unwrap(),
+            EditMembers::NoImage
         );
     }
 

@@ -29,7 +29,10 @@ use redb::{
     Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, Value, WriteTransaction,
 };
 
-pub use access::{AddMember, CreateKey, KeyRecord, MemberRecord, MemberStatus, NewKey, Role};
+pub use access::{
+    AddMember, CreateKey, EditMembers, KeyRecord, MemberRecord, MemberStatus, MembersEdit, NewKey,
+    Role,
+};
 pub use index::{Direction, SortKey};
 pub use records::{ImageData, ImageRecord, ImageStatus, Visibility};
 pub use tables::{Digest, ImageId};
@@ -415,6 +418,26 @@ impl Kv {
         deleted_at: i64,
         check: impl FnOnce(&ImageRecord) -> Result<(), E>,
     ) -> Result<Option<Change>, E> {
+        self.remove_image(id, Some(deleted_at), check)
+    }
+
+    /// Takes back an image that the request creating it could not complete (a v1 create whose
+    /// data was refused): removed like a deletion, but its id is not remembered, so the client
+    /// may try again with the same id.
+    pub fn withdraw_image<E: From<KvError>>(
+        &self,
+        id: ImageId,
+        check: impl FnOnce(&ImageRecord) -> Result<(), E>,
+    ) -> Result<Option<Change>, E> {
+        self.remove_image(id, None, check)
+    }
+
+    fn remove_image<E: From<KvError>>(
+        &self,
+        id: ImageId,
+        deleted_at: Option<i64>,
+        check: impl FnOnce(&ImageRecord) -> Result<(), E>,
+    ) -> Result<Option<Change>, E> {
         let transaction = self.begin_write()?;
         let unreferenced;
         let record;
@@ -437,10 +460,12 @@ impl Kv {
                 Some(data) => release_blob(&mut blobs, data.digest)?,
                 None => Vec::new(),
             };
-            let mut deleted = transaction
-                .open_table(DELETED_IMAGES)
-                .map_err(KvError::from)?;
-            deleted.insert(id, deleted_at).map_err(KvError::from)?;
+            if let Some(deleted_at) = deleted_at {
+                let mut deleted = transaction
+                    .open_table(DELETED_IMAGES)
+                    .map_err(KvError::from)?;
+                deleted.insert(id, deleted_at).map_err(KvError::from)?;
+            }
             access::remove_all_members(&transaction, id)?;
             record = old;
         }
@@ -848,7 +873,7 @@ fn copy_table<K: redb::Key + 'static, V: Value + 'static>(
 
 /// Writes `new` over `old`, keeping the sort index and blob reference counts in step.
 /// Returns blobs that lost their last reference.
-fn write_record(
+pub(super) fn write_record(
     images: &mut ImagesTable<'_>,
     sort_index: &mut SortIndexTable<'_>,
     blobs: &mut BlobsTable<'_>,

@@ -94,11 +94,11 @@ impl std::fmt::Display for StoreError {
             StoreError::SizeMismatch { declared, actual } => match actual {
                 Some(actual) => write!(
                     formatter,
-                    "x-openstack-image-size declared {declared} bytes but the data is {actual} bytes"
+                    "the declared size ({declared} bytes) does not match the data ({actual} bytes)"
                 ),
                 None => write!(
                     formatter,
-                    "more data arrived than x-openstack-image-size declared ({declared} bytes)"
+                    "more data arrived than the declared size ({declared} bytes)"
                 ),
             },
             StoreError::NoImage(id) => write!(formatter, "no image {id}"),
@@ -639,6 +639,32 @@ impl Store {
             self.release(&change.unreferenced);
             change.record
         }))
+    }
+
+    /// Takes back an image its creating request could not complete (`Kv::withdraw_image`),
+    /// releasing its blob if it had one.
+    pub fn withdraw_image<E: From<KvError>>(
+        &self,
+        id: ImageId,
+        check: impl FnOnce(&ImageRecord) -> Result<(), E>,
+    ) -> Result<Option<ImageRecord>, E> {
+        let withdrawn = self.kv.withdraw_image(id, check)?;
+        Ok(withdrawn.map(|change| {
+            self.release(&change.unreferenced);
+            change.record
+        }))
+    }
+
+    /// A v1 members change (`Kv::edit_members`).
+    pub fn edit_members<E: From<KvError>>(
+        &self,
+        id: ImageId,
+        edit: &crate::kv::MembersEdit,
+        now: i64,
+        quota: usize,
+        prepare: impl FnOnce(&mut ImageRecord) -> Result<(), E>,
+    ) -> Result<crate::kv::EditMembers, E> {
+        self.kv.edit_members(id, edit, now, quota, prepare)
     }
 
     pub fn members(&self, id: ImageId) -> Result<Vec<MemberRecord>, KvError> {
