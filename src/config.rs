@@ -686,6 +686,25 @@ mod tests {
         assert_eq!(config.default_project, "lab");
     }
 
+    /// The v1 API is on by default for the lab, off by default with keys, and either way
+    /// what the settings say.
+    #[test]
+    fn the_v1_api_defaults_follow_the_mode() {
+        let resolve = |auth, enable_v1_api| {
+            Config::resolve(&ServeArgs {
+                auth,
+                enable_v1_api,
+                ..ServeArgs::default()
+            })
+            .unwrap()
+            .enable_v1_api
+        };
+        assert!(resolve(None, None));
+        assert!(!resolve(Some(AuthMode::Keys), None));
+        assert!(resolve(Some(AuthMode::Keys), Some(true)));
+        assert!(!resolve(Some(AuthMode::None), Some(false)));
+    }
+
     /// The package's conffile sets what an appliance needs and lists every other setting,
     /// commented out; uncommented, each of those lines must still be a valid setting.
     #[test]

@@ -21,7 +21,7 @@ async fn versions_document_lists_served_versions_with_absolute_links() {
     let (status, root) = server.json(server.request(Method::GET, "/")).await;
     assert_eq!(status, StatusCode::MULTIPLE_CHOICES);
     let href = format!("{}/v2/", server.base);
-    let expected: Vec<Value> = [
+    let mut expected: Vec<Value> = [
         "v2.12", "v2.8", "v2.7", "v2.6", "v2.5", "v2.4", "v2.3", "v2.1", "v2.0",
     ]
     .iter()
@@ -31,6 +31,11 @@ async fn versions_document_lists_served_versions_with_absolute_links() {
                    "links": [{"rel": "self", "href": href}]})
     })
     .collect();
+    // The legacy API, on in lab mode (issue 12).
+    for id in ["v1.1", "v1.0"] {
+        expected.push(json!({"id": id, "status": "SUPPORTED",
+            "links": [{"rel": "self", "href": format!("{}/v1/", server.base)}]}));
+    }
     assert_eq!(root, json!({ "versions": expected }));
     let (status, versions) = server.json(server.request(Method::GET, "/versions")).await;
     assert_eq!((status, versions), (StatusCode::OK, root));
@@ -44,7 +49,8 @@ async fn versions_document_lists_served_versions_with_absolute_links() {
 /// document with 300.
 #[tokio::test]
 async fn issue9_version_prefixes_are_negotiated_as_glance_does() {
-    let server = Server::start().await;
+    // With the v1 API off, `/v1` is just another version this server does not serve.
+    let server = Server::start_with(|config| config.enable_v1_api = false).await;
     let (_, versions) = server.json(server.request(Method::GET, "/")).await;
     let client = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())

@@ -13,7 +13,7 @@ use crate::common::{
 
 /// A tiny HTTP server on loopback for web-download: `/image` serves `body`, `/to/<url>`
 /// redirects there, `/slow` sends half of `body` and then nothing.
-struct Origin {
+pub struct Origin {
     port: u16,
     task: tokio::task::JoinHandle<()>,
 }
@@ -25,7 +25,7 @@ impl Drop for Origin {
 }
 
 impl Origin {
-    async fn start(body: Vec<u8>) -> Origin {
+    pub async fn start(body: Vec<u8>) -> Origin {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let body = Arc::new(body);
@@ -77,7 +77,7 @@ impl Origin {
         Origin { port, task }
     }
 
-    fn url(&self, path: &str) -> String {
+    pub fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port)
     }
 }

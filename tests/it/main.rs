@@ -16,3 +16,4 @@ mod observe;
 mod ops;
 mod restart;
 mod tls;
+mod v1;

@@ -47,9 +47,14 @@ async fn https_serves_the_api_with_https_links() {
         .unwrap_or_else(|| panic!("no versions: {versions}"));
     assert!(!listed.is_empty(), "{versions}");
     for version in listed {
+        let major = if version["id"].as_str().unwrap().starts_with("v1") {
+            "v1"
+        } else {
+            "v2"
+        };
         assert_eq!(
             version["links"][0]["href"],
-            format!("{}/v2/", server.base),
+            format!("{}/{major}/", server.base),
             "{version}"
         );
     }

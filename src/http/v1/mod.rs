@@ -435,13 +435,13 @@ async fn receive(
             move |record, received| {
                 let mut effective = record.clone();
                 if apply {
-                    accept_meta.apply(&mut effective, &accept_caller, &limits)?;
+                    apply_while_queued(&accept_meta, &mut effective, &accept_caller, &limits)?;
                 }
                 Ok(check_format(&effective, received)?)
             },
             move |record, data| {
                 if apply {
-                    finish_meta.apply(record, &caller, &limits)?;
+                    apply_while_queued(&finish_meta, record, &caller, &limits)?;
                 }
                 let md5 = hex(&data.md5);
                 if let Some(expected) = &finish_meta.checksum
@@ -467,6 +467,20 @@ async fn receive(
         }
         UploadFailure::Store(error) => Error::from(error),
     })
+}
+
+/// Applies a request's metadata to an image that is `saving` its data, as to the `queued`
+/// image the request was sent to (whose formats may still change).
+fn apply_while_queued(
+    meta: &ImageMeta,
+    record: &mut ImageRecord,
+    caller: &Caller,
+    limits: &crate::config::PerImageQuotas,
+) -> Result<(), Error> {
+    let status = std::mem::replace(&mut record.status, ImageStatus::Queued);
+    let applied = meta.apply(record, caller, limits);
+    record.status = status;
+    applied
 }
 
 /// Why an upload failed: a refusal worded here, or the store's error, kept apart so that a
