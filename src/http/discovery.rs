@@ -26,7 +26,7 @@ pub use crate::STORE_ID;
 const VERSIONS: &[(&str, bool)] = &[
     ("v2.0", true),   // images, image data, tags, schemas
     ("v2.1", true),   // image members
-    ("v2.2", false),  // metadata definitions
+    ("v2.2", true),   // metadata definitions
     ("v2.3", true),   // deactivate and reactivate
     ("v2.4", true),   // tasks
     ("v2.5", true),   // community and shared visibility
