@@ -14,6 +14,7 @@ pub mod identity;
 pub mod importer;
 pub mod keycmd;
 mod kv;
+pub mod metadefcmd;
 pub mod metrics;
 pub mod opcmd;
 pub mod policy;
@@ -66,6 +67,7 @@ pub fn open(config: config::Config) -> Result<AppState, OpenError> {
         store::Store::open_with(&config.data_dir, config.store).map_err(OpenError::Store)?,
     );
     let kv_error = |error: kv::KvError| OpenError::Store(store::StoreError::Kv(error));
+    http::metadefs::seed_catalog(&store).map_err(OpenError::Store)?;
     if config.auth == config::AuthMode::Keys {
         ensure_bootstrap_key(&store, &config.data_dir)?;
     }

@@ -49,6 +49,10 @@ enum Command {
     /// Per-project quotas: set overrides of the configured defaults, list limits and usage
     #[command(subcommand)]
     Quota(ocellus::opcmd::QuotaCommand),
+    /// Metadata definitions: load namespace files in Glance's format (etc/metadefs), in the
+    /// data directory or through the running server
+    #[command(subcommand)]
+    Metadefs(ocellus::metadefcmd::MetadefsCommand),
 }
 
 /// Upper bound of tokio's blocking pool.
@@ -64,6 +68,7 @@ fn main() -> ExitCode {
         Command::Backup(args) => operate(ocellus::opcmd::backup(args)),
         Command::Restore(args) => operate(ocellus::opcmd::restore(args)),
         Command::Quota(command) => operate(ocellus::opcmd::quota(command)),
+        Command::Metadefs(command) => operate(ocellus::metadefcmd::run(command)),
         Command::Key(command) => match ocellus::keycmd::run(command) {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {

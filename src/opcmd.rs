@@ -79,7 +79,7 @@ pub struct RestoreArgs {
 
 /// The local store, or the running server's URL; `None` data directory errors are the
 /// caller's message.
-fn open(target: &KeyTarget) -> Result<Backend, String> {
+pub(crate) fn open(target: &KeyTarget) -> Result<Backend, String> {
     if target.url.is_none() {
         let config = crate::config::Config::resolve(&crate::config::ServeArgs {
             config: target.config.clone(),
@@ -93,7 +93,7 @@ fn open(target: &KeyTarget) -> Result<Backend, String> {
     backend(target.clone())
 }
 
-fn remote<T>(work: impl Future<Output = Result<T, String>>) -> Result<T, String> {
+pub(crate) fn remote<T>(work: impl Future<Output = Result<T, String>>) -> Result<T, String> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

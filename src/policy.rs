@@ -165,6 +165,20 @@ impl Caller {
         }
     }
 
+    /// Whether a metadata definition namespace exists for the caller: Glance's database
+    /// visibility combined with `get_metadef_namespace` (and the other metadef read rules):
+    /// admins see all; readers see public namespaces and their own project's.
+    pub fn can_see_namespace(&self, owner: Option<&str>, public: bool) -> bool {
+        self.is_admin()
+            || (self.has_role("reader") && (public || owner == Some(self.project_id.as_str())))
+    }
+
+    /// `metadef_admin`, the rule of every metadef change (`add_`, `modify_`, `delete_`,
+    /// `remove_metadef_*`): admin only.
+    pub fn can_manage_metadefs(&self) -> bool {
+        self.is_admin()
+    }
+
     /// Whether an image belongs in a listing with these `visibility` and `member_status`
     /// parameters. Community images are listed only on request (or to their owner); shared
     /// images of other projects only if the caller's membership status matches.

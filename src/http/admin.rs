@@ -359,3 +359,39 @@ pub fn apply_quota_change(
         Ok(quota_view(project, &overrides, &quotas, &usage))
     })())
 }
+
+/// `POST /ocellus/v1/metadefs` (`ocellus metadefs load DIR` while the server runs): loads
+/// namespace documents (Glance's file format) given as `{"namespaces": [...], "overwrite":
+/// bool}`, all in one transaction, and answers what was loaded, replaced and skipped.
+pub async fn load_metadefs(
+    State(state): State<AppState>,
+    caller: Caller,
+    parts: Parts,
+    JsonBody(body): JsonBody,
+) -> Result<Json<Value>, Error> {
+    require_admin(&state, &caller, &parts)?;
+    let Some(Value::Array(items)) = body.get("namespaces") else {
+        return Err(Error::bad_request(
+            "The body needs 'namespaces': a list of namespace documents",
+        ));
+    };
+    let overwrite = match body.get("overwrite") {
+        None => false,
+        Some(Value::Bool(flag)) => *flag,
+        Some(_) => return Err(Error::bad_request("'overwrite' must be true or false")),
+    };
+    let documents = items
+        .iter()
+        .map(super::metadefs::document::namespace)
+        .collect::<Result<Vec<_>, _>>()?;
+    let store = state.store.clone();
+    let report =
+        blocking(move || super::metadefs::load_namespaces(&store, &documents, overwrite)).await?;
+    tracing::info!(
+        loaded = report.loaded.len(),
+        replaced = report.replaced.len(),
+        skipped = report.skipped.len(),
+        "metadata definitions loaded"
+    );
+    Ok(Json(serde_json::to_value(report).unwrap_or_default()))
+}

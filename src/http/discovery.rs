@@ -28,7 +28,7 @@ pub use crate::STORE_ID;
 const VERSIONS: &[(&str, bool)] = &[
     ("v2.0", true),   // images, image data, tags, schemas
     ("v2.1", true),   // image members
-    ("v2.2", false),  // metadata definitions
+    ("v2.2", true),   // metadata definitions
     ("v2.3", true),   // deactivate and reactivate
     ("v2.4", true),   // tasks
     ("v2.5", true),   // community and shared visibility
@@ -184,10 +184,20 @@ mod tests {
         );
         assert_eq!(negotiated_path("/v2.0").as_deref(), Some("/v2"));
         assert_eq!(negotiated_path("/v2.7/").as_deref(), Some("/v2/"));
+        assert_eq!(
+            negotiated_path("/v2.2/metadefs/namespaces").as_deref(),
+            Some("/v2/metadefs/namespaces")
+        );
+        assert_eq!(
+            negotiated_path("/v1.1/images").as_deref(),
+            Some("/v1/images")
+        );
+        assert_eq!(negotiated_path("/v1.0").as_deref(), Some("/v1"));
         for unchanged in [
             "/v2/images",
             "/v2",
-            "/v2.2/images",
+            "/v1/images",
+            "/v2.9/images",
             "/v2.10/images",
             "/v9",
             "/",

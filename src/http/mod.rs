@@ -3,7 +3,7 @@
 //!
 //! `router` is the whole route table; `negotiate_version` rewrites a request's path before
 //! it, as Glance's version negotiation does. Handlers live one file per resource (`images`,
-//! `image_data`, `tags`, `discovery`); wire formats in `wire`; list parameters in `list_query`;
+//! `image_data`, `tags`, `discovery`; `metadefs` for the metadata definitions); wire formats in `wire`; list parameters in `list_query`;
 //! the caller's identity in `auth`. Every response passes through `finish_response`, which adds
 //! `x-openstack-request-id`, renders error bodies and logs the request.
 
@@ -18,6 +18,7 @@ mod import;
 mod list_query;
 pub mod listener;
 mod members;
+pub(crate) mod metadefs;
 mod observe;
 pub mod schemas;
 mod tags;
@@ -185,6 +186,101 @@ pub fn router(state: AppState) -> Router {
             ),
         )
         .route(
+            "/v2/schemas/metadefs/{name}",
+            resource("GET", get(metadefs::show_schema)),
+        )
+        .route(
+            "/v2/metadefs/resource_types",
+            resource("GET", get(metadefs::resource_types::list_resource_types)),
+        )
+        .route(
+            "/v2/metadefs/namespaces",
+            resource(
+                "GET, POST",
+                get(metadefs::namespaces::list_namespaces)
+                    .post(metadefs::namespaces::create_namespace),
+            ),
+        )
+        .route(
+            "/v2/metadefs/namespaces/{namespace}",
+            resource(
+                "GET, PUT, DELETE",
+                get(metadefs::namespaces::show_namespace)
+                    .put(metadefs::namespaces::update_namespace)
+                    .delete(metadefs::namespaces::delete_namespace),
+            ),
+        )
+        .route(
+            "/v2/metadefs/namespaces/{namespace}/resource_types",
+            resource(
+                "GET, POST",
+                get(metadefs::resource_types::list_associations)
+                    .post(metadefs::resource_types::create_association),
+            ),
+        )
+        .route(
+            "/v2/metadefs/namespaces/{namespace}/resource_types/{resource_type}",
+            resource(
+                "DELETE",
+                axum::routing::delete(metadefs::resource_types::delete_association),
+            ),
+        )
+        .route(
+            "/v2/metadefs/namespaces/{namespace}/properties",
+            resource(
+                "GET, POST, DELETE",
+                get(metadefs::properties::list_properties)
+                    .post(metadefs::properties::create_property)
+                    .delete(metadefs::namespaces::delete_properties),
+            ),
+        )
+        .route(
+            "/v2/metadefs/namespaces/{namespace}/properties/{property_name}",
+            resource(
+                "GET, PUT, DELETE",
+                get(metadefs::properties::show_property)
+                    .put(metadefs::properties::update_property)
+                    .delete(metadefs::properties::delete_property),
+            ),
+        )
+        .route(
+            "/v2/metadefs/namespaces/{namespace}/objects",
+            resource(
+                "GET, POST, DELETE",
+                get(metadefs::objects::list_objects)
+                    .post(metadefs::objects::create_object)
+                    .delete(metadefs::namespaces::delete_objects),
+            ),
+        )
+        .route(
+            "/v2/metadefs/namespaces/{namespace}/objects/{object_name}",
+            resource(
+                "GET, PUT, DELETE",
+                get(metadefs::objects::show_object)
+                    .put(metadefs::objects::update_object)
+                    .delete(metadefs::objects::delete_object),
+            ),
+        )
+        .route(
+            "/v2/metadefs/namespaces/{namespace}/tags",
+            resource(
+                "GET, POST, DELETE",
+                get(metadefs::tags::list_tags)
+                    .post(metadefs::tags::create_tags)
+                    .delete(metadefs::namespaces::delete_tags),
+            ),
+        )
+        .route(
+            "/v2/metadefs/namespaces/{namespace}/tags/{tag_name}",
+            resource(
+                "GET, POST, PUT, DELETE",
+                get(metadefs::tags::show_tag)
+                    .post(metadefs::tags::create_tag)
+                    .put(metadefs::tags::update_tag)
+                    .delete(metadefs::tags::delete_tag),
+            ),
+        )
+        .route(
             "/identity",
             identity_resource(get(identity::identity_versions)),
         )
@@ -220,6 +316,10 @@ pub fn router(state: AppState) -> Router {
         .route("/ocellus/v1/gc", resource("POST", post(admin::gc)))
         .route("/ocellus/v1/stats", resource("GET", get(admin::stats)))
         .route("/ocellus/v1/backups", resource("POST", post(admin::backup)))
+        .route(
+            "/ocellus/v1/metadefs",
+            resource("POST", post(admin::load_metadefs)),
+        )
         .route(
             "/ocellus/v1/keys/{key_id}",
             resource("DELETE", axum::routing::delete(admin::revoke_key)),

@@ -10,8 +10,7 @@
 //!
 //! The human-readable `description` strings are written for this project and
 //! are not copied from Glance. This module leaves out operator-supplied
-//! property definitions (Glance's `schema-image.json` override file) and the
-//! metadata-definition (`metadefs`) and task schemas, which are not served.
+//! property definitions (Glance's `schema-image.json` override file).
 
 use serde_json::{Map, Value, json};
 
@@ -550,6 +549,255 @@ fn extra_image_properties() -> Vec<(&'static str, Value)> {
             }),
         ),
     ]
+}
+
+/// The definitions Glance's metadef schemas share; `non_empty_lists` is the property
+/// schemas' variant, whose `stringArray` needs an item.
+fn metadef_definitions(with_property: bool, non_empty_lists: bool) -> Value {
+    let mut string_array = json!({"type": "array", "items": {"type": "string"}});
+    if non_empty_lists {
+        string_array["minItems"] = json!(1);
+    }
+    string_array["uniqueItems"] = json!(true);
+    let mut definitions = json!({
+        "positiveInteger": {"type": "integer", "minimum": 0},
+        "positiveIntegerDefault0": {
+            "allOf": [{"$ref": "#/definitions/positiveInteger"}, {"default": 0}]
+        },
+        "stringArray": string_array,
+    });
+    if with_property {
+        definitions["property"] = json!({
+            "type": "object",
+            "additionalProperties": {
+                "type": "object",
+                "required": ["title", "type"],
+                "properties": metadef_property_properties(),
+            },
+        });
+    }
+    definitions
+}
+
+/// The attributes of a property definition, in Glance's order.
+fn metadef_property_properties() -> Value {
+    let types = json!([
+        "array", "boolean", "integer", "number", "object", "string", null
+    ]);
+    json!({
+        "name": {"type": "string", "maxLength": 80},
+        "title": {"type": "string"},
+        "description": {"type": "string"},
+        "operators": {"type": "array", "items": {"type": "string"}},
+        "type": {"type": "string", "enum": types},
+        "required": {"$ref": "#/definitions/stringArray"},
+        "minimum": {"type": "number"},
+        "maximum": {"type": "number"},
+        "maxLength": {"$ref": "#/definitions/positiveInteger"},
+        "minLength": {"$ref": "#/definitions/positiveIntegerDefault0"},
+        "pattern": {"type": "string", "format": "regex"},
+        "enum": {"type": "array"},
+        "readonly": {"type": "boolean"},
+        "default": {},
+        "items": {
+            "type": "object",
+            "properties": {"type": {"type": "string", "enum": types}, "enum": {"type": "array"}},
+        },
+        "maxItems": {"$ref": "#/definitions/positiveInteger"},
+        "minItems": {"$ref": "#/definitions/positiveIntegerDefault0"},
+        "uniqueItems": {"type": "boolean", "default": false},
+        "additionalItems": {"type": "boolean"},
+    })
+}
+
+/// A read-only timestamp attribute.
+fn metadef_time(description: &str) -> Value {
+    json!({"type": "string", "readOnly": true, "description": description, "format": "date-time"})
+}
+
+fn metadef_namespace_properties() -> Value {
+    json!({
+        "namespace": {"type": "string", "description": "The namespace's name, unique in the catalog.", "maxLength": 80},
+        "display_name": {"type": "string", "description": "A name for people, shown by user interfaces.", "maxLength": 80},
+        "description": {"type": "string", "description": "What the namespace's definitions are for.", "maxLength": 500},
+        "visibility": {"type": "string", "description": "public: every project reads it; private: only its owner's project.", "enum": ["public", "private"]},
+        "protected": {"type": "boolean", "description": "While true, neither the namespace nor anything in it can be deleted."},
+        "owner": {"type": "string", "description": "The project that owns the namespace.", "maxLength": 255},
+        "created_at": metadef_time("When the namespace was created."),
+        "updated_at": metadef_time("When the namespace was last changed."),
+        "schema": {"readOnly": true, "type": "string"},
+        "self": {"readOnly": true, "type": "string"},
+        "resource_type_associations": {
+            "type": "array",
+            "items": {"type": "object", "properties": {
+                "name": {"type": "string"},
+                "prefix": {"type": "string"},
+                "properties_target": {"type": "string"},
+            }},
+        },
+        "properties": {"$ref": "#/definitions/property"},
+        "objects": {
+            "type": "array",
+            "items": {"type": "object", "properties": {
+                "name": {"type": "string"},
+                "description": {"type": "string"},
+                "required": {"$ref": "#/definitions/stringArray"},
+                "properties": {"$ref": "#/definitions/property"},
+            }},
+        },
+        "tags": {
+            "type": "array",
+            "items": {"type": "object", "properties": {"name": {"type": "string"}}},
+        },
+    })
+}
+
+fn metadef_resource_type_properties() -> Value {
+    json!({
+        "name": {"type": "string", "description": "The resource type, named as Heat names resource types where one exists (OS::Glance::Image, OS::Nova::Flavor...).", "maxLength": 80},
+        "prefix": {"type": "string", "description": "Put before the namespace's property names when they are set on this resource type, separator included (hw_, hw:).", "maxLength": 80},
+        "properties_target": {"type": "string", "description": "Which of the resource's key/value sets the properties go to, for resource types with several (a volume's image metadata: image).", "maxLength": 80},
+        "created_at": metadef_time("When the association was made."),
+        "updated_at": metadef_time("When the association was last changed."),
+    })
+}
+
+fn metadef_object_properties() -> Value {
+    json!({
+        "name": {"type": "string", "maxLength": 80},
+        "description": {"type": "string"},
+        "required": {"$ref": "#/definitions/stringArray"},
+        "properties": {"$ref": "#/definitions/property"},
+        "schema": {"readOnly": true, "type": "string"},
+        "self": {"readOnly": true, "type": "string"},
+        "created_at": metadef_time("When the object was created."),
+        "updated_at": metadef_time("When the object was last changed."),
+    })
+}
+
+fn metadef_tag_properties() -> Value {
+    json!({
+        "name": {"type": "string", "maxLength": 80},
+        "created_at": metadef_time("When the tag was created."),
+        "updated_at": metadef_time("When the tag was last changed."),
+    })
+}
+
+/// A single-item metadef schema.
+fn metadef_item(name: &str, properties: Value, required: &[&str]) -> Value {
+    json!({
+        "name": name,
+        "properties": properties,
+        "additionalProperties": false,
+        "required": required,
+    })
+}
+
+/// A list schema around an item schema, as Glance builds them (paging links included).
+fn metadef_collection(name: &str, key: &str, item: Value, definitions: Option<Value>) -> Value {
+    let mut schema = json!({
+        "name": name,
+        "properties": {
+            key: {"type": "array", "items": item},
+            "first": {"type": "string"},
+            "next": {"type": "string"},
+            "schema": {"type": "string"},
+        },
+        "links": [
+            {"rel": "first", "href": "{first}"},
+            {"rel": "next", "href": "{next}"},
+            {"rel": "describedby", "href": "{schema}"},
+        ],
+    });
+    if let Some(definitions) = definitions {
+        schema["definitions"] = definitions;
+    }
+    schema
+}
+
+/// The metadef schemas (`GET /v2/schemas/metadefs/{name}`), by name; the structure is
+/// Glance's, descriptions ours.
+pub fn metadef_schema(name: &str) -> Option<Value> {
+    let with_definitions = |mut schema: Value, definitions: Value| {
+        let required = schema
+            .as_object_mut()
+            .and_then(|map| map.remove("required"));
+        schema["definitions"] = definitions;
+        if let Some(required) = required {
+            schema["required"] = required;
+        }
+        schema
+    };
+    Some(match name {
+        "namespace" => with_definitions(
+            metadef_item("namespace", metadef_namespace_properties(), &["namespace"]),
+            metadef_definitions(true, false),
+        ),
+        "namespaces" => metadef_collection(
+            "namespaces",
+            "namespaces",
+            metadef_item("namespace", metadef_namespace_properties(), &["namespace"]),
+            Some(metadef_definitions(true, false)),
+        ),
+        "resource_type" => metadef_item(
+            "resource_type_association",
+            metadef_resource_type_properties(),
+            &["name"],
+        ),
+        "resource_types" => metadef_collection(
+            "resource_type_associations",
+            "resource_type_associations",
+            metadef_item(
+                "resource_type_association",
+                metadef_resource_type_properties(),
+                &["name"],
+            ),
+            None,
+        ),
+        "property" => with_definitions(
+            metadef_item(
+                "property",
+                metadef_property_properties(),
+                &["type", "title", "name"],
+            ),
+            metadef_definitions(false, true),
+        ),
+        "properties" => {
+            let mut schema = metadef_collection(
+                "properties",
+                "properties",
+                Value::Null,
+                Some(metadef_definitions(false, true)),
+            );
+            schema["properties"]["properties"] = json!({
+                "type": "object",
+                "additionalProperties": metadef_item(
+                    "property",
+                    metadef_property_properties(),
+                    &["type", "title"],
+                ),
+            });
+            schema
+        }
+        "object" => with_definitions(
+            metadef_item("object", metadef_object_properties(), &["name"]),
+            metadef_definitions(true, false),
+        ),
+        "objects" => metadef_collection(
+            "objects",
+            "objects",
+            metadef_item("object", metadef_object_properties(), &["name"]),
+            Some(metadef_definitions(true, false)),
+        ),
+        "tag" => metadef_item("tag", metadef_tag_properties(), &["name"]),
+        "tags" => metadef_collection(
+            "tags",
+            "tags",
+            metadef_item("tag", metadef_tag_properties(), &["name"]),
+            None,
+        ),
+        _ => return None,
+    })
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@
 
 mod access;
 mod index;
+mod metadefs;
 mod records;
 mod tables;
 mod tasks;
@@ -34,20 +35,26 @@ pub use access::{
     Role,
 };
 pub use index::{Direction, SortKey};
+pub use metadefs::{
+    AssociationRecord, Catalog, NamespaceRecord, ObjectRecord, PropertyRecord, ReadCatalog,
+    ResourceTypeRecord, TagRecord, WriteCatalog,
+};
 pub use records::{ImageData, ImageRecord, ImageStatus, Visibility};
 pub use tables::{Digest, ImageId};
 pub use tasks::{QuotaRecord, TaskKind, TaskRecord, TaskStatus, Usage};
 
 use tables::{
     API_KEY_NAMES, API_KEYS, BAD_BLOBS, BLOBS, DELETED_IMAGES, IMAGE_SORT_INDEX, IMAGE_TASKS,
-    IMAGES, MEMBERS, MEMBERSHIPS, META, PROJECTS, QUOTAS, SECRETS, TASKS,
+    IMAGES, MEMBERS, MEMBERSHIPS, META, METADEF_ASSOCIATIONS, METADEF_NAMESPACES, METADEF_OBJECTS,
+    METADEF_PROPERTIES, METADEF_RESOURCE_TYPES, METADEF_TAGS, PROJECTS, QUOTAS, SECRETS, TASKS,
 };
 
 /// The schema version this build writes. Older databases are upgraded at open.
 ///
 /// - 1: images, sort index, tombstones, blobs.
 /// - 2: adds image members, API keys, projects and secrets (new, empty tables).
-const SCHEMA_VERSION: u64 = 4;
+/// - 5: adds the metadata definition tables (new, empty tables).
+const SCHEMA_VERSION: u64 = 5;
 
 /// What can go wrong in the metadata store.
 #[derive(Debug)]
@@ -220,9 +227,9 @@ impl Kv {
                 Some(version) if version > SCHEMA_VERSION => {
                     return Err(KvError::SchemaTooNew { found: version });
                 }
-                // Versions 1 to 4 only add tables (2: keys and members; 3: bad blobs; 4: tasks
-                // and quotas), which the `open_table` calls below create; later versions add
-                // their row migrations here.
+                // Versions 1 to 5 only add tables (2: keys and members; 3: bad blobs; 4: tasks
+                // and quotas; 5: metadata definitions), which the `open_table` calls below
+                // create; later versions add their row migrations here.
                 Some(_) | None => {
                     meta.insert("schema_version", SCHEMA_VERSION)?;
                 }
@@ -241,6 +248,12 @@ impl Kv {
             transaction.open_table(TASKS)?;
             transaction.open_table(IMAGE_TASKS)?;
             transaction.open_table(QUOTAS)?;
+            transaction.open_table(METADEF_NAMESPACES)?;
+            transaction.open_table(METADEF_OBJECTS)?;
+            transaction.open_table(METADEF_PROPERTIES)?;
+            transaction.open_table(METADEF_TAGS)?;
+            transaction.open_table(METADEF_ASSOCIATIONS)?;
+            transaction.open_table(METADEF_RESOURCE_TYPES)?;
         }
         kv.commit(transaction)?;
         Ok(kv)
@@ -573,6 +586,12 @@ impl Kv {
         copy_table(&source, &target, TASKS)?;
         copy_table(&source, &target, IMAGE_TASKS)?;
         copy_table(&source, &target, QUOTAS)?;
+        copy_table(&source, &target, METADEF_NAMESPACES)?;
+        copy_table(&source, &target, METADEF_OBJECTS)?;
+        copy_table(&source, &target, METADEF_PROPERTIES)?;
+        copy_table(&source, &target, METADEF_TAGS)?;
+        copy_table(&source, &target, METADEF_ASSOCIATIONS)?;
+        copy_table(&source, &target, METADEF_RESOURCE_TYPES)?;
         target.commit()?;
         let blobs = source.open_table(BLOBS)?;
         let mut referenced = Vec::new();

@@ -167,6 +167,29 @@ pub const IMAGE_TASKS: TableDefinition<&[u8], ()> = TableDefinition::new("image_
 /// Per-project quota overrides, by project id.
 pub const QUOTAS: TableDefinition<&str, &[u8]> = TableDefinition::new("quotas_v1");
 
+/// Metadata definition namespaces by name; values are `kv::metadefs::NamespaceRecord`.
+pub const METADEF_NAMESPACES: TableDefinition<&str, &[u8]> =
+    TableDefinition::new("metadef_namespaces_v1");
+
+/// Objects of namespaces: key = the namespace's 16-byte id, then the object's name.
+pub const METADEF_OBJECTS: TableDefinition<&[u8], &[u8]> =
+    TableDefinition::new("metadef_objects_v1");
+
+/// Properties of namespaces: key = the namespace's id, then the property's name.
+pub const METADEF_PROPERTIES: TableDefinition<&[u8], &[u8]> =
+    TableDefinition::new("metadef_properties_v1");
+
+/// Tags of namespaces: key = the namespace's id, then the tag's lower-cased name.
+pub const METADEF_TAGS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("metadef_tags_v1");
+
+/// Resource-type associations of namespaces: key = the namespace's id, then the type's name.
+pub const METADEF_ASSOCIATIONS: TableDefinition<&[u8], &[u8]> =
+    TableDefinition::new("metadef_resource_type_associations_v1");
+
+/// Resource types by name; values are `kv::metadefs::ResourceTypeRecord`.
+pub const METADEF_RESOURCE_TYPES: TableDefinition<&str, &[u8]> =
+    TableDefinition::new("metadef_resource_types_v1");
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -22,6 +22,7 @@
 use std::collections::HashMap;
 
 mod import;
+mod metadefs;
 mod ops;
 mod quota;
 pub use import::{FAILED_IMPORT, IMPORT_TASK, IMPORTING_TO, INTERRUPTED, end_import};

@@ -12,6 +12,7 @@ mod limits;
 mod list;
 mod matrix;
 mod members;
+mod metadefs;
 mod observe;
 mod ops;
 mod restart;

@@ -15,8 +15,8 @@
 # glance_tempest_plugin.tests.api test; in glance-tempest-plugin 0.17.0 that
 # package is empty: its tests are the RBAC ones, which create users and
 # projects through Keystone's admin API and need system-scoped tokens, which
-# ocellus does not serve), minus every test whose id contains "metadef"
-# (ocellus serves no metadata definitions).
+# ocellus does not serve). Nothing is excluded: the metadata definition
+# (metadef) tests run too.
 #
 # Two tempest passes run on that server (see "Run" below): the main one with
 # image_format_enforcement = true, and one for ListUserImagesTest, which
@@ -44,8 +44,7 @@
 #   OCELLUS_TEMPEST_RESULTS  where the results are left (default:
 #                            target/tempest-results; the files of the last
 #                            run there are replaced).
-#   OCELLUS_TEMPEST_REGEX    test selection regex (default above); the
-#                            metadef exclusion always applies.
+#   OCELLUS_TEMPEST_REGEX    test selection regex (default above).
 #   OCELLUS_TEMPEST_CONCURRENCY  tempest workers, 1 or 2 (default 2).
 #   OCELLUS_TEMPEST_TIMEOUT  seconds the tempest run may take (default 600).
 #   PYTHON                   interpreter used to create the venv (default:
@@ -75,7 +74,6 @@ venv=${OCELLUS_TEMPEST_VENV:-target/tempest-venv}
 results=${OCELLUS_TEMPEST_RESULTS:-target/tempest-results}
 [[ $results == /* ]] || results=$root/$results
 regex=${OCELLUS_TEMPEST_REGEX:-'^tempest\.api\.image|^glance_tempest_plugin\.tests\.api'}
-exclude_regex='metadef'
 concurrency=${OCELLUS_TEMPEST_CONCURRENCY:-2}
 run_timeout=${OCELLUS_TEMPEST_TIMEOUT:-600}
 if [[ $concurrency != 1 && $concurrency != 2 ]]; then
@@ -391,11 +389,20 @@ listing_class=ListUserImagesTest
 write_conf "$ws/etc/tempest.conf" true "qcow2, raw, ami, ari, aki, vhd, vmdk, vdi, iso, vhdx"
 write_conf "$ws/etc/tempest-listing.conf" false "raw"
 
+# selection REGEX EXCLUDE: tempest's selection arguments; an empty EXCLUDE
+# excludes nothing (an empty --exclude-regex would match every test).
+selection() {
+    printf '%s\n' --regex "$1"
+    [[ -z $2 ]] || printf '%s\n' --exclude-regex "$2"
+}
+
 # list_tests CONF REGEX EXCLUDE: the ids tempest would run.
 list_tests() {
+    local args
+    mapfile -t args < <(selection "$2" "$3")
     (cd "$ws" && TEMPEST_CONFIG_DIR="$ws/etc" TEMPEST_CONFIG=$(basename "$1") \
         timeout 120 "$venv/bin/tempest" run --list-tests --config-file "$1" \
-        --regex "$2" --exclude-regex "$3") 2>>"$tmp/list.err" \
+        "${args[@]}") 2>>"$tmp/list.err" \
         | grep -E '^[A-Za-z_][A-Za-z0-9_.]*\.[A-Za-z0-9_]+(\[.*\])?$' || true
 }
 
@@ -403,14 +410,15 @@ list_tests() {
 # time budget, leaves its subunit stream in $results/NAME.subunit and its
 # output in $results/tempest-NAME.txt; sets pass_rc.
 run_pass() {
-    local name=$1 conf=$2 pass_regex=$3 pass_exclude=$4 left pass_start
+    local name=$1 conf=$2 pass_regex=$3 pass_exclude=$4 left pass_start args
+    mapfile -t args < <(selection "$pass_regex" "$pass_exclude")
     left=$((run_timeout - (SECONDS - run_start)))
     if ((left < 30)); then
         echo "error: no time left for the $name pass (OCELLUS_TEMPEST_TIMEOUT=$run_timeout)" >&2
         pass_rc=124
         return
     fi
-    echo "tempest $name pass: --regex '$pass_regex' --exclude-regex '$pass_exclude'" \
+    echo "tempest $name pass: ${args[*]}" \
         "--concurrency $concurrency (at most $left s; output in $results/tempest-$name.txt)" >&2
     pass_start=$SECONDS
     set +e
@@ -420,7 +428,7 @@ run_pass() {
         OS_TEST_TIMEOUT=120 OS_LOG_CAPTURE=1 PYTHONDONTWRITEBYTECODE=1 \
         timeout -k 15 "$left" "$venv/bin/tempest" run \
         --config-file "$conf" \
-        --regex "$pass_regex" --exclude-regex "$pass_exclude" \
+        "${args[@]}" \
         --concurrency "$concurrency") >"$results/tempest-$name.txt" 2>&1 &
     tempest_pid=$!
     wait "$tempest_pid"
@@ -439,15 +447,15 @@ run_pass() {
     fi
 }
 
-main_exclude="$exclude_regex|$listing_class"
+main_exclude="$listing_class"
 # tempest filters with re.search: the lookahead keeps the listing pass within
 # the selection.
 listing_regex="^(?=.*\\.$listing_class\\.)(?:$regex)"
 list_tests "$ws/etc/tempest.conf" "$regex" "$main_exclude" >"$tmp/selected-main.txt"
-list_tests "$ws/etc/tempest-listing.conf" "$listing_regex" "$exclude_regex" >"$tmp/selected-listing.txt"
+list_tests "$ws/etc/tempest-listing.conf" "$listing_regex" "" >"$tmp/selected-listing.txt"
 cat "$tmp/selected-main.txt" "$tmp/selected-listing.txt" >"$results/selected-tests.txt"
 if [[ ! -s $results/selected-tests.txt ]]; then
-    echo "error: no test matches --regex '$regex' --exclude-regex '$exclude_regex':" >&2
+    echo "error: no test matches --regex '$regex':" >&2
     tail -n 30 "$tmp/list.err" >&2
     exit 1
 fi
@@ -463,7 +471,7 @@ if [[ -s $tmp/selected-main.txt ]]; then
     [[ -s $results/main.subunit ]] && streams+=("$results/main.subunit")
 fi
 if [[ -s $tmp/selected-listing.txt ]]; then
-    run_pass listing "$ws/etc/tempest-listing.conf" "$listing_regex" "$exclude_regex"
+    run_pass listing "$ws/etc/tempest-listing.conf" "$listing_regex" ""
     ((pass_rc == 0)) || run_rc=$pass_rc
     [[ -s $results/listing.subunit ]] && streams+=("$results/listing.subunit")
 fi
