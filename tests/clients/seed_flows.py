@@ -997,6 +997,144 @@ def import_flow(r, env, web_url):
     sdk_import_flow(r, env, web_url)
 
 
+# Metadata definitions, as admin (lab mode): glanceclient's md-* commands,
+# openstackclient's `image metadef`, and openstacksdk.
+
+MD_NAMESPACE = "OCELLUS::Clients::Test"
+MD_OSC_NAMESPACE = "OCELLUS::Clients::Osc"
+
+
+def metadefs_flow(r, env):
+    def starter_set():
+        # A fresh data directory loads the starter namespaces, as Glance's db_load_metadefs does.
+        cmd = env.glance("md-namespace-list")
+        expect("OS::Compute::Watchdog" in cmd.stdout, "the starter namespace OS::Compute::Watchdog is not listed", cmd)
+        cmd = env.glance("md-resource-type-list")
+        expect("OS::Glance::Image" in cmd.stdout, "OS::Glance::Image missing from md-resource-type-list", cmd)
+
+    r.step("glance md-namespace-list / md-resource-type-list show the starter set", starter_set)
+
+    def create():
+        cmd = env.glance(
+            "md-namespace-create", MD_NAMESPACE,
+            "--display-name", "Client test",
+            "--description", "made by seed_flows.py",
+            "--visibility", "public",
+        )
+        table = parse_table(cmd.stdout)
+        expect_eq(table.get("namespace"), MD_NAMESPACE, "namespace", cmd)
+        expect_eq(table.get("visibility"), "public", "visibility", cmd)
+        return True
+
+    created = r.step("glance md-namespace-create", create)
+
+    def property_():
+        schema = json.dumps({"type": "integer", "title": "Cores", "minimum": 1, "maximum": 64})
+        cmd = env.glance(
+            "md-property-create", MD_NAMESPACE,
+            "--name", "cores", "--title", "Cores", "--type", "integer", "--schema", schema,
+        )
+        expect("cores" in cmd.stdout, "the new property is not shown", cmd)
+        cmd = env.glance("md-property-list", MD_NAMESPACE)
+        expect("cores" in cmd.stdout, "md-property-list does not list the property", cmd)
+        cmd = env.glance("md-property-show", MD_NAMESPACE, "cores")
+        table = parse_table(cmd.stdout)
+        expect_eq(table.get("type"), "integer", "type", cmd)
+        expect_eq(table.get("maximum"), "64", "maximum", cmd)
+
+    r.step("glance md-property-create / md-property-list / md-property-show", property_, created)
+
+    def object_():
+        schema = json.dumps({"properties": {"color": {"type": "string", "title": "Color", "enum": ["red", "blue"]}}})
+        env.glance("md-object-create", MD_NAMESPACE, "--name", "Widget", "--schema", schema)
+        cmd = env.glance("md-object-show", MD_NAMESPACE, "Widget")
+        expect("color" in cmd.stdout, "md-object-show does not show the object's property", cmd)
+        cmd = env.glance("md-object-list", MD_NAMESPACE)
+        expect("Widget" in cmd.stdout, "md-object-list does not list the object", cmd)
+
+    r.step("glance md-object-create / md-object-show / md-object-list", object_, created)
+
+    def tags():
+        env.glance("md-tag-create-multiple", MD_NAMESPACE, "--names", "alpha,beta", "--delim", ",")
+        env.glance("md-tag-create", MD_NAMESPACE, "--name", "gamma")
+        cmd = env.glance("md-tag-list", MD_NAMESPACE)
+        for tag in ("alpha", "beta", "gamma"):
+            expect(tag in cmd.stdout, f"tag {tag} missing from md-tag-list", cmd)
+        env.glance("md-tag-delete", MD_NAMESPACE, "beta")
+        cmd = env.glance("md-tag-list", MD_NAMESPACE)
+        expect("beta" not in cmd.stdout, "the deleted tag is still listed", cmd)
+
+    r.step("glance md-tag-create-multiple / md-tag-create / md-tag-list / md-tag-delete", tags, created)
+
+    def associate():
+        env.glance("md-resource-type-associate", MD_NAMESPACE, "--name", "OS::Glance::Image", "--prefix", "ct_")
+        cmd = env.glance("md-namespace-resource-type-list", MD_NAMESPACE)
+        expect("OS::Glance::Image" in cmd.stdout, "the association is not listed", cmd)
+        cmd = env.glance("md-namespace-list", "--resource-types", "OS::Glance::Image")
+        expect(MD_NAMESPACE in cmd.stdout, "the namespace is not listed for its resource type", cmd)
+
+    r.step("glance md-resource-type-associate / md-namespace-resource-type-list", associate, created)
+
+    def show_and_update():
+        env.glance("md-namespace-update", MD_NAMESPACE, "--display-name", "Client test, renamed", "--protected", "true")
+        cmd = env.glance("md-namespace-show", MD_NAMESPACE)
+        table = parse_table(cmd.stdout)
+        expect_eq(table.get("display_name"), "Client test, renamed", "display_name", cmd)
+        expect_eq(table.get("protected"), "True", "protected", cmd)
+        cmd = env.glance("md-namespace-delete", MD_NAMESPACE, check=False)
+        expect(cmd.rc != 0 and "403" in cmd.stdout + cmd.stderr, "a protected namespace was deleted", cmd)
+        env.glance("md-namespace-update", MD_NAMESPACE, "--protected", "false")
+
+    r.step("glance md-namespace-update / md-namespace-show; a protected namespace is not deleted", show_and_update, created)
+
+    def delete():
+        env.glance("md-namespace-delete", MD_NAMESPACE)
+        cmd = env.glance("md-namespace-show", MD_NAMESPACE, check=False)
+        expect(cmd.rc != 0 and "404" in cmd.stdout + cmd.stderr, "the deleted namespace is still shown", cmd)
+
+    r.step("glance md-namespace-delete (its properties, objects and tags with it)", delete, created)
+
+    def osc():
+        cmd = env.openstack(
+            "image", "metadef", "namespace", "create", MD_OSC_NAMESPACE,
+            "--display-name", "Osc test", "--public", "-f", "json",
+        )
+        expect_eq(parse_json(cmd).get("namespace"), MD_OSC_NAMESPACE, "namespace", cmd)
+        cmd = env.openstack("image", "metadef", "namespace", "list", "-f", "json")
+        names = [row.get("namespace") or row.get("Namespace") for row in parse_json(cmd)]
+        expect(MD_OSC_NAMESPACE in names, "the namespace is not listed", cmd)
+        cmd = env.openstack("image", "metadef", "namespace", "show", MD_OSC_NAMESPACE, "-f", "json")
+        expect_eq(parse_json(cmd).get("display_name"), "Osc test", "display_name", cmd)
+        env.openstack(
+            "image", "metadef", "property", "create", MD_OSC_NAMESPACE,
+            "--name", "speed", "--title", "Speed", "--type", "integer",
+            "--schema", json.dumps({"minimum": 1}),
+        )
+        cmd = env.openstack("image", "metadef", "property", "list", MD_OSC_NAMESPACE, "-f", "json")
+        expect("speed" in cmd.stdout, "the property is not listed", cmd)
+        cmd = env.openstack("image", "metadef", "resource", "type", "list", "-f", "json")
+        expect("OS::Nova::Flavor" in cmd.stdout, "OS::Nova::Flavor missing from the resource types", cmd)
+        env.openstack("image", "metadef", "namespace", "delete", MD_OSC_NAMESPACE)
+        cmd = env.openstack("image", "metadef", "namespace", "show", MD_OSC_NAMESPACE, check=False)
+        expect(cmd.rc != 0, "the deleted namespace is still shown", cmd)
+
+    r.step("openstack image metadef namespace create / list / show / property create / delete", osc)
+
+    def sdk():
+        conn = sdk_connect(env.url)
+        names = [namespace.namespace for namespace in conn.image.metadef_namespaces()]
+        expect("OS::Compute::Hardware" in names or "OS::Compute::Watchdog" in names,
+               f"no starter namespace among {names}")
+        types = [resource_type.name for resource_type in conn.image.metadef_resource_types()]
+        expect("OS::Cinder::Volume" in types, f"OS::Cinder::Volume missing from {types}")
+        namespace = conn.image.create_metadef_namespace(namespace="OCELLUS::Clients::Sdk", visibility="private")
+        shown = conn.image.get_metadef_namespace("OCELLUS::Clients::Sdk")
+        expect_eq(shown.visibility, "private", "visibility")
+        conn.image.delete_metadef_namespace(namespace)
+
+    r.step("openstacksdk metadef_namespaces / metadef_resource_types / create / get / delete", sdk)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("url", help="unversioned server root, e.g. http://127.0.0.1:9292")
@@ -1024,6 +1162,7 @@ def main():
         osc_flow(r, env)
         sdk_flow(r, env)
         import_flow(r, env, args.web_url)
+        metadefs_flow(r, env)
         return r.summary()
 
 

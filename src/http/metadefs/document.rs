@@ -404,15 +404,21 @@ pub fn namespace(value: &Value) -> Checked<NamespaceDoc> {
             Some(_) => invalid(format!("The namespace: '{key}' must be a list")),
         }
     };
+    // Glance refuses server-set attributes at the top of a document only: what a client got
+    // from a show (glanceclient's `md-namespace-update` sends it back) nests them, and they
+    // are ignored there.
     let associations = list("resource_type_associations")?
         .iter()
-        .map(association)
+        .map(|item| association(&without_server_fields(item)))
         .collect::<Checked<Vec<_>>>()?;
     let objects = list("objects")?
         .iter()
-        .map(metadef_object)
+        .map(|item| metadef_object(&without_server_fields(item)))
         .collect::<Checked<Vec<_>>>()?;
-    let tags = list("tags")?.iter().map(tag).collect::<Checked<Vec<_>>>()?;
+    let tags = list("tags")?
+        .iter()
+        .map(|item| tag(&without_server_fields(item)))
+        .collect::<Checked<Vec<_>>>()?;
     let properties = match map.get("properties") {
         Some(value) => property_map(value, "The namespace")?,
         None => Vec::new(),
@@ -431,10 +437,48 @@ pub fn namespace(value: &Value) -> Checked<NamespaceDoc> {
     })
 }
 
+/// A nested item without the attributes the server sets (`created_at`, `updated_at`, `self`,
+/// `schema`).
+fn without_server_fields(item: &Value) -> Value {
+    let mut item = item.clone();
+    if let Value::Object(map) = &mut item {
+        for key in ["created_at", "updated_at", "self", "schema"] {
+            map.remove(key);
+        }
+    }
+    item
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// glanceclient's `md-namespace-update` sends back what a show returned, nested times
+    /// included; Glance ignores them below the top level.
+    #[test]
+    fn nested_server_fields_are_ignored_top_level_ones_refused() {
+        let shown = json!({
+            "namespace": "N", "visibility": "public",
+            "resource_type_associations": [{"name": "OS::Glance::Image", "prefix": "hw_",
+                "created_at": "2026-12-05T08:38:33Z"}],
+            "objects": [{"name": "O", "created_at": "2026-12-05T08:38:33Z",
+                "updated_at": "2026-12-05T08:38:33Z", "schema": "/v2/schemas/metadefs/object"}],
+            "tags": [{"name": "t", "created_at": "2026-12-05T08:38:33Z"}]
+        });
+        let document = namespace(&shown).unwrap();
+        assert_eq!(document.associations.len(), 1);
+        assert_eq!(document.objects.len(), 1);
+        assert_eq!(document.tags, vec!["t".to_owned()]);
+        let mut top = shown.clone();
+        top["created_at"] = json!("2026-12-05T08:38:33Z");
+        assert!(matches!(namespace(&top), Err(Refusal::ReadOnly(_))));
+        // A standalone association keeps Glance's refusal.
+        assert!(matches!(
+            association(&json!({"name": "X", "created_at": "2026-12-05T08:38:33Z"})),
+            Err(Refusal::ReadOnly(_))
+        ));
+    }
 
     #[test]
     fn property_definitions_follow_glance_schema() {
