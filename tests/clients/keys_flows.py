@@ -549,6 +549,53 @@ def key_cli_flow(r, env):
     r.step("curl with a token minted before the revocation: 401", token_refused, revoked, token)
 
 
+# g. Metadata definitions with keys: the admin manages, others read public and own.
+
+
+def metadefs_flow(r, env):
+    admin = env.appcred_vars(env.admin)
+    member = env.password_vars(env.member)
+    private_ns = "OCELLUS::Keys::Private"
+
+    def admin_creates():
+        cmd = env.openstack(
+            "image", "metadef", "namespace", "create", private_ns, "--private", "-f", "json", creds=admin,
+        )
+        expect_eq(parse_json(cmd).get("visibility"), "private", "visibility", cmd)
+        return True
+
+    created = r.step("openstack image metadef namespace create --private (admin)", admin_creates)
+
+    def member_refused():
+        cmd = env.openstack(
+            "image", "metadef", "namespace", "create", "OCELLUS::Keys::Member", creds=member, check=False,
+        )
+        expect(failed_with(cmd, 403), "a member created a namespace", cmd)
+
+    r.step("openstack image metadef namespace create as a member is refused (403)", member_refused)
+
+    def member_reads_public_only():
+        cmd = env.openstack("image", "metadef", "namespace", "list", "-f", "json", creds=member)
+        names = {row.get("namespace") or row.get("Namespace") for row in parse_json(cmd)}
+        expect("OS::Compute::Watchdog" in names, "the public starter namespace is not listed for a member", cmd)
+        expect(private_ns not in names, "another project's private namespace is listed", cmd)
+        cmd = env.openstack("image", "metadef", "namespace", "show", private_ns, creds=member, check=False)
+        expect(failed_with(cmd, 404), "another project's private namespace is shown", cmd)
+
+    r.step("openstack image metadef namespace list/show as a member: public ones only", member_reads_public_only, created)
+
+    def protected_stays():
+        resp = env.curl("DELETE", "/v2/metadefs/namespaces/OS::Compute::Watchdog", token=env.admin.key)
+        expect_status(resp, 403, "DELETE of a protected namespace")
+
+    r.step("curl: a protected namespace is not deleted (403)", protected_stays)
+
+    def admin_deletes():
+        env.openstack("image", "metadef", "namespace", "delete", private_ns, creds=admin)
+
+    r.step("openstack image metadef namespace delete (admin)", admin_deletes, created)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("url", help="unversioned server root, e.g. https://127.0.0.1:9292")
@@ -576,6 +623,7 @@ def main():
         private_id = password_flow(r, env, public_id)
         glance_flow(r, env, public_id, private_id)
         sdk_flow(r, env, public_id)
+        metadefs_flow(r, env)
         key_cli_flow(r, env)
         return r.summary()
 
