@@ -899,6 +899,50 @@ async fn keys_mode_applies_the_v2_rules() {
     ))
     .await;
     assert_eq!(change.status, StatusCode::FORBIDDEN);
+    let path = format!("/v1/images/{id}");
+    for (key, method, expected) in [
+        // v2's download rule: readers see the metadata but may not download.
+        (&reader, Method::HEAD, StatusCode::OK),
+        (&outsider, Method::HEAD, StatusCode::OK),
+        (&outsider, Method::DELETE, StatusCode::FORBIDDEN),
+        (&reader, Method::DELETE, StatusCode::FORBIDDEN),
+    ] {
+        let reply = send(as_key(key, server.request(method.clone(), &path))).await;
+        assert_eq!(reply.status, expected, "{method} as {key}");
+    }
+    // Data for the queued image, then readers may not download it; members may.
+    let data = random_bytes(1000, 10);
+    let stored = send(as_key(
+        &member,
+        server
+            .request(Method::PUT, &path)
+            .header("x-image-meta-disk_format", "raw")
+            .header("x-image-meta-container_format", "bare")
+            .header("content-type", "application/octet-stream")
+            .body(data.clone()),
+    ))
+    .await;
+    assert_eq!(stored.status, StatusCode::OK, "{}", stored.body);
+    let by_reader = send(as_key(&reader, server.request(Method::GET, &path))).await;
+    assert_eq!(by_reader.status, StatusCode::FORBIDDEN);
+    let response = as_key(&outsider, server.request(Method::GET, &path))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.bytes().await.unwrap().to_vec(), data);
+    // Members of the image are for its owner (and admins) to change.
+    let members = format!("/v1/images/{id}/members/gamma");
+    let reply = send(as_key(&outsider, server.request(Method::PUT, &members))).await;
+    assert_eq!(reply.status, StatusCode::FORBIDDEN);
+    let shared = send(as_key(
+        &reader,
+        server.request(Method::GET, "/v1/shared-images/beta"),
+    ))
+    .await;
+    assert_eq!(shared.status, StatusCode::FORBIDDEN);
+    let removed = send(as_key(&member, server.request(Method::DELETE, &path))).await;
+    assert_eq!(removed.status, StatusCode::OK);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
