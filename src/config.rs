@@ -379,6 +379,9 @@ pub struct Config {
     pub store: StoreLimits,
     /// Whether `/v1` serves the legacy Images API.
     pub enable_v1_api: bool,
+    /// Blobs in an S3 bucket instead of the data directory (issue 13, in progress: set by
+    /// tests only until the multi-store configuration lands).
+    pub s3: Option<crate::S3Settings>,
 }
 
 impl Default for Config {
@@ -407,6 +410,7 @@ impl Default for Config {
             per_image: PerImageQuotas::default(),
             store: StoreLimits::default(),
             enable_v1_api: true,
+            s3: None,
         }
     }
 }
@@ -611,6 +615,7 @@ impl Config {
                 .enable_v1_api
                 .or(file.enable_v1_api)
                 .unwrap_or(auth == AuthMode::None),
+            s3: None,
         };
         if config.default_project.is_empty() || config.default_project.len() > 255 {
             return Err("default_project must be 1 to 255 characters".into());

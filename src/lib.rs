@@ -7,6 +7,8 @@
 //! calls `open` and `http::serve`. See ARCHITECTURE.md.
 
 mod blob;
+/// The S3 backend's settings, for tests and (soon) the multi-store configuration.
+pub use blob::s3::S3Settings;
 pub mod config;
 pub mod fetch;
 pub mod http;
@@ -64,7 +66,8 @@ pub fn open(config: config::Config) -> Result<AppState, OpenError> {
         None => None,
     };
     let store = Arc::new(
-        store::Store::open_with(&config.data_dir, config.store).map_err(OpenError::Store)?,
+        store::Store::open_on(&config.data_dir, config.store, config.s3.as_ref())
+            .map_err(OpenError::Store)?,
     );
     let kv_error = |error: kv::KvError| OpenError::Store(store::StoreError::Kv(error));
     http::metadefs::seed_catalog(&store).map_err(OpenError::Store)?;

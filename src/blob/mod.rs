@@ -28,6 +28,7 @@ pub mod inspect;
 pub mod local;
 pub mod outboard;
 pub mod pool;
+pub mod s3;
 mod writer;
 
 use std::collections::VecDeque;

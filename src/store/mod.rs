@@ -174,6 +174,17 @@ impl Default for StoreLimits {
     }
 }
 
+/// The blob backend the limits ask for: the data directory, or an S3 bucket.
+fn open_backend(
+    data_dir: &Path,
+    s3: Option<&crate::blob::s3::S3Settings>,
+) -> std::io::Result<Arc<dyn Backend>> {
+    Ok(match s3 {
+        Some(settings) => Arc::new(crate::blob::s3::S3Bucket::open(settings)?),
+        None => Arc::new(LocalDir::open(data_dir)?),
+    })
+}
+
 /// What an upload brought, for the caller to check before it is kept.
 pub struct Uploaded<'a> {
     pub size: u64,
@@ -315,9 +326,19 @@ impl Store {
     /// leave: uploads stuck in `saving` go back to `queued`; temp objects go; unreferenced
     /// blobs go to quarantine (and referenced ones come back from it). Blocks.
     pub fn open_with(data_dir: &Path, limits: StoreLimits) -> Result<Store, StoreError> {
+        Store::open_on(data_dir, limits, None)
+    }
+
+    /// `open_with`, keeping blobs in an S3 bucket when `s3` is given (issue 13, in progress:
+    /// no setting reaches it yet; the multi-store configuration will).
+    pub fn open_on(
+        data_dir: &Path,
+        limits: StoreLimits,
+        s3: Option<&crate::blob::s3::S3Settings>,
+    ) -> Result<Store, StoreError> {
         std::fs::create_dir_all(data_dir)?;
         let kv = Kv::open(&data_dir.join(crate::DATABASE_FILE))?;
-        let backend = Arc::new(LocalDir::open(data_dir)?);
+        let backend = open_backend(data_dir, s3)?;
         let store = Store::assemble(kv, backend, limits)?;
         let repairs = store.repair()?;
         if repairs != Repairs::default() {
@@ -347,11 +368,11 @@ impl Store {
         };
         std::fs::create_dir_all(data_dir)?;
         let kv = Kv::open(&data_dir.join(crate::DATABASE_FILE))?;
-        let backend = Arc::new(LocalDir::open(data_dir)?);
+        let backend = open_backend(data_dir, None)?;
         Ok(Store::assemble(kv, backend, limits)?)
     }
 
-    fn assemble(kv: Kv, backend: Arc<LocalDir>, limits: StoreLimits) -> std::io::Result<Store> {
+    fn assemble(kv: Kv, backend: Arc<dyn Backend>, limits: StoreLimits) -> std::io::Result<Store> {
         Ok(Store {
             kv,
             blobs: BlobStore::new(backend, TransferPool::new(limits.transfer_threads)?),

@@ -16,5 +16,6 @@ mod metadefs;
 mod observe;
 mod ops;
 mod restart;
+mod s3;
 mod tls;
 mod v1;
