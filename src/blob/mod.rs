@@ -195,6 +195,26 @@ fn mismatch(error: OutboardError) -> io::Error {
     }
 }
 
+/// The error inside an `io::Error` when a remote backend cannot be reached or answers that it
+/// is unavailable (after its retries): the request may work later, so clients get 503.
+#[derive(Debug)]
+pub struct Unavailable(pub String);
+
+impl std::fmt::Display for Unavailable {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(formatter, "the object store is unavailable: {}", self.0)
+    }
+}
+
+impl std::error::Error for Unavailable {}
+
+/// Whether an I/O error is a backend's `Unavailable`.
+pub fn is_unavailable(error: &io::Error) -> bool {
+    error
+        .get_ref()
+        .is_some_and(|inner| inner.is::<Unavailable>())
+}
+
 /// What can go wrong in the blob store.
 #[derive(Debug)]
 pub enum BlobError {

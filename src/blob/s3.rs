@@ -41,8 +41,14 @@ use crate::kv::Digest;
 const PART_SIZE: usize = 8 << 20;
 /// Parts an upload keeps in flight.
 const PARTS_IN_FLIGHT: usize = 4;
-/// Longest any single request may take.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
+/// Longest any one call may take, its retries included.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(90);
+/// Longest one attempt may take, and its connection.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(60);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Retries of a failed request (object_store backs off between them), and their time limit.
+const RETRIES: usize = 3;
+const RETRY_TIME: Duration = Duration::from_secs(20);
 
 /// Where the bucket is and how to reach it.
 #[derive(Clone, Debug)]
@@ -64,9 +70,14 @@ pub struct S3Bucket {
     runtime: Option<tokio::runtime::Runtime>,
 }
 
+/// A missing key is `NotFound`; anything else that went wrong talking to the engine (it is
+/// unreachable, or answered 5xx through all retries) is `Unavailable`, which clients see as 503.
 fn to_io(error: object_store::Error) -> io::Error {
     match error {
         object_store::Error::NotFound { .. } => io::Error::new(io::ErrorKind::NotFound, error),
+        object_store::Error::Generic { .. } => {
+            io::Error::other(super::Unavailable(error.to_string()))
+        }
         other => io::Error::other(other),
     }
 }
@@ -74,13 +85,23 @@ fn to_io(error: object_store::Error) -> io::Error {
 fn timed_out() -> io::Error {
     io::Error::new(
         io::ErrorKind::TimedOut,
-        "the object store did not answer in time",
+        super::Unavailable("no answer in time".into()),
     )
 }
 
 impl S3Bucket {
     pub fn open(settings: &S3Settings) -> io::Result<S3Bucket> {
+        let options = object_store::ClientOptions::new()
+            .with_timeout(ATTEMPT_TIMEOUT)
+            .with_connect_timeout(CONNECT_TIMEOUT);
+        let retry = object_store::RetryConfig {
+            max_retries: RETRIES,
+            retry_timeout: RETRY_TIME,
+            ..Default::default()
+        };
         let mut builder = AmazonS3Builder::new()
+            .with_client_options(options)
+            .with_retry(retry)
             .with_bucket_name(&settings.bucket)
             .with_region(&settings.region)
             .with_access_key_id(&settings.access_key)

@@ -126,6 +126,12 @@ impl From<BlobError> for Error {
                 tracing::info!(%detail, "upload cut off");
                 Error::bad_request("The image data ended before the request was complete")
             }
+            BlobError::Io(error) if crate::blob::is_unavailable(&error) => {
+                tracing::warn!(%error, "blob store unavailable");
+                Error::unavailable(
+                    "The image store's object storage cannot be reached right now; try again later.",
+                )
+            }
             BlobError::Io(error) => {
                 tracing::error!(%error, "blob store failed");
                 Error::internal()
