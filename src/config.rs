@@ -43,7 +43,9 @@ pub struct ServeArgs {
     /// metrics_token, scrub_interval, scrub_rate, import_methods, web_download_allow,
     /// web_download_ports, max_imports, task_time_to_live, image_size_total,
     /// image_stage_total, image_count_total, image_count_uploading, image_tag_quota,
-    /// image_property_quota, image_member_quota, enable_v1_api
+    /// image_property_quota, image_member_quota, enable_v1_api, default_store, and one
+    /// [stores.ID] table per store (type = "file" | "s3"; see the README, "Storing images in
+    /// S3")
     #[arg(long, env = "OCELLUS_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Authentication mode [default: none]
@@ -126,8 +128,9 @@ pub struct ServeArgs {
     /// run [default: 50]
     #[arg(long, env = "OCELLUS_SCRUB_RATE", value_name = "MB_PER_S")]
     pub scrub_rate: Option<u64>,
-    /// Interoperable import methods offered, comma-separated: glance-direct, web-download
-    /// [default: both]
+    /// Interoperable import methods offered, comma-separated: glance-direct, web-download,
+    /// copy-image
+    /// [default: all three]
     #[arg(
         long,
         env = "OCELLUS_IMPORT_METHODS",
@@ -287,7 +290,7 @@ impl Default for PerImageQuotas {
 }
 
 /// The import methods this build can offer.
-pub const IMPORT_METHODS: [&str; 2] = ["glance-direct", "web-download"];
+pub const IMPORT_METHODS: [&str; 3] = ["glance-direct", "web-download", "copy-image"];
 
 /// How log lines are written.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
@@ -339,6 +342,40 @@ pub struct FileConfig {
     pub image_property_quota: Option<i64>,
     pub image_member_quota: Option<i64>,
     pub enable_v1_api: Option<bool>,
+    /// The store uploads go to when they name none [default: the only store, or `fs`].
+    pub default_store: Option<String>,
+    /// The stores, by id; none configured: the data directory as store `fs`.
+    #[serde(default)]
+    pub stores: std::collections::BTreeMap<String, StoreSection>,
+}
+
+/// One `[stores.ID]` table.
+#[derive(Debug, Default, Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
+#[serde(deny_unknown_fields)]
+pub struct StoreSection {
+    /// `file` (the data directory's blobs; at most one) or `s3`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub description: Option<String>,
+    /// Downloads read from the heaviest store holding the bytes first [default: 0].
+    pub weight: Option<i64>,
+    /// S3: `http(s)://host:port` of the engine; leave out for AWS itself.
+    pub endpoint: Option<String>,
+    pub bucket: Option<String>,
+    /// S3 region [default: us-east-1].
+    pub region: Option<String>,
+    /// Put before every key, e.g. `ocellus/` [default: none].
+    pub prefix: Option<String>,
+    /// Files holding the access key id and the secret key (first line of each).
+    pub access_key_file: Option<PathBuf>,
+    pub secret_key_file: Option<PathBuf>,
+    /// Or environment variables holding them [default: AWS_ACCESS_KEY_ID and
+    /// AWS_SECRET_ACCESS_KEY].
+    pub access_key_env: Option<String>,
+    pub secret_key_env: Option<String>,
+    /// How long an object nothing references stays before the sweep removes it, e.g. `1h`.
+    pub removal_grace: Option<String>,
 }
 
 /// Certificate and key files for HTTPS.
@@ -379,9 +416,8 @@ pub struct Config {
     pub store: StoreLimits,
     /// Whether `/v1` serves the legacy Images API.
     pub enable_v1_api: bool,
-    /// Blobs in an S3 bucket instead of the data directory (issue 13, in progress: set by
-    /// tests only until the multi-store configuration lands).
-    pub s3: Option<crate::S3Settings>,
+    /// The stores of image bytes and the default one.
+    pub stores: crate::store::StoreSet,
 }
 
 impl Default for Config {
@@ -410,7 +446,7 @@ impl Default for Config {
             per_image: PerImageQuotas::default(),
             store: StoreLimits::default(),
             enable_v1_api: true,
-            s3: None,
+            stores: crate::store::StoreSet::default(),
         }
     }
 }
@@ -615,7 +651,7 @@ impl Config {
                 .enable_v1_api
                 .or(file.enable_v1_api)
                 .unwrap_or(auth == AuthMode::None),
-            s3: None,
+            stores: store_set(file.default_store, file.stores)?,
         };
         if config.default_project.is_empty() || config.default_project.len() > 255 {
             return Err("default_project must be 1 to 255 characters".into());
@@ -638,6 +674,154 @@ impl Config {
         }
         Ok(config)
     }
+}
+
+/// The `[stores.ID]` tables as the store wants them; credentials are read here (from files or
+/// the environment) and never logged.
+fn store_set(
+    default: Option<String>,
+    sections: std::collections::BTreeMap<String, StoreSection>,
+) -> Result<crate::store::StoreSet, String> {
+    use crate::store::{BackendSpec, StoreSet, StoreSpec};
+    if sections.is_empty() {
+        let set = StoreSet::default();
+        return match default {
+            Some(id) if id != set.default => Err(format!(
+                "default_store {id:?} is not a configured store (none is configured: the only one is {:?})",
+                set.default
+            )),
+            _ => Ok(set),
+        };
+    }
+    let mut stores = Vec::new();
+    for (id, section) in sections {
+        if id.is_empty()
+            || id.len() > 255
+            || !id
+                .bytes()
+                .all(|byte| byte.is_ascii_alphanumeric() || byte == b'_' || byte == b'-')
+        {
+            return Err(format!(
+                "store id {id:?} must be 1 to 255 letters, digits, '-' or '_'"
+            ));
+        }
+        let grace = match section.removal_grace.as_deref() {
+            None => std::time::Duration::from_secs(3600),
+            Some(text) => match parse_interval(text) {
+                Some(Some(grace)) => grace,
+                _ => {
+                    return Err(format!(
+                        "stores.{id}.removal_grace {text:?} must be a duration such as 30s, 10m or 1h"
+                    ));
+                }
+            },
+        };
+        let s3_only = [
+            ("endpoint", section.endpoint.is_some()),
+            ("bucket", section.bucket.is_some()),
+            ("region", section.region.is_some()),
+            ("prefix", section.prefix.is_some()),
+            ("access_key_file", section.access_key_file.is_some()),
+            ("secret_key_file", section.secret_key_file.is_some()),
+            ("access_key_env", section.access_key_env.is_some()),
+            ("secret_key_env", section.secret_key_env.is_some()),
+            ("removal_grace", section.removal_grace.is_some()),
+        ];
+        let backend = match section.kind.as_str() {
+            "file" => {
+                if let Some((key, _)) = s3_only.iter().find(|(_, set)| *set) {
+                    return Err(format!("stores.{id}: {key} is for type = \"s3\" stores"));
+                }
+                BackendSpec::File
+            }
+            "s3" => {
+                let bucket = section
+                    .bucket
+                    .ok_or_else(|| format!("stores.{id}: an s3 store needs a bucket"))?;
+                if let Some(endpoint) = &section.endpoint
+                    && !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
+                {
+                    return Err(format!(
+                        "stores.{id}.endpoint {endpoint:?} must start with http:// or https://"
+                    ));
+                }
+                let access_key = secret(
+                    &id,
+                    "access key",
+                    section.access_key_file.as_deref(),
+                    section.access_key_env.as_deref().unwrap_or("AWS_ACCESS_KEY_ID"),
+                )?;
+                let secret_key = secret(
+                    &id,
+                    "secret key",
+                    section.secret_key_file.as_deref(),
+                    section
+                        .secret_key_env
+                        .as_deref()
+                        .unwrap_or("AWS_SECRET_ACCESS_KEY"),
+                )?;
+                BackendSpec::S3(crate::S3Settings {
+                    endpoint: section.endpoint,
+                    bucket,
+                    region: section.region.unwrap_or_else(|| "us-east-1".into()),
+                    access_key,
+                    secret_key,
+                    prefix: section.prefix.unwrap_or_default(),
+                })
+            }
+            other => {
+                return Err(format!(
+                    "stores.{id}.type {other:?} must be \"file\" or \"s3\""
+                ));
+            }
+        };
+        stores.push(StoreSpec {
+            id,
+            description: section.description,
+            weight: section.weight.unwrap_or(0),
+            grace,
+            backend,
+        });
+    }
+    let files = stores
+        .iter()
+        .filter(|store| matches!(store.backend, BackendSpec::File))
+        .count();
+    if files > 1 {
+        return Err("at most one store may be of type \"file\" (the data directory)".into());
+    }
+    let default = match default {
+        Some(id) => {
+            if !stores.iter().any(|store| store.id == id) {
+                return Err(format!("default_store {id:?} is not one of the [stores]"));
+            }
+            id
+        }
+        None if stores.len() == 1 => stores[0].id.clone(),
+        None => return Err("with several [stores], default_store must name one".into()),
+    };
+    Ok(StoreSet { stores, default })
+}
+
+/// A store credential: the first line of `file`, or else the environment variable `env`.
+fn secret(store: &str, what: &str, file: Option<&Path>, env: &str) -> Result<String, String> {
+    let value = match file {
+        Some(path) => std::fs::read_to_string(path)
+            .map_err(|error| format!("stores.{store}: cannot read the {what} file {}: {error}", path.display()))?
+            .lines()
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_owned(),
+        None => std::env::var(env).unwrap_or_default(),
+    };
+    if value.is_empty() {
+        return Err(match file {
+            Some(path) => format!("stores.{store}: the {what} file {} is empty", path.display()),
+            None => format!("stores.{store}: no {what}: set {env} or give a file"),
+        });
+    }
+    Ok(value)
 }
 
 /// `off` (or `0`) is `Some(None)`; `<number><s|m|h|d|w>` a duration; anything else `None`.

@@ -20,6 +20,16 @@ pub enum Source {
     Staged,
     /// A URL, fetched under the web-download rules.
     Web(reqwest::Url),
+    /// The bytes of the active image itself, copied to further stores (`copy-image`).
+    Copy,
+}
+
+/// The stores an import puts the bytes in (`stores` or `all_stores` of the request, or the
+/// default store), and whether all of them must work (`all_stores_must_succeed`).
+#[derive(Clone, Debug)]
+pub struct Targets {
+    pub stores: Vec<String>,
+    pub must_succeed: bool,
 }
 
 /// Runs imports.
@@ -65,7 +75,7 @@ impl Importer {
 
     /// Runs task `task` in the background: the import of `source` into image `image`, which
     /// the caller has already moved to `importing`.
-    pub fn start(self: &Arc<Self>, task: ImageId, image: ImageId, source: Source) {
+    pub fn start(self: &Arc<Self>, task: ImageId, image: ImageId, source: Source, targets: Targets) {
         let importer = self.clone();
         let mut running = self
             .running
@@ -88,8 +98,9 @@ impl Importer {
                 return;
             }
             let outcome = match source {
-                Source::Staged => importer.import_staged(image).await,
-                Source::Web(url) => importer.import_web(image, url).await,
+                Source::Staged => importer.import_staged(image, &targets).await,
+                Source::Web(url) => importer.import_web(image, url, &targets).await,
+                Source::Copy => importer.copy_image(image, &targets).await,
             };
             importer.finish(task, image, outcome).await;
         }));
@@ -109,18 +120,26 @@ impl Importer {
         while running.join_next().await.is_some() {}
     }
 
-    async fn import_staged(&self, image: ImageId) -> Result<String, String> {
+    async fn import_staged(&self, image: ImageId, targets: &Targets) -> Result<String, String> {
+        let copied = self.copy_to_targets(image, targets, true).await?;
         let store = self.store.clone();
-        let record =
-            tokio::task::spawn_blocking(move || store.finish_staged_import(image, now_micros()))
-                .await
-                .map_err(|error| error.to_string())?
-                .map_err(|error| error.to_string())?;
+        let keep = targets.stores.clone();
+        let record = tokio::task::spawn_blocking(move || {
+            store.finish_staged_import(image, &keep, now_micros())
+        })
+        .await
+        .map_err(|error| error.to_string())?
+        .map_err(|error| error.to_string())?;
         let size = record.data.map_or(0, |data| data.size);
-        Ok(format!("Imported {size} bytes of staged data"))
+        Ok(format!("Imported {size} bytes of staged data{copied}"))
     }
 
-    async fn import_web(&self, image: ImageId, url: reqwest::Url) -> Result<String, String> {
+    async fn import_web(
+        &self,
+        image: ImageId,
+        url: reqwest::Url,
+        targets: &Targets,
+    ) -> Result<String, String> {
         let fetched = self.fetcher.get(url.clone()).await?;
         let request = UploadRequest {
             quota: true,
@@ -128,7 +147,9 @@ impl Importer {
             declared: fetched.length,
             declared_exact: false,
             cap: self.cap,
+            target: targets.stores.first().cloned(),
         };
+        let more = targets.stores.len() > 1;
         let record = self
             .store
             .upload::<_, String, ImportError>(
@@ -142,10 +163,13 @@ impl Importer {
                     Ok(())
                 },
                 |record, uploaded| check_format(record, uploaded).map_err(ImportError::Refused),
-                |record, data| {
-                    record.status = ImageStatus::Active;
+                move |record, data| {
                     record.data = Some(data);
-                    crate::store::end_import(record, false);
+                    // With more stores to fill, the image stays `importing` until they are.
+                    if !more {
+                        record.status = ImageStatus::Active;
+                        crate::store::end_import(record, &[]);
+                    }
                     record.updated_at = now_micros().max(record.updated_at);
                     Ok(())
                 },
@@ -153,7 +177,76 @@ impl Importer {
             .await
             .map_err(|error| error.to_string())?;
         let size = record.data.map_or(0, |data| data.size);
-        Ok(format!("Downloaded {size} bytes from {url}"))
+        let mut copied = String::new();
+        if more {
+            copied = self.copy_to_targets(image, targets, true).await?;
+            let store = self.store.clone();
+            let keep = targets.stores.clone();
+            tokio::task::spawn_blocking(move || {
+                store.finish_staged_import(image, &keep, now_micros())
+            })
+            .await
+            .map_err(|error| error.to_string())?
+            .map_err(|error| error.to_string())?;
+        }
+        Ok(format!("Downloaded {size} bytes from {url}{copied}"))
+    }
+
+    async fn copy_image(&self, image: ImageId, targets: &Targets) -> Result<String, String> {
+        let copied = self.copy_to_targets(image, targets, false).await?;
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.end_copy(image, now_micros()))
+            .await
+            .map_err(|error| error.to_string())?
+            .map_err(|error| error.to_string())?;
+        Ok(format!("Copied the image's bytes{copied}"))
+    }
+
+    /// Copies the image's bytes to each target store that lacks them, one at a time, keeping
+    /// `os_glance_importing_to_stores` and `os_glance_failed_import` current. A failure ends
+    /// the import when every store must succeed (or, for an import, when no target got the
+    /// bytes); otherwise it is recorded and the others go on. Returns a note for the task.
+    async fn copy_to_targets(
+        &self,
+        image: ImageId,
+        targets: &Targets,
+        importing: bool,
+    ) -> Result<String, String> {
+        let mut copied = Vec::new();
+        let mut failed = Vec::new();
+        for target in &targets.stores {
+            let outcome = self.store.copy_to(image, target, importing).await;
+            let store = self.store.clone();
+            let (done, target_id) = (outcome.is_ok(), target.clone());
+            tokio::task::spawn_blocking(move || {
+                store.note_copy(image, &target_id, done, now_micros())
+            })
+            .await
+            .map_err(|error| error.to_string())?
+            .map_err(|error| error.to_string())?;
+            match outcome {
+                Ok(_) => copied.push(target.clone()),
+                Err(error) => {
+                    tracing::warn!(image = %image, store = %target, %error, "copying to a store failed");
+                    if targets.must_succeed {
+                        return Err(format!("Copying to store '{target}' failed: {error}"));
+                    }
+                    failed.push(target.clone());
+                }
+            }
+        }
+        if importing && copied.is_empty() {
+            return Err(format!("No store took the data: {}", failed.join(", ")));
+        }
+        Ok(if failed.is_empty() {
+            format!("; in stores {}", copied.join(", "))
+        } else {
+            format!(
+                "; in stores {}; failed: {}",
+                copied.join(", "),
+                failed.join(", ")
+            )
+        })
     }
 
     async fn finish(&self, task: ImageId, image: ImageId, outcome: Result<String, String>) {

@@ -47,10 +47,6 @@ impl std::fmt::Display for OpenError {
 
 impl std::error::Error for OpenError {}
 
-/// The id of the one store, in `OpenStack-image-store-ids`, `/v2/info/stores` and an image's
-/// `stores`: Glance's name for its filesystem store.
-pub const STORE_ID: &str = "fs";
-
 /// Name of the metadata database file in the data directory.
 pub const DATABASE_FILE: &str = "ocellus.redb";
 
@@ -66,7 +62,7 @@ pub fn open(config: config::Config) -> Result<AppState, OpenError> {
         None => None,
     };
     let store = Arc::new(
-        store::Store::open_on(&config.data_dir, config.store, config.s3.as_ref())
+        store::Store::open_on(&config.data_dir, config.store, &config.stores)
             .map_err(OpenError::Store)?,
     );
     let kv_error = |error: kv::KvError| OpenError::Store(store::StoreError::Kv(error));

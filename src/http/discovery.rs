@@ -22,7 +22,6 @@ use serde_json::{Value, json};
 use super::{AppState, BaseUrl, Error, schemas};
 use crate::policy::Caller;
 
-pub use crate::STORE_ID;
 
 /// v2 minor versions with whether we serve what they added.
 const VERSIONS: &[(&str, bool)] = &[
@@ -34,9 +33,9 @@ const VERSIONS: &[(&str, bool)] = &[
     ("v2.5", true),   // community and shared visibility
     ("v2.6", true),   // interoperable import
     ("v2.7", true),   // hidden images and multiple hashes (os_hidden, os_hash_*)
-    ("v2.8", true),   // stores: /v2/info/stores, `stores` on import (one store here)
-    ("v2.9", false),  // the copy-image import method
-    ("v2.10", false), // DELETE /v2/stores/{store}/{image}
+    ("v2.8", true),   // multiple stores: /v2/info/stores, `stores` on import and upload
+    ("v2.9", true),   // the copy-image import method
+    ("v2.10", true),  // DELETE /v2/stores/{store}/{image}
     ("v2.11", false),
     ("v2.12", true), // /v2/info/usage and an image's tasks
 ];
@@ -168,8 +167,23 @@ pub async fn members_schema(_caller: Caller) -> Json<Value> {
 }
 
 /// https://docs.openstack.org/api-ref/image/v2/index.html#list-stores
-pub async fn stores_info(_caller: Caller) -> Json<Value> {
-    Json(json!({ "stores": [{ "id": STORE_ID, "default": "true" }] }))
+pub async fn stores_info(State(state): State<AppState>, _caller: Caller) -> Json<Value> {
+    let stores: Vec<Value> = state
+        .store
+        .store_infos()
+        .into_iter()
+        .map(|info| {
+            let mut view = json!({ "id": info.id });
+            if let Some(description) = info.description {
+                view["description"] = description.into();
+            }
+            if info.default {
+                view["default"] = "true".into();
+            }
+            view
+        })
+        .collect();
+    Json(json!({ "stores": stores }))
 }
 
 #[cfg(test)]

@@ -99,6 +99,18 @@ impl Error {
     }
 }
 
+impl From<crate::store::CopyRefusal> for Error {
+    fn from(refusal: crate::store::CopyRefusal) -> Error {
+        use crate::store::CopyRefusal;
+        match refusal {
+            CopyRefusal::NotInStore(_) => Error::not_found(refusal.to_string()),
+            CopyRefusal::UnknownStore(_) | CopyRefusal::NotActive | CopyRefusal::OnlyCopy => {
+                Error::conflict(refusal.to_string())
+            }
+        }
+    }
+}
+
 impl From<KvError> for Error {
     fn from(error: KvError) -> Error {
         if error.is_io() {

@@ -63,6 +63,30 @@ pub async fn stage_image_data(
     receive_image_data(state, caller, image_id, request, true).await
 }
 
+/// The store an upload names in `X-Image-Meta-Store` (`None`: the default store): a configured
+/// store id, or `file` for the data directory's store (v1 named stores by scheme). Anything
+/// else is refused with 400, as Glance refuses an unknown store.
+pub(super) fn upload_store(state: &AppState, named: Option<&str>) -> Result<Option<String>, Error> {
+    let Some(named) = named.map(str::trim) else {
+        return Ok(None);
+    };
+    if state.store.has_store(named) {
+        return Ok(Some(named.to_owned()));
+    }
+    if named == "file"
+        && let Some(info) = state
+            .store
+            .store_infos()
+            .into_iter()
+            .find(|info| info.kind == "file")
+    {
+        return Ok(Some(info.id));
+    }
+    Err(Error::bad_request(format!(
+        "Store for identifier {named} not found"
+    )))
+}
+
 /// `PUT /file` (`staging` false: the image becomes `active`) and `PUT /stage` (`staging` true:
 /// it becomes `uploading`, holding its data for an import).
 async fn receive_image_data(
@@ -106,12 +130,22 @@ async fn receive_image_data(
     let Some(id) = ImageId::parse(&image_id) else {
         return Err(Error::no_image(&image_id));
     };
+    // Staged data goes to the default store; the import names where it ends up.
+    let target = if staging {
+        None
+    } else {
+        let named = headers
+            .get("x-image-meta-store")
+            .map(|value| value.to_str().unwrap_or("\u{fffd}"));
+        upload_store(&state, named)?
+    };
     let request_sizes = UploadRequest {
         quota: true,
         staging,
         declared: declared_size.or(content_length),
         declared_exact: declared_size.is_some(),
         cap,
+        target,
     };
     let body = idle_limited(request.into_body());
     let raw = image_id.clone();

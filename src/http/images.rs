@@ -7,7 +7,6 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 
-use super::discovery::STORE_ID;
 use super::wire::{
     ImageJson, apply_property, check_quotas, check_writable, image_view, is_core, now_micros,
 };
@@ -160,10 +159,9 @@ fn discovery_headers(state: &AppState, headers: &mut axum::http::HeaderMap) {
     {
         headers.insert("OpenStack-image-import-methods", value);
     }
-    headers.insert(
-        "OpenStack-image-store-ids",
-        HeaderValue::from_static(STORE_ID),
-    );
+    if let Ok(value) = HeaderValue::from_str(&state.store.store_ids().join(",")) {
+        headers.insert("OpenStack-image-store-ids", value);
+    }
 }
 
 /// https://docs.openstack.org/api-ref/image/v2/index.html#show-image

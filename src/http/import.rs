@@ -12,8 +12,8 @@ use serde_json::{Map, Value, json};
 use super::images::load_visible;
 use super::wire::{format_time, micro_time, now_micros};
 use super::{AppState, Error, JsonBody, blocking};
-use crate::STORE_ID;
-use crate::importer::{Source, new_task};
+use crate::importer::{Source, Targets, new_task};
+use crate::store::IMPORT_TASK;
 use crate::kv::{
     ImageId, ImageRecord, ImageStatus, InsertOutcome, TaskKind, TaskRecord, TaskStatus,
 };
@@ -136,12 +136,35 @@ pub async fn import_image(
             "Unknown import method name '{name}'."
         )));
     }
-    check_stores(&body)?;
-    if !caller.can_modify(&record) {
+    let mut targets = import_targets(&state, &body)?;
+    if name == "copy-image" {
+        // Glance's default policy: copying to further stores is for admins.
+        if !caller.is_admin() {
+            return Err(Error::not_authorized("copy_image"));
+        }
+        if record.status != ImageStatus::Active {
+            return Err(Error::conflict(format!(
+                "Image needs to be in 'active' status for copy-image, not '{}'",
+                record.status.as_str()
+            )));
+        }
+        let present = record
+            .data
+            .as_ref()
+            .map(|data| data.stores.clone())
+            .unwrap_or_default();
+        targets.stores.retain(|store| !present.contains(store));
+        if targets.stores.is_empty() {
+            return Err(Error::conflict(
+                "The image is already in every store asked for",
+            ));
+        }
+    } else if !caller.can_modify(&record) {
         return Err(Error::not_authorized("modify_image"));
     }
     let source = match name {
         "glance-direct" => Source::Staged,
+        "copy-image" => Source::Copy,
         _ => {
             let Some(uri) = method.get("uri").and_then(Value::as_str) else {
                 return Err(Error::bad_request(
@@ -162,6 +185,7 @@ pub async fn import_image(
         &caller,
         &record,
         source,
+        targets,
         Value::Object(body.clone()),
         request_id(&parts),
     )
@@ -178,13 +202,14 @@ pub(super) async fn start_import(
     caller: &Caller,
     record: &ImageRecord,
     source: Source,
+    targets: Targets,
     import_req: Value,
     request_id: Option<String>,
 ) -> Result<ImageId, Error> {
     let mut input = json!({
         "image_id": record.id.to_string(),
         "import_req": import_req,
-        "backend": [STORE_ID],
+        "backend": targets.stores,
     });
     let method = match &source {
         Source::Web(url) => {
@@ -192,6 +217,7 @@ pub(super) async fn start_import(
             "web-download"
         }
         Source::Staged => "glance-direct",
+        Source::Copy => "copy-image",
     };
     let task = new_task(
         TaskKind::ApiImageImport,
@@ -204,8 +230,22 @@ pub(super) async fn start_import(
     let store = state.store.clone();
     let (task_id, image) = (task.id, record.id);
     let staged = matches!(source, Source::Staged);
+    let copy = matches!(source, Source::Copy);
+    let stores = targets.stores.clone();
     blocking(move || {
-        store.begin_import(image, task_id, now_micros(), |image| {
+        store.begin_import(image, task_id, now_micros(), &stores, copy, |image| {
+            if copy {
+                return match image.status {
+                    ImageStatus::Active if image.properties.get(IMPORT_TASK).is_none_or(String::is_empty) => Ok(()),
+                    ImageStatus::Active => Err(Error::conflict(
+                        "A copy of this image to other stores is already in progress",
+                    )),
+                    other => Err(Error::conflict(format!(
+                        "Image needs to be in 'active' status for copy-image, not '{}'",
+                        other.as_str()
+                    ))),
+                };
+            }
             import_allowed(image, staged)
         })?;
         store.insert_task(&task)?;
@@ -213,39 +253,58 @@ pub(super) async fn start_import(
     })
     .await?;
     tracing::info!(image = %image, task = %task_id, method, "import accepted");
-    state.importer.start(task_id, image, source);
+    state.importer.start(task_id, image, source, targets);
     Ok(task_id)
 }
 
-/// `stores`, `all_stores` and `all_stores_must_succeed` as Glance takes them, for one store.
-fn check_stores(body: &Map<String, Value>) -> Result<(), Error> {
+/// The stores of an import request: `stores` (each must be configured: 409 otherwise, as
+/// in Glance), `all_stores`, or the default store; with `all_stores_must_succeed` (default
+/// true).
+fn import_targets(state: &AppState, body: &Map<String, Value>) -> Result<Targets, Error> {
     let all = match body.get("all_stores") {
         None | Some(Value::Null) => false,
         Some(Value::Bool(all)) => *all,
         Some(_) => return Err(Error::bad_request("'all_stores' must be a boolean.")),
     };
-    if let Some(must) = body.get("all_stores_must_succeed")
-        && !must.is_boolean()
-    {
-        return Err(Error::bad_request(
-            "'all_stores_must_succeed' must be a boolean.",
-        ));
-    }
-    match body.get("stores") {
-        None | Some(Value::Null) => Ok(()),
-        Some(_) if all => Err(Error::bad_request(
-            "All_stores parameter can't be used with x-image-meta-store header or stores parameter",
-        )),
+    let must_succeed = match body.get("all_stores_must_succeed") {
+        None | Some(Value::Null) => true,
+        Some(Value::Bool(must)) => *must,
+        Some(_) => {
+            return Err(Error::bad_request(
+                "'all_stores_must_succeed' must be a boolean.",
+            ));
+        }
+    };
+    let stores = match body.get("stores") {
+        None | Some(Value::Null) if all => state.store.store_ids(),
+        None | Some(Value::Null) => vec![state.store.default_store().to_owned()],
+        Some(_) if all => {
+            return Err(Error::bad_request(
+                "All_stores parameter can't be used with x-image-meta-store header or stores parameter",
+            ));
+        }
         Some(Value::Array(stores)) => {
+            let mut targets: Vec<String> = Vec::new();
             for store in stores {
-                if store.as_str() != Some(STORE_ID) {
+                let Some(id) = store.as_str().filter(|id| state.store.has_store(id)) else {
                     return Err(Error::conflict(format!("Unknown store: {store}")));
+                };
+                if !targets.iter().any(|known| known == id) {
+                    targets.push(id.to_owned());
                 }
             }
-            Ok(())
+            if targets.is_empty() {
+                vec![state.store.default_store().to_owned()]
+            } else {
+                targets
+            }
         }
-        Some(_) => Err(Error::bad_request("'stores' must be a list of store ids.")),
-    }
+        Some(_) => return Err(Error::bad_request("'stores' must be a list of store ids.")),
+    };
+    Ok(Targets {
+        stores,
+        must_succeed,
+    })
 }
 
 /// Whether an image may start an import: glance-direct needs staged data (`uploading`),
@@ -509,19 +568,24 @@ pub async fn create_task(
     let store = state.store.clone();
     let (task_id, image) = (task.id, record.id);
     let project = caller.project_id.clone();
+    let default = state.store.default_store().to_owned();
     blocking(move || {
         store.check_image_count(&project)?;
         if store.insert_image(&record)? == InsertOutcome::IdTaken {
             return Err(Error::conflict("The image id is taken"));
         }
-        store.begin_import(image, task_id, now_micros(), |image| {
+        store.begin_import(image, task_id, now_micros(), &[default.clone()], false, |image| {
             import_allowed(image, false)
         })?;
         store.insert_task(&task)?;
         Ok(())
     })
     .await?;
-    state.importer.start(task_id, image, Source::Web(url));
+    let targets = Targets {
+        stores: vec![state.store.default_store().to_owned()],
+        must_succeed: true,
+    };
+    state.importer.start(task_id, image, Source::Web(url), targets);
     Ok((StatusCode::CREATED, Json(view)).into_response())
 }
 
@@ -542,20 +606,52 @@ pub async fn stores_detail(
     caller: Caller,
 ) -> Result<Json<Value>, Error> {
     admin_only(&caller, "stores_info_detail")?;
-    Ok(Json(json!({
-        "stores": [{
-            "id": STORE_ID,
-            "default": "true",
-            "type": "file",
-            "description": "The content-addressed blob directory of this server",
-            "properties": {
-                "data_dir": state.config.data_dir.join("blobs").display().to_string(),
-                "content_addressed": true,
-                "thin_provisioning": false,
-            },
-            "weight": 0,
-        }]
-    })))
+    let stores: Vec<Value> = state
+        .store
+        .store_infos()
+        .into_iter()
+        .map(|info| {
+            let mut view = json!({
+                "id": info.id,
+                "type": info.kind,
+                "properties": info.properties.into_iter().map(|(key, value)| (key.to_owned(), value)).collect::<Map<String, Value>>(),
+                "weight": info.weight,
+            });
+            if let Some(description) = info.description {
+                view["description"] = description.into();
+            }
+            if info.default {
+                view["default"] = "true".into();
+            }
+            view
+        })
+        .collect();
+    Ok(Json(json!({ "stores": stores })))
+}
+
+/// https://docs.openstack.org/api-ref/image/v2/index.html#delete-image-from-store (admin):
+/// removes one store's copy of an active image's bytes, never the last one.
+pub async fn delete_from_store(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((store_id, image_id)): Path<(String, String)>,
+) -> Result<StatusCode, Error> {
+    admin_only(&caller, "delete_image_location")?;
+    let Some(id) = ImageId::parse(&image_id) else {
+        return Err(Error::no_image(&image_id));
+    };
+    let store = state.store.clone();
+    let removed = blocking(move || {
+        store.remove_from_store::<Error>(id, &store_id, |_| Ok(()))
+    })
+    .await?;
+    match removed {
+        Some(record) => {
+            tracing::info!(image = %record.id, "removed the image's bytes from a store");
+            Ok(StatusCode::NO_CONTENT)
+        }
+        None => Err(Error::no_image(&image_id)),
+    }
 }
 
 /// https://docs.openstack.org/api-ref/image/v2/index.html#get-quota-usage

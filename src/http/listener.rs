@@ -84,8 +84,19 @@ async fn upkeep(store: Arc<crate::store::Store>) {
     let mut ticks = tokio::time::interval(UPKEEP_EVERY);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_collect = tokio::time::Instant::now();
+    let mut last_sweep = tokio::time::Instant::now();
+    let sweep_every = store.sweep_interval();
     loop {
         ticks.tick().await;
+        if let Some(every) = sweep_every
+            && last_sweep.elapsed() >= every
+        {
+            last_sweep = tokio::time::Instant::now();
+            let store = store.clone();
+            if let Ok(Err(error)) = tokio::task::spawn_blocking(move || store.sweep()).await {
+                tracing::warn!(%error, "the sweep of unreferenced copies failed; it runs again later");
+            }
+        }
         if !store.healthy() {
             let store = store.clone();
             let _ = tokio::task::spawn_blocking(move || store.recover()).await;

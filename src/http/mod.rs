@@ -37,7 +37,7 @@ use axum::http::request::Parts;
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{MethodRouter, any, get, post, put};
+use axum::routing::{MethodRouter, any, delete, get, post, put};
 
 pub use error::Error;
 pub use listener::serve;
@@ -96,6 +96,10 @@ pub fn router(state: AppState) -> Router {
             resource("GET", get(import::stores_detail)),
         )
         .route("/v2/info/usage", resource("GET", get(import::usage)))
+        .route(
+            "/v2/stores/{store}/{image}",
+            resource("DELETE", delete(import::delete_from_store)),
+        )
         .route(
             "/v2/schemas/task",
             resource("GET", get(discovery::task_schema)),

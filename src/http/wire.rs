@@ -10,7 +10,6 @@ use time::OffsetDateTime;
 use time::macros::format_description;
 
 use super::Error;
-use super::discovery::STORE_ID;
 use super::schemas::{CONTAINER_FORMATS, DISK_FORMATS};
 use crate::kv::{ImageId, ImageRecord, ImageStatus, Visibility};
 use crate::policy::Caller;
@@ -150,8 +149,8 @@ impl serde::Serialize for ImageJson<'_> {
         map.serialize_entry("self", &format!("/v2/images/{id}"))?;
         map.serialize_entry("file", &format!("/v2/images/{id}/file"))?;
         map.serialize_entry("schema", "/v2/schemas/image")?;
-        if data.is_some() {
-            map.serialize_entry("stores", STORE_ID)?;
+        if let Some(data) = data {
+            map.serialize_entry("stores", &data.stores.join(","))?;
         }
         map.end()
     }

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::records::ImageRecord;
 use super::tables::{
-    API_KEY_NAMES, API_KEYS, BLOBS, IMAGE_SORT_INDEX, IMAGES, ImageId, MEMBERS, MEMBERSHIPS,
+    API_KEY_NAMES, API_KEYS, IMAGE_SORT_INDEX, IMAGES, ImageId, MEMBERS, MEMBERSHIPS,
     PROJECTS, SECRETS,
 };
 use super::{Kv, KvError};
@@ -405,8 +405,8 @@ impl Kv {
                 let mut sort_index = transaction
                     .open_table(IMAGE_SORT_INDEX)
                     .map_err(KvError::from)?;
-                let mut blobs = transaction.open_table(BLOBS).map_err(KvError::from)?;
-                super::write_record(&mut images, &mut sort_index, &mut blobs, Some(&old), &new)?;
+                let mut data = super::DataTables::open(&transaction)?;
+                super::write_record(&mut images, &mut sort_index, &mut data, Some(&old), &new)?;
             }
             let mut members = transaction.open_table(MEMBERS).map_err(KvError::from)?;
             let mut memberships = transaction.open_table(MEMBERSHIPS).map_err(KvError::from)?;

@@ -39,13 +39,13 @@ pub use metadefs::{
     AssociationRecord, Catalog, NamespaceRecord, ObjectRecord, PropertyRecord, ReadCatalog,
     ResourceTypeRecord, TagRecord, WriteCatalog,
 };
-pub use records::{ImageData, ImageRecord, ImageStatus, Visibility};
+pub use records::{ImageData, ImageRecord, ImageStatus, LEGACY_STORE, Visibility};
 pub use tables::{Digest, ImageId};
 pub use tasks::{QuotaRecord, TaskKind, TaskRecord, TaskStatus, Usage};
 
 use tables::{
     API_KEY_NAMES, API_KEYS, BAD_BLOBS, BLOBS, DELETED_IMAGES, IMAGE_SORT_INDEX, IMAGE_TASKS,
-    IMAGES, MEMBERS, MEMBERSHIPS, META, METADEF_ASSOCIATIONS, METADEF_NAMESPACES, METADEF_OBJECTS,
+    BLOB_COPIES, BLOB_REMOVALS, IMAGES, MEMBERS, MEMBERSHIPS, META, METADEF_ASSOCIATIONS, METADEF_NAMESPACES, METADEF_OBJECTS,
     METADEF_PROPERTIES, METADEF_RESOURCE_TYPES, METADEF_TAGS, PROJECTS, QUOTAS, SECRETS, TASKS,
 };
 
@@ -54,7 +54,9 @@ use tables::{
 /// - 1: images, sort index, tombstones, blobs.
 /// - 2: adds image members, API keys, projects and secrets (new, empty tables).
 /// - 5: adds the metadata definition tables (new, empty tables).
-const SCHEMA_VERSION: u64 = 5;
+/// - 6: adds per-store blob copies and removal intents; every referenced blob gets a copy row
+///   in the store `fs` (the data directory), where all bytes were until then.
+const SCHEMA_VERSION: u64 = 6;
 
 /// What can go wrong in the metadata store.
 #[derive(Debug)]
@@ -144,8 +146,32 @@ pub enum InsertOutcome {
 pub struct Change {
     /// The record after the change (for a delete, the record that was removed).
     pub record: ImageRecord,
-    /// Blobs that lost their last reference in this change: their files may be removed.
-    pub unreferenced: Vec<Digest>,
+    /// Copies of blobs that lost their last reference in this change: they may be removed.
+    pub unreferenced: Vec<BlobCopy>,
+}
+
+/// A blob's copy in one store.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct BlobCopy {
+    pub digest: Digest,
+    pub store: String,
+}
+
+/// The tables that count references to blobs, written together with image records.
+pub(super) struct DataTables<'t> {
+    blobs: redb::Table<'t, Digest, (u64, u64)>,
+    copies: redb::Table<'t, (Digest, &'static str), u64>,
+    removals: redb::Table<'t, (Digest, &'static str), i64>,
+}
+
+impl<'t> DataTables<'t> {
+    pub(super) fn open(transaction: &'t WriteTransaction) -> Result<DataTables<'t>, KvError> {
+        Ok(DataTables {
+            blobs: transaction.open_table(BLOBS)?,
+            copies: transaction.open_table(BLOB_COPIES)?,
+            removals: transaction.open_table(BLOB_REMOVALS)?,
+        })
+    }
 }
 
 /// What `audit` found.
@@ -229,11 +255,25 @@ impl Kv {
                 }
                 // Versions 1 to 5 only add tables (2: keys and members; 3: bad blobs; 4: tasks
                 // and quotas; 5: metadata definitions), which the `open_table` calls below
-                // create; later versions add their row migrations here.
-                Some(_) | None => {
+                // create. Version 6 counts every referenced blob as a copy in the data
+                // directory's store.
+                Some(version) => {
+                    if version < 6 {
+                        let blobs = transaction.open_table(BLOBS)?;
+                        let mut copies = transaction.open_table(BLOB_COPIES)?;
+                        for entry in blobs.iter()? {
+                            let (digest, value) = entry?;
+                            copies.insert((digest.value(), LEGACY_STORE), value.value().1)?;
+                        }
+                    }
+                    meta.insert("schema_version", SCHEMA_VERSION)?;
+                }
+                None => {
                     meta.insert("schema_version", SCHEMA_VERSION)?;
                 }
             }
+            transaction.open_table(BLOB_COPIES)?;
+            transaction.open_table(BLOB_REMOVALS)?;
             transaction.open_table(IMAGES)?;
             transaction.open_table(IMAGE_SORT_INDEX)?;
             transaction.open_table(DELETED_IMAGES)?;
@@ -384,8 +424,8 @@ impl Kv {
                 return Ok(InsertOutcome::IdTaken);
             }
             let mut sort_index = transaction.open_table(IMAGE_SORT_INDEX)?;
-            let mut blobs = transaction.open_table(BLOBS)?;
-            write_record(&mut images, &mut sort_index, &mut blobs, None, record)?;
+            let mut data = DataTables::open(&transaction)?;
+            write_record(&mut images, &mut sort_index, &mut data, None, record)?;
         }
         self.commit(transaction)?;
         Ok(InsertOutcome::Inserted)
@@ -412,9 +452,8 @@ impl Kv {
             let mut sort_index = transaction
                 .open_table(IMAGE_SORT_INDEX)
                 .map_err(KvError::from)?;
-            let mut blobs = transaction.open_table(BLOBS).map_err(KvError::from)?;
-            unreferenced =
-                write_record(&mut images, &mut sort_index, &mut blobs, Some(&old), &new)?;
+            let mut data = DataTables::open(&transaction)?;
+            unreferenced = write_record(&mut images, &mut sort_index, &mut data, Some(&old), &new)?;
             record = new;
         }
         self.commit(transaction)?;
@@ -468,11 +507,8 @@ impl Kv {
             for key in index::all_index_keys(&old) {
                 sort_index.remove(key.as_slice()).map_err(KvError::from)?;
             }
-            let mut blobs = transaction.open_table(BLOBS).map_err(KvError::from)?;
-            unreferenced = match &old.data {
-                Some(data) => release_blob(&mut blobs, data.digest)?,
-                None => Vec::new(),
-            };
+            let mut data = DataTables::open(&transaction)?;
+            unreferenced = release_data(&mut data, old.data.as_ref())?;
             if let Some(deleted_at) = deleted_at {
                 let mut deleted = transaction
                     .open_table(DELETED_IMAGES)
@@ -576,6 +612,8 @@ impl Kv {
         copy_table(&source, &target, IMAGE_SORT_INDEX)?;
         copy_table(&source, &target, DELETED_IMAGES)?;
         copy_table(&source, &target, BLOBS)?;
+        copy_table(&source, &target, BLOB_COPIES)?;
+        copy_table(&source, &target, BLOB_REMOVALS)?;
         copy_table(&source, &target, MEMBERS)?;
         copy_table(&source, &target, MEMBERSHIPS)?;
         copy_table(&source, &target, API_KEYS)?;
@@ -632,15 +670,81 @@ impl Kv {
         Ok(blobs.get(digest)?.map(|value| value.value().1).unwrap_or(0))
     }
 
-    /// Every blob some image references.
-    pub fn referenced_blobs(&self) -> Result<HashSet<Digest>, KvError> {
+    /// How many images name `store` as holding a copy of a blob.
+    pub fn copy_references(&self, digest: Digest, store: &str) -> Result<u64, KvError> {
         let transaction = self.begin_read()?;
-        let blobs = transaction.open_table(BLOBS)?;
+        let copies = transaction.open_table(BLOB_COPIES)?;
+        Ok(copies.get((digest, store))?.map_or(0, |value| value.value()))
+    }
+
+    /// Every blob some image holds in `store`, with its size.
+    pub fn copies_in(&self, store: &str) -> Result<HashSet<Digest>, KvError> {
+        let transaction = self.begin_read()?;
+        let copies = transaction.open_table(BLOB_COPIES)?;
         let mut digests = HashSet::new();
-        for entry in blobs.iter()? {
-            digests.insert(entry?.0.value());
+        for entry in copies.iter()? {
+            let (key, _) = entry?;
+            let (digest, name) = key.value();
+            if name == store {
+                digests.insert(digest);
+            }
         }
         Ok(digests)
+    }
+
+    /// The ids of every store some image's bytes are in.
+    pub fn stores_in_use(&self) -> Result<std::collections::BTreeSet<String>, KvError> {
+        let transaction = self.begin_read()?;
+        let copies = transaction.open_table(BLOB_COPIES)?;
+        let mut stores = std::collections::BTreeSet::new();
+        for entry in copies.iter()? {
+            stores.insert(entry?.0.value().1.to_owned());
+        }
+        Ok(stores)
+    }
+
+    /// Writes the intent to remove a copy unless an image references it: before bytes are
+    /// placed under a content address, so that a crash before the reference is committed leaves
+    /// a copy the sweep knows about. Keeps an older intent's time.
+    pub fn note_intent(&self, digest: Digest, store: &str) -> Result<(), KvError> {
+        let transaction = self.begin_write()?;
+        {
+            let copies = transaction.open_table(BLOB_COPIES)?;
+            let mut removals = transaction.open_table(BLOB_REMOVALS)?;
+            if copies.get((digest, store))?.is_none() && removals.get((digest, store))?.is_none()
+            {
+                removals.insert((digest, store), unix_seconds())?;
+            }
+        }
+        self.commit(transaction)
+    }
+
+    /// Every removal intent: the copy and the Unix time it was written.
+    pub fn removal_intents(&self) -> Result<Vec<(BlobCopy, i64)>, KvError> {
+        let transaction = self.begin_read()?;
+        let removals = transaction.open_table(BLOB_REMOVALS)?;
+        let mut intents = Vec::new();
+        for entry in removals.iter()? {
+            let (key, since) = entry?;
+            let (digest, store) = key.value();
+            intents.push((
+                BlobCopy {
+                    digest,
+                    store: store.to_owned(),
+                },
+                since.value(),
+            ));
+        }
+        Ok(intents)
+    }
+
+    /// Forgets a removal intent (the copy is gone, or referenced again).
+    pub fn clear_intent(&self, digest: Digest, store: &str) -> Result<(), KvError> {
+        let transaction = self.begin_write()?;
+        transaction
+            .open_table(BLOB_REMOVALS)?
+            .remove((digest, store))?;
+        self.commit(transaction)
     }
 
     /// Reads every image and blob row for a consistency check: how many records name each
@@ -873,7 +977,6 @@ fn compare_records(
 
 type ImagesTable<'t> = redb::Table<'t, ImageId, &'static [u8]>;
 type SortIndexTable<'t> = redb::Table<'t, &'static [u8], ()>;
-type BlobsTable<'t> = redb::Table<'t, Digest, (u64, u64)>;
 
 /// Copies every row of one table between databases.
 fn copy_table<K: redb::Key + 'static, V: Value + 'static>(
@@ -891,14 +994,14 @@ fn copy_table<K: redb::Key + 'static, V: Value + 'static>(
 }
 
 /// Writes `new` over `old`, keeping the sort index and blob reference counts in step.
-/// Returns blobs that lost their last reference.
+/// Returns the copies that lost their last reference.
 pub(super) fn write_record(
     images: &mut ImagesTable<'_>,
     sort_index: &mut SortIndexTable<'_>,
-    blobs: &mut BlobsTable<'_>,
+    data: &mut DataTables<'_>,
     old: Option<&ImageRecord>,
     new: &ImageRecord,
-) -> Result<Vec<Digest>, KvError> {
+) -> Result<Vec<BlobCopy>, KvError> {
     images.insert(new.id, new.encode().as_slice())?;
     let new_keys = index::all_index_keys(new);
     if let Some(old) = old {
@@ -911,38 +1014,103 @@ pub(super) fn write_record(
     for key in &new_keys {
         sort_index.insert(key.as_slice(), ())?;
     }
-    let old_blob = old
-        .and_then(|record| record.data.as_ref())
-        .map(|data| data.digest);
+    let old_data = old.and_then(|record| record.data.as_ref());
     let new_data = new.data.as_ref();
-    let mut unreferenced = Vec::new();
-    if old_blob != new_data.map(|data| data.digest) {
-        if let Some(data) = new_data {
-            let (size, references) = blobs
-                .get(data.digest)?
+    if old_data.map(|data| data.digest) != new_data.map(|data| data.digest) {
+        if let Some(added) = new_data {
+            let (size, references) = data
+                .blobs
+                .get(added.digest)?
                 .map(|value| value.value())
-                .unwrap_or((data.size, 0));
-            blobs.insert(data.digest, (size, references + 1))?;
+                .unwrap_or((added.size, 0));
+            data.blobs
+                .insert(added.digest, (size, references + 1))?;
+            for store in &added.stores {
+                add_copy(data, added.digest, store)?;
+            }
         }
-        if let Some(digest) = old_blob {
-            unreferenced = release_blob(blobs, digest)?;
+        return release_data(data, old_data);
+    }
+    // The same blob: only the stores holding it may have changed.
+    let (Some(old_data), Some(new_data)) = (old_data, new_data) else {
+        return Ok(Vec::new());
+    };
+    for store in &new_data.stores {
+        if !old_data.stores.contains(store) {
+            add_copy(data, new_data.digest, store)?;
+        }
+    }
+    let mut unreferenced = Vec::new();
+    for store in &old_data.stores {
+        if !new_data.stores.contains(store) {
+            unreferenced.extend(drop_copy(data, old_data.digest, store)?);
         }
     }
     Ok(unreferenced)
 }
 
-/// Drops one reference to a blob; returns it if that was the last.
-fn release_blob(blobs: &mut BlobsTable<'_>, digest: Digest) -> Result<Vec<Digest>, KvError> {
-    let Some((size, references)) = blobs.get(digest)?.map(|value| value.value()) else {
+/// Drops an image's references to its blob and the blob's copies.
+fn release_data(
+    data: &mut DataTables<'_>,
+    old: Option<&ImageData>,
+) -> Result<Vec<BlobCopy>, KvError> {
+    let Some(old) = old else {
+        return Ok(Vec::new());
+    };
+    let Some((size, references)) = data.blobs.get(old.digest)?.map(|value| value.value()) else {
         return Err(KvError::Corrupt(format!(
-            "image references unknown blob {digest:?}"
+            "image references unknown blob {:?}",
+            old.digest
         )));
     };
     if references <= 1 {
-        blobs.remove(digest)?;
-        Ok(vec![digest])
+        data.blobs.remove(old.digest)?;
     } else {
-        blobs.insert(digest, (size, references - 1))?;
-        Ok(Vec::new())
+        data.blobs.insert(old.digest, (size, references - 1))?;
     }
+    let mut unreferenced = Vec::new();
+    for store in &old.stores {
+        unreferenced.extend(drop_copy(data, old.digest, store)?);
+    }
+    Ok(unreferenced)
+}
+
+/// Counts one more reference to a blob's copy in `store`; a pending removal of it is cancelled.
+fn add_copy(data: &mut DataTables<'_>, digest: Digest, store: &str) -> Result<(), KvError> {
+    let count = data
+        .copies
+        .get((digest, store))?
+        .map_or(0, |value| value.value());
+    data.copies.insert((digest, store), count + 1)?;
+    data.removals.remove((digest, store))?;
+    Ok(())
+}
+
+/// Counts one reference less; the last one writes the removal intent and returns the copy.
+fn drop_copy(
+    data: &mut DataTables<'_>,
+    digest: Digest,
+    store: &str,
+) -> Result<Option<BlobCopy>, KvError> {
+    let count = data
+        .copies
+        .get((digest, store))?
+        .map_or(0, |value| value.value());
+    if count > 1 {
+        data.copies.insert((digest, store), count - 1)?;
+        return Ok(None);
+    }
+    data.copies.remove((digest, store))?;
+    data.removals.insert((digest, store), unix_seconds())?;
+    Ok(Some(BlobCopy {
+        digest,
+        store: store.to_owned(),
+    }))
+}
+
+/// Seconds since the Unix epoch.
+fn unix_seconds() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| i64::try_from(elapsed.as_secs()).unwrap_or(i64::MAX))
 }

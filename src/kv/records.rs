@@ -11,8 +11,13 @@ use serde::{Deserialize, Serialize};
 
 use super::tables::{Digest, ImageId};
 
-/// The version byte of the current `ImageRecord` encoding.
+/// The version bytes of the `ImageRecord` encodings: 1 had no store list (its bytes were all in
+/// the data directory, the store `fs`); 2, the current one, names the stores holding the bytes.
 const IMAGE_RECORD_V1: u8 = 1;
+const IMAGE_RECORD_V2: u8 = 2;
+
+/// The store a version-1 record's bytes are in: the data directory, which was called `fs`.
+pub const LEGACY_STORE: &str = "fs";
 
 /// Glance's image statuses. `Deleted` and `PendingDelete` never reach the table: a deleted image
 /// is removed and its id kept in the tombstone table.
@@ -110,6 +115,9 @@ pub struct ImageData {
     pub md5: [u8; 16],
     /// SHA-512 of the bytes, Glance's `os_hash_value` with `os_hash_algo` sha512.
     pub sha512: [u8; 64],
+    /// The stores holding a copy of the bytes (by store id), in the order they got it; never
+    /// empty. Glance's `stores` property.
+    pub stores: Vec<String>,
 }
 
 // serde implements arrays only up to 32 elements, so the SHA-512 goes through a byte vector.
@@ -137,6 +145,18 @@ struct ImageDataV1 {
     md5: [u8; 16],
     #[serde(with = "sha512_bytes")]
     sha512: [u8; 64],
+}
+
+/// Version 2 of the stored data: version 1 and the stores.
+#[derive(Serialize, Deserialize)]
+struct ImageDataV2 {
+    digest: [u8; 32],
+    size: u64,
+    virtual_size: Option<u64>,
+    md5: [u8; 16],
+    #[serde(with = "sha512_bytes")]
+    sha512: [u8; 64],
+    stores: Vec<String>,
 }
 
 /// One image, as stored. Times are unix microseconds (UTC).
@@ -182,6 +202,27 @@ struct ImageRecordV1 {
     properties: BTreeMap<String, String>,
 }
 
+/// Version 2 of the stored image record: version 1 with `ImageDataV2`.
+#[derive(Serialize, Deserialize)]
+struct ImageRecordV2 {
+    id: [u8; 16],
+    name: Option<String>,
+    status: ImageStatus,
+    visibility: Visibility,
+    protected: bool,
+    os_hidden: bool,
+    owner: Option<String>,
+    disk_format: Option<String>,
+    container_format: Option<String>,
+    min_ram: i64,
+    min_disk: i64,
+    data: Option<ImageDataV2>,
+    created_at: i64,
+    updated_at: i64,
+    tags: Vec<String>,
+    properties: BTreeMap<String, String>,
+}
+
 /// A stored record that cannot be read back.
 #[derive(Debug)]
 pub struct DecodeError(pub String);
@@ -189,7 +230,7 @@ pub struct DecodeError(pub String);
 impl ImageRecord {
     /// The versioned encoding stored in the images table.
     pub fn encode(&self) -> Vec<u8> {
-        let stored = ImageRecordV1 {
+        let stored = ImageRecordV2 {
             id: self.id.0,
             name: self.name.clone(),
             status: self.status,
@@ -201,19 +242,20 @@ impl ImageRecord {
             container_format: self.container_format.clone(),
             min_ram: self.min_ram,
             min_disk: self.min_disk,
-            data: self.data.as_ref().map(|data| ImageDataV1 {
+            data: self.data.as_ref().map(|data| ImageDataV2 {
                 digest: data.digest.0,
                 size: data.size,
                 virtual_size: data.virtual_size,
                 md5: data.md5,
                 sha512: data.sha512,
+                stores: data.stores.clone(),
             }),
             created_at: self.created_at,
             updated_at: self.updated_at,
             tags: self.tags.clone(),
             properties: self.properties.clone(),
         };
-        let mut bytes = vec![IMAGE_RECORD_V1];
+        let mut bytes = vec![IMAGE_RECORD_V2];
         // Serializing plain structs into a Vec cannot fail.
         bytes.extend(postcard::to_stdvec(&stored).unwrap_or_default());
         bytes
@@ -224,13 +266,43 @@ impl ImageRecord {
         let Some((&version, body)) = bytes.split_first() else {
             return Err(DecodeError("empty image record".into()));
         };
-        if version != IMAGE_RECORD_V1 {
-            return Err(DecodeError(format!(
-                "unknown image record version {version}"
-            )));
-        }
-        let stored: ImageRecordV1 =
-            postcard::from_bytes(body).map_err(|error| DecodeError(error.to_string()))?;
+        let parse_error = |error: postcard::Error| DecodeError(error.to_string());
+        let stored: ImageRecordV2 = match version {
+            IMAGE_RECORD_V2 => postcard::from_bytes(body).map_err(parse_error)?,
+            IMAGE_RECORD_V1 => {
+                let old: ImageRecordV1 = postcard::from_bytes(body).map_err(parse_error)?;
+                ImageRecordV2 {
+                    id: old.id,
+                    name: old.name,
+                    status: old.status,
+                    visibility: old.visibility,
+                    protected: old.protected,
+                    os_hidden: old.os_hidden,
+                    owner: old.owner,
+                    disk_format: old.disk_format,
+                    container_format: old.container_format,
+                    min_ram: old.min_ram,
+                    min_disk: old.min_disk,
+                    data: old.data.map(|data| ImageDataV2 {
+                        digest: data.digest,
+                        size: data.size,
+                        virtual_size: data.virtual_size,
+                        md5: data.md5,
+                        sha512: data.sha512,
+                        stores: vec![LEGACY_STORE.to_owned()],
+                    }),
+                    created_at: old.created_at,
+                    updated_at: old.updated_at,
+                    tags: old.tags,
+                    properties: old.properties,
+                }
+            }
+            _ => {
+                return Err(DecodeError(format!(
+                    "unknown image record version {version}"
+                )));
+            }
+        };
         Ok(ImageRecord {
             id: ImageId(stored.id),
             name: stored.name,
@@ -249,6 +321,7 @@ impl ImageRecord {
                 virtual_size: data.virtual_size,
                 md5: data.md5,
                 sha512: data.sha512,
+                stores: data.stores,
             }),
             created_at: stored.created_at,
             updated_at: stored.updated_at,
@@ -281,6 +354,7 @@ mod tests {
                 virtual_size: Some(1024),
                 md5: [2; 16],
                 sha512: [3; 64],
+                stores: vec![LEGACY_STORE.into()],
             }),
             created_at: 1_700_000_000_000_000,
             updated_at: 1_700_000_000_000_001,
@@ -295,8 +369,9 @@ mod tests {
         assert_eq!(ImageRecord::decode(&record.encode()).unwrap(), record);
     }
 
-    /// Pins the on-disk encoding: if this changes, existing databases can no longer be read,
-    /// so a change here needs a new record version and a migration instead.
+    /// Pins the on-disk encodings: if one changes, existing databases can no longer be read,
+    /// so a change here needs a new record version instead. Version 1 is still read; version 2
+    /// has the same bytes when there is no data.
     #[test]
     fn image_record_v1_golden_bytes() {
         let mut record = sample();
@@ -323,7 +398,10 @@ mod tests {
             &[0],      // properties
         ]
         .concat();
-        assert_eq!(record.encode(), expected);
+        assert_eq!(ImageRecord::decode(&expected).unwrap(), record);
+        let current = record.encode();
+        assert_eq!(current[0], 2);
+        assert_eq!(current[1..], expected[1..]);
     }
 
     /// The same, with image data and properties: the fields that name a blob are pinned too.
@@ -357,8 +435,20 @@ mod tests {
             b"cirros", // properties
         ]
         .concat();
-        assert_eq!(record.encode(), expected);
+        // Version 1 data is in the store `fs`.
         assert_eq!(ImageRecord::decode(&expected).unwrap(), record);
+        // Version 2 appends the stores to the data.
+        let sha512_end = prefix_len + 1 + 32 + 2 + 3 + 16 + 1 + 64;
+        let v2: Vec<u8> = [
+            &[2u8][..],
+            &expected[1..sha512_end],
+            &[1, 2],
+            b"fs",
+            &expected[sha512_end..],
+        ]
+        .concat();
+        assert_eq!(record.encode(), v2);
+        assert_eq!(ImageRecord::decode(&v2).unwrap(), record);
     }
 
     #[test]

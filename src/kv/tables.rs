@@ -25,6 +25,18 @@ pub const DELETED_IMAGES: TableDefinition<ImageId, i64> = TableDefinition::new("
 /// Content-addressed blobs: digest to (size in bytes, number of images referencing it).
 pub const BLOBS: TableDefinition<Digest, (u64, u64)> = TableDefinition::new("blobs_v1");
 
+/// Copies of blobs per store: (digest, store id) to the number of images whose data names that
+/// store. A row exists while the count is above zero.
+pub const BLOB_COPIES: TableDefinition<(Digest, &str), u64> =
+    TableDefinition::new("blob_copies_v1");
+
+/// Intents: copies that may be unreferenced, with the Unix time (seconds) since when. A row is
+/// written when a copy loses its last reference and before an upload places bytes under a
+/// content address; it goes when a reference is committed. The sweep removes a copy whose row
+/// is older than its store's grace period and that still has no reference.
+pub const BLOB_REMOVALS: TableDefinition<(Digest, &str), i64> =
+    TableDefinition::new("blob_removals_v1");
+
 /// Image members: key = image id (16 bytes) followed by the member (a project id, UTF-8);
 /// values are `kv::access::MemberRecord` in its versioned encoding.
 pub const MEMBERS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("image_members_v1");

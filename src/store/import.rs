@@ -51,22 +51,28 @@ impl Store {
 
     /// Moves an image into `importing` for task `task` after `check` accepts it, with the
     /// properties Glance shows during an import. Blocks.
+    ///
+    /// `targets` are the stores it fills; a copy (`copy-image`) leaves the image `active`.
     pub fn begin_import<E: From<StoreError> + From<KvError>>(
         &self,
         id: ImageId,
         task: ImageId,
         now_micros: i64,
+        targets: &[String],
+        copy: bool,
         check: impl FnOnce(&ImageRecord) -> Result<(), E>,
     ) -> Result<ImageRecord, E> {
         let change = self.kv.update_image(id, |record| {
             check(record)?;
-            record.status = ImageStatus::Importing;
+            if !copy {
+                record.status = ImageStatus::Importing;
+            }
             record
                 .properties
                 .insert(IMPORT_TASK.into(), task.to_string());
             record
                 .properties
-                .insert(IMPORTING_TO.into(), crate::STORE_ID.into());
+                .insert(IMPORTING_TO.into(), targets.join(","));
             record
                 .properties
                 .insert(FAILED_IMPORT.into(), String::new());
@@ -78,33 +84,95 @@ impl Store {
             .ok_or_else(|| E::from(StoreError::NoImage(id)))
     }
 
-    /// Makes an image whose staged data was imported `active`. Blocks.
+    /// Makes an importing image that has its data `active`, keeping its bytes only in the
+    /// stores of `keep` that have them (the staging store lets go of its copy unless it was a
+    /// target). Blocks.
     pub fn finish_staged_import(
         &self,
         id: ImageId,
+        keep: &[String],
         now_micros: i64,
     ) -> Result<ImageRecord, StoreError> {
         let change = self.kv.update_image(id, |record| {
-            if record.status != ImageStatus::Importing || record.data.is_none() {
+            if record.status != ImageStatus::Importing {
                 return Err(StoreError::Changed);
             }
+            let Some(data) = &mut record.data else {
+                return Err(StoreError::Changed);
+            };
+            if data.stores.iter().any(|store| keep.contains(store)) {
+                data.stores.retain(|store| keep.contains(store));
+            }
             record.status = ImageStatus::Active;
-            end_import(record, false);
+            let failed = failed_stores(record);
+            end_import(record, &failed);
             record.updated_at = now_micros.max(record.updated_at);
             Ok(())
         })?;
-        change.map(|change| change.record).ok_or(StoreError::Gone)
+        let change = change.ok_or(StoreError::Gone)?;
+        self.release(&change.unreferenced);
+        Ok(change.record)
+    }
+
+    /// Records one target store as done (or failed) in the import properties. Blocks.
+    pub fn note_copy(
+        &self,
+        id: ImageId,
+        target: &str,
+        done: bool,
+        now_micros: i64,
+    ) -> Result<(), StoreError> {
+        self.kv.update_image(id, |record| {
+            let mut pending = split_stores(record.properties.get(IMPORTING_TO));
+            pending.retain(|store| store != target);
+            record
+                .properties
+                .insert(IMPORTING_TO.into(), pending.join(","));
+            if !done {
+                let mut failed = failed_stores(record);
+                if !failed.iter().any(|store| store == target) {
+                    failed.push(target.to_owned());
+                }
+                record
+                    .properties
+                    .insert(FAILED_IMPORT.into(), failed.join(","));
+            }
+            record.updated_at = now_micros.max(record.updated_at);
+            Ok::<(), KvError>(())
+        })?;
+        Ok(())
+    }
+
+    /// Ends a copy-image task: the import properties are cleared, failures kept. Blocks.
+    pub fn end_copy(&self, id: ImageId, now_micros: i64) -> Result<(), StoreError> {
+        self.kv.update_image(id, |record| {
+            let failed = failed_stores(record);
+            end_import(record, &failed);
+            record.updated_at = now_micros.max(record.updated_at);
+            Ok::<(), KvError>(())
+        })?;
+        Ok(())
     }
 
     /// Ends a failed import: the image goes back to `queued` (its staged data, if any, is let
     /// go, so the import can start over), marked as failed for the store. Blocks.
     pub fn fail_import(&self, id: ImageId, now_micros: i64) -> Result<(), StoreError> {
         let change = self.kv.update_image(id, |record| {
+            // The stores still pending (or, when none is, those that failed) failed.
+            let mut failed = failed_stores(record);
+            for store in split_stores(record.properties.get(IMPORTING_TO)) {
+                if !failed.contains(&store) {
+                    failed.push(store);
+                }
+            }
+            if failed.is_empty() {
+                failed.push(self.default_store().to_owned());
+            }
             if record.status == ImageStatus::Importing {
                 record.status = ImageStatus::Queued;
                 record.data = None;
             }
-            end_import(record, true);
+            end_import(record, &failed);
             record.updated_at = now_micros.max(record.updated_at);
             Ok::<(), KvError>(())
         })?;
@@ -138,16 +206,29 @@ impl Store {
     }
 }
 
-/// Clears the in-progress import properties; `failed` records the store as failed.
-pub fn end_import(record: &mut ImageRecord, failed: bool) {
+/// Clears the in-progress import properties and records the stores that failed.
+pub fn end_import(record: &mut ImageRecord, failed: &[String]) {
     record.properties.remove(IMPORT_TASK);
     record.properties.insert(IMPORTING_TO.into(), String::new());
-    record.properties.insert(
-        FAILED_IMPORT.into(),
-        if failed {
-            crate::STORE_ID.into()
-        } else {
-            String::new()
-        },
-    );
+    record
+        .properties
+        .insert(FAILED_IMPORT.into(), failed.join(","));
+}
+
+fn split_stores(value: Option<&String>) -> Vec<String> {
+    value
+        .map(|value| {
+            value
+                .split(',')
+                .map(str::trim)
+                .filter(|store| !store.is_empty())
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The stores `os_glance_failed_import` lists.
+fn failed_stores(record: &ImageRecord) -> Vec<String> {
+    split_stores(record.properties.get(FAILED_IMPORT))
 }

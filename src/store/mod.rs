@@ -24,7 +24,11 @@ use std::collections::HashMap;
 mod import;
 mod metadefs;
 mod ops;
+mod places;
 mod quota;
+pub use places::{
+    BackendSpec, CopyRefusal, DEFAULT_STORE, Place, StoreInfo, StoreSet, StoreSpec,
+};
 pub use import::{FAILED_IMPORT, IMPORT_TASK, IMPORTING_TO, INTERRUPTED, end_import};
 pub use ops::{
     BACKUP_FORMAT, BackupManifest, CheckReport, GcReport, MANIFEST_FILE, Mode, RemovalHold,
@@ -174,14 +178,11 @@ impl Default for StoreLimits {
     }
 }
 
-/// The blob backend the limits ask for: the data directory, or an S3 bucket.
-fn open_backend(
-    data_dir: &Path,
-    s3: Option<&crate::blob::s3::S3Settings>,
-) -> std::io::Result<Arc<dyn Backend>> {
-    Ok(match s3 {
-        Some(settings) => Arc::new(crate::blob::s3::S3Bucket::open(settings)?),
-        None => Arc::new(LocalDir::open(data_dir)?),
+/// Opens a store's backend: the data directory, or an S3 bucket.
+fn open_backend(data_dir: &Path, spec: &StoreSpec) -> std::io::Result<Arc<dyn Backend>> {
+    Ok(match &spec.backend {
+        BackendSpec::S3(settings) => Arc::new(crate::blob::s3::S3Bucket::open(settings)?),
+        BackendSpec::File => Arc::new(LocalDir::open(data_dir)?),
     })
 }
 
@@ -205,6 +206,8 @@ pub struct UploadRequest {
     pub declared_exact: bool,
     /// The largest image accepted.
     pub cap: u64,
+    /// The store the bytes go to (a configured id); `None`: the default store.
+    pub target: Option<String>,
 }
 
 /// The store's figures, for `/metrics`, the detailed health check and `ocellus stats`.
@@ -297,10 +300,15 @@ pub struct Repairs {
     pub expired: usize,
 }
 
-/// Both halves of one data directory.
+/// The catalog and every configured store of image bytes.
 pub struct Store {
     kv: Kv,
-    blobs: BlobStore,
+    data_dir: std::path::PathBuf,
+    /// The configured stores; `home` is the one the scrub, `check`, `gc` and backups work on
+    /// (the data directory's, or the default store when there is none).
+    places: Vec<Place>,
+    default_place: usize,
+    home: usize,
     limits: StoreLimits,
     uploads: Arc<Semaphore>,
     downloads: Arc<Semaphore>,
@@ -309,7 +317,7 @@ pub struct Store {
     /// Blobs being read, with how many reads each.
     pins: Mutex<HashMap<Digest, usize>>,
     scrub: ScrubState,
-    /// Backups in progress, during which blob removals wait in `deferred`.
+    /// Backups in progress, during which removals from `home` wait in `deferred`.
     holds: std::sync::atomic::AtomicUsize,
     deferred: Mutex<Vec<Digest>>,
     /// Per-project usage while uploads of the project run (`quota.rs`).
@@ -326,20 +334,31 @@ impl Store {
     /// leave: uploads stuck in `saving` go back to `queued`; temp objects go; unreferenced
     /// blobs go to quarantine (and referenced ones come back from it). Blocks.
     pub fn open_with(data_dir: &Path, limits: StoreLimits) -> Result<Store, StoreError> {
-        Store::open_on(data_dir, limits, None)
+        Store::open_on(data_dir, limits, &StoreSet::default())
     }
 
-    /// `open_with`, keeping blobs in an S3 bucket when `s3` is given (issue 13, in progress:
-    /// no setting reaches it yet; the multi-store configuration will).
+    /// `open_with`, with the stores of `stores`. Refuses to open when the catalog has bytes in
+    /// a store the configuration no longer lists (nothing is removed on a guess).
     pub fn open_on(
         data_dir: &Path,
         limits: StoreLimits,
-        s3: Option<&crate::blob::s3::S3Settings>,
+        stores: &StoreSet,
     ) -> Result<Store, StoreError> {
         std::fs::create_dir_all(data_dir)?;
         let kv = Kv::open(&data_dir.join(crate::DATABASE_FILE))?;
-        let backend = open_backend(data_dir, s3)?;
-        let store = Store::assemble(kv, backend, limits)?;
+        let store = Store::assemble(kv, data_dir, stores, limits)?;
+        let missing: Vec<String> = store
+            .kv
+            .stores_in_use()?
+            .into_iter()
+            .filter(|id| !store.has_store(id))
+            .collect();
+        if !missing.is_empty() {
+            return Err(StoreError::Blob(BlobError::Io(std::io::Error::other(format!(
+                "the catalog has image data in store(s) {} that the configuration does not list; add them back under [stores]",
+                missing.join(", ")
+            )))));
+        }
         let repairs = store.repair()?;
         if repairs != Repairs::default() {
             tracing::warn!(
@@ -368,14 +387,42 @@ impl Store {
         };
         std::fs::create_dir_all(data_dir)?;
         let kv = Kv::open(&data_dir.join(crate::DATABASE_FILE))?;
-        let backend = open_backend(data_dir, None)?;
-        Ok(Store::assemble(kv, backend, limits)?)
+        Store::assemble(kv, data_dir, &StoreSet::default(), limits)
     }
 
-    fn assemble(kv: Kv, backend: Arc<dyn Backend>, limits: StoreLimits) -> std::io::Result<Store> {
+    fn assemble(
+        kv: Kv,
+        data_dir: &Path,
+        stores: &StoreSet,
+        limits: StoreLimits,
+    ) -> Result<Store, StoreError> {
+        let pool = TransferPool::new(limits.transfer_threads)?;
+        let mut places = Vec::new();
+        for spec in &stores.stores {
+            places.push(Place {
+                spec: spec.clone(),
+                blobs: BlobStore::new(open_backend(data_dir, spec)?, pool.clone()),
+            });
+        }
+        let default_place = places
+            .iter()
+            .position(|place| place.spec.id == stores.default)
+            .ok_or_else(|| {
+                StoreError::Blob(BlobError::Io(std::io::Error::other(format!(
+                    "the default store {} is not configured",
+                    stores.default
+                ))))
+            })?;
+        let home = places
+            .iter()
+            .position(|place| place.removes_at_once())
+            .unwrap_or(default_place);
         Ok(Store {
             kv,
-            blobs: BlobStore::new(backend, TransferPool::new(limits.transfer_threads)?),
+            data_dir: data_dir.to_owned(),
+            places,
+            default_place,
+            home,
             limits,
             uploads: Arc::new(Semaphore::new(limits.max_uploads.max(1))),
             downloads: Arc::new(Semaphore::new(limits.max_downloads.max(1))),
@@ -388,8 +435,14 @@ impl Store {
         })
     }
 
+    /// The home store's backend (see `home`).
     fn backend(&self) -> &dyn Backend {
-        self.blobs.backend()
+        self.places[self.home].blobs.backend()
+    }
+
+    /// The home store's blobs.
+    fn blobs(&self) -> &BlobStore {
+        &self.places[self.home].blobs
     }
 
     fn repair(&self) -> Result<Repairs, StoreError> {
@@ -405,24 +458,41 @@ impl Store {
             tracing::warn!(image = %id, "upload was interrupted; image is queued again");
             repairs.requeued += 1;
         }
-        repairs.temp_removed = self.backend().sweep_temps(None, false)?.count;
-        let referenced = self.kv.referenced_blobs()?;
-        for digest in self.backend().list()? {
-            if !referenced.contains(&digest) {
-                self.backend().quarantine(digest)?;
-                repairs.quarantined += 1;
-            }
+        for place in &self.places {
+            repairs.temp_removed += place.blobs.backend().sweep_temps(None, false)?.count;
         }
-        for &digest in &referenced {
-            if self.backend().size(digest)?.is_none() {
-                if self.restore_from_quarantine(digest)? {
-                    repairs.restored += 1;
-                } else {
-                    tracing::error!(blob = %digest.to_hex(), "a referenced blob is missing");
+        let home = &self.places[self.home];
+        if home.removes_at_once() {
+            let referenced = self.kv.copies_in(home.id())?;
+            for digest in self.backend().list()? {
+                if !referenced.contains(&digest) {
+                    self.backend().quarantine(digest)?;
+                    repairs.quarantined += 1;
+                }
+            }
+            for &digest in &referenced {
+                if self.backend().size(digest)?.is_none() {
+                    if self.restore_from_quarantine(digest)? {
+                        repairs.restored += 1;
+                    } else {
+                        tracing::error!(blob = %digest.to_hex(), "a referenced blob is missing");
+                    }
+                }
+            }
+            repairs.expired = self.collect_quarantine()?;
+        }
+        // A bucket's objects that nothing references (a crash between placing and
+        // committing, or a restored older catalog) get a removal intent: the sweep removes
+        // them after the grace unless an upload references them first.
+        for place in self.places.iter().filter(|place| !place.removes_at_once()) {
+            let referenced = self.kv.copies_in(place.id())?;
+            for digest in place.blobs.backend().list()? {
+                if !referenced.contains(&digest) {
+                    self.kv.note_intent(digest, place.id())?;
+                    repairs.quarantined += 1;
                 }
             }
         }
-        repairs.expired = self.collect_quarantine()?;
         Ok(repairs)
     }
 
@@ -433,7 +503,9 @@ impl Store {
         for id in &requeued {
             tracing::info!(image = %id, "upload cut by shutdown; image is queued again");
         }
-        self.backend().sweep_temps(None, false)?;
+        for place in &self.places {
+            place.blobs.backend().sweep_temps(None, false)?;
+        }
         Ok(())
     }
 
@@ -527,13 +599,13 @@ impl Store {
         pace: &mut dyn FnMut(u64) -> bool,
     ) -> Result<Verdict, StoreError> {
         let checked = self
-            .blobs
+            .blobs()
             .open(digest, size)
             .map_err(|error| match error {
                 BlobError::Io(error) => error,
                 other => std::io::Error::other(other.to_string()),
             })
-            .and_then(|blob| self.blobs.verify_all(blob, pace));
+            .and_then(|blob| self.blobs().verify_all(blob, pace));
         let problem = match checked {
             Ok(true) => return Ok(Verdict::Good),
             Ok(false) => return Ok(Verdict::Stopped),
@@ -792,13 +864,26 @@ impl Store {
         E: From<StoreError> + From<KvError> + Send + 'static,
     {
         let _slot = Store::slot(&self.uploads).await.map_err(E::from)?;
+        let place = match request.target.as_deref() {
+            None => self.default_place,
+            Some(target) => self.place_index(target).ok_or_else(|| {
+                E::from(StoreError::Blob(BlobError::Io(std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    format!("unknown store {target}"),
+                ))))
+            })?,
+        };
         // Room and quotas are checked against the declared size before the image moves to
         // `saving`, so a refusal leaves it `queued`; other refusals of `start` come first.
         let store = self.clone();
         let quota = request.quota;
         let staging = request.staging;
         let (record, reservation, keep_free, claim) = blocking(move || {
-            let space = store.backend().space().map_err(StoreError::from)?;
+            let space = store.places[place]
+                .blobs
+                .backend()
+                .space()
+                .map_err(StoreError::from)?;
             let keep_free = store.keep_free(space);
             // With no declared size, an upload is refused only when nothing at all is left
             // above the reserve; the writer watches the reserve as it goes.
@@ -851,7 +936,7 @@ impl Store {
             armed: true,
         };
         let outcome = self
-            .receive_and_attach(change.record, body, request, keep_free, accept, finish)
+            .receive_and_attach(change.record, place, body, request, keep_free, accept, finish)
             .await;
         drop(reservation);
         let outcome = {
@@ -880,9 +965,11 @@ impl Store {
         outcome
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn receive_and_attach<S, B, E>(
         self: &Arc<Self>,
         record: ImageRecord,
+        place: usize,
         body: S,
         request: UploadRequest,
         keep_free: u64,
@@ -899,7 +986,7 @@ impl Store {
             max_size: exact.unwrap_or(request.cap).min(request.cap),
             keep_free,
         };
-        let received = match self.blobs.receive(body, limits).await {
+        let received = match self.places[place].blobs.receive(body, limits).await {
             Ok(received) => received,
             Err(BlobError::TooLarge { .. }) if exact.is_some_and(|size| size <= request.cap) => {
                 return Err(E::from(StoreError::SizeMismatch {
@@ -926,13 +1013,14 @@ impl Store {
         )?;
         let store = self.clone();
         let id = record.id;
-        blocking(move || store.attach(id, received, virtual_size, finish)).await?
+        blocking(move || store.attach(id, place, received, virtual_size, finish)).await?
     }
 
     /// Publishes received bytes and commits `finish`, which attaches `data` to the record.
     fn attach<E>(
         &self,
         id: ImageId,
+        place: usize,
         received: Received,
         virtual_size: Option<u64>,
         finish: impl FnOnce(&mut ImageRecord, ImageData) -> Result<(), E>,
@@ -941,17 +1029,20 @@ impl Store {
         E: From<StoreError> + From<KvError>,
     {
         let digest = received.digest;
+        let blobs = &self.places[place].blobs;
+        let store_id = self.places[place].spec.id.clone();
         let data = ImageData {
             digest,
             size: received.size,
             virtual_size,
             md5: received.md5,
             sha512: received.sha512,
+            stores: vec![store_id.clone()],
         };
-        let _guard = self.blobs.lock(digest);
+        let _guard = blobs.lock(digest);
         // Bytes that just hashed to a blob marked damaged heal it: the damaged copy goes to
         // quarantine (so that placing does not keep it as a duplicate) and these take its place.
-        let heals = self.kv.is_bad_blob(digest).map_err(E::from)?;
+        let heals = place == self.home && self.kv.is_bad_blob(digest).map_err(E::from)?;
         if heals
             && self
                 .backend()
@@ -963,7 +1054,10 @@ impl Store {
                 .quarantine(digest)
                 .map_err(|error| E::from(StoreError::from(error)))?;
         }
-        self.blobs
+        // The intent comes before the bytes reach their content address, so that a crash
+        // before the commit leaves a copy the sweep knows to remove.
+        self.kv.note_intent(digest, &store_id).map_err(E::from)?;
+        blobs
             .place(received.temp, digest)
             .map_err(|error| E::from(StoreError::Blob(error)))?;
         if heals {
@@ -979,10 +1073,17 @@ impl Store {
         });
         let committed = matches!(&outcome, Ok(Some(change)) if change.record.data.as_ref().map(|d| d.digest) == Some(digest));
         if !committed {
-            self.remove_if_unreferenced(digest).map_err(E::from)?;
+            self.remove_copy_if_unreferenced(place, digest)
+                .map_err(|error| match error {
+                    StoreError::Kv(error) => E::from(error),
+                    other => E::from(other),
+                })?;
         }
         match outcome? {
-            Some(change) => Ok(change.record),
+            Some(change) => {
+                self.release(&change.unreferenced);
+                Ok(change.record)
+            }
             None => Err(E::from(StoreError::Gone)),
         }
     }
@@ -1016,48 +1117,13 @@ impl Store {
         let digest = data.digest;
         let pin = Pin::new(self.clone(), digest);
         let store = self.clone();
-        let size = data.size;
-        let blob = blocking(move || {
-            if store.kv.is_bad_blob(digest)? {
-                return Err(StoreError::Damaged(digest));
-            }
-            Ok::<_, StoreError>(store.blobs.open(digest, size)?)
-        })
-        .await??;
-        Ok(self.blobs.read(blob, first, length, (slot, pin)))
-    }
-
-    /// Removes the blobs that a committed change left without references.
-    fn release(&self, unreferenced: &[Digest]) {
-        for &digest in unreferenced {
-            let _guard = self.blobs.lock(digest);
-            if let Err(error) = self.remove_if_unreferenced(digest) {
-                // The image change itself stands; the next start quarantines the blob.
-                tracing::error!(blob = %digest.to_hex(), %error, "could not remove unreferenced blob");
-            }
+        let damaged = blocking(move || store.kv.is_bad_blob(digest)).await??;
+        let order = self.read_order(data, damaged);
+        if order.is_empty() && damaged {
+            return Err(StoreError::Damaged(digest));
         }
-    }
-
-    /// Removes a blob that nothing references and no read has pinned. Call with the blob's
-    /// lock held.
-    fn remove_if_unreferenced(&self, digest: Digest) -> Result<(), StoreError> {
-        if self.pinned(digest) {
-            // The last read to end removes it (`Pin::drop`).
-            return Ok(());
-        }
-        if self.holds.load(Ordering::Acquire) > 0 {
-            // A backup is linking blobs; the hold's end removes it.
-            self.deferred
-                .lock()
-                .unwrap_or_else(|poison| poison.into_inner())
-                .push(digest);
-            return Ok(());
-        }
-        if self.kv.blob_references(digest)? == 0 {
-            self.blobs.remove(digest)?;
-            self.kv.clear_bad_blob(digest)?;
-        }
-        Ok(())
+        self.read_places(data, order, first, length, (slot, pin))
+            .await
     }
 
     fn pinned(&self, digest: Digest) -> bool {
@@ -1155,7 +1221,7 @@ impl Drop for Pin {
             // A delete during the read left the blob for this moment.
             let store = self.store.clone();
             let digest = self.digest;
-            tokio::task::spawn_blocking(move || store.release(&[digest]));
+            tokio::task::spawn_blocking(move || store.release_unpinned(digest));
         }
     }
 }

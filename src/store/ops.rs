@@ -95,7 +95,15 @@ impl Drop for RemovalHold<'_> {
                 .lock()
                 .unwrap_or_else(|poison| poison.into_inner()),
         );
-        self.store.release(&deferred);
+        let home = self.store.places[self.store.home].spec.id.clone();
+        let copies: Vec<crate::kv::BlobCopy> = deferred
+            .into_iter()
+            .map(|digest| crate::kv::BlobCopy {
+                digest,
+                store: home.clone(),
+            })
+            .collect();
+        self.store.release(&copies);
     }
 }
 
@@ -130,19 +138,18 @@ impl Store {
                 }
             }
         }
-        let mut referenced = HashSet::new();
+        // The home store's copies: those are what this check reads and whose files it expects;
+        // copies in other stores (buckets) are checked by the engines that keep them.
+        let referenced = self.kv.copies_in(self.places[self.home].id())?;
         for blob in &audit.blobs {
             let hex = blob.digest.to_hex();
-            if blob.counted > 0 {
-                referenced.insert(blob.digest);
-            }
             if blob.references != blob.counted {
                 let drift = format!(
                     "blob {hex}: reference count {} but {} images name it",
                     blob.references, blob.counted
                 );
                 if repair {
-                    let _guard = self.blobs.lock(blob.digest);
+                    let _guard = self.blobs().lock(blob.digest);
                     self.kv
                         .set_reference_count(blob.digest, blob.size, blob.counted)?;
                     report
@@ -152,7 +159,7 @@ impl Store {
                     report.problems.push(drift);
                 }
             }
-            if blob.counted == 0 {
+            if blob.counted == 0 || !referenced.contains(&blob.digest) {
                 continue;
             }
             report.blobs += 1;
@@ -207,8 +214,9 @@ impl Store {
                     .push(format!("blob {hex} is not referenced"));
                 continue;
             }
-            let _guard = self.blobs.lock(digest);
-            if self.kv.blob_references(digest)? == 0 && !self.pinned(digest) {
+            let _guard = self.blobs().lock(digest);
+            let home = self.places[self.home].id();
+            if self.kv.copy_references(digest, home)? == 0 && !self.pinned(digest) {
                 self.backend().quarantine(digest)?;
                 report
                     .repaired

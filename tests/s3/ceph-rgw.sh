@@ -12,6 +12,8 @@
 #   tests/s3/ceph-rgw.sh kill-osd DIR N  SIGKILL osd.N, then wait until the monitor marks it down
 #   tests/s3/ceph-rgw.sh start-osd DIR N start osd.N again and wait until it is up
 #   tests/s3/ceph-rgw.sh wait-clean DIR  wait until every placement group is active+clean
+#   tests/s3/ceph-rgw.sh stop-rgw DIR    stop the gateway alone (the engine "down" for S3 clients)
+#   tests/s3/ceph-rgw.sh start-rgw DIR   start the gateway again on the same port, wait until it answers
 #
 # What `up` starts, as plain processes (no systemd), all from one DIR/ceph.conf, cephx on:
 #   1 ceph-mon (mon.a), 1 ceph-mgr (mgr.x), 3 ceph-osd (bluestore, each on a sparse 4 GiB file
@@ -142,11 +144,22 @@ dir_pids() {
     return 0
 }
 
+# Closes every descriptor above stderr in the current (sub)shell.
+close_fds() {
+    local fd
+    for fd in /proc/$BASHPID/fd/*; do
+        fd=${fd##*/}
+        if [ "$fd" -gt 2 ] 2>/dev/null; then eval "exec $fd>&-" 2>/dev/null || true; fi
+    done
+}
+
 # Run a daemon command that forks into the background; its early output goes to LOG/NAME.out.
 start_daemon() {
     local name=$1
     shift
-    if ! "$@" >"$LOGD/$name.out" 2>&1; then
+    # The daemon must not inherit the caller's descriptors: a test harness that runs this under
+    # a lock (flock) would otherwise see the lock held for as long as the daemon lives.
+    if ! (close_fds; exec "$@") >"$LOGD/$name.out" 2>&1; then
         tails "$LOGD/$name.out" "$LOGD/$name.log"
         die "$name did not start: $*"
     fi
@@ -548,6 +561,30 @@ do_start_osd() {
     say "osd.$n up after $(since "$t0")s; $(cephc osd stat)"
 }
 
+# ---------------------------------------------------------------- gateway faults
+do_stop_rgw() {
+    local p
+    p=$(live_pid "$RGW_NAME") || die "$RGW_NAME of $DIR is not running"
+    kill -TERM "$p"
+    for ((i = 0; i < 100; i++)); do
+        [ -d "/proc/$p" ] || break
+        sleep 0.1
+    done
+    [ ! -d "/proc/$p" ] || kill -KILL "$p"
+    rm -f "$RUN/$RGW_NAME.pid" "$RUN/$RGW_NAME.asok"
+    say "$RGW_NAME (pid $p) stopped"
+}
+
+do_start_rgw() {
+    local p t0
+    if p=$(live_pid "$RGW_NAME"); then die "$RGW_NAME of $DIR is already running (pid $p)"; fi
+    load_env
+    t0=$(now)
+    start_daemon "$RGW_NAME" radosgw -c "$CONF" -n "$RGW_NAME"
+    wait_for "radosgw to answer on $S3_ENDPOINT" "$LOGD/$RGW_NAME.out $LOGD/$RGW_NAME.log" s3 ready
+    say "$RGW_NAME answers again after $(since "$t0")s"
+}
+
 do_check() {
     load_env
     [ -s "$DIR/probe.bin" ] || die "$DIR/probe.bin missing"
@@ -583,6 +620,8 @@ wait-clean)
     wait_clean
     ;;
 kill-osd) [ $# -eq 3 ] || usage; do_kill_osd "$3" ;;
+stop-rgw) [ $# -eq 2 ] || usage; do_stop_rgw ;;
+start-rgw) [ $# -eq 2 ] || usage; do_start_rgw ;;
 start-osd) [ $# -eq 3 ] || usage; do_start_osd "$3" ;;
 *) usage ;;
 esac

@@ -17,7 +17,6 @@ use super::super::schemas::{CONTAINER_FORMATS, DISK_FORMATS};
 use super::super::wire::{
     apply_property, check_quotas, check_writable, checksum, is_core, micro_time,
 };
-use crate::STORE_ID;
 use crate::kv::{ImageId, ImageRecord, Visibility};
 use crate::policy::Caller;
 
@@ -56,6 +55,9 @@ pub struct ImageMeta {
     pub purge_properties: bool,
     /// `x-glance-api-copy-from`: fetch the data from this URL.
     pub copy_from: Option<String>,
+    /// `x-image-meta-store`: where the data goes (a store id, or `file` for the data
+    /// directory's store); checked against the configured stores by the handler.
+    pub store: Option<String>,
 }
 
 /// A header's value as text; v1 headers are UTF-8 here.
@@ -180,13 +182,7 @@ impl ImageMeta {
                     meta.checksum = Some(sum);
                 }
                 "copy_from" => meta.copy_from = optional(&value),
-                "store" => {
-                    if value != STORE_ID && value != "file" {
-                        return Err(Error::bad_request(format!(
-                            "Unknown store '{value}': this server has one store, '{STORE_ID}'"
-                        )));
-                    }
-                }
+                "store" => meta.store = optional(&value),
                 "location" | "uri" => {
                     return Err(Error::bad_request(
                         "External image locations are not accepted: a client-supplied location \

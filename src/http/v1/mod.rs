@@ -39,13 +39,13 @@ pub use members::{
 use meta::{ImageMeta, image_brief, image_detail, image_headers, v1_size};
 use transfer::{TransferEncoding, decode_base64};
 
-use super::image_data::{check_format, header_u64, idle_limited};
+use super::image_data::{check_format, header_u64, idle_limited, upload_store};
 use super::images::{load_visible, modify_image, remove_image};
 use super::import::{request_id, start_import};
 use super::list_query::{DEFAULT_LIMIT, MAX_LIMIT};
 use super::wire::{checksum, hex, now_micros};
 use super::{AppState, BaseUrl, Error, blocking};
-use crate::importer::Source;
+use crate::importer::{Source, Targets};
 use crate::kv::KvError;
 use crate::kv::{
     Direction, ImageId, ImageRecord, ImageStatus, InsertOutcome, ListOutcome, ListRequest, SortKey,
@@ -393,6 +393,7 @@ async fn receive(
         declared: meta.size.or(bound),
         declared_exact: meta.size.is_some(),
         cap,
+        target: upload_store(state, meta.store.as_deref())?,
     };
     let body = Box::pin(idle_limited(body));
     let body: std::pin::Pin<Box<dyn futures_util::Stream<Item = _> + Send>> = match encoding {
@@ -542,6 +543,10 @@ async fn start_copy(
         caller,
         record,
         Source::Web(url),
+        Targets {
+            stores: vec![state.store.default_store().to_owned()],
+            must_succeed: true,
+        },
         import_req,
         request_id,
     )
