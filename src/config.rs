@@ -749,7 +749,10 @@ fn store_set(
                     &id,
                     "access key",
                     section.access_key_file.as_deref(),
-                    section.access_key_env.as_deref().unwrap_or("AWS_ACCESS_KEY_ID"),
+                    section
+                        .access_key_env
+                        .as_deref()
+                        .unwrap_or("AWS_ACCESS_KEY_ID"),
                 )?;
                 let secret_key = secret(
                     &id,
@@ -807,7 +810,12 @@ fn store_set(
 fn secret(store: &str, what: &str, file: Option<&Path>, env: &str) -> Result<String, String> {
     let value = match file {
         Some(path) => std::fs::read_to_string(path)
-            .map_err(|error| format!("stores.{store}: cannot read the {what} file {}: {error}", path.display()))?
+            .map_err(|error| {
+                format!(
+                    "stores.{store}: cannot read the {what} file {}: {error}",
+                    path.display()
+                )
+            })?
             .lines()
             .next()
             .unwrap_or("")
@@ -817,7 +825,10 @@ fn secret(store: &str, what: &str, file: Option<&Path>, env: &str) -> Result<Str
     };
     if value.is_empty() {
         return Err(match file {
-            Some(path) => format!("stores.{store}: the {what} file {} is empty", path.display()),
+            Some(path) => format!(
+                "stores.{store}: the {what} file {} is empty",
+                path.display()
+            ),
             None => format!("stores.{store}: no {what}: set {env} or give a file"),
         });
     }
@@ -916,6 +927,7 @@ mod tests {
             .lines()
             .map(|line| match line.strip_prefix("# ") {
                 Some(setting) if is_setting(setting) => setting,
+                Some(table) if table.starts_with("[stores.") => table,
                 _ => line,
             })
             .collect::<Vec<_>>()
@@ -947,6 +959,107 @@ mod tests {
                 "--config's help does not name {key}"
             );
         }
+    }
+
+    fn resolve_stores(text: &str) -> Result<crate::store::StoreSet, String> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("stores.toml");
+        std::fs::write(
+            &path,
+            text.replace("DIR", &dir.path().display().to_string()),
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("access"), "AKIDEXAMPLE\n").unwrap();
+        std::fs::write(dir.path().join("secret"), "s3cr3t\nignored\n").unwrap();
+        std::fs::write(dir.path().join("empty"), "").unwrap();
+        let args = ServeArgs {
+            config: Some(path),
+            ..ServeArgs::default()
+        };
+        Config::resolve(&args).map(|config| config.stores)
+    }
+
+    #[test]
+    fn stores_are_read_with_their_credentials_and_checked() {
+        use crate::store::BackendSpec;
+        // None configured: the data directory, `fs`.
+        let set = resolve_stores("").unwrap();
+        assert_eq!(set.default, "fs");
+        assert!(matches!(set.stores[..], [ref only] if matches!(only.backend, BackendSpec::File)));
+
+        let two = r#"
+            default_store = "ceph"
+            [stores.fs]
+            type = "file"
+            weight = 100
+            [stores.ceph]
+            type = "s3"
+            endpoint = "http://127.0.0.1:7480"
+            bucket = "images"
+            access_key_file = "DIR/access"
+            secret_key_file = "DIR/secret"
+            removal_grace = "10m"
+        "#;
+        let set = resolve_stores(two).unwrap();
+        assert_eq!(set.default, "ceph");
+        let ceph = set.stores.iter().find(|store| store.id == "ceph").unwrap();
+        assert_eq!(ceph.grace, std::time::Duration::from_secs(600));
+        let BackendSpec::S3(settings) = &ceph.backend else {
+            panic!("ceph is not s3");
+        };
+        assert_eq!(
+            (settings.access_key.as_str(), settings.secret_key.as_str()),
+            ("AKIDEXAMPLE", "s3cr3t")
+        );
+        assert_eq!(settings.region, "us-east-1");
+
+        for (text, complaint) in [
+            (
+                two.replace("default_store = \"ceph\"", ""),
+                "default_store must name one",
+            ),
+            (
+                two.replace("\"ceph\"\n", "\"nowhere\"\n"),
+                "not one of the [stores]",
+            ),
+            (
+                two.replace("type = \"s3\"", "type = \"swift\""),
+                "must be \"file\" or \"s3\"",
+            ),
+            (two.replace("bucket = \"images\"", ""), "needs a bucket"),
+            (two.replace("DIR/secret", "DIR/empty"), "is empty"),
+            (two.replace("DIR/secret", "DIR/missing"), "cannot read"),
+            (two.replace("10m", "soon"), "removal_grace"),
+            (
+                two.replace("http://127", "ftp://127"),
+                "must start with http",
+            ),
+            (
+                two.replace("[stores.ceph]", "[stores.\"c e\"]"),
+                "letters, digits",
+            ),
+            (
+                two.replace("weight = 100", "weight = 100\nbucket = \"b\""),
+                "is for type = \"s3\"",
+            ),
+            (
+                two.replace("weight = 100", "weight = 100\nbukket = 1"),
+                "bukket",
+            ),
+        ] {
+            let error = resolve_stores(&text).unwrap_err();
+            assert!(error.contains(complaint), "{error} (wanted {complaint})");
+        }
+        // Credentials from the environment when no file is named.
+        let env = two.replace(
+            "access_key_file = \"DIR/access\"",
+            "access_key_env = \"OCELLUS_TEST_NO_SUCH_VAR\"",
+        );
+        assert!(
+            resolve_stores(&env)
+                .unwrap_err()
+                .contains("OCELLUS_TEST_NO_SUCH_VAR")
+        );
     }
 
     #[test]

@@ -75,7 +75,13 @@ impl Importer {
 
     /// Runs task `task` in the background: the import of `source` into image `image`, which
     /// the caller has already moved to `importing`.
-    pub fn start(self: &Arc<Self>, task: ImageId, image: ImageId, source: Source, targets: Targets) {
+    pub fn start(
+        self: &Arc<Self>,
+        task: ImageId,
+        image: ImageId,
+        source: Source,
+        targets: Targets,
+    ) {
         let importer = self.clone();
         let mut running = self
             .running

@@ -22,20 +22,19 @@ use serde_json::{Value, json};
 use super::{AppState, BaseUrl, Error, schemas};
 use crate::policy::Caller;
 
-
 /// v2 minor versions with whether we serve what they added.
 const VERSIONS: &[(&str, bool)] = &[
-    ("v2.0", true),   // images, image data, tags, schemas
-    ("v2.1", true),   // image members
-    ("v2.2", true),   // metadata definitions
-    ("v2.3", true),   // deactivate and reactivate
-    ("v2.4", true),   // tasks
-    ("v2.5", true),   // community and shared visibility
-    ("v2.6", true),   // interoperable import
-    ("v2.7", true),   // hidden images and multiple hashes (os_hidden, os_hash_*)
-    ("v2.8", true),   // multiple stores: /v2/info/stores, `stores` on import and upload
-    ("v2.9", true),   // the copy-image import method
-    ("v2.10", true),  // DELETE /v2/stores/{store}/{image}
+    ("v2.0", true),  // images, image data, tags, schemas
+    ("v2.1", true),  // image members
+    ("v2.2", true),  // metadata definitions
+    ("v2.3", true),  // deactivate and reactivate
+    ("v2.4", true),  // tasks
+    ("v2.5", true),  // community and shared visibility
+    ("v2.6", true),  // interoperable import
+    ("v2.7", true),  // hidden images and multiple hashes (os_hidden, os_hash_*)
+    ("v2.8", true),  // multiple stores: /v2/info/stores, `stores` on import and upload
+    ("v2.9", true),  // the copy-image import method
+    ("v2.10", true), // DELETE /v2/stores/{store}/{image}
     ("v2.11", false),
     ("v2.12", true), // /v2/info/usage and an image's tasks
 ];
@@ -211,8 +210,7 @@ mod tests {
             "/v2/images",
             "/v2",
             "/v1/images",
-            "/v2.9/images",
-            "/v2.10/images",
+            "/v2.11/images",
             "/v9",
             "/",
             "",

@@ -13,11 +13,11 @@ use super::images::load_visible;
 use super::wire::{format_time, micro_time, now_micros};
 use super::{AppState, Error, JsonBody, blocking};
 use crate::importer::{Source, Targets, new_task};
-use crate::store::IMPORT_TASK;
 use crate::kv::{
     ImageId, ImageRecord, ImageStatus, InsertOutcome, TaskKind, TaskRecord, TaskStatus,
 };
 use crate::policy::Caller;
+use crate::store::IMPORT_TASK;
 
 /// The id the response middleware gives each request, for the task records.
 #[derive(Clone, Debug)]
@@ -236,7 +236,14 @@ pub(super) async fn start_import(
         store.begin_import(image, task_id, now_micros(), &stores, copy, |image| {
             if copy {
                 return match image.status {
-                    ImageStatus::Active if image.properties.get(IMPORT_TASK).is_none_or(String::is_empty) => Ok(()),
+                    ImageStatus::Active
+                        if image
+                            .properties
+                            .get(IMPORT_TASK)
+                            .is_none_or(String::is_empty) =>
+                    {
+                        Ok(())
+                    }
                     ImageStatus::Active => Err(Error::conflict(
                         "A copy of this image to other stores is already in progress",
                     )),
@@ -574,9 +581,14 @@ pub async fn create_task(
         if store.insert_image(&record)? == InsertOutcome::IdTaken {
             return Err(Error::conflict("The image id is taken"));
         }
-        store.begin_import(image, task_id, now_micros(), &[default.clone()], false, |image| {
-            import_allowed(image, false)
-        })?;
+        store.begin_import(
+            image,
+            task_id,
+            now_micros(),
+            &[default.clone()],
+            false,
+            |image| import_allowed(image, false),
+        )?;
         store.insert_task(&task)?;
         Ok(())
     })
@@ -585,7 +597,9 @@ pub async fn create_task(
         stores: vec![state.store.default_store().to_owned()],
         must_succeed: true,
     };
-    state.importer.start(task_id, image, Source::Web(url), targets);
+    state
+        .importer
+        .start(task_id, image, Source::Web(url), targets);
     Ok((StatusCode::CREATED, Json(view)).into_response())
 }
 
@@ -641,10 +655,8 @@ pub async fn delete_from_store(
         return Err(Error::no_image(&image_id));
     };
     let store = state.store.clone();
-    let removed = blocking(move || {
-        store.remove_from_store::<Error>(id, &store_id, |_| Ok(()))
-    })
-    .await?;
+    let removed =
+        blocking(move || store.remove_from_store::<Error>(id, &store_id, |_| Ok(()))).await?;
     match removed {
         Some(record) => {
             tracing::info!(image = %record.id, "removed the image's bytes from a store");

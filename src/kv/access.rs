@@ -11,8 +11,8 @@ use serde::{Deserialize, Serialize};
 
 use super::records::ImageRecord;
 use super::tables::{
-    API_KEY_NAMES, API_KEYS, IMAGE_SORT_INDEX, IMAGES, ImageId, MEMBERS, MEMBERSHIPS,
-    PROJECTS, SECRETS,
+    API_KEY_NAMES, API_KEYS, IMAGE_SORT_INDEX, IMAGES, ImageId, MEMBERS, MEMBERSHIPS, PROJECTS,
+    SECRETS,
 };
 use super::{Kv, KvError};
 
@@ -740,7 +740,7 @@ mod tests {
         assert!(kv.bad_blobs().unwrap().is_empty());
         let transaction = kv.begin_read().unwrap();
         let meta = transaction.open_table(META).unwrap();
-        assert_eq!(meta.get("schema_version").unwrap().unwrap().value(), 5);
+        assert_eq!(meta.get("schema_version").unwrap().unwrap().value(), 6);
     }
 
     #[test]

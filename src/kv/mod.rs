@@ -44,9 +44,10 @@ pub use tables::{Digest, ImageId};
 pub use tasks::{QuotaRecord, TaskKind, TaskRecord, TaskStatus, Usage};
 
 use tables::{
-    API_KEY_NAMES, API_KEYS, BAD_BLOBS, BLOBS, DELETED_IMAGES, IMAGE_SORT_INDEX, IMAGE_TASKS,
-    BLOB_COPIES, BLOB_REMOVALS, IMAGES, MEMBERS, MEMBERSHIPS, META, METADEF_ASSOCIATIONS, METADEF_NAMESPACES, METADEF_OBJECTS,
-    METADEF_PROPERTIES, METADEF_RESOURCE_TYPES, METADEF_TAGS, PROJECTS, QUOTAS, SECRETS, TASKS,
+    API_KEY_NAMES, API_KEYS, BAD_BLOBS, BLOB_COPIES, BLOB_REMOVALS, BLOBS, DELETED_IMAGES,
+    IMAGE_SORT_INDEX, IMAGE_TASKS, IMAGES, MEMBERS, MEMBERSHIPS, META, METADEF_ASSOCIATIONS,
+    METADEF_NAMESPACES, METADEF_OBJECTS, METADEF_PROPERTIES, METADEF_RESOURCE_TYPES, METADEF_TAGS,
+    PROJECTS, QUOTAS, SECRETS, TASKS,
 };
 
 /// The schema version this build writes. Older databases are upgraded at open.
@@ -674,7 +675,9 @@ impl Kv {
     pub fn copy_references(&self, digest: Digest, store: &str) -> Result<u64, KvError> {
         let transaction = self.begin_read()?;
         let copies = transaction.open_table(BLOB_COPIES)?;
-        Ok(copies.get((digest, store))?.map_or(0, |value| value.value()))
+        Ok(copies
+            .get((digest, store))?
+            .map_or(0, |value| value.value()))
     }
 
     /// Every blob some image holds in `store`, with its size.
@@ -711,8 +714,7 @@ impl Kv {
         {
             let copies = transaction.open_table(BLOB_COPIES)?;
             let mut removals = transaction.open_table(BLOB_REMOVALS)?;
-            if copies.get((digest, store))?.is_none() && removals.get((digest, store))?.is_none()
-            {
+            if copies.get((digest, store))?.is_none() && removals.get((digest, store))?.is_none() {
                 removals.insert((digest, store), unix_seconds())?;
             }
         }
@@ -1023,8 +1025,7 @@ pub(super) fn write_record(
                 .get(added.digest)?
                 .map(|value| value.value())
                 .unwrap_or((added.size, 0));
-            data.blobs
-                .insert(added.digest, (size, references + 1))?;
+            data.blobs.insert(added.digest, (size, references + 1))?;
             for store in &added.stores {
                 add_copy(data, added.digest, store)?;
             }
@@ -1112,5 +1113,132 @@ fn drop_copy(
 fn unix_seconds() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |elapsed| i64::try_from(elapsed.as_secs()).unwrap_or(i64::MAX))
+        .map_or(0, |elapsed| {
+            i64::try_from(elapsed.as_secs()).unwrap_or(i64::MAX)
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn image(id: u8, digest: Digest, stores: &[&str]) -> ImageRecord {
+        ImageRecord {
+            id: ImageId([id; 16]),
+            name: None,
+            status: ImageStatus::Active,
+            visibility: Visibility::Shared,
+            protected: false,
+            os_hidden: false,
+            owner: Some("lab".into()),
+            disk_format: Some("raw".into()),
+            container_format: Some("bare".into()),
+            min_ram: 0,
+            min_disk: 0,
+            data: Some(ImageData {
+                digest,
+                size: 10,
+                virtual_size: None,
+                md5: [0; 16],
+                sha512: [0; 64],
+                stores: stores.iter().map(|store| (*store).to_owned()).collect(),
+            }),
+            created_at: 1,
+            updated_at: 1,
+            tags: Vec::new(),
+            properties: BTreeMap::new(),
+        }
+    }
+
+    /// A version-5 catalog (version-1 records, no copy table) opens with every referenced
+    /// blob counted as a copy in `fs`, so deleting its images lets the copies go.
+    #[test]
+    fn version_5_catalogs_count_their_blobs_as_copies_in_fs() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kv.redb");
+        let digest = Digest([9; 32]);
+        {
+            let database = redb::Database::create(&path).unwrap();
+            let transaction = database.begin_write().unwrap();
+            {
+                let mut meta = transaction.open_table(META).unwrap();
+                meta.insert("schema_version", 5).unwrap();
+                let mut images = transaction.open_table(IMAGES).unwrap();
+                for id in [1, 2] {
+                    let record = image(id, digest, &["fs"]);
+                    images
+                        .insert(record.id, record.encode_v1().as_slice())
+                        .unwrap();
+                }
+                let mut blobs = transaction.open_table(BLOBS).unwrap();
+                blobs.insert(digest, (10, 2)).unwrap();
+            }
+            transaction.commit().unwrap();
+        }
+        let kv = Kv::open(&path).unwrap();
+        assert_eq!(kv.copy_references(digest, LEGACY_STORE).unwrap(), 2);
+        assert_eq!(kv.stores_in_use().unwrap().len(), 1);
+        let first = kv
+            .delete_image(ImageId([1; 16]), 5, |_| Ok::<(), KvError>(()))
+            .unwrap()
+            .unwrap();
+        assert!(first.unreferenced.is_empty());
+        let last = kv
+            .delete_image(ImageId([2; 16]), 6, |_| Ok::<(), KvError>(()))
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            last.unreferenced,
+            vec![BlobCopy {
+                digest,
+                store: LEGACY_STORE.into()
+            }]
+        );
+        // The copy's removal intent is written in the same transaction.
+        assert_eq!(kv.removal_intents().unwrap().len(), 1);
+    }
+
+    /// Copies are counted per store: dropping a store from one image releases that copy only
+    /// when no other image names the store; adding one back cancels the intent.
+    #[test]
+    fn copies_are_counted_per_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let kv = Kv::open(&dir.path().join("kv.redb")).unwrap();
+        let digest = Digest([4; 32]);
+        kv.insert_image(&image(1, digest, &["fs", "ceph"])).unwrap();
+        kv.insert_image(&image(2, digest, &["ceph"])).unwrap();
+        assert_eq!(kv.copy_references(digest, "ceph").unwrap(), 2);
+        let change = kv
+            .update_image(ImageId([1; 16]), |record| {
+                record.data.as_mut().unwrap().stores = vec!["ceph".into()];
+                Ok::<(), KvError>(())
+            })
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            change.unreferenced,
+            vec![BlobCopy {
+                digest,
+                store: "fs".into()
+            }]
+        );
+        let change = kv
+            .update_image(ImageId([2; 16]), |record| {
+                record.data.as_mut().unwrap().stores = vec!["fs".into()];
+                Ok::<(), KvError>(())
+            })
+            .unwrap()
+            .unwrap();
+        assert!(change.unreferenced.is_empty(), "image 1 still names ceph");
+        assert_eq!(kv.copy_references(digest, "fs").unwrap(), 1);
+        // `fs` is referenced again: its intent is gone.
+        assert!(
+            kv.removal_intents()
+                .unwrap()
+                .iter()
+                .all(|(copy, _)| copy.store != "fs")
+        );
+        assert_eq!(kv.blob_references(digest).unwrap(), 2);
+    }
 }

@@ -261,6 +261,39 @@ impl ImageRecord {
         bytes
     }
 
+    /// The version-1 encoding (no stores), as releases before stores wrote it; for tests of
+    /// the upgrade.
+    #[cfg(test)]
+    pub fn encode_v1(&self) -> Vec<u8> {
+        let stored = ImageRecordV1 {
+            id: self.id.0,
+            name: self.name.clone(),
+            status: self.status,
+            visibility: self.visibility,
+            protected: self.protected,
+            os_hidden: self.os_hidden,
+            owner: self.owner.clone(),
+            disk_format: self.disk_format.clone(),
+            container_format: self.container_format.clone(),
+            min_ram: self.min_ram,
+            min_disk: self.min_disk,
+            data: self.data.as_ref().map(|data| ImageDataV1 {
+                digest: data.digest.0,
+                size: data.size,
+                virtual_size: data.virtual_size,
+                md5: data.md5,
+                sha512: data.sha512,
+            }),
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+            tags: self.tags.clone(),
+            properties: self.properties.clone(),
+        };
+        let mut bytes = vec![IMAGE_RECORD_V1];
+        bytes.extend(postcard::to_stdvec(&stored).unwrap_or_default());
+        bytes
+    }
+
     /// Reads any known version of the encoding.
     pub fn decode(bytes: &[u8]) -> Result<ImageRecord, DecodeError> {
         let Some((&version, body)) = bytes.split_first() else {
@@ -418,7 +451,8 @@ mod tests {
         // Everything up to the data field is as in the test above.
         let prefix_len = without_data_and_properties.len() - 1 - 16 - 1 - 1;
         let expected: Vec<u8> = [
-            &without_data_and_properties[..prefix_len],
+            &[1u8][..], // version 1
+            &without_data_and_properties[1..prefix_len],
             &[1],         // data: some
             &[1; 32],     // digest
             &[172, 2],    // size 300 (varint)

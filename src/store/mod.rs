@@ -26,13 +26,11 @@ mod metadefs;
 mod ops;
 mod places;
 mod quota;
-pub use places::{
-    BackendSpec, CopyRefusal, DEFAULT_STORE, Place, StoreInfo, StoreSet, StoreSpec,
-};
 pub use import::{FAILED_IMPORT, IMPORT_TASK, IMPORTING_TO, INTERRUPTED, end_import};
 pub use ops::{
     BACKUP_FORMAT, BackupManifest, CheckReport, GcReport, MANIFEST_FILE, Mode, RemovalHold,
 };
+pub use places::{BackendSpec, CopyRefusal, DEFAULT_STORE, Place, StoreInfo, StoreSet, StoreSpec};
 pub use quota::{QuotaClaim, QuotaExceeded, Quotas};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -354,10 +352,12 @@ impl Store {
             .filter(|id| !store.has_store(id))
             .collect();
         if !missing.is_empty() {
-            return Err(StoreError::Blob(BlobError::Io(std::io::Error::other(format!(
-                "the catalog has image data in store(s) {} that the configuration does not list; add them back under [stores]",
-                missing.join(", ")
-            )))));
+            return Err(StoreError::Blob(BlobError::Io(std::io::Error::other(
+                format!(
+                    "the catalog has image data in store(s) {} that the configuration does not list; add them back under [stores]",
+                    missing.join(", ")
+                ),
+            ))));
         }
         let repairs = store.repair()?;
         if repairs != Repairs::default() {
@@ -936,7 +936,15 @@ impl Store {
             armed: true,
         };
         let outcome = self
-            .receive_and_attach(change.record, place, body, request, keep_free, accept, finish)
+            .receive_and_attach(
+                change.record,
+                place,
+                body,
+                request,
+                keep_free,
+                accept,
+                finish,
+            )
             .await;
         drop(reservation);
         let outcome = {

@@ -342,6 +342,7 @@ mod tests {
                 virtual_size: None,
                 md5: [0; 16],
                 sha512: [0; 64],
+                stores: vec![crate::store::DEFAULT_STORE.into()],
             }),
             created_at: 1,
             updated_at: 1,

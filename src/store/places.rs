@@ -227,8 +227,10 @@ impl Store {
         first: u64,
         length: u64,
         keep: K,
-    ) -> Result<impl Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static + use<K>, StoreError>
-    {
+    ) -> Result<
+        impl Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static + use<K>,
+        StoreError,
+    > {
         struct Reading<K> {
             store: Arc<Store>,
             digest: Digest,
@@ -391,20 +393,18 @@ impl Store {
             let _guard = blobs.lock(digest);
             store.kv.note_intent(digest, &target)?;
             blobs.place(received.temp, digest)?;
-            let outcome = store.kv.update_image(id, |record| {
-                match &mut record.data {
-                    Some(data)
-                        if data.digest == digest
-                            && (record.status == ImageStatus::Active
-                                || (importing && record.status == ImageStatus::Importing)) =>
-                    {
-                        if !data.stores.contains(&target) {
-                            data.stores.push(target.clone());
-                        }
-                        Ok(())
+            let outcome = store.kv.update_image(id, |record| match &mut record.data {
+                Some(data)
+                    if data.digest == digest
+                        && (record.status == ImageStatus::Active
+                            || (importing && record.status == ImageStatus::Importing)) =>
+                {
+                    if !data.stores.contains(&target) {
+                        data.stores.push(target.clone());
                     }
-                    _ => Err(StoreError::Changed),
+                    Ok(())
                 }
+                _ => Err(StoreError::Changed),
             });
             let committed = matches!(&outcome, Ok(Some(_)));
             if !committed {

@@ -22,7 +22,8 @@ async fn versions_document_lists_served_versions_with_absolute_links() {
     assert_eq!(status, StatusCode::MULTIPLE_CHOICES);
     let href = format!("{}/v2/", server.base);
     let mut expected: Vec<Value> = [
-        "v2.12", "v2.8", "v2.7", "v2.6", "v2.5", "v2.4", "v2.3", "v2.2", "v2.1", "v2.0",
+        "v2.12", "v2.10", "v2.9", "v2.8", "v2.7", "v2.6", "v2.5", "v2.4", "v2.3", "v2.2", "v2.1",
+        "v2.0",
     ]
     .iter()
     .enumerate()
@@ -81,7 +82,7 @@ async fn issue9_version_prefixes_are_negotiated_as_glance_does() {
         (Method::GET, "/v9/images"),
         (Method::GET, "/v1/images"),
         (Method::GET, "/v1x"),
-        (Method::GET, "/v2.9/images"),
+        (Method::GET, "/v2.11/images"),
         (Method::GET, "/v2.99/images"),
         (Method::GET, "/images"),
         (Method::POST, "/v9/images"),
@@ -149,7 +150,7 @@ async fn create_applies_glance_defaults_and_headers() {
     // Issue 11: the enabled import methods, in Glance's order.
     assert_eq!(
         headers["openstack-image-import-methods"],
-        "glance-direct,web-download"
+        "glance-direct,web-download,copy-image"
     );
     assert_eq!(headers["openstack-image-store-ids"], "fs");
     assert!(

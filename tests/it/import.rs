@@ -224,9 +224,10 @@ async fn import_bodies_are_checked_as_glance_does() {
             json!({"method": {"name": "nonsense"}}),
             StatusCode::BAD_REQUEST,
         ),
+        // copy-image needs an active image.
         (
             json!({"method": {"name": "copy-image"}}),
-            StatusCode::BAD_REQUEST,
+            StatusCode::CONFLICT,
         ),
         (
             json!({"method": {"name": "web-download"}}),
