@@ -199,7 +199,27 @@ impl Importer {
     }
 
     async fn copy_image(&self, image: ImageId, targets: &Targets) -> Result<String, String> {
-        let copied = self.copy_to_targets(image, targets, false).await?;
+        let store = self.store.clone();
+        let before = tokio::task::spawn_blocking(move || store.image(image))
+            .await
+            .map_err(|error| error.to_string())?
+            .map_err(|error| error.to_string())?
+            .and_then(|record| record.data)
+            .map(|data| data.stores)
+            .unwrap_or_default();
+        let copied = match self.copy_to_targets(image, targets, false).await {
+            Ok(copied) => copied,
+            Err(error) => {
+                // Every store had to succeed: the copies this task made are taken back.
+                let store = self.store.clone();
+                let reverted =
+                    tokio::task::spawn_blocking(move || store.keep_stores(image, &before)).await;
+                if !matches!(reverted, Ok(Ok(_))) {
+                    tracing::warn!(image = %image, "could not take back the copies of a failed copy-image");
+                }
+                return Err(error);
+            }
+        };
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || store.end_copy(image, now_micros()))
             .await

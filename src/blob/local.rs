@@ -243,8 +243,9 @@ impl Backend for LocalDir {
         remove_if_present(&path)?;
         remove_if_present(&self.outboard_path(digest))?;
         match path.parent() {
-            Some(parent) => sync_directory(parent),
-            None => Ok(()),
+            // A blob that never was here has no directory to sync.
+            Some(parent) if parent.exists() => sync_directory(parent),
+            _ => Ok(()),
         }
     }
 

@@ -740,6 +740,13 @@ impl Kv {
         Ok(intents)
     }
 
+    /// Whether a removal intent exists for a copy.
+    pub fn has_intent(&self, digest: Digest, store: &str) -> Result<bool, KvError> {
+        let transaction = self.begin_read()?;
+        let removals = transaction.open_table(BLOB_REMOVALS)?;
+        Ok(removals.get((digest, store))?.is_some())
+    }
+
     /// Forgets a removal intent (the copy is gone, or referenced again).
     pub fn clear_intent(&self, digest: Digest, store: &str) -> Result<(), KvError> {
         let transaction = self.begin_write()?;

@@ -415,6 +415,23 @@ impl Store {
         .await?
     }
 
+    /// Keeps an image's bytes only in the stores of `keep` that have them (none of them has
+    /// them: nothing changes); the other copies are let go. Blocks.
+    pub fn keep_stores(&self, id: ImageId, keep: &[String]) -> Result<(), StoreError> {
+        let changed = self.kv.update_image(id, |record| {
+            if let Some(data) = &mut record.data
+                && data.stores.iter().any(|store| keep.contains(store))
+            {
+                data.stores.retain(|store| keep.contains(store));
+            }
+            Ok::<(), KvError>(())
+        })?;
+        if let Some(change) = changed {
+            self.release(&change.unreferenced);
+        }
+        Ok(())
+    }
+
     /// Removes one store's copy of an image's bytes (`DELETE /v2/stores/{store}/{image}`):
     /// only from an active image, and never its last copy. `check` sees the record first.
     pub fn remove_from_store<E: From<KvError> + From<CopyRefusal>>(
@@ -549,12 +566,21 @@ impl Store {
     }
 
     /// After the last read of a blob ends: removes its copies that lost their references
-    /// while it was read (those in the data directory; a bucket's wait for the sweep).
+    /// while it was read (they have a removal intent; those in the data directory go now, a
+    /// bucket's wait for the sweep).
     pub(super) fn release_unpinned(&self, digest: Digest) {
         let copies: Vec<BlobCopy> = self
             .places
             .iter()
             .filter(|place| place.removes_at_once())
+            .filter(|place| {
+                self.kv
+                    .has_intent(digest, place.id())
+                    .unwrap_or_else(|error| {
+                        tracing::warn!(%error, "could not read removal intents");
+                        false
+                    })
+            })
             .map(|place| BlobCopy {
                 digest,
                 store: place.spec.id.clone(),

@@ -11,8 +11,12 @@
 #      test CA from examples/test_cert.rs): keys provisioned with `ocellus
 #      key` before the server starts, the clients authenticating through its
 #      Keystone-compatible endpoint, and `ocellus key` against the running
-#      server (keys_flows.py).
-# The exit status is non-zero if either run failed.
+#      server (keys_flows.py);
+#   3. with OCELLUS_S3_ENV set (the s3.env of tests/s3/ceph-rgw.sh or
+#      garage.sh): lab mode with two stores, the data directory `fs` and a
+#      bucket `ceph` on that engine: uploads to a chosen store, copy-image
+#      and store deletes with each client (stores_flows.py).
+# The exit status is non-zero if any run failed.
 #
 # Usage: tests/clients/run.sh PATH_TO_OCELLUS_BINARY
 #
@@ -24,7 +28,8 @@
 #                  the repository); created and filled on first use.
 #   PYTHON         interpreter used to create that venv (default: python3.11
 #                  if present, else python3).
-#   OCELLUS_LOG    passed on to the servers, for more verbose logs; every
+#   OCELLUS_LOG    passed on to the servers, for more verbose logs.
+#   OCELLUS_S3_ENV an s3.env file of a running S3 engine: adds run 3. Every
 #                  other OCELLUS_* variable is ignored.
 set -euo pipefail
 
@@ -198,6 +203,7 @@ wait_for_server() {
 # cleared, so a developer's shell cannot switch a run to another mode,
 # config, server or admin key; OCELLUS_LOG is kept on purpose to allow more
 # verbose server logs.
+s3_env=${OCELLUS_S3_ENV:-}
 for var in $(compgen -e); do
     if [[ $var == OCELLUS_* && $var != OCELLUS_LOG ]]; then
         unset "$var"
@@ -297,5 +303,50 @@ if ! "$pyenv/bin/python" "$here/keys_flows.py" "$keys_url" "$image" \
 fi
 stop_server
 current_log=
+
+# ---- Run 3: two stores, one of them a bucket on a real S3 engine ----
+
+if [[ -n $s3_env ]]; then
+    echo "== multiple stores (fs + an S3 bucket, lab mode): stores_flows.py"
+    s3_value() { sed -n "s/^$1=//p" "$s3_env" | head -n 1; }
+    printf '%s\n' "$(s3_value S3_ACCESS_KEY)" >"$tmp/s3.access"
+    printf '%s\n' "$(s3_value S3_SECRET_KEY)" >"$tmp/s3.secret"
+    stores_port=$(free_port)
+    stores_url=http://127.0.0.1:$stores_port
+    stores_config=$tmp/stores.toml
+    cat >"$stores_config" <<TOML
+# ocellus settings for the multiple-stores run of tests/clients/run.sh
+listen = "127.0.0.1:$stores_port"
+data_dir = '$tmp/stores-data'
+default_store = "fs"
+
+[stores.fs]
+type = "file"
+description = "the data directory"
+
+[stores.ceph]
+type = "s3"
+description = "a bucket on the test cluster"
+endpoint = "$(s3_value S3_ENDPOINT)"
+bucket = "$(s3_value S3_BUCKET)"
+region = "$(s3_value S3_REGION)"
+prefix = "clients-$$-$RANDOM/"
+access_key_file = '$tmp/s3.access'
+secret_key_file = '$tmp/s3.secret'
+removal_grace = "5s"
+TOML
+    current_log=$tmp/stores-server.log
+    "$bin" serve --config "$stores_config" >"$current_log" 2>&1 &
+    server_pid=$!
+    wait_for_server "$stores_url" || exit 1
+    if ! "$pyenv/bin/python" "$here/stores_flows.py" "$stores_url" "$image"; then
+        status=1
+        failed_logs+=("$current_log")
+    fi
+    stop_server
+    current_log=
+else
+    echo "== multiple stores: skipped (OCELLUS_S3_ENV is not set; see tests/s3/README.md)"
+fi
 
 exit "$status"
