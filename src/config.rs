@@ -376,6 +376,10 @@ pub struct StoreSection {
     pub secret_key_env: Option<String>,
     /// How long an object nothing references stays before the sweep removes it, e.g. `1h`.
     pub removal_grace: Option<String>,
+    /// Answer downloads with a redirect (302) to a presigned GET of the engine, which clients
+    /// must then reach themselves; the bytes are not verified by ocellus on that path
+    /// [default: false].
+    pub presigned_downloads: Option<bool>,
 }
 
 /// Certificate and key files for HTTPS.
@@ -726,6 +730,7 @@ fn store_set(
             ("access_key_env", section.access_key_env.is_some()),
             ("secret_key_env", section.secret_key_env.is_some()),
             ("removal_grace", section.removal_grace.is_some()),
+            ("presigned_downloads", section.presigned_downloads.is_some()),
         ];
         let backend = match section.kind.as_str() {
             "file" => {
@@ -770,6 +775,7 @@ fn store_set(
                     access_key,
                     secret_key,
                     prefix: section.prefix.unwrap_or_default(),
+                    presigned_downloads: section.presigned_downloads.unwrap_or(false),
                 })
             }
             other => {

@@ -120,6 +120,15 @@ pub trait Backend: Send + Sync + 'static {
     fn temps(&self) -> io::Result<usize>;
     /// Free and total space, when the backend has such a notion.
     fn space(&self) -> io::Result<Option<Space>>;
+    /// A URL a client may fetch the blob's bytes from directly for `valid` (a presigned GET),
+    /// when the backend offers one; `None` otherwise.
+    fn presigned_url(
+        &self,
+        _digest: Digest,
+        _valid: std::time::Duration,
+    ) -> io::Result<Option<String>> {
+        Ok(None)
+    }
 }
 
 /// What a sweep removed (or, in a dry run, would remove).

@@ -61,12 +61,15 @@ pub struct S3Settings {
     pub secret_key: String,
     /// Put before every key, e.g. `ocellus/`; may be empty.
     pub prefix: String,
+    /// Downloads are redirected to presigned GET URLs of the engine (opt-in).
+    pub presigned_downloads: bool,
 }
 
 /// A bucket holding blobs.
 pub struct S3Bucket {
     store: Arc<AmazonS3>,
     prefix: String,
+    presigned: bool,
     runtime: Option<tokio::runtime::Runtime>,
 }
 
@@ -121,6 +124,7 @@ impl S3Bucket {
         Ok(S3Bucket {
             store: Arc::new(store),
             prefix: settings.prefix.clone(),
+            presigned: settings.presigned_downloads,
             runtime: Some(runtime),
         })
     }
@@ -577,6 +581,20 @@ impl Backend for S3Bucket {
             .iter()
             .filter(|(key, _, _)| !key.as_ref().ends_with(".obao"))
             .count())
+    }
+
+    fn presigned_url(&self, digest: Digest, valid: Duration) -> io::Result<Option<String>> {
+        if !self.presigned {
+            return Ok(None);
+        }
+        let key = self.blob_key(digest);
+        let url = self.call(object_store::signer::Signer::signed_url(
+            self.store.as_ref(),
+            reqwest::Method::GET,
+            &key,
+            valid,
+        ))?;
+        Ok(Some(url.to_string()))
     }
 
     fn space(&self) -> io::Result<Option<Space>> {

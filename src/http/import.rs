@@ -585,7 +585,7 @@ pub async fn create_task(
             image,
             task_id,
             now_micros(),
-            &[default.clone()],
+            std::slice::from_ref(&default),
             false,
             |image| import_allowed(image, false),
         )?;

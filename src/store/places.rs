@@ -216,6 +216,22 @@ impl Store {
         order
     }
 
+    /// How long a presigned download URL is valid.
+    const PRESIGNED_VALID: Duration = Duration::from_secs(15 * 60);
+
+    /// A presigned URL for the bytes of `data`, when the store downloads read first is a
+    /// bucket with `presigned_downloads` on. Blocks.
+    pub fn presigned_download(&self, data: &ImageData) -> Result<Option<String>, StoreError> {
+        let damaged = self.kv.is_bad_blob(data.digest)?;
+        let Some(&first) = self.read_order(data, damaged).first() else {
+            return Ok(None);
+        };
+        Ok(self.places[first]
+            .blobs
+            .backend()
+            .presigned_url(data.digest, Self::PRESIGNED_VALID)?)
+    }
+
     /// Streams `length` bytes of `data` from `first`, verified, from the first store in
     /// `order` that works; when a store fails mid-way (unreachable, or bytes that fail
     /// verification), the stream goes on from the same offset with the next one. The bytes of
@@ -307,9 +323,7 @@ impl Store {
                     if reading.offset >= reading.end {
                         return None;
                     }
-                    let Some(current) = reading.current.as_mut() else {
-                        return None;
-                    };
+                    let current = reading.current.as_mut()?;
                     match current.next().await {
                         Some(Ok(bytes)) => {
                             reading.offset += bytes.len() as u64;
@@ -326,9 +340,8 @@ impl Store {
                             let index = reading.order[reading.next - 1];
                             tracing::warn!(store = %reading.store.places[index].spec.id, blob = %reading.digest.to_hex(), offset = reading.offset, %error, "a store failed during a read; going on from the next");
                             reading.current = None;
-                            if let Err(last) = reading.open_next().await {
+                            if reading.open_next().await.is_err() {
                                 tracing::error!(blob = %reading.digest.to_hex(), "no store could serve the rest of a read");
-                                let _ = last;
                                 reading.offset = reading.end;
                                 return Some((Err(error), reading));
                             }

@@ -63,6 +63,7 @@ fn settings() -> Option<ocellus::S3Settings> {
         access_key: value("S3_ACCESS_KEY"),
         secret_key: value("S3_SECRET_KEY"),
         prefix: format!("test-{}/", uuid::Uuid::new_v4()),
+        presigned_downloads: false,
     })
 }
 
@@ -587,4 +588,46 @@ async fn an_unreachable_engine_is_503_and_recovery_needs_no_restart() {
         StatusCode::NO_CONTENT
     );
     assert_eq!(server.download(&stored).await, (StatusCode::OK, bytes));
+}
+
+/// Presigned downloads (opt-in): the download answers 302 to the engine, whose URL serves the
+/// image's bytes, whole or a range.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presigned_downloads_redirect_to_the_engine() {
+    let mut settings = engine_or_skip!();
+    settings.presigned_downloads = true;
+    let _turn = CLUSTER.lock().await;
+    let stores = two_stores(&settings, "ceph", Duration::from_secs(3600));
+    let server = Server::start_with(|config| config.stores = stores).await;
+    let bytes = random_bytes(500_000, 18);
+    let id = server.create_raw().await;
+    assert_eq!(
+        server.upload(&id, bytes.clone()).await,
+        StatusCode::NO_CONTENT
+    );
+    let plain = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let response = plain
+        .get(server.url(&format!("/v2/images/{id}/file")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::FOUND);
+    let location = response.headers()["location"].to_str().unwrap().to_owned();
+    assert!(
+        location.starts_with(settings.endpoint.as_deref().unwrap()),
+        "{location}"
+    );
+    let fetched = plain.get(&location).send().await.unwrap();
+    assert_eq!(fetched.status(), StatusCode::OK);
+    assert_eq!(fetched.bytes().await.unwrap().to_vec(), bytes);
+    let ranged = plain
+        .get(&location)
+        .header("range", "bytes=1000-1999")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ranged.bytes().await.unwrap().to_vec(), bytes[1000..2000]);
 }
