@@ -167,12 +167,16 @@ pub async fn members_schema(_caller: Caller) -> Json<Value> {
 
 /// https://docs.openstack.org/api-ref/image/v2/index.html#list-stores
 pub async fn stores_info(State(state): State<AppState>, _caller: Caller) -> Json<Value> {
-    let stores: Vec<Value> = state
-        .store
-        .store_infos()
+    let infos = state.store.store_infos();
+    // As in Glance, the weights show once any is configured.
+    let weighted = infos.iter().any(|info| info.weight != 0);
+    let stores: Vec<Value> = infos
         .into_iter()
         .map(|info| {
             let mut view = json!({ "id": info.id });
+            if weighted {
+                view["weight"] = info.weight.into();
+            }
             if let Some(description) = info.description {
                 view["description"] = description.into();
             }

@@ -136,7 +136,11 @@ pub async fn import_image(
             "Unknown import method name '{name}'."
         )));
     }
-    let mut targets = import_targets(&state, &body)?;
+    let header_store = parts
+        .headers
+        .get("x-image-meta-store")
+        .map(|value| value.to_str().unwrap_or("\u{fffd}").trim().to_owned());
+    let mut targets = import_targets(&state, &body, header_store.as_deref())?;
     if name == "copy-image" {
         // Glance's default policy: copying to further stores is for admins.
         if !caller.is_admin() {
@@ -265,9 +269,13 @@ pub(super) async fn start_import(
 }
 
 /// The stores of an import request: `stores` (each must be configured: 409 otherwise, as
-/// in Glance), `all_stores`, or the default store; with `all_stores_must_succeed` (default
-/// true).
-fn import_targets(state: &AppState, body: &Map<String, Value>) -> Result<Targets, Error> {
+/// in Glance), `all_stores`, the `X-Image-Meta-Store` header, or the default store; with
+/// `all_stores_must_succeed` (default true).
+fn import_targets(
+    state: &AppState,
+    body: &Map<String, Value>,
+    header: Option<&str>,
+) -> Result<Targets, Error> {
     let all = match body.get("all_stores") {
         None | Some(Value::Null) => false,
         Some(Value::Bool(all)) => *all,
@@ -283,8 +291,22 @@ fn import_targets(state: &AppState, body: &Map<String, Value>) -> Result<Targets
         }
     };
     let stores = match body.get("stores") {
+        None | Some(Value::Null) if all && header.is_some() => {
+            return Err(Error::bad_request(
+                "All_stores parameter can't be used with x-image-meta-store header or stores parameter",
+            ));
+        }
         None | Some(Value::Null) if all => state.store.store_ids(),
-        None | Some(Value::Null) => vec![state.store.default_store().to_owned()],
+        None | Some(Value::Null) => match header {
+            Some(id) if state.store.has_store(id) => vec![id.to_owned()],
+            Some(id) => return Err(Error::conflict(format!("Unknown store: {id}"))),
+            None => vec![state.store.default_store().to_owned()],
+        },
+        Some(_) if header.is_some() => {
+            return Err(Error::bad_request(
+                "Stores parameter and x-image-meta-store header can't be both specified",
+            ));
+        }
         Some(_) if all => {
             return Err(Error::bad_request(
                 "All_stores parameter can't be used with x-image-meta-store header or stores parameter",

@@ -198,6 +198,20 @@ impl Store {
         self.place_index(id).is_some()
     }
 
+    /// Puts store ids in the order an image shows them (and Glance sorts its locations): the
+    /// heaviest store first, ties by id.
+    pub(super) fn sort_stores(&self, stores: &mut [String]) {
+        let weight = |id: &str| {
+            self.place_index(id)
+                .map_or(i64::MIN, |index| self.places[index].spec.weight)
+        };
+        stores.sort_by(|left, right| {
+            weight(right)
+                .cmp(&weight(left))
+                .then_with(|| left.cmp(right))
+        });
+    }
+
     pub(super) fn place_index(&self, id: &str) -> Option<usize> {
         self.places.iter().position(|place| place.spec.id == id)
     }
@@ -414,6 +428,7 @@ impl Store {
                 {
                     if !data.stores.contains(&target) {
                         data.stores.push(target.clone());
+                        store.sort_stores(&mut data.stores);
                     }
                     Ok(())
                 }

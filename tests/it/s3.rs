@@ -336,8 +336,8 @@ async fn copy_image_between_stores_and_delete_from_one() {
     assert_eq!(
         info,
         json!({"stores": [
-            {"id": "fs", "description": "local disk", "default": "true"},
-            {"id": "ceph", "description": "the cluster"},
+            {"id": "fs", "description": "local disk", "default": "true", "weight": 100},
+            {"id": "ceph", "description": "the cluster", "weight": 0},
         ]})
     );
     let bytes = random_bytes(12 << 20, 10);
@@ -399,7 +399,8 @@ async fn copy_image_between_stores_and_delete_from_one() {
     )
     .await;
     assert_eq!(task["status"], "success", "{task}");
-    assert_eq!(server.show(&id).await.1["stores"], "ceph,fs");
+    // Shown heaviest store first: fs weighs 100, ceph 0.
+    assert_eq!(server.show(&id).await.1["stores"], "fs,ceph");
     assert_eq!(server.blob_files().len(), 1);
     assert_eq!(delete("ceph").await, StatusCode::NO_CONTENT);
     assert_eq!(server.show(&id).await.1["stores"], "fs");
@@ -462,12 +463,33 @@ async fn uploads_and_imports_choose_their_stores() {
         .unwrap();
     assert_eq!(refused.status(), StatusCode::CONFLICT);
     assert_eq!(server.show(&staged).await.1["status"], "uploading");
-    let task = import(
-        &server,
-        &staged,
-        json!({"method": {"name": "glance-direct"}, "stores": ["ceph"]}),
-    )
-    .await;
+    // The header and `stores` together are refused, as in Glance.
+    let both = server
+        .request(Method::POST, &format!("/v2/images/{staged}/import"))
+        .header("x-image-meta-store", "ceph")
+        .json(&json!({"method": {"name": "glance-direct"}, "stores": ["ceph"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(both.status(), StatusCode::BAD_REQUEST);
+    // The header alone names the store.
+    let accepted = server
+        .request(Method::POST, &format!("/v2/images/{staged}/import"))
+        .header("x-image-meta-store", "ceph")
+        .json(&json!({"method": {"name": "glance-direct"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(accepted.status(), StatusCode::ACCEPTED);
+    let started = std::time::Instant::now();
+    let task = loop {
+        let task = task_of(&server, &staged).await;
+        if task["status"] == "success" || task["status"] == "failure" {
+            break task;
+        }
+        assert!(started.elapsed() < Duration::from_secs(120), "{task}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     assert_eq!(task["status"], "success", "{task}");
     let (_, shown) = server.show(&staged).await;
     assert_eq!(shown["status"], "active");

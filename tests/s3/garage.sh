@@ -158,7 +158,7 @@ live_pid() {
 # is_node_of PID CONF: PID is a `garage ... -c CONF ... server` process (guards against reused pids).
 is_node_of() {
     local args
-    args=$(tr '\0' '\n' <"/proc/$1/cmdline" 2>/dev/null) || return 1
+    args=$(tr '\0' '\n' 2>/dev/null <"/proc/$1/cmdline") || return 1
     grep -qxF -- "$2" <<<"$args" && grep -qx -- server <<<"$args"
 }
 
@@ -328,13 +328,23 @@ def fail(what, status, data):
 
 bucket = os.environ.get("S3_BUCKET", "")
 t0 = time.monotonic()
-if op == "ready":
-    try:
+try:
+    if op == "ready":
         status, data = request("GET", "/")
-    except OSError:
-        sys.exit(1)
-    sys.exit(0 if 200 <= status < 500 else 1)
-elif op == "put":
+        sys.exit(0 if 200 <= status < 500 else 1)
+except OSError:
+    sys.exit(1)
+_request = request
+
+
+def request(*a):
+    try:
+        return _request(*a)
+    except OSError as e:
+        sys.exit(f"S3 {op} {' '.join(args[:1])}: {os.environ['S3_ENDPOINT']}: {e}")
+
+
+if op == "put":
     body = open(args[1], "rb").read()
     status, data = request("PUT", f"/{bucket}/{args[0]}", body)
     if status != 200:
@@ -422,8 +432,8 @@ ensure_garage() {
 need_garage() { find_garage || die "no garage binary found (GARAGE_BIN, $CACHE/garage, ~/.cargo/bin/garage)"; }
 
 # ---------------------------------------------------------------- up
-write_conf() { # write_conf N RPC_PORT S3_PORT SECRET
-    local n=$1 rpc=$2 s3port=$3 secret=$4 d=$DIR/node$1
+write_conf() { # write_conf N RPC_PORT S3_PORT SECRET [BOOTSTRAP_PEERS]
+    local n=$1 rpc=$2 s3port=$3 secret=$4 peers=${5:-} d=$DIR/node$1
     mkdir -p "$d/meta" "$d/data"
     cat >"$d/garage.toml" <<EOF
 # Written by tests/s3/garage.sh: node $n of a 3-node test cluster on loopback. Everything lives under $DIR.
@@ -437,6 +447,7 @@ consistency_mode = "consistent"
 rpc_bind_addr = "127.0.0.1:$rpc"
 rpc_public_addr = "127.0.0.1:$rpc"
 rpc_secret = "$secret"
+bootstrap_peers = [$peers]
 
 [s3_api]
 s3_region = "$REGION"
@@ -501,6 +512,17 @@ print(*(s.getsockname()[1] for s in socks))' $((2 * NNODES)))
     done
     STATE_CMD="garagec 1 status" wait_for "every node to see all $NNODES nodes" "$(all_logs)" \
         all_nodes_connected
+    # The nodes read their config at start only: from now on a node that starts again finds the
+    # others through bootstrap_peers at once. (Its saved peer_list is written once a minute, and
+    # the others retry a lost peer every 30 s, so without this a restart takes up to 30 s to rejoin.)
+    local peers m
+    for ((n = 1; n <= NNODES; n++)); do
+        peers=""
+        for ((m = 1; m <= NNODES; m++)); do
+            ((m == n)) || peers+="${peers:+, }\"${ids[$((m - 1))]}\""
+        done
+        write_conf "$n" "${ports[$((2 * n - 2))]}" "${ports[$((2 * n - 1))]}" "$secret" "$peers"
+    done
     say "nodes connected ($(since "$t0")s)"
     for id in "${ids[@]}"; do
         garagec 1 layout assign -z loopback -c 1G "${id%%@*}" >>"$LOGD/layout.out" 2>&1 \
@@ -611,27 +633,58 @@ do_status() {
 
 # ---------------------------------------------------------------- node faults
 do_kill_node() {
-    local n=$1 p t0 other
+    local n=$1 p t0
     check_node_arg "$n"
     need_garage
     live_pid "$n" >/dev/null || die "node $n of $DIR is not running"
     t0=$(now)
     p=$(stop_node "$n" KILL)
     say "node $n (pid $p) killed with SIGKILL"
-    other=$(first_live_node) || { say "no node left running"; return 0; }
-    wait_for "node $other to see node $n down" "$LOGD/node$other.log" nodes_up_below "$other" "$n"
-    say "node $other sees node $n down after $(since "$t0")s: $(health "$other")"
+    first_live_node >/dev/null || { say "no node left running"; return 0; }
+    STATE_CMD=status_lines wait_for "every running node to see node $n down" "$(all_logs)" views_agree
+    say "every running node sees node $n down after $(since "$t0")s"
+    status_lines
 }
 
-# nodes_up_below OBSERVER N: OBSERVER reports node N as down.
-nodes_up_below() {
-    local id
-    # `node id` reads the key in the node's metadata dir: it works with the node down.
-    id=$(garagec "$2" node id -q 2>/dev/null) || return 1
-    garagec "$1" json-api GetClusterStatus 2>/dev/null | python3 -c 'import json, sys
-s = json.load(sys.stdin); want = sys.argv[1]
-n = [x for x in s["nodes"] if want.startswith(x["id"])]
-sys.exit(0 if n and not n[0]["isUp"] else 1)' "${id%%@*}"
+# node_id N: node N's full id (read from its metadata dir: works with the node down).
+node_id() { garagec "$1" node id -q 2>/dev/null; }
+
+# views_agree: every running node sees exactly the running nodes as up.
+views_agree() {
+    local n m live=() want=()
+    for ((n = 1; n <= NNODES; n++)); do
+        if live_pid "$n" >/dev/null; then live+=("$n"); want+=("$(node_id "$n" | cut -d@ -f1)"); fi
+    done
+    for m in "${live[@]}"; do
+        garagec "$m" json-api GetClusterStatus 2>/dev/null | python3 -c 'import json, sys
+s = json.load(sys.stdin); want = set(sys.argv[1:])
+up = {x["id"] for x in s["nodes"] if x["isUp"]}
+sys.exit(0 if up == want else 1)' "${want[@]}" || return 1
+    done
+}
+
+# rejoin N: make every other running node connect to node N now. A node that was down is seen
+# up again by a peer only once that peer's own connection attempt succeeds, and Garage retries a
+# lost peer every 30 s (then once a minute after 10 failures): without this, the restarted node
+# sees everyone at once while the others keep treating it as down for up to a minute.
+rejoin() {
+    local n=$1 m id
+    id=$(node_id "$n") || die "cannot read node $n's id"
+    for ((m = 1; m <= NNODES; m++)); do
+        if ((m == n)) || ! live_pid "$m" >/dev/null; then continue; fi
+        garagec "$m" node connect "$id" >/dev/null 2>&1 || say "node $m could not connect to node $n yet (will retry)"
+    done
+}
+
+status_lines() {
+    local n p
+    for ((n = 1; n <= NNODES; n++)); do
+        if p=$(live_pid "$n"); then
+            say "node $n: pid $p, health $(health "$n" 2>/dev/null || echo '(no answer)')"
+        else
+            say "node $n: not running"
+        fi
+    done
 }
 
 do_start_node() {
@@ -641,9 +694,15 @@ do_start_node() {
     if p=$(live_pid "$n"); then die "node $n of $DIR is already running (pid $p)"; fi
     t0=$(now)
     start_node "$n"
-    STATE_CMD="garagec $n status" wait_for "node $n to see all $NNODES nodes healthy" "$LOGD/node$n.log" healthy "$n"
-    say "node $n back after $(since "$t0")s: $(health "$n")"
+    rejoin "$n"
+    STATE_CMD=status_lines wait_for "every running node to see every running node up" "$(all_logs)" \
+        rejoined "$n"
+    say "node $n back after $(since "$t0")s"
+    status_lines
 }
+
+# rejoined N: views agree; connect again to node N while they do not (its listener may have been late).
+rejoined() { views_agree || { rejoin "$1" >/dev/null; return 1; }; }
 
 # ---------------------------------------------------------------- S3 endpoint faults
 do_stop_s3() {
@@ -661,15 +720,19 @@ do_start_s3() {
     load_env
     t0=$(now)
     start_node 1
+    rejoin 1
+    STATE_CMD=status_lines wait_for "every running node to see every running node up" "$(all_logs)" \
+        rejoined 1
     wait_for "S3 to answer on $S3_ENDPOINT" "$LOGD/node1.log" s3 ready
     wait_for "S3 GET of the probe object on $S3_ENDPOINT" "$LOGD/node1.log" s3 get "$PROBE_KEY" "$DIR/probe.bin"
-    say "S3_ENDPOINT answers again after $(since "$t0")s: $(health 1)"
+    say "S3_ENDPOINT answers again after $(since "$t0")s"
+    status_lines
 }
 
 do_check() {
     load_env
     [ -s "$DIR/probe.bin" ] || die "$DIR/probe.bin missing"
-    s3 get "$PROBE_KEY" "$DIR/probe.bin"
+    s3 get "$PROBE_KEY" "$DIR/probe.bin" || die "S3 check failed against $S3_ENDPOINT"
     local tmp key
     tmp=$(mktemp)
     key=garage-sh/check-$$.bin

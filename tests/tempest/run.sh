@@ -21,7 +21,9 @@
 # Two tempest passes run on that server (see "Run" below): the main one with
 # image_format_enforcement = true, and one for ListUserImagesTest, which
 # tempest only runs with enforcement off and which gets raw-only disk formats
-# so that the random bytes it uploads are honestly raw.
+# so that the random bytes it uploads are honestly raw. With an S3 engine
+# (OCELLUS_S3_ENV), a third pass runs the multiple-stores classes after the
+# server is restarted with two stores.
 #
 # Prints passed, skipped and failed counts, the skip reasons grouped, and for
 # each failure the failing requests and the end of its traceback; the last
@@ -49,6 +51,10 @@
 #   OCELLUS_TEMPEST_TIMEOUT  seconds the tempest run may take (default 600).
 #   PYTHON                   interpreter used to create the venv (default:
 #                            python3.11 if present, else python3).
+#   OCELLUS_S3_ENV           an s3.env of a running S3 engine (tests/s3/): a
+#                            third pass runs tempest's multiple-stores tests
+#                            on the same server restarted with two stores
+#                            (see "Run").
 #   OCELLUS_LOG              passed on to the server; every other OCELLUS_*
 #                            variable is ignored by the server.
 set -euo pipefail
@@ -162,6 +168,7 @@ mkdir -p "$results"
 # Settings the server and `ocellus key` would take from the environment are
 # cleared, so a developer's shell cannot switch the run to another mode,
 # config or server; OCELLUS_LOG is kept on purpose for more verbose logs.
+s3_env=${OCELLUS_S3_ENV:-}
 for var in $(compgen -e); do
     if [[ $var == OCELLUS_* && $var != OCELLUS_LOG ]]; then
         unset "$var"
@@ -372,7 +379,7 @@ do_secure_hash = true
 manage_locations = false
 image_conversion = false
 http_store_enabled = false
-store_weight_enabled = false
+store_weight_enabled = $4
 CONF
 }
 
@@ -385,9 +392,17 @@ CONF
 #            random bytes; it runs with enforcement false and disk_formats =
 #            raw only, so that what it uploads is what it claims (raw) and
 #            ocellus's inspection accepts it.
+#   stores   (with OCELLUS_S3_ENV) the classes that need several stores, on
+#            the server restarted with `fs` and `ceph` (a bucket on the
+#            engine); ceph weighs more, so that the weight order tempest's
+#            StoreWeightTest checks is also the alphabetical order its
+#            waiter compares with.
 listing_class=ListUserImagesTest
-write_conf "$ws/etc/tempest.conf" true "qcow2, raw, ami, ari, aki, vhd, vmdk, vdi, iso, vhdx"
-write_conf "$ws/etc/tempest-listing.conf" false "raw"
+stores_classes="MultiStoresImportImagesTest|MultiStoresImagesTest|ImportCopyImagesTest|StoreWeightTest"
+all_formats="qcow2, raw, ami, ari, aki, vhd, vmdk, vdi, iso, vhdx"
+write_conf "$ws/etc/tempest.conf" true "$all_formats" false
+write_conf "$ws/etc/tempest-listing.conf" false "raw" false
+write_conf "$ws/etc/tempest-stores.conf" true "$all_formats" true
 
 # selection REGEX EXCLUDE: tempest's selection arguments; an empty EXCLUDE
 # excludes nothing (an empty --exclude-regex would match every test).
@@ -448,19 +463,25 @@ run_pass() {
 }
 
 main_exclude="$listing_class"
+[[ -z $s3_env ]] || main_exclude="$listing_class|$stores_classes"
+stores_regex="^(?=.*\\.(?:$stores_classes)\\.)(?:$regex)"
 # tempest filters with re.search: the lookahead keeps the listing pass within
 # the selection.
 listing_regex="^(?=.*\\.$listing_class\\.)(?:$regex)"
 list_tests "$ws/etc/tempest.conf" "$regex" "$main_exclude" >"$tmp/selected-main.txt"
 list_tests "$ws/etc/tempest-listing.conf" "$listing_regex" "" >"$tmp/selected-listing.txt"
-cat "$tmp/selected-main.txt" "$tmp/selected-listing.txt" >"$results/selected-tests.txt"
+: >"$tmp/selected-stores.txt"
+[[ -z $s3_env ]] || list_tests "$ws/etc/tempest-stores.conf" "$stores_regex" "" >"$tmp/selected-stores.txt"
+cat "$tmp/selected-main.txt" "$tmp/selected-listing.txt" "$tmp/selected-stores.txt" \
+    >"$results/selected-tests.txt"
 if [[ ! -s $results/selected-tests.txt ]]; then
     echo "error: no test matches --regex '$regex':" >&2
     tail -n 30 "$tmp/list.err" >&2
     exit 1
 fi
 echo "$(wc -l <"$results/selected-tests.txt") tests selected" \
-    "($(wc -l <"$tmp/selected-main.txt") main, $(wc -l <"$tmp/selected-listing.txt") listing)" >&2
+    "($(wc -l <"$tmp/selected-main.txt") main, $(wc -l <"$tmp/selected-listing.txt") listing," \
+    "$(wc -l <"$tmp/selected-stores.txt") stores)" >&2
 
 run_start=$SECONDS
 run_rc=0
@@ -475,11 +496,47 @@ if [[ -s $tmp/selected-listing.txt ]]; then
     ((pass_rc == 0)) || run_rc=$pass_rc
     [[ -s $results/listing.subunit ]] && streams+=("$results/listing.subunit")
 fi
+if [[ -s $tmp/selected-stores.txt ]]; then
+    # The same data directory and accounts, now with a bucket as a second store.
+    s3_value() { sed -n "s/^$1=//p" "$s3_env" | head -n 1; }
+    printf '%s\n' "$(s3_value S3_ACCESS_KEY)" >"$tmp/s3.access"
+    printf '%s\n' "$(s3_value S3_SECRET_KEY)" >"$tmp/s3.secret"
+    cat >"$tmp/stores.toml" <<TOML
+default_store = "fs"
+[stores.fs]
+type = "file"
+description = "the data directory"
+weight = 50
+[stores.ceph]
+type = "s3"
+description = "a bucket on the test cluster"
+weight = 100
+endpoint = "$(s3_value S3_ENDPOINT)"
+bucket = "$(s3_value S3_BUCKET)"
+region = "$(s3_value S3_REGION)"
+prefix = "tempest-$$-$RANDOM/"
+access_key_file = '$tmp/s3.access'
+secret_key_file = '$tmp/s3.secret'
+removal_grace = "30s"
+TOML
+    stop_pid "$server_pid"
+    "$bin" serve --auth keys --listen "127.0.0.1:$port" --data-dir "$data" \
+        --web-download-allow 127.0.0.1/32 --config "$tmp/stores.toml" >>"$tmp/server.log" 2>&1 &
+    server_pid=$!
+    if ! wait_for_url "$server_pid" "$url/versions"; then
+        tail -n 30 "$tmp/server.log" >&2
+        exit 1
+    fi
+    echo "ocellus restarted with two stores, fs and ceph ($(s3_value S3_ENDPOINT))" >&2
+    run_pass stores "$ws/etc/tempest-stores.conf" "$stores_regex" ""
+    ((pass_rc == 0)) || run_rc=$pass_rc
+    [[ -s $results/stores.subunit ]] && streams+=("$results/stores.subunit")
+fi
 echo "tempest took $((SECONDS - run_start)) s in all" >&2
 
 cp "$ws/logs/tempest.log" "$results/tempest.log" 2>/dev/null || true
 sed -e 's/^\(  password: \).*/\1(removed)/' "$accounts" >"$results/accounts.yaml"
-cp "$ws/etc/tempest.conf" "$ws/etc/tempest-listing.conf" "$results/"
+cp "$ws/etc/tempest.conf" "$ws/etc/tempest-listing.conf" "$ws/etc/tempest-stores.conf" "$results/"
 
 if ((${#streams[@]} == 0)); then
     echo "error: tempest produced no results" >&2
