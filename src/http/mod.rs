@@ -443,6 +443,19 @@ async fn finish_response(
         .is_some_and(|accept| accept.contains("application/json"));
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
+    // The body the client said it would send: `None` for chunked ones (length unknown).
+    let declared_body = if request.headers().contains_key(header::TRANSFER_ENCODING) {
+        None
+    } else {
+        Some(
+            request
+                .headers()
+                .get(header::CONTENT_LENGTH)
+                .and_then(|value| value.to_str().ok())
+                .and_then(|value| value.parse::<u64>().ok())
+                .unwrap_or(0),
+        )
+    };
     let request_id = format!("req-{}", uuid::Uuid::new_v4());
     let span = tracing::info_span!("request", id = %request_id, key = tracing::field::Empty);
     let mut request = request;
@@ -482,6 +495,18 @@ async fn finish_response(
         response
             .headers_mut()
             .insert("x-openstack-request-id", value);
+    }
+    // A refusal answered before the body was read (an upload refused up front) ends the
+    // connection: the unread bytes cannot be told from the next request. Saying so lets the
+    // client open a new connection instead of writing its next request into a closing one.
+    let unread = match declared_body {
+        Some(length) => received.load(std::sync::atomic::Ordering::Relaxed) < length,
+        None => true,
+    };
+    if unread && (response.status().is_client_error() || response.status().is_server_error()) {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     let finish = observe::Finish {
         span: span.clone(),

@@ -417,3 +417,40 @@ async fn upload_cut_off_mid_stream_is_rolled_back() {
         StatusCode::NO_CONTENT
     );
 }
+
+/// An upload refused before its body is read (here: a store that does not exist) says
+/// `Connection: close`, so the client does not write its next request into a connection the
+/// server is closing; a refusal after the body was read keeps the connection. A client reusing
+/// the connection then works on at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_before_the_body_is_read_close_the_connection() {
+    let server = Server::start().await;
+    let id = server.create_raw().await;
+    let refused = server
+        .request(Method::PUT, &format!("/v2/images/{id}/file"))
+        .header("content-type", "application/octet-stream")
+        .header("x-image-meta-store", "nowhere")
+        .body(random_bytes(4 << 20, 30))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(refused.headers()["connection"], "close");
+    assert!(
+        refused.text().await.unwrap().contains("nowhere"),
+        "the error names the store"
+    );
+    // The next requests on the same client go through.
+    for _ in 0..5 {
+        assert_eq!(server.show(&id).await.1["status"], "queued");
+    }
+    let malformed = server
+        .request(Method::POST, "/v2/images")
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(malformed.status(), StatusCode::BAD_REQUEST);
+    assert!(!malformed.headers().contains_key("connection"));
+}

@@ -128,7 +128,7 @@ live_pid() {
     pid=$(tr -dc '0-9' <"$pidf")
     [ -n "$pid" ] && [ -r "/proc/$pid/cmdline" ] || return 1
     # Guard against a reused pid: the process must run with this DIR's conf.
-    tr '\0' '\n' <"/proc/$pid/cmdline" 2>/dev/null | grep -qxF -- "$CONF" || return 1
+    tr '\0' '\n' 2>/dev/null <"/proc/$pid/cmdline" | grep -qxF -- "$CONF" || return 1
     echo "$pid"
 }
 
@@ -139,7 +139,7 @@ dir_pids() {
         p=${p#/proc/}
         comm=$(cat "/proc/$p/comm" 2>/dev/null) || continue
         case " $DAEMON_COMMS " in *" $comm "*) ;; *) continue ;; esac
-        tr '\0' '\n' <"/proc/$p/cmdline" 2>/dev/null | grep -qxF -- "$CONF" && echo "$p"
+        tr '\0' '\n' 2>/dev/null <"/proc/$p/cmdline" | grep -qxF -- "$CONF" && echo "$p"
     done
     return 0
 }
