@@ -9,16 +9,27 @@ brought up, described by its s3.env), and alternates round by round:
 
 - upload: a new random file (`curl -T`, input in the page cache) to each store in turn
   (`X-Image-Meta-Store`); MB/s, and the server's peak RSS during the S3 uploads;
-- download: a full, verified download of each image in turn; MB/s.
+- download: a full, verified download of each image in turn; MB/s;
+- the engine's own limit, in the same rounds: the same file PUT to the bucket and GET back
+  directly (one SigV4 request each, no ocellus in between).
 
-Prints every figure, the medians, and the S3/local ratios. The engine's layout (how many
+Prints every figure, the medians, the S3/local ratios and ocellus-through-S3 against the
+engine's own rates. The engine's layout (how many
 nodes, replicas, disks) decides the S3 figures: say which one when quoting them.
 """
 
 import argparse
+import datetime
+import hashlib
+import hmac
+import http.client
+import os
+import shutil
 import statistics
 import sys
 import tempfile
+import time
+import urllib.parse
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -30,6 +41,61 @@ def env_value(path, name):
         if line.startswith(f"{name}="):
             return line.split("=", 1)[1].strip().strip('"')
     raise SystemExit(f"{name} is missing from {path}")
+
+
+class Direct:
+    """The engine without ocellus: one object PUT and GET with AWS SigV4 (unsigned payload),
+    1 MiB at a time, for the engine's own rates in the same run."""
+
+    def __init__(self, env):
+        self.url = urllib.parse.urlsplit(env_value(env, "S3_ENDPOINT"))
+        self.bucket = env_value(env, "S3_BUCKET")
+        self.region = env_value(env, "S3_REGION")
+        self.access = env_value(env, "S3_ACCESS_KEY")
+        self.secret = env_value(env, "S3_SECRET_KEY")
+
+    def headers(self, method, path, extra=None):
+        now = datetime.datetime.now(datetime.timezone.utc)
+        amz_date, day = now.strftime("%Y%m%dT%H%M%SZ"), now.strftime("%Y%m%d")
+        headers = {"host": self.url.netloc, "x-amz-date": amz_date, "x-amz-content-sha256": "UNSIGNED-PAYLOAD"}
+        headers.update(extra or {})
+        names = sorted(headers)
+        canonical = "\n".join([method, path, "", "".join(f"{name}:{headers[name]}\n" for name in names),
+                               ";".join(names), "UNSIGNED-PAYLOAD"])
+        scope = f"{day}/{self.region}/s3/aws4_request"
+        to_sign = "\n".join(["AWS4-HMAC-SHA256", amz_date, scope, hashlib.sha256(canonical.encode()).hexdigest()])
+        key = ("AWS4" + self.secret).encode()
+        for part in (day, self.region, "s3", "aws4_request"):
+            key = hmac.new(key, part.encode(), hashlib.sha256).digest()
+        signature = hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
+        headers["authorization"] = (f"AWS4-HMAC-SHA256 Credential={self.access}/{scope}, "
+                                    f"SignedHeaders={';'.join(names)}, Signature={signature}")
+        return headers
+
+    def call(self, method, key, body=None, length=None):
+        path = urllib.parse.quote(f"/{self.bucket}/{key}", safe="/-_.~")
+        extra = {"content-length": str(length)} if length is not None else None
+        connection = http.client.HTTPConnection(self.url.hostname, self.url.port, timeout=300, blocksize=bench.MIB)
+        started = time.perf_counter()
+        connection.request(method, path, body=body, headers=self.headers(method, path, extra))
+        response = connection.getresponse()
+        received = 0
+        while chunk := response.read(bench.MIB):
+            received += len(chunk)
+        connection.close()
+        if response.status >= 300:
+            raise RuntimeError(f"{method} {key}: HTTP {response.status}")
+        return received, time.perf_counter() - started
+
+    def put(self, key, path):
+        size = os.path.getsize(path)
+        with open(path, "rb") as body:
+            _, seconds = self.call("PUT", key, body, size)
+        return size / seconds / bench.MB
+
+    def get(self, key):
+        received, seconds = self.call("GET", key)
+        return received / seconds / bench.MB
 
 
 def main():
@@ -65,6 +131,9 @@ removal_grace = "10s"
     data_dir = work / "data"
     data_dir.mkdir()
     server = bench.Server(data_dir, extra=["--config", str(config)])
+    direct = Direct(args.s3_env)
+    direct_key = f"{prefix}direct.bin"
+    direct_put, direct_get = [], []
     stores = ["fs", "s3"]
     uploads = {store: [] for store in stores}
     downloads = {store: [] for store in stores}
@@ -85,17 +154,25 @@ removal_grace = "10s"
                 if store == "s3":
                     peak_rss = max(peak_rss, rss.peak_mib)
                 images[store].append(image_id)
+            bench.warm(path)
+            direct_put.append(direct.put(direct_key, path))
+            direct_get.append(direct.get(direct_key))
             path.unlink()
         for round_index in range(args.rounds):
             for store in stores:
                 image_id = images[store][round_index]
                 downloads[store].append(bench.curl_download(f"{server.base}/v2/images/{image_id}/file"))
+        direct.call("DELETE", direct_key)
         connection = bench.connect(server)
         for store in stores:
             for image_id in images[store]:
                 bench.request(connection, "DELETE", f"/v2/images/{image_id}")
+        # The bucket's copies go after their grace (10 s): let the sweep take them, so that
+        # runs do not fill the engine.
+        time.sleep(15)
     finally:
         server.stop()
+        shutil.rmtree(work, ignore_errors=True)
 
     print(f"{args.size_mib} MiB per image, {args.rounds} rounds; engine from {args.s3_env}")
     for store in stores:
@@ -103,6 +180,11 @@ removal_grace = "10s"
               f"median {statistics.median(uploads[store]):.0f}")
         print(f"{store:>3} download MB/s {[round(rate) for rate in downloads[store]]}  "
               f"median {statistics.median(downloads[store]):.0f}")
+    print(f"engine PUT MB/s  {[round(rate) for rate in direct_put]}  median {statistics.median(direct_put):.0f}")
+    print(f"engine GET MB/s  {[round(rate) for rate in direct_get]}  median {statistics.median(direct_get):.0f}")
+    print(f"through ocellus / engine alone: upload "
+          f"{statistics.median(uploads['s3']) / statistics.median(direct_put):.2f}, download "
+          f"{statistics.median(downloads['s3']) / statistics.median(direct_get):.2f}")
     up = statistics.median(uploads["s3"]) / statistics.median(uploads["fs"])
     down = statistics.median(downloads["s3"]) / statistics.median(downloads["fs"])
     print(f"s3 / local: upload {up:.2f}, download {down:.2f}")

@@ -361,6 +361,10 @@ keyring = $DIR/osd.\$id/keyring
 keyring = $DIR/rgw/keyring
 rgw data = $DIR/rgw
 rgw frontends = beast endpoint=127.0.0.1:$rgw_port
+# Deleted objects' data goes within a minute, not after RGW's default two hours: a test run that
+# uploads and deletes gigabytes must not fill the OSD files.
+rgw gc obj min wait = 30
+rgw gc processor period = 30
 EOF
 }
 
