@@ -1018,6 +1018,8 @@ mod tests {
             ("AKIDEXAMPLE", "s3cr3t")
         );
         assert_eq!(settings.region, "us-east-1");
+        // Never in a debug print (logs, panics).
+        assert!(!format!("{set:?}").contains("s3cr3t"));
 
         for (text, complaint) in [
             (

@@ -50,8 +50,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const RETRIES: usize = 3;
 const RETRY_TIME: Duration = Duration::from_secs(20);
 
-/// Where the bucket is and how to reach it.
-#[derive(Clone, Debug)]
+/// Where the bucket is and how to reach it. Its `Debug` leaves the secret key out.
+#[derive(Clone)]
 pub struct S3Settings {
     /// `http://host:port` of the engine; `None` for AWS itself.
     pub endpoint: Option<String>,
@@ -63,6 +63,21 @@ pub struct S3Settings {
     pub prefix: String,
     /// Downloads are redirected to presigned GET URLs of the engine (opt-in).
     pub presigned_downloads: bool,
+}
+
+impl std::fmt::Debug for S3Settings {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("S3Settings")
+            .field("endpoint", &self.endpoint)
+            .field("bucket", &self.bucket)
+            .field("region", &self.region)
+            .field("access_key", &self.access_key)
+            .field("secret_key", &"(not shown)")
+            .field("prefix", &self.prefix)
+            .field("presigned_downloads", &self.presigned_downloads)
+            .finish()
+    }
 }
 
 /// A bucket holding blobs.

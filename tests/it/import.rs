@@ -253,7 +253,7 @@ async fn import_bodies_are_checked_as_glance_does() {
         .await;
     assert_eq!(
         info["import-methods"]["value"],
-        json!(["glance-direct", "web-download"])
+        json!(["glance-direct", "web-download", "copy-image"])
     );
 
     // Import turned off: nothing is offered, /stage is 404, create sends no header.
