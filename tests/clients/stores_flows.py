@@ -125,11 +125,11 @@ def osc_flow(r, env):
 
     def copy():
         env.openstack("image", "import", "--method", "copy-image", "--store", "ceph", "--wait", image_id)
-        check_bytes(env, until_stores(env, image_id, "fs,ceph"))
+        check_bytes(env, until_stores(env, image_id, "ceph,fs"))
         cmd = env.openstack("image", "show", image_id, "-f", "json")
         shown = json.loads(cmd.stdout)
         stores = shown.get("stores") or shown.get("properties", {}).get("stores")
-        expect_eq(stores, "fs,ceph", "stores in image show", cmd)
+        expect_eq(stores, "ceph,fs", "stores in image show", cmd)
         return True
 
     r.step("openstack image import --method copy-image --store ceph", copy, image_id)
@@ -169,7 +169,7 @@ def sdk_flow(r, env):
     def copy():
         image = conn.image.get_image(image_id)
         conn.image.import_image(image, method="copy-image", stores=["ceph"])
-        check_bytes(env, until_stores(env, image_id, "fs,ceph"))
+        check_bytes(env, until_stores(env, image_id, "ceph,fs"))
         return True
 
     copied = r.step("openstacksdk import_image(method=copy-image, stores=[ceph])", copy, image_id)
