@@ -33,6 +33,11 @@ fi
 # 15 minutes on 2 cores); OCELLUS_S3_ENGINE=none leaves the engine and those tests out.
 s3_engine=${OCELLUS_S3_ENGINE:-ceph}
 s3_dir=$PWD/target/s3-engine
+mkdir -p target
+# Ceph's OSDs need a filesystem with O_DIRECT, which tmpfs is not.
+if [[ $(stat -f -c %T target) == tmpfs ]]; then
+    s3_dir=/var/tmp/ocellus-s3-engine
+fi
 case $s3_engine in
 ceph) s3_script=tests/s3/ceph-rgw.sh ;;
 garage) s3_script=tests/s3/garage.sh ;;
