@@ -459,7 +459,15 @@ impl Store {
             repairs.requeued += 1;
         }
         for place in &self.places {
-            repairs.temp_removed += place.blobs.backend().sweep_temps(None, false)?.count;
+            match place.blobs.backend().sweep_temps(None, false) {
+                Ok(swept) => repairs.temp_removed += swept.count,
+                // A bucket that does not answer must not keep the server down: its staging
+                // objects wait for the sweep, and its uploads answer 503 until it is back.
+                Err(error) if !place.removes_at_once() => {
+                    tracing::warn!(store = %place.id(), %error, "a store does not answer at start; its leftovers wait for the sweep");
+                }
+                Err(error) => return Err(error.into()),
+            }
         }
         let home = &self.places[self.home];
         if home.removes_at_once() {
@@ -486,7 +494,14 @@ impl Store {
         // them after the grace unless an upload references them first.
         for place in self.places.iter().filter(|place| !place.removes_at_once()) {
             let referenced = self.kv.copies_in(place.id())?;
-            for digest in place.blobs.backend().list()? {
+            let listed = match place.blobs.backend().list() {
+                Ok(listed) => listed,
+                Err(error) => {
+                    tracing::warn!(store = %place.id(), %error, "a store does not answer at start; its unreferenced objects are looked for at the next start");
+                    continue;
+                }
+            };
+            for digest in listed {
                 if !referenced.contains(&digest) {
                     self.kv.note_intent(digest, place.id())?;
                     repairs.quarantined += 1;
@@ -504,7 +519,12 @@ impl Store {
             tracing::info!(image = %id, "upload cut by shutdown; image is queued again");
         }
         for place in &self.places {
-            place.blobs.backend().sweep_temps(None, false)?;
+            if let Err(error) = place.blobs.backend().sweep_temps(None, false) {
+                if place.removes_at_once() {
+                    return Err(error.into());
+                }
+                tracing::warn!(store = %place.id(), %error, "could not remove a store's staging objects at shutdown; the sweep will");
+            }
         }
         Ok(())
     }

@@ -714,3 +714,44 @@ async fn bytes_changed_in_the_bucket_are_never_served() {
         .unwrap();
     assert_eq!(early.bytes().await.unwrap().to_vec(), bytes[..100_000]);
 }
+
+/// A bucket that does not answer when the server starts does not keep it down: the server
+/// serves, the data directory's store works, and uploads to the bucket answer 503 with
+/// `Retry-After`, the image still queued. Needs no engine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bucket_down_at_start_does_not_keep_the_server_down() {
+    // Nothing listens on port 1 of the loopback.
+    let settings = ocellus::S3Settings {
+        endpoint: Some("http://127.0.0.1:1".into()),
+        bucket: "nowhere".into(),
+        region: "us-east-1".into(),
+        access_key: "AKID".into(),
+        secret_key: "secret".into(),
+        prefix: String::new(),
+        presigned_downloads: false,
+    };
+    let stores = two_stores(&settings, "fs", Duration::from_secs(3600));
+    let server = Server::start_with(|config| config.stores = stores).await;
+    let bytes = random_bytes(100_000, 22);
+    let local = server.create_raw().await;
+    assert_eq!(
+        server.upload(&local, bytes.clone()).await,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        server.download(&local).await,
+        (StatusCode::OK, bytes.clone())
+    );
+    let remote = server.create_raw().await;
+    let refused = server
+        .request(Method::PUT, &format!("/v2/images/{remote}/file"))
+        .header("content-type", "application/octet-stream")
+        .header("x-image-meta-store", "ceph")
+        .body(bytes)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(refused.headers().contains_key("retry-after"));
+    assert_eq!(server.show(&remote).await.1["status"], "queued");
+}
