@@ -266,6 +266,16 @@ impl From<pool::JobFailed> for BlobError {
     }
 }
 
+impl BlobError {
+    /// As an `io::Error`: the storage's own error, or one that says what went wrong.
+    pub fn into_io(self) -> io::Error {
+        match self {
+            BlobError::Io(error) => error,
+            other => io::Error::other(other.to_string()),
+        }
+    }
+}
+
 impl From<io::Error> for BlobError {
     fn from(error: io::Error) -> BlobError {
         if is_no_space(&error) {

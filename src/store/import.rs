@@ -100,9 +100,7 @@ impl Store {
             let Some(data) = &mut record.data else {
                 return Err(StoreError::Changed);
             };
-            if data.stores.iter().any(|store| keep.contains(store)) {
-                data.stores.retain(|store| keep.contains(store));
-            }
+            super::places::keep_only(&mut data.stores, keep);
             record.status = ImageStatus::Active;
             let failed = failed_stores(record);
             end_import(record, &failed);

@@ -621,10 +621,7 @@ impl Store {
         let checked = self
             .blobs()
             .open(digest, size)
-            .map_err(|error| match error {
-                BlobError::Io(error) => error,
-                other => std::io::Error::other(other.to_string()),
-            })
+            .map_err(BlobError::into_io)
             .and_then(|blob| self.blobs().verify_all(blob, pace));
         let problem = match checked {
             Ok(true) => return Ok(Verdict::Good),
@@ -886,12 +883,7 @@ impl Store {
         let _slot = Store::slot(&self.uploads).await.map_err(E::from)?;
         let place = match request.target.as_deref() {
             None => self.default_place,
-            Some(target) => self.place_index(target).ok_or_else(|| {
-                E::from(StoreError::Blob(BlobError::Io(std::io::Error::new(
-                    std::io::ErrorKind::InvalidInput,
-                    format!("unknown store {target}"),
-                ))))
-            })?,
+            Some(target) => self.place_of(target).map_err(E::from)?,
         };
         // Room and quotas are checked against the declared size before the image moves to
         // `saving`, so a refusal leaves it `queued`; other refusals of `start` come first.
@@ -1082,9 +1074,12 @@ impl Store {
                 .quarantine(digest)
                 .map_err(|error| E::from(StoreError::from(error)))?;
         }
-        // The intent comes before the bytes reach their content address, so that a crash
-        // before the commit leaves a copy the sweep knows to remove.
-        self.kv.note_intent(digest, &store_id).map_err(E::from)?;
+        // In a bucket, the intent comes before the bytes reach their content address, so that
+        // a crash before the commit leaves a copy the sweep knows to remove. (The data
+        // directory needs none: a start quarantines what no image references.)
+        if !self.places[place].removes_at_once() {
+            self.kv.note_intent(digest, &store_id).map_err(E::from)?;
+        }
         blobs
             .place(received.temp, digest)
             .map_err(|error| E::from(StoreError::Blob(error)))?;

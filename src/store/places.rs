@@ -216,6 +216,16 @@ impl Store {
         self.places.iter().position(|place| place.spec.id == id)
     }
 
+    /// The place of a store a request names; the HTTP layer refuses unknown ones first.
+    pub(super) fn place_of(&self, id: &str) -> Result<usize, StoreError> {
+        self.place_index(id).ok_or_else(|| {
+            StoreError::Blob(BlobError::Io(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("unknown store {id}"),
+            )))
+        })
+    }
+
     /// The places to read `data` from, in order: the heaviest store holding it first (ties in
     /// the image's own order), leaving out stores no longer configured and, when the blob was
     /// found damaged, the data directory whose copy the scrub checks.
@@ -307,7 +317,7 @@ impl Store {
                     let opened = blocking(move || store.places[index].blobs.open(digest, size))
                         .await
                         .map_err(|error| std::io::Error::other(error.to_string()))
-                        .and_then(|opened| opened.map_err(blob_io));
+                        .and_then(|opened| opened.map_err(BlobError::into_io));
                     match opened {
                         Ok(blob) => {
                             let place = &self.store.places[index];
@@ -379,11 +389,7 @@ impl Store {
         target: &str,
         importing: bool,
     ) -> Result<ImageRecord, StoreError> {
-        let Some(place) = self.place_index(target) else {
-            return Err(StoreError::Kv(KvError::Corrupt(format!(
-                "unknown store {target}"
-            ))));
-        };
+        let place = self.place_of(target)?;
         let store = self.clone();
         let record = blocking(move || store.kv.image(id))
             .await??
@@ -418,7 +424,9 @@ impl Store {
             let digest = received.digest;
             let blobs = &store.places[place].blobs;
             let _guard = blobs.lock(digest);
-            store.kv.note_intent(digest, &target)?;
+            if !store.places[place].removes_at_once() {
+                store.kv.note_intent(digest, &target)?;
+            }
             blobs.place(received.temp, digest)?;
             let outcome = store.kv.update_image(id, |record| match &mut record.data {
                 Some(data)
@@ -447,10 +455,8 @@ impl Store {
     /// them: nothing changes); the other copies are let go. Blocks.
     pub fn keep_stores(&self, id: ImageId, keep: &[String]) -> Result<(), StoreError> {
         let changed = self.kv.update_image(id, |record| {
-            if let Some(data) = &mut record.data
-                && data.stores.iter().any(|store| keep.contains(store))
-            {
-                data.stores.retain(|store| keep.contains(store));
+            if let Some(data) = &mut record.data {
+                keep_only(&mut data.stores, keep);
             }
             Ok::<(), KvError>(())
         })?;
@@ -618,9 +624,10 @@ impl Store {
     }
 }
 
-fn blob_io(error: BlobError) -> std::io::Error {
-    match error {
-        BlobError::Io(error) => error,
-        other => std::io::Error::other(other.to_string()),
+/// Keeps only the stores of `keep`, unless that would leave none (then nothing changes: an
+/// image never loses its last copy this way).
+pub(super) fn keep_only(stores: &mut Vec<String>, keep: &[String]) {
+    if stores.iter().any(|store| keep.contains(store)) {
+        stores.retain(|store| keep.contains(store));
     }
 }

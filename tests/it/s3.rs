@@ -145,6 +145,11 @@ async fn import(server: &Server, id: &str, body: Value) -> Value {
         .unwrap()
         .status();
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    finished_task(server, id).await
+}
+
+/// Waits (at most 2 minutes) until the image's latest task has finished; returns it.
+async fn finished_task(server: &Server, id: &str) -> Value {
     let started = std::time::Instant::now();
     loop {
         let task = task_of(server, id).await;
@@ -154,6 +159,20 @@ async fn import(server: &Server, id: &str, body: Value) -> Value {
         assert!(started.elapsed() < Duration::from_secs(120), "{task}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Waits (at most 30 s) until nothing is left under the bucket prefix; returns how long.
+async fn until_empty(bucket: &Bucket) -> Duration {
+    let started = std::time::Instant::now();
+    while bucket.count("").await != (0, 0) {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "objects left: {:?}",
+            bucket.count("").await
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    started.elapsed()
 }
 
 macro_rules! engine_or_skip {
@@ -254,19 +273,8 @@ async fn a_deleted_blob_goes_after_the_grace_and_an_upload_within_it_revives_it(
     assert_eq!(server.download(&second).await, (StatusCode::OK, bytes));
     // Gone for good: the sweep removes both objects once the grace is over.
     assert_eq!(server.delete(&second).await, StatusCode::NO_CONTENT);
-    let started = std::time::Instant::now();
-    while bucket.count("").await != (0, 0) {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "objects left: {:?}",
-            bucket.count("").await
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    assert!(
-        started.elapsed() >= Duration::from_secs(2),
-        "removed before the grace"
-    );
+    let waited = until_empty(&bucket).await;
+    assert!(waited >= Duration::from_secs(2), "removed before the grace");
 }
 
 /// An upload cut mid-way (the client goes away after 20 MiB, two parts sent) leaves the image
@@ -302,15 +310,7 @@ async fn a_cut_upload_leaves_no_staging_object() {
     drop(sender);
     let _ = upload.await;
     eventually(async || server.show(&id).await.1["status"] == "queued").await;
-    let started = std::time::Instant::now();
-    while bucket.count("").await != (0, 0) {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "objects left: {:?}",
-            bucket.count("").await
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    until_empty(&bucket).await;
     // And the image takes a full upload afterwards.
     let bytes = random_bytes(1 << 20, 99);
     assert_eq!(
@@ -406,11 +406,7 @@ async fn copy_image_between_stores_and_delete_from_one() {
     assert_eq!(server.show(&id).await.1["stores"], "fs");
     assert_eq!(server.download(&id).await, (StatusCode::OK, bytes));
     // The bucket's copy goes after its grace.
-    let started = std::time::Instant::now();
-    while bucket.count("").await != (0, 0) {
-        assert!(started.elapsed() < Duration::from_secs(30));
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    until_empty(&bucket).await;
 }
 
 /// An upload names its store (`X-Image-Meta-Store`), an import its stores; unknown stores
@@ -481,15 +477,7 @@ async fn uploads_and_imports_choose_their_stores() {
         .await
         .unwrap();
     assert_eq!(accepted.status(), StatusCode::ACCEPTED);
-    let started = std::time::Instant::now();
-    let task = loop {
-        let task = task_of(&server, &staged).await;
-        if task["status"] == "success" || task["status"] == "failure" {
-            break task;
-        }
-        assert!(started.elapsed() < Duration::from_secs(120), "{task}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let task = finished_task(&server, &staged).await;
     assert_eq!(task["status"], "success", "{task}");
     let (_, shown) = server.show(&staged).await;
     assert_eq!(shown["status"], "active");
