@@ -43,7 +43,7 @@ pub struct ServeArgs {
     /// metrics_token, scrub_interval, scrub_rate, import_methods, web_download_allow,
     /// web_download_ports, max_imports, task_time_to_live, image_size_total,
     /// image_stage_total, image_count_total, image_count_uploading, image_tag_quota,
-    /// image_property_quota, image_member_quota, enable_v1_api, default_store, and one
+    /// image_property_quota, image_member_quota, enable_v1_api, mirror_catalog, default_store, and one
     /// [stores.ID] table per store (type = "file" | "s3"; see the README, "Storing images in
     /// S3")
     #[arg(long, env = "OCELLUS_CONFIG", value_name = "FILE")]
@@ -158,6 +158,10 @@ pub struct ServeArgs {
     /// Imports running at once; more wait as pending tasks [default: 4]
     #[arg(long, env = "OCELLUS_MAX_IMPORTS", value_name = "COUNT")]
     pub max_imports: Option<usize>,
+    /// Mirror catalog (TOML) the server keeps in step, refreshing each source on its own
+    /// timer; see the README, "Mirror" [default: none, no mirror]
+    #[arg(long, env = "OCELLUS_MIRROR_CATALOG", value_name = "FILE")]
+    pub mirror_catalog: Option<PathBuf>,
     /// Hours a finished task is kept before it expires [default: 48]
     #[arg(long, env = "OCELLUS_TASK_TIME_TO_LIVE", value_name = "HOURS")]
     pub task_time_to_live: Option<u64>,
@@ -333,6 +337,7 @@ pub struct FileConfig {
     pub web_download_allow: Option<Vec<String>>,
     pub web_download_ports: Option<Vec<u16>>,
     pub max_imports: Option<usize>,
+    pub mirror_catalog: Option<PathBuf>,
     pub task_time_to_live: Option<u64>,
     pub image_size_total: Option<SizeSetting>,
     pub image_stage_total: Option<SizeSetting>,
@@ -415,6 +420,8 @@ pub struct Config {
     pub web_download: crate::fetch::Rules,
     /// Imports running at once.
     pub max_imports: usize,
+    /// The mirror catalog, if the server keeps one in step.
+    pub mirror_catalog: Option<PathBuf>,
     pub per_image: PerImageQuotas,
     /// Transfer slots, free-space reserve, quarantine grace.
     pub store: StoreLimits,
@@ -447,6 +454,7 @@ impl Default for Config {
                 .collect(),
             web_download: crate::fetch::Rules::default(),
             max_imports: 4,
+            mirror_catalog: None,
             per_image: PerImageQuotas::default(),
             store: StoreLimits::default(),
             enable_v1_api: true,
@@ -575,6 +583,7 @@ impl Config {
                 .max_imports
                 .or(file.max_imports)
                 .unwrap_or(defaults.max_imports),
+            mirror_catalog: args.mirror_catalog.clone().or(file.mirror_catalog),
             per_image: {
                 let count = |value: Option<i64>, default: Option<usize>| match value {
                     Some(limit) if limit < 0 => None,

@@ -229,6 +229,8 @@ pub struct Fetcher {
 pub struct Fetched {
     /// `Content-Length`, when the server sent one.
     pub length: Option<u64>,
+    /// `ETag` and `Last-Modified`, when the server sent them.
+    pub validators: Validators,
     pub body: std::pin::Pin<Box<dyn Stream<Item = Result<Bytes, String>> + Send>>,
 }
 
@@ -269,13 +271,30 @@ impl Fetcher {
 
     /// Starts fetching `url`; the body streams as it arrives.
     pub async fn get(&self, url: Url) -> Result<Fetched, String> {
+        match self
+            .get_conditional(url.clone(), &Validators::default())
+            .await?
+        {
+            Conditional::Fetched(fetched) => Ok(fetched),
+            Conditional::NotModified => Err(format!("{url} answered 304 unasked")),
+        }
+    }
+
+    /// Like `get`, but asks for the body only if it changed since `validators` were seen.
+    pub async fn get_conditional(
+        &self,
+        url: Url,
+        validators: &Validators,
+    ) -> Result<Conditional, String> {
         self.rules.check_url(&url)?;
-        let response = self
-            .client
-            .get(url.clone())
-            .send()
-            .await
-            .map_err(describe)?;
+        let mut request = self.client.get(url.clone());
+        if let Some(etag) = &validators.etag {
+            request = request.header(reqwest::header::IF_NONE_MATCH, etag);
+        }
+        if let Some(modified) = &validators.last_modified {
+            request = request.header(reqwest::header::IF_MODIFIED_SINCE, modified);
+        }
+        let response = request.send().await.map_err(describe)?;
         // The port of the address connected to is checked for names too: `check_url` saw the
         // first URL's, the redirect policy every later one's.
         if let Some(remote) = response.remote_addr()
@@ -286,16 +305,85 @@ impl Fetcher {
                 return Err(format!("{} is not allowed", remote.ip()));
             }
         }
+        if response.status() == reqwest::StatusCode::NOT_MODIFIED
+            && (validators.etag.is_some() || validators.last_modified.is_some())
+        {
+            return Ok(Conditional::NotModified);
+        }
         if !response.status().is_success() {
             return Err(format!("{} answered {}", response.url(), response.status()));
         }
+        let header = |name: reqwest::header::HeaderName| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|value| value.to_str().ok())
+                .map(str::to_owned)
+        };
+        let validators = Validators {
+            etag: header(reqwest::header::ETAG),
+            last_modified: header(reqwest::header::LAST_MODIFIED),
+        };
         let length = response.content_length();
         let body = response
             .bytes_stream()
             .map(|item| item.map_err(describe))
             .boxed();
-        Ok(Fetched { length, body })
+        Ok(Conditional::Fetched(Fetched {
+            length,
+            validators,
+            body,
+        }))
     }
+
+    /// Fetches a small document whole (a listing, a digest file, a signature), refusing more
+    /// than `limit` bytes.
+    pub async fn get_small(
+        &self,
+        url: Url,
+        validators: &Validators,
+        limit: usize,
+    ) -> Result<Option<(Vec<u8>, Validators)>, String> {
+        let mut fetched = match self.get_conditional(url.clone(), validators).await? {
+            Conditional::NotModified => return Ok(None),
+            Conditional::Fetched(fetched) => fetched,
+        };
+        if fetched.length.is_some_and(|length| length > limit as u64) {
+            return Err(format!("{url} is larger than {limit} bytes"));
+        }
+        let mut bytes = Vec::new();
+        while let Some(chunk) = fetched.body.next().await {
+            bytes.extend_from_slice(&chunk?);
+            if bytes.len() > limit {
+                return Err(format!("{url} is larger than {limit} bytes"));
+            }
+        }
+        if fetched
+            .length
+            .is_some_and(|length| length != bytes.len() as u64)
+        {
+            return Err(format!("{url} ended after {} bytes", bytes.len()));
+        }
+        Ok(Some((bytes, fetched.validators)))
+    }
+
+    /// The rules this fetcher applies.
+    pub fn rules(&self) -> &Rules {
+        &self.rules
+    }
+}
+
+/// What a server said identifies a version of a document, for a conditional request.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Validators {
+    pub etag: Option<String>,
+    pub last_modified: Option<String>,
+}
+
+/// A conditional request's answer.
+pub enum Conditional {
+    NotModified,
+    Fetched(Fetched),
 }
 
 /// A reqwest error with its causes, which hold the useful part.

@@ -18,6 +18,7 @@ pub mod keycmd;
 mod kv;
 pub mod metadefcmd;
 pub mod metrics;
+pub mod mirror;
 pub mod opcmd;
 pub mod policy;
 pub mod scrub;
@@ -78,8 +79,23 @@ pub fn open(config: config::Config) -> Result<AppState, OpenError> {
         config.max_imports,
         config.image_size_cap,
     ));
+    let mirror = config.mirror_catalog.as_ref().map(|path| {
+        if let Err(error) = mirror::catalog::load(path) {
+            tracing::error!(%error, "the mirror catalog does not check; the mirror waits until it does");
+        }
+        Arc::new(mirror::service::MirrorService::new(
+            mirror::sync::Mirror::new(
+                store.clone(),
+                config.web_download.clone(),
+                config.image_size_cap,
+                config.default_project.clone(),
+            ),
+            path.clone(),
+        ))
+    });
     Ok(AppState {
         store,
+        mirror,
         config: Arc::new(config),
         identity: Arc::new(identity),
         tls,

@@ -53,6 +53,10 @@ enum Command {
     /// data directory or through the running server
     #[command(subcommand)]
     Metadefs(ocellus::metadefcmd::MetadefsCommand),
+    /// The mirror of vendor cloud images: check the catalog, plan, sync, status; works on a
+    /// stopped server's data directory or through the running server (see the README, "Mirror")
+    #[command(subcommand)]
+    Mirror(ocellus::mirror::cmd::MirrorCommand),
 }
 
 /// Upper bound of tokio's blocking pool.
@@ -69,6 +73,7 @@ fn main() -> ExitCode {
         Command::Restore(args) => operate(ocellus::opcmd::restore(args)),
         Command::Quota(command) => operate(ocellus::opcmd::quota(command)),
         Command::Metadefs(command) => operate(ocellus::metadefcmd::run(command)),
+        Command::Mirror(command) => operate(ocellus::mirror::cmd::run(command)),
         Command::Key(command) => match ocellus::keycmd::run(command) {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {

@@ -44,6 +44,17 @@ struct StatusLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MirrorLabels {
+    source: String,
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SourceLabel {
+    source: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabel {
     kind: String,
 }
@@ -71,6 +82,9 @@ pub struct Metrics {
     scrub_checked_bytes: Gauge,
     scrub_failures: Gauge,
     scrub_progress: Gauge<f64, std::sync::atomic::AtomicU64>,
+    mirror_syncs: Family<MirrorLabels, Counter>,
+    mirror_fetched: Family<SourceLabel, Counter>,
+    mirror_last_success: Family<SourceLabel, Gauge>,
     /// Rendering updates the store gauges and then encodes; one scrape at a time.
     render: Mutex<()>,
 }
@@ -204,6 +218,25 @@ impl Metrics {
             "Fraction of the current scrub pass done (0 to 1)",
             scrub_progress.clone(),
         );
+        let mirror_syncs = Family::<MirrorLabels, Counter>::default();
+        registry.register(
+            "mirror_syncs",
+            "Mirror syncs run by the refresher, by source and outcome (published, up_to_date, failed)",
+            mirror_syncs.clone(),
+        );
+        let mirror_fetched = Family::<SourceLabel, Counter>::default();
+        registry.register_with_unit(
+            "mirror_fetched",
+            "Image bytes the refresher downloaded from vendors, by source",
+            Unit::Bytes,
+            mirror_fetched.clone(),
+        );
+        let mirror_last_success = Family::<SourceLabel, Gauge>::default();
+        registry.register(
+            "mirror_last_success_timestamp_seconds",
+            "Unix time of the last sync of each source that did not fail",
+            mirror_last_success.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -224,7 +257,37 @@ impl Metrics {
             scrub_checked_bytes,
             scrub_failures,
             scrub_progress,
+            mirror_syncs,
+            mirror_fetched,
+            mirror_last_success,
             render: Mutex::new(()),
+        }
+    }
+
+    /// Counts one sync of the mirror's refresher.
+    pub fn mirror_synced(&self, source: &str, report: &crate::mirror::sync::Report) {
+        let outcome = match report.outcome {
+            crate::mirror::sync::Outcome::Published => "published",
+            crate::mirror::sync::Outcome::UpToDate => "up_to_date",
+            crate::mirror::sync::Outcome::Failed => "failed",
+        };
+        self.mirror_syncs
+            .get_or_create(&MirrorLabels {
+                source: source.to_owned(),
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+        let label = SourceLabel {
+            source: source.to_owned(),
+        };
+        self.mirror_fetched
+            .get_or_create(&label)
+            .inc_by(report.bytes);
+        if report.outcome != crate::mirror::sync::Outcome::Failed {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |since| since.as_secs() as i64);
+            self.mirror_last_success.get_or_create(&label).set(now);
         }
     }
 

@@ -23,7 +23,7 @@ use crate::policy::Caller;
 /// Admins only; in lab mode, where anyone may claim the admin role, only from loopback, so
 /// that a lab server reachable from the network cannot be made to mint keys that would outlive
 /// a switch to `auth = "keys"`.
-fn require_admin(state: &AppState, caller: &Caller, parts: &Parts) -> Result<(), Error> {
+pub(super) fn require_admin(state: &AppState, caller: &Caller, parts: &Parts) -> Result<(), Error> {
     let lab = state.config.auth == AuthMode::None;
     if caller.is_admin() && (!lab || client_address(parts).is_loopback()) {
         Ok(())

@@ -130,6 +130,10 @@ pub async fn serve(
     let importer = state.importer.clone();
     let upkeep = tokio::spawn(upkeep(state.store.clone()));
     let scrub = crate::scrub::Scrub::start(state.store.clone(), state.config.scrub)?;
+    let refresher = state
+        .mirror
+        .clone()
+        .map(|mirror| tokio::spawn(mirror.refresh_forever(state.metrics.clone())));
     let mut connections = tokio::task::JoinSet::new();
     let app = router(state);
     let graceful = GracefulShutdown::new();
@@ -226,6 +230,11 @@ pub async fn serve(
     connections.abort_all();
     while connections.join_next().await.is_some() {}
     importer.shutdown().await;
+    // A sync cut here keeps nothing: its bytes were never published.
+    if let Some(refresher) = refresher {
+        refresher.abort();
+        let _ = refresher.await;
+    }
     match tokio::task::spawn_blocking(move || {
         scrub.stop();
         store.settle_interrupted()

@@ -19,6 +19,7 @@ mod list_query;
 pub mod listener;
 mod members;
 pub(crate) mod metadefs;
+mod mirror;
 mod observe;
 pub mod schemas;
 mod tags;
@@ -64,6 +65,8 @@ pub struct AppState {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Runs imports in the background.
     pub importer: Arc<crate::importer::Importer>,
+    /// The mirror, when `mirror_catalog` is set.
+    pub mirror: Option<Arc<crate::mirror::service::MirrorService>>,
 }
 
 /// The whole route table.
@@ -320,6 +323,15 @@ pub fn router(state: AppState) -> Router {
         .route("/ocellus/v1/gc", resource("POST", post(admin::gc)))
         .route("/ocellus/v1/stats", resource("GET", get(admin::stats)))
         .route("/ocellus/v1/backups", resource("POST", post(admin::backup)))
+        .route("/ocellus/v1/mirror", resource("GET", get(mirror::status)))
+        .route(
+            "/ocellus/v1/mirror/plan",
+            resource("POST", post(mirror::plan)),
+        )
+        .route(
+            "/ocellus/v1/mirror/sync",
+            resource("POST", post(mirror::sync)),
+        )
         .route(
             "/ocellus/v1/metadefs",
             resource("POST", post(admin::load_metadefs)),

@@ -47,7 +47,7 @@ use tables::{
     API_KEY_NAMES, API_KEYS, BAD_BLOBS, BLOB_COPIES, BLOB_REMOVALS, BLOBS, DELETED_IMAGES,
     IMAGE_SORT_INDEX, IMAGE_TASKS, IMAGES, MEMBERS, MEMBERSHIPS, META, METADEF_ASSOCIATIONS,
     METADEF_NAMESPACES, METADEF_OBJECTS, METADEF_PROPERTIES, METADEF_RESOURCE_TYPES, METADEF_TAGS,
-    PROJECTS, QUOTAS, SECRETS, TASKS,
+    MIRROR_SOURCES, PROJECTS, QUOTAS, SECRETS, TASKS,
 };
 
 /// The schema version this build writes. Older databases are upgraded at open.
@@ -57,7 +57,7 @@ use tables::{
 /// - 5: adds the metadata definition tables (new, empty tables).
 /// - 6: adds per-store blob copies and removal intents; every referenced blob gets a copy row
 ///   in the store `fs` (the data directory), where all bytes were until then.
-const SCHEMA_VERSION: u64 = 6;
+const SCHEMA_VERSION: u64 = 7;
 
 /// What can go wrong in the metadata store.
 #[derive(Debug)]
@@ -149,6 +149,16 @@ pub struct Change {
     pub record: ImageRecord,
     /// Copies of blobs that lost their last reference in this change: they may be removed.
     pub unreferenced: Vec<BlobCopy>,
+}
+
+/// What `Kv::change_images` writes.
+#[derive(Debug, Default)]
+pub struct Batch {
+    pub insert: Vec<ImageRecord>,
+    pub update: Vec<ImageRecord>,
+    pub delete: Vec<ImageId>,
+    /// When the deleted images were deleted.
+    pub deleted_at: i64,
 }
 
 /// A blob's copy in one store.
@@ -257,7 +267,7 @@ impl Kv {
                 // Versions 1 to 5 only add tables (2: keys and members; 3: bad blobs; 4: tasks
                 // and quotas; 5: metadata definitions), which the `open_table` calls below
                 // create. Version 6 counts every referenced blob as a copy in the data
-                // directory's store.
+                // directory's store. Version 7 adds the mirror's state table.
                 Some(version) => {
                     if version < 6 {
                         let blobs = transaction.open_table(BLOBS)?;
@@ -295,6 +305,7 @@ impl Kv {
             transaction.open_table(METADEF_TAGS)?;
             transaction.open_table(METADEF_ASSOCIATIONS)?;
             transaction.open_table(METADEF_RESOURCE_TYPES)?;
+            transaction.open_table(MIRROR_SOURCES)?;
         }
         kv.commit(transaction)?;
         Ok(kv)
@@ -524,6 +535,120 @@ impl Kv {
             record,
             unreferenced,
         }))
+    }
+
+    /// Changes several images in one transaction: `select` picks the images `plan` sees, and
+    /// `plan` says what to insert, rewrite and delete. Returns `None`, writing nothing, if an
+    /// id to insert is or was in use; otherwise the blob copies left unreferenced.
+    pub fn change_images<E: From<KvError>>(
+        &self,
+        select: impl Fn(&ImageRecord) -> bool,
+        plan: impl FnOnce(Vec<ImageRecord>) -> Result<Batch, E>,
+    ) -> Result<Option<Vec<BlobCopy>>, E> {
+        let transaction = self.begin_write()?;
+        let mut unreferenced = Vec::new();
+        {
+            let mut images = transaction.open_table(IMAGES).map_err(KvError::from)?;
+            let mut selected = Vec::new();
+            for entry in images.iter().map_err(KvError::from)? {
+                let (_, bytes) = entry.map_err(KvError::from)?;
+                let record = ImageRecord::decode(bytes.value()).map_err(KvError::from)?;
+                if select(&record) {
+                    selected.push(record);
+                }
+            }
+            let batch = plan(selected.clone())?;
+            let mut deleted = transaction
+                .open_table(DELETED_IMAGES)
+                .map_err(KvError::from)?;
+            let mut sort_index = transaction
+                .open_table(IMAGE_SORT_INDEX)
+                .map_err(KvError::from)?;
+            let mut data = DataTables::open(&transaction)?;
+            for record in &batch.insert {
+                let taken = deleted.get(record.id).map_err(KvError::from)?.is_some()
+                    || images.get(record.id).map_err(KvError::from)?.is_some();
+                if taken {
+                    return Ok(None);
+                }
+                write_record(&mut images, &mut sort_index, &mut data, None, record)?;
+            }
+            for record in &batch.update {
+                let Some(old) = selected.iter().find(|old| old.id == record.id) else {
+                    return Err(E::from(KvError::Corrupt(format!(
+                        "image {} was changed without being selected",
+                        record.id
+                    ))));
+                };
+                unreferenced.extend(write_record(
+                    &mut images,
+                    &mut sort_index,
+                    &mut data,
+                    Some(old),
+                    record,
+                )?);
+            }
+            for id in &batch.delete {
+                let Some(old) = selected.iter().find(|old| old.id == *id) else {
+                    return Err(E::from(KvError::Corrupt(format!(
+                        "image {id} was deleted without being selected"
+                    ))));
+                };
+                images.remove(*id).map_err(KvError::from)?;
+                for key in index::all_index_keys(old) {
+                    sort_index.remove(key.as_slice()).map_err(KvError::from)?;
+                }
+                unreferenced.extend(release_data(&mut data, old.data.as_ref())?);
+                deleted
+                    .insert(*id, batch.deleted_at)
+                    .map_err(KvError::from)?;
+            }
+            drop(data);
+            for id in &batch.delete {
+                access::remove_all_members(&transaction, *id)?;
+            }
+        }
+        self.commit(transaction)?;
+        Ok(Some(unreferenced))
+    }
+
+    /// Every image (a scan: for the mirror's few sources, not for listings).
+    pub fn all_images(&self) -> Result<Vec<ImageRecord>, KvError> {
+        let transaction = self.begin_read()?;
+        let images = transaction.open_table(IMAGES)?;
+        let mut records = Vec::new();
+        for entry in images.iter()? {
+            let (_, bytes) = entry?;
+            records.push(ImageRecord::decode(bytes.value())?);
+        }
+        Ok(records)
+    }
+
+    /// The mirror's stored state of a source.
+    pub fn mirror_state(&self, source: &str) -> Result<Option<Vec<u8>>, KvError> {
+        let transaction = self.begin_read()?;
+        let table = transaction.open_table(MIRROR_SOURCES)?;
+        Ok(table.get(source)?.map(|value| value.value().to_vec()))
+    }
+
+    /// Every source's stored state.
+    pub fn mirror_states(&self) -> Result<Vec<(String, Vec<u8>)>, KvError> {
+        let transaction = self.begin_read()?;
+        let table = transaction.open_table(MIRROR_SOURCES)?;
+        let mut states = Vec::new();
+        for entry in table.iter()? {
+            let (key, value) = entry?;
+            states.push((key.value().to_owned(), value.value().to_vec()));
+        }
+        Ok(states)
+    }
+
+    pub fn set_mirror_state(&self, source: &str, state: &[u8]) -> Result<(), KvError> {
+        let transaction = self.begin_write()?;
+        transaction
+            .open_table(MIRROR_SOURCES)?
+            .insert(source, state)?;
+        self.commit(transaction)
     }
 
     /// Marks a blob damaged (keeps the first time it was found).

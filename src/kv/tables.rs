@@ -57,6 +57,10 @@ pub const PROJECTS: TableDefinition<&str, &str> = TableDefinition::new("projects
 /// Server secrets, generated once: the key that signs identity tokens.
 pub const SECRETS: TableDefinition<&str, &[u8]> = TableDefinition::new("secrets_v1");
 
+/// The mirror's state per catalog source (JSON: conditional-request validators, backoff, the
+/// last outcome), kept across restarts.
+pub const MIRROR_SOURCES: TableDefinition<&str, &[u8]> = TableDefinition::new("mirror_sources_v1");
+
 /// Blobs found damaged (by the scrub or `ocellus check`), with the Unix time they were found;
 /// their images refuse downloads until good bytes are uploaded again.
 pub const BAD_BLOBS: TableDefinition<Digest, i64> = TableDefinition::new("bad_blobs_v1");

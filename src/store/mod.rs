@@ -23,10 +23,12 @@ use std::collections::HashMap;
 
 mod import;
 mod metadefs;
+mod mirror;
 mod ops;
 mod places;
 mod quota;
 pub use import::{FAILED_IMPORT, IMPORT_TASK, IMPORTING_TO, INTERRUPTED, end_import};
+pub use mirror::Detached;
 pub use ops::{
     BACKUP_FORMAT, BackupManifest, CheckReport, GcReport, MANIFEST_FILE, Mode, RemovalHold,
 };

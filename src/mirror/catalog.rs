@@ -1,0 +1,626 @@
+//! The mirror catalog, `/etc/ocellus/mirror.toml`: which vendor images to keep, where they
+//! are published, and who must have signed their digests.
+//!
+//! Every mistake is refused with its file and line before anything is fetched: an unknown key,
+//! a pattern that does not compile, a source without a signature decision, a signer missing
+//! from its keyring, a plain `http://` address without `allow_insecure_http`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use regex::Regex;
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::openpgp::{Keyring, normalize_fingerprint};
+
+/// Properties the mirror sets itself; a catalog may not set them and clients may not change
+/// them.
+pub const MIRROR_PREFIX: &str = "ocellus_mirror_";
+
+/// The whole catalog file.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCatalog {
+    /// Where `keyring` paths are looked up [default: `keys/` beside the catalog].
+    keys_dir: Option<Spanned<String>>,
+    #[serde(default)]
+    source: Vec<Spanned<RawSource>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSource {
+    name: Spanned<String>,
+    kind: Spanned<String>,
+    base_url: Spanned<String>,
+    dirs: Option<Spanned<String>>,
+    version_file: Option<Spanned<String>>,
+    version_dir: Option<Spanned<String>>,
+    file: Spanned<String>,
+    sums: Spanned<String>,
+    signature: Option<Spanned<RawSignature>>,
+    keyring: Option<Spanned<String>>,
+    #[serde(default)]
+    signers: Vec<Spanned<String>>,
+    disk_format: Option<Spanned<String>>,
+    container_format: Option<Spanned<String>>,
+    #[serde(default)]
+    properties: BTreeMap<String, Spanned<String>>,
+    #[serde(default)]
+    tags: Vec<String>,
+    keep: Option<Spanned<u32>>,
+    refresh: Option<Spanned<String>>,
+    visibility: Option<Spanned<String>>,
+    #[serde(default)]
+    hide_old: bool,
+    #[serde(default)]
+    allow_hosts: Vec<Spanned<String>>,
+    #[serde(default)]
+    allow_insecure_http: bool,
+    max_size: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSignature {
+    detached: Option<String>,
+    clearsigned: Option<bool>,
+    none: Option<String>,
+}
+
+/// How a source's digest document is vouched for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SignatureRule {
+    /// A detached signature at this path (a template, like `sums`).
+    Detached(String),
+    /// The digest document is clearsigned.
+    Clearsigned,
+    /// No signature; the reason the operator gave. The digests are trusted as far as HTTPS
+    /// delivered them.
+    None(String),
+}
+
+/// A source's version discovery.
+#[derive(Clone, Debug)]
+pub enum Versions {
+    /// The newest directory under `base_url` whose name matches (autoindex `href`s).
+    Dirs(Regex),
+    /// A file under `base_url` holding the version; the directory is `version_dir` with
+    /// `{version}` filled in.
+    File { path: String, dir: String },
+    /// The files are directly under `base_url`; the version is the `version` group of `file`.
+    Files,
+}
+
+/// One source of the catalog, checked.
+#[derive(Clone, Debug)]
+pub struct Source {
+    pub name: String,
+    pub base_url: reqwest::Url,
+    pub versions: Versions,
+    /// Which file is the image: matched against the digest document's names (or the
+    /// directory listing, for a sidecar); a named group `version` orders candidates.
+    pub file: Regex,
+    /// The digest document's path in the version directory; `{file}` makes it a sidecar.
+    pub sums: String,
+    pub signature: SignatureRule,
+    pub keyring: Option<PathBuf>,
+    pub signers: Vec<String>,
+    pub disk_format: String,
+    pub container_format: String,
+    pub properties: BTreeMap<String, String>,
+    pub tags: Vec<String>,
+    pub keep: u32,
+    pub refresh: Duration,
+    pub visibility: String,
+    pub hide_old: bool,
+    pub allow_hosts: Vec<crate::fetch::Allowed>,
+    /// The largest image this source may bring [default: the server's image_size_cap].
+    pub max_size: Option<u64>,
+}
+
+impl Source {
+    /// Whether the digest document sits beside the file (one per file).
+    pub fn sidecar(&self) -> bool {
+        self.sums.contains("{file}")
+    }
+}
+
+/// A checked catalog and the keyrings its sources name.
+#[derive(Debug)]
+pub struct Catalog {
+    pub path: PathBuf,
+    pub sources: Vec<Source>,
+    pub keyrings: BTreeMap<PathBuf, Keyring>,
+}
+
+impl Catalog {
+    pub fn source(&self, name: &str) -> Option<&Source> {
+        self.sources.iter().find(|source| source.name == name)
+    }
+
+    pub fn keyring(&self, source: &Source) -> Option<&Keyring> {
+        source
+            .keyring
+            .as_ref()
+            .and_then(|path| self.keyrings.get(path))
+    }
+}
+
+/// `1d`, `6h`, `30m`, `90s`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like 6h"))?;
+    let seconds = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("{text:?} is not a duration like 6h (s, m, h, d)")),
+    };
+    number
+        .checked_mul(seconds)
+        .filter(|&total| total > 0)
+        .map(Duration::from_secs)
+        .ok_or_else(|| format!("{text:?} is not a usable duration"))
+}
+
+/// Reads and checks a catalog file, and loads the keyrings it names.
+pub fn load(path: &Path) -> Result<Catalog, String> {
+    let text =
+        std::fs::read_to_string(path).map_err(|error| format!("{}: {error}", path.display()))?;
+    let keys_default = path.parent().unwrap_or(Path::new(".")).join("keys");
+    parse(&text, path, &keys_default)
+}
+
+struct Located<'a> {
+    text: &'a str,
+    path: &'a Path,
+}
+
+impl Located<'_> {
+    fn line(&self, offset: usize) -> usize {
+        self.text[..offset.min(self.text.len())]
+            .bytes()
+            .filter(|&byte| byte == b'\n')
+            .count()
+            + 1
+    }
+
+    fn error(&self, span: std::ops::Range<usize>, message: impl std::fmt::Display) -> String {
+        format!(
+            "{}:{}: {message}",
+            self.path.display(),
+            self.line(span.start)
+        )
+    }
+}
+
+/// Checks catalog text; `keys_default` is the keys directory when the file names none.
+pub fn parse(text: &str, path: &Path, keys_default: &Path) -> Result<Catalog, String> {
+    let at = Located { text, path };
+    let raw: RawCatalog = toml::from_str(text).map_err(|error| match error.span() {
+        Some(span) => at.error(span, error.message()),
+        None => format!("{}: {}", path.display(), error.message()),
+    })?;
+    let keys_dir = match &raw.keys_dir {
+        Some(dir) => {
+            let dir = PathBuf::from(dir.get_ref());
+            if dir.is_absolute() {
+                dir
+            } else {
+                path.parent().unwrap_or(Path::new(".")).join(dir)
+            }
+        }
+        None => keys_default.to_path_buf(),
+    };
+    let mut sources: Vec<Source> = Vec::new();
+    let mut keyrings = BTreeMap::new();
+    for spanned in &raw.source {
+        let source = check_source(&at, spanned, &keys_dir, &mut keyrings)?;
+        if sources.iter().any(|other| other.name == source.name) {
+            return Err(at.error(
+                spanned.get_ref().name.span(),
+                format!("a second source named {:?}", source.name),
+            ));
+        }
+        sources.push(source);
+    }
+    Ok(Catalog {
+        path: path.to_path_buf(),
+        sources,
+        keyrings,
+    })
+}
+
+fn template_ok(template: &str) -> bool {
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        let Some(close) = rest[open..].find('}') else {
+            return false;
+        };
+        if !matches!(&rest[open + 1..open + close], "version" | "file") {
+            return false;
+        }
+        rest = &rest[open + close + 1..];
+    }
+    !template.contains('}') || template.matches('{').count() == template.matches('}').count()
+}
+
+fn relative_path_ok(path: &str) -> bool {
+    !path.is_empty()
+        && !path.starts_with('/')
+        && !path.contains("://")
+        && path.split('/').all(|part| part != "..")
+}
+
+fn check_source(
+    at: &Located<'_>,
+    spanned: &Spanned<RawSource>,
+    keys_dir: &Path,
+    keyrings: &mut BTreeMap<PathBuf, Keyring>,
+) -> Result<Source, String> {
+    let raw = spanned.get_ref();
+    let name = raw.name.get_ref().trim().to_owned();
+    if name.is_empty() || name.len() > 200 {
+        return Err(at.error(
+            raw.name.span(),
+            "a source needs a name of 1 to 200 characters",
+        ));
+    }
+    match raw.kind.get_ref().as_str() {
+        "sums" => {}
+        "simplestreams" | "glance" => {
+            return Err(at.error(
+                raw.kind.span(),
+                format!(
+                    "kind {:?} is not implemented in this build; only \"sums\" is",
+                    raw.kind.get_ref()
+                ),
+            ));
+        }
+        other => {
+            return Err(at.error(
+                raw.kind.span(),
+                format!("unknown kind {other:?}: sums, simplestreams or glance"),
+            ));
+        }
+    }
+    let mut base = raw.base_url.get_ref().clone();
+    if !base.ends_with('/') {
+        base.push('/');
+    }
+    let base_url = reqwest::Url::parse(&base)
+        .map_err(|error| at.error(raw.base_url.span(), format!("base_url: {error}")))?;
+    match base_url.scheme() {
+        "https" => {}
+        "http" if raw.allow_insecure_http => {}
+        "http" => {
+            return Err(at.error(
+                raw.base_url.span(),
+                "an http:// base_url needs allow_insecure_http = true",
+            ));
+        }
+        other => {
+            return Err(at.error(
+                raw.base_url.span(),
+                format!("the scheme {other} is not https"),
+            ));
+        }
+    }
+    let regex = |value: &Spanned<String>, what: &str| {
+        Regex::new(&format!("^(?:{})$", value.get_ref())).map_err(|error| {
+            at.error(
+                value.span(),
+                format!("{what} is not a valid pattern: {error}"),
+            )
+        })
+    };
+    let file = regex(&raw.file, "file")?;
+    let versions = match (&raw.dirs, &raw.version_file) {
+        (Some(_), Some(file)) => {
+            return Err(at.error(file.span(), "dirs and version_file exclude each other"));
+        }
+        (Some(dirs), None) => Versions::Dirs(regex(dirs, "dirs")?),
+        (None, Some(file)) => {
+            if !relative_path_ok(file.get_ref()) {
+                return Err(at.error(file.span(), "version_file must be a relative path"));
+            }
+            Versions::File {
+                path: file.get_ref().clone(),
+                dir: raw
+                    .version_dir
+                    .as_ref()
+                    .map_or_else(|| "{version}/".to_owned(), |dir| dir.get_ref().clone()),
+            }
+        }
+        (None, None) => {
+            if !file.capture_names().any(|group| group == Some("version")) {
+                return Err(at.error(
+                    raw.file.span(),
+                    "without dirs or version_file, file needs a (?P<version>...) group",
+                ));
+            }
+            Versions::Files
+        }
+    };
+    if let Some(dir) = &raw.version_dir
+        && (!template_ok(dir.get_ref()) || raw.version_file.is_none())
+    {
+        return Err(at.error(
+            dir.span(),
+            "version_dir goes with version_file and may use only {version}",
+        ));
+    }
+    if !template_ok(raw.sums.get_ref()) || !relative_path_ok(raw.sums.get_ref()) {
+        return Err(at.error(
+            raw.sums.span(),
+            "sums must be a relative path; it may use {version} and {file}",
+        ));
+    }
+    let signature = match &raw.signature {
+        None => {
+            return Err(at.error(
+                spanned.span(),
+                format!(
+                    "source {name:?} has no signature decision: signature = {{ detached = \"PATH\" }}, {{ clearsigned = true }} or {{ none = \"why\" }}"
+                ),
+            ));
+        }
+        Some(signature) => {
+            let rule = signature.get_ref();
+            match (&rule.detached, rule.clearsigned, &rule.none) {
+                (Some(path), None, None) if template_ok(path) && relative_path_ok(path) => {
+                    SignatureRule::Detached(path.clone())
+                }
+                (None, Some(true), None) => SignatureRule::Clearsigned,
+                (None, None, Some(reason)) if !reason.trim().is_empty() => {
+                    SignatureRule::None(reason.trim().to_owned())
+                }
+                _ => {
+                    return Err(at.error(
+                        signature.span(),
+                        "signature takes one of detached = \"PATH\", clearsigned = true or none = \"a reason\"",
+                    ));
+                }
+            }
+        }
+    };
+    let mut signers = Vec::new();
+    for signer in &raw.signers {
+        signers.push(
+            normalize_fingerprint(signer.get_ref())
+                .map_err(|error| at.error(signer.span(), error))?,
+        );
+    }
+    let keyring = match (&signature, &raw.keyring) {
+        (SignatureRule::None(_), Some(keyring)) => {
+            return Err(at.error(keyring.span(), "a keyring without a signature to check"));
+        }
+        (SignatureRule::None(_), None) => {
+            if let Some(signer) = raw.signers.first() {
+                return Err(at.error(signer.span(), "signers without a signature to check"));
+            }
+            None
+        }
+        (_, None) => {
+            return Err(at.error(spanned.span(), "a signature needs keyring and signers"));
+        }
+        (_, Some(keyring)) => {
+            let path = PathBuf::from(keyring.get_ref());
+            let path = if path.is_absolute() {
+                path
+            } else {
+                keys_dir.join(path)
+            };
+            if !keyrings.contains_key(&path) {
+                let loaded =
+                    Keyring::load(&path).map_err(|error| at.error(keyring.span(), error))?;
+                keyrings.insert(path.clone(), loaded);
+            }
+            if signers.is_empty() {
+                return Err(at.error(
+                    keyring.span(),
+                    "a keyring needs signers (the fingerprints to pin)",
+                ));
+            }
+            for (signer, spanned_signer) in signers.iter().zip(&raw.signers) {
+                if !keyrings[&path].contains(signer) {
+                    return Err(at.error(
+                        spanned_signer.span(),
+                        format!("signer {signer} is not a primary key of {}", path.display()),
+                    ));
+                }
+            }
+            Some(path)
+        }
+    };
+    let mut properties = BTreeMap::new();
+    for (key, value) in &raw.properties {
+        if key.starts_with(MIRROR_PREFIX) || key.starts_with("os_glance") {
+            return Err(at.error(
+                value.span(),
+                format!("property {key} is set by the service, not the catalog"),
+            ));
+        }
+        properties.insert(key.clone(), value.get_ref().clone());
+    }
+    let visibility = raw
+        .visibility
+        .as_ref()
+        .map_or("public".to_owned(), |value| value.get_ref().clone());
+    if !matches!(
+        visibility.as_str(),
+        "public" | "private" | "shared" | "community"
+    ) {
+        let span = raw
+            .visibility
+            .as_ref()
+            .map_or(spanned.span(), Spanned::span);
+        return Err(at.error(
+            span,
+            format!("visibility {visibility:?} is not public, private, shared or community"),
+        ));
+    }
+    let refresh = match &raw.refresh {
+        Some(refresh) => {
+            parse_duration(refresh.get_ref()).map_err(|error| at.error(refresh.span(), error))?
+        }
+        None => Duration::from_secs(6 * 3600),
+    };
+    let keep = match &raw.keep {
+        Some(keep) if *keep.get_ref() == 0 => {
+            return Err(at.error(keep.span(), "keep must be at least 1"));
+        }
+        Some(keep) => *keep.get_ref(),
+        None => 3,
+    };
+    let mut allow_hosts = Vec::new();
+    for host in &raw.allow_hosts {
+        allow_hosts.push(
+            host.get_ref()
+                .parse()
+                .map_err(|error| at.error(host.span(), error))?,
+        );
+    }
+    let format = |value: &Option<Spanned<String>>, default: &str, allowed: &[&str]| {
+        let text = value
+            .as_ref()
+            .map_or(default.to_owned(), |value| value.get_ref().clone());
+        if allowed.contains(&text.as_str()) {
+            Ok(text)
+        } else {
+            let span = value.as_ref().map_or(spanned.span(), Spanned::span);
+            Err(at.error(
+                span,
+                format!("{text:?} is not one of {}", allowed.join(", ")),
+            ))
+        }
+    };
+    Ok(Source {
+        name,
+        base_url,
+        versions,
+        file,
+        sums: raw.sums.get_ref().clone(),
+        signature,
+        keyring,
+        signers,
+        disk_format: format(
+            &raw.disk_format,
+            "qcow2",
+            &[
+                "ami", "ari", "aki", "vhd", "vhdx", "vmdk", "raw", "qcow2", "vdi", "iso", "ploop",
+            ],
+        )?,
+        container_format: format(
+            &raw.container_format,
+            "bare",
+            &[
+                "ami",
+                "ari",
+                "aki",
+                "bare",
+                "ovf",
+                "ova",
+                "docker",
+                "compressed",
+            ],
+        )?,
+        properties,
+        tags: raw.tags.clone(),
+        keep,
+        refresh,
+        visibility,
+        hide_old: raw.hide_old,
+        allow_hosts,
+        max_size: raw.max_size,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(text: &str) -> Result<Catalog, String> {
+        parse(
+            text,
+            Path::new("mirror.toml"),
+            Path::new("/nonexistent-keys"),
+        )
+    }
+
+    const GOOD: &str = r#"
+[[source]]
+name = "cirros"
+kind = "sums"
+base_url = "https://download.cirros-cloud.net/"
+version_file = "version/released"
+file = 'cirros-(?P<version>[0-9.]+)-x86_64-disk\.img'
+sums = "{version}/SHA256SUMS"
+signature = { none = "CirrOS publishes no signatures" }
+"#;
+
+    #[test]
+    fn a_good_source_gets_the_defaults() {
+        let catalog = check(GOOD).unwrap();
+        let source = &catalog.sources[0];
+        assert_eq!(source.keep, 3);
+        assert_eq!(source.refresh, Duration::from_secs(6 * 3600));
+        assert_eq!(source.visibility, "public");
+        assert_eq!(source.disk_format, "qcow2");
+        assert!(matches!(source.versions, Versions::File { .. }));
+        assert!(!source.sidecar());
+    }
+
+    #[test]
+    fn mistakes_are_refused_with_their_line() {
+        let cases = [
+            (GOOD.replace("kind = \"sums\"", "kind = \"sums\"\ncolour = 1"), "mirror.toml:5: unknown field `colour`"),
+            (GOOD.replace("[0-9.]+", "[0-9.+"), "mirror.toml:7: file is not a valid pattern"),
+            (GOOD.replace("signature = { none = \"CirrOS publishes no signatures\" }\n", ""), "no signature decision"),
+            (GOOD.replace("https://", "http://"), "mirror.toml:5: an http:// base_url needs allow_insecure_http"),
+            (GOOD.replace("signature = { none = \"CirrOS publishes no signatures\" }", "signature = { detached = \"x.gpg\" }\nkeyring = \"k.asc\"\nsigners = [\"843938DF228D22F7B3742BC0D94AA3F0EFE21092\"]"), "mirror.toml:10: /nonexistent-keys/k.asc"),
+            (GOOD.replace("signature = { none = \"CirrOS publishes no signatures\" }", "signature = { none = \"\" }"), "signature takes one of"),
+            (format!("{GOOD}properties = {{ ocellus_mirror_trust = \"x\" }}\n"), "set by the service"),
+            (format!("{GOOD}keep = 0\n"), "keep must be at least 1"),
+            (format!("{GOOD}refresh = \"soon\"\n"), "not a duration"),
+            (GOOD.replace("kind = \"sums\"", "kind = \"glance\""), "not implemented in this build"),
+            (GOOD.replace("{version}/SHA256SUMS", "../SHA256SUMS"), "relative path"),
+            (format!("{GOOD}{GOOD}"), "a second source named"),
+        ];
+        for (text, expected) in cases {
+            let error = check(&text).unwrap_err();
+            assert!(
+                error.contains(expected),
+                "{error:?} should contain {expected:?}"
+            );
+        }
+        assert!(check(&GOOD.replace("http", "https").replace("httpss", "https")).is_ok());
+        assert!(
+            check(&format!(
+                "{}allow_insecure_http = true\n",
+                GOOD.replace("https://", "http://")
+            ))
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn durations_read_like_people_write_them() {
+        assert_eq!(parse_duration("6h").unwrap(), Duration::from_secs(21_600));
+        assert_eq!(parse_duration("90s").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("1d").unwrap(), Duration::from_secs(86_400));
+        assert!(parse_duration("0h").is_err());
+        assert!(parse_duration("h").is_err());
+        assert!(parse_duration("5 weeks").is_err());
+    }
+}

@@ -1,0 +1,699 @@
+//! Syncing one source: find its newest version, check the vendor's signature over the digest
+//! file, download the image once, check its bytes against the signed digest and the format
+//! inspector against `disk_format`, and publish it in one transaction.
+//!
+//! Publication, all or nothing: the new image is inserted active under the source's name and
+//! tagged `latest`; the image that held the name becomes `<name> (<version>)` (hidden with
+//! `hide_old`) and loses the tag; versions beyond `keep` are deleted unless protected. So a
+//! listing by name shows exactly one image at every moment. Any failure before that leaves
+//! the catalog as it was and the bytes unreferenced (removed at once, or quarantined by the
+//! next start after a crash), records why, and backs off.
+//!
+//! Ids are UUIDv5 of (source, version, file): appliances syncing the same catalog agree.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+
+use super::catalog::{Catalog, MIRROR_PREFIX, SignatureRule, Source, Versions};
+use super::discover::{self, MAX_LISTING};
+use super::{openpgp, sums};
+use crate::fetch::{Fetcher, Rules, Validators};
+use crate::kv::{Batch, ImageId, ImageRecord, ImageStatus, Visibility};
+use crate::store::{Store, StoreError};
+
+/// The namespace of mirrored image ids (a fixed random UUID).
+const ID_NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x4f1c_6a2e_93d5_4b7e_a0c8_5e21_7d9b_3f64);
+/// The tag that follows the newest version.
+pub const LATEST_TAG: &str = "latest";
+/// The longest wait after failures.
+const MAX_BACKOFF: Duration = Duration::from_secs(6 * 3600);
+/// The first wait after a failure.
+const FIRST_BACKOFF: Duration = Duration::from_secs(60);
+
+pub const PROP_SOURCE: &str = "ocellus_mirror_source";
+pub const PROP_VERSION: &str = "ocellus_mirror_version";
+pub const PROP_URL: &str = "ocellus_mirror_url";
+pub const PROP_DIGEST: &str = "ocellus_mirror_digest";
+pub const PROP_TRUST: &str = "ocellus_mirror_trust";
+pub const PROP_LATEST: &str = "ocellus_mirror_latest";
+
+/// What the mirror remembers of a source between runs.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SourceState {
+    /// The digest document last read, and what its server said identifies that copy.
+    pub sums_url: Option<String>,
+    #[serde(default)]
+    pub validators: Validators,
+    /// Unix seconds.
+    pub last_attempt: Option<i64>,
+    pub last_success: Option<i64>,
+    pub next_run: Option<i64>,
+    /// Failures in a row.
+    #[serde(default)]
+    pub failures: u32,
+    pub last_error: Option<String>,
+    /// The newest version published, and its image.
+    pub version: Option<String>,
+    pub image: Option<String>,
+    /// Image bytes downloaded by the last run.
+    #[serde(default)]
+    pub last_bytes: u64,
+}
+
+/// How a sync of one source ended.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// A new version was published.
+    Published,
+    /// The newest version is already here.
+    UpToDate,
+    Failed,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Report {
+    pub source: String,
+    pub outcome: Outcome,
+    pub version: Option<String>,
+    pub image: Option<String>,
+    /// Image bytes downloaded.
+    pub bytes: u64,
+    pub message: String,
+}
+
+/// What a source's newest version is, with its verified digest: the plan of a sync.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Candidate {
+    pub version: String,
+    pub file: String,
+    pub url: String,
+    pub algorithm: sums::Algorithm,
+    pub hex: String,
+    pub trust: String,
+    pub image: String,
+    /// Whether that image is here already.
+    pub present: bool,
+}
+
+/// The mirror's work on a store.
+pub struct Mirror {
+    store: Arc<Store>,
+    /// The server's web-download rules; each source widens them by its `allow_hosts`.
+    rules: Rules,
+    /// The server's `image_size_cap`.
+    cap: u64,
+    /// The project that owns mirrored images.
+    owner: String,
+    /// One sync at a time.
+    running: tokio::sync::Mutex<()>,
+}
+
+fn now_secs(now: SystemTime) -> i64 {
+    now.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs() as i64)
+}
+
+/// The wait before retrying after `failures` failures in a row.
+pub fn backoff(failures: u32) -> Duration {
+    let doublings = failures.saturating_sub(1).min(16);
+    (FIRST_BACKOFF * 2u32.pow(doublings)).min(MAX_BACKOFF)
+}
+
+/// The id of a version's image.
+pub fn image_id(source: &str, version: &str, file: &str) -> ImageId {
+    let name = format!("{source}\n{version}\n{file}");
+    ImageId(*uuid::Uuid::new_v5(&ID_NAMESPACE, name.as_bytes()).as_bytes())
+}
+
+fn fill(template: &str, version: Option<&str>, file: Option<&str>) -> String {
+    template
+        .replace("{version}", version.unwrap_or(""))
+        .replace("{file}", file.unwrap_or(""))
+}
+
+fn join(base: &reqwest::Url, path: &str) -> Result<reqwest::Url, String> {
+    base.join(path)
+        .map_err(|error| format!("{base} + {path}: {error}"))
+}
+
+/// Versions and file names become URL paths and image names: keep them plain.
+fn plain(text: &str, what: &str) -> Result<(), String> {
+    let ok = !text.is_empty()
+        && text.len() <= 128
+        && text
+            .bytes()
+            .all(|byte| byte.is_ascii_alphanumeric() || b"._-+~".contains(&byte));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("{what} {text:?} is not a plain name"))
+    }
+}
+
+/// Whether an image belongs to source `name`.
+pub fn of_source(record: &ImageRecord, name: &str) -> bool {
+    record.properties.get(PROP_SOURCE).map(String::as_str) == Some(name)
+}
+
+/// Reads back a record's mirrored version.
+fn version_of(record: &ImageRecord) -> String {
+    record
+        .properties
+        .get(PROP_VERSION)
+        .cloned()
+        .unwrap_or_else(|| record.id.to_string())
+}
+
+impl Mirror {
+    pub fn new(store: Arc<Store>, rules: Rules, cap: u64, owner: String) -> Mirror {
+        Mirror {
+            store,
+            rules,
+            cap,
+            owner,
+            running: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    fn fetcher(&self, source: &Source) -> Result<Fetcher, String> {
+        let mut rules = self.rules.clone();
+        rules.allow.extend(source.allow_hosts.iter().cloned());
+        Fetcher::new(rules)
+    }
+
+    pub fn state(&self, source: &str) -> SourceState {
+        self.store
+            .mirror_state(source)
+            .ok()
+            .flatten()
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            .unwrap_or_default()
+    }
+
+    fn save_state(&self, source: &str, state: &SourceState) -> Result<(), String> {
+        let bytes = serde_json::to_vec(state).map_err(|error| error.to_string())?;
+        self.store
+            .set_mirror_state(source, &bytes)
+            .map_err(|error| error.to_string())
+    }
+
+    /// Finds a source's newest version and verifies its digest, without downloading the
+    /// image. `validators` make the digest document's fetch conditional; `None` means it did
+    /// not change.
+    async fn resolve(
+        &self,
+        catalog: &Catalog,
+        source: &Source,
+        fetcher: &Fetcher,
+        validators: &Validators,
+    ) -> Result<Option<(Candidate, String, Validators)>, String> {
+        let base = &source.base_url;
+        let listing = |url: reqwest::Url| async move {
+            let (bytes, _) = fetcher
+                .get_small(url.clone(), &Validators::default(), MAX_LISTING)
+                .await?
+                .ok_or_else(|| format!("{url} answered 304 unasked"))?;
+            Ok::<_, String>(discover::hrefs(&String::from_utf8_lossy(&bytes)))
+        };
+        let (dir, dir_version) = match &source.versions {
+            Versions::Dirs(pattern) => {
+                let names = listing(base.clone()).await?;
+                let trimmed: Vec<&str> = names
+                    .iter()
+                    .filter(|name| name.ends_with('/'))
+                    .map(|name| name.as_str())
+                    .collect();
+                let (name, version) = discover::newest(trimmed, pattern)?
+                    .ok_or_else(|| format!("no directory under {base} matches dirs"))?;
+                let name = name.trim_end_matches('/').to_owned();
+                plain(&name, "directory")?;
+                (join(base, &format!("{name}/"))?, Some(version))
+            }
+            Versions::File { path, dir } => {
+                let url = join(base, path)?;
+                let (bytes, _) = fetcher
+                    .get_small(url.clone(), &Validators::default(), 4096)
+                    .await?
+                    .ok_or_else(|| format!("{url} answered 304 unasked"))?;
+                let version = String::from_utf8_lossy(&bytes).trim().to_owned();
+                plain(&version, "the version in version_file")?;
+                (join(base, &fill(dir, Some(&version), None))?, Some(version))
+            }
+            Versions::Files => (base.clone(), None),
+        };
+        let sidecar = if source.sidecar() {
+            let names = listing(dir.clone()).await?;
+            let found = discover::newest(names.iter().map(String::as_str), &source.file)?
+                .ok_or_else(|| format!("no file under {dir} matches file"))?;
+            Some(found)
+        } else {
+            None
+        };
+        let sidecar_file = sidecar.as_ref().map(|(name, _)| name.as_str());
+        let sums_path = fill(&source.sums, dir_version.as_deref(), sidecar_file);
+        let sums_url = join(&dir, &sums_path)?;
+        let Some((document, seen)) = fetcher
+            .get_small(sums_url.clone(), validators, sums::MAX_DOCUMENT)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let now = SystemTime::now();
+        let (text, trust) = match &source.signature {
+            SignatureRule::Detached(path) => {
+                let keyring = catalog
+                    .keyring(source)
+                    .ok_or("the source's keyring is not loaded")?;
+                let url = join(&dir, &fill(path, dir_version.as_deref(), sidecar_file))?;
+                let (signature, _) = fetcher
+                    .get_small(url.clone(), &Validators::default(), openpgp::MAX_DOCUMENT)
+                    .await?
+                    .ok_or_else(|| format!("{url} answered 304 unasked"))?;
+                let signer =
+                    openpgp::verify_detached(keyring, &source.signers, &document, &signature, now)
+                        .map_err(|error| format!("the signature over {sums_url}: {error}"))?;
+                let text =
+                    String::from_utf8(document).map_err(|_| format!("{sums_url} is not UTF-8"))?;
+                (text, format!("openpgp:{signer}"))
+            }
+            SignatureRule::Clearsigned => {
+                let keyring = catalog
+                    .keyring(source)
+                    .ok_or("the source's keyring is not loaded")?;
+                let (text, signer) =
+                    openpgp::verify_clearsigned(keyring, &source.signers, &document, now)
+                        .map_err(|error| format!("the signature of {sums_url}: {error}"))?;
+                (text, format!("openpgp:{signer}"))
+            }
+            SignatureRule::None(_) => {
+                let text =
+                    String::from_utf8(document).map_err(|_| format!("{sums_url} is not UTF-8"))?;
+                let trust = if sums_url.scheme() == "https" {
+                    "https-sums"
+                } else {
+                    "http-sums"
+                };
+                (text, trust.to_owned())
+            }
+        };
+        // Only now, with the signature checked, are the digests read.
+        let entries = sums::parse(&text, &sums_path, sidecar_file)?;
+        let (file, file_version) = match sidecar {
+            Some((name, version)) => (name, Some(version)),
+            None => {
+                let (name, version) = discover::newest(
+                    entries.iter().map(|entry| entry.name.as_str()),
+                    &source.file,
+                )?
+                .ok_or_else(|| format!("{sums_url} lists no file that matches file"))?;
+                let named = source
+                    .file
+                    .capture_names()
+                    .flatten()
+                    .any(|n| n == "version");
+                (name, named.then_some(version))
+            }
+        };
+        plain(&file, "file")?;
+        let entry = sums::find(&entries, &file)?
+            .ok_or_else(|| format!("{sums_url} gives no digest for {file}"))?;
+        let version = file_version
+            .or(dir_version)
+            .ok_or("the source has no version (dirs, version_file or a version group)")?;
+        plain(&version, "version")?;
+        let id = image_id(&source.name, &version, &file);
+        let present = self
+            .store
+            .image(id)
+            .map_err(|error| error.to_string())?
+            .is_some_and(|record| record.status == ImageStatus::Active);
+        let candidate = Candidate {
+            version,
+            url: join(&dir, &file)?.to_string(),
+            file,
+            algorithm: entry.algorithm,
+            hex: entry.hex.clone(),
+            trust,
+            image: id.to_string(),
+            present,
+        };
+        Ok(Some((candidate, sums_url.to_string(), seen)))
+    }
+
+    /// What a sync of `source` would do now: its newest version, verified, and whether it is
+    /// here already. Nothing is downloaded but listings, digests and signatures.
+    pub async fn plan(&self, catalog: &Catalog, source: &Source) -> Result<Candidate, String> {
+        let fetcher = self.fetcher(source)?;
+        self.resolve(catalog, source, &fetcher, &Validators::default())
+            .await?
+            .map(|(candidate, _, _)| candidate)
+            .ok_or_else(|| "the digest document answered 304 unasked".into())
+    }
+
+    /// Syncs one source now (backoff does not hold back a sync asked for).
+    pub async fn sync(&self, catalog: &Catalog, source: &Source) -> Report {
+        let _one = self.running.lock().await;
+        let mut state = self.state(&source.name);
+        let now = SystemTime::now();
+        state.last_attempt = Some(now_secs(now));
+        let outcome = self.sync_inner(catalog, source, &mut state).await;
+        let report = match outcome {
+            Ok((outcome, candidate, bytes)) => {
+                state.failures = 0;
+                state.last_error = None;
+                state.last_success = Some(now_secs(SystemTime::now()));
+                state.next_run = Some(now_secs(now + source.refresh));
+                state.last_bytes = bytes;
+                if let Some(candidate) = &candidate {
+                    state.version = Some(candidate.version.clone());
+                    state.image = Some(candidate.image.clone());
+                }
+                Report {
+                    source: source.name.clone(),
+                    message: match outcome {
+                        Outcome::Published => format!("published, {bytes} bytes downloaded"),
+                        _ => "up to date".to_owned(),
+                    },
+                    outcome,
+                    version: state.version.clone(),
+                    image: state.image.clone(),
+                    bytes,
+                }
+            }
+            Err((message, bytes)) => {
+                state.failures = state.failures.saturating_add(1);
+                state.last_error = Some(message.clone());
+                state.last_bytes = bytes;
+                state.next_run = Some(now_secs(now + backoff(state.failures)));
+                tracing::warn!(source = %source.name, %message, "mirror sync failed");
+                Report {
+                    source: source.name.clone(),
+                    outcome: Outcome::Failed,
+                    version: None,
+                    image: None,
+                    bytes,
+                    message,
+                }
+            }
+        };
+        if let Err(error) = self.save_state(&source.name, &state) {
+            tracing::error!(source = %source.name, %error, "could not record the mirror's state");
+        }
+        report
+    }
+
+    async fn sync_inner(
+        &self,
+        catalog: &Catalog,
+        source: &Source,
+        state: &mut SourceState,
+    ) -> Result<(Outcome, Option<Candidate>, u64), (String, u64)> {
+        let fail = |message: String| (message, 0);
+        let fetcher = self.fetcher(source).map_err(fail)?;
+        // The digest document is fetched conditionally only while the image it led to is
+        // still here: otherwise it is read again.
+        let current = state
+            .image
+            .as_deref()
+            .and_then(ImageId::parse)
+            .and_then(|id| self.store.image(id).ok().flatten())
+            .filter(|record| {
+                record.status == ImageStatus::Active && of_source(record, &source.name)
+            });
+        let validators = match (&current, &state.sums_url) {
+            (Some(_), Some(_)) => state.validators.clone(),
+            _ => Validators::default(),
+        };
+        let resolved = self
+            .resolve(catalog, source, &fetcher, &validators)
+            .await
+            .map_err(fail)?;
+        let Some((candidate, sums_url, seen)) = resolved else {
+            return Ok((Outcome::UpToDate, None, 0));
+        };
+        state.sums_url = Some(sums_url);
+        state.validators = seen;
+        if candidate.present {
+            let id = ImageId::parse(&candidate.image).ok_or_else(|| fail("bad id".into()))?;
+            self.promote(source, id).map_err(fail)?;
+            return Ok((Outcome::UpToDate, Some(candidate), 0));
+        }
+        let bytes = Arc::new(Mutex::new(0u64));
+        let outcome = self
+            .download_and_publish(source, &fetcher, &candidate, bytes.clone())
+            .await;
+        let moved = *bytes.lock().unwrap_or_else(|poison| poison.into_inner());
+        outcome.map_err(|message| (message, moved))?;
+        Ok((Outcome::Published, Some(candidate), moved))
+    }
+
+    async fn download_and_publish(
+        &self,
+        source: &Source,
+        fetcher: &Fetcher,
+        candidate: &Candidate,
+        moved: Arc<Mutex<u64>>,
+    ) -> Result<(), String> {
+        let id = ImageId::parse(&candidate.image).ok_or("bad id")?;
+        let url = reqwest::Url::parse(&candidate.url).map_err(|error| error.to_string())?;
+        let cap = source.max_size.unwrap_or(self.cap).min(self.cap);
+        let fetched = fetcher.get(url.clone()).await?;
+        if let Some(length) = fetched.length
+            && length > cap
+        {
+            return Err(format!(
+                "{url} is {length} bytes, more than the {cap} allowed"
+            ));
+        }
+        // The vendor's digest is computed in the same pass as the store's own hashes.
+        let hasher = Arc::new(Mutex::new(Some(sums::Hasher::new(candidate.algorithm))));
+        let feeding = hasher.clone();
+        let counter = moved.clone();
+        let body = fetched.body.map(move |item| {
+            if let Ok(chunk) = &item {
+                if let Some(hasher) = feeding
+                    .lock()
+                    .unwrap_or_else(|poison| poison.into_inner())
+                    .as_mut()
+                {
+                    hasher.update(chunk);
+                }
+                *counter.lock().unwrap_or_else(|poison| poison.into_inner()) += chunk.len() as u64;
+            }
+            item
+        });
+        let detached = self
+            .store
+            .receive_detached(body, fetched.length, cap)
+            .await
+            .map_err(|error| match error {
+                StoreError::NoRoom { needed, available } => {
+                    format!("no room for {url}: {needed} bytes needed, {available} available")
+                }
+                other => format!("downloading {url}: {other}"),
+            })?;
+        if let Some(length) = fetched.length
+            && length != detached.size()
+        {
+            return Err(format!(
+                "{url} ended after {} of {length} bytes",
+                detached.size()
+            ));
+        }
+        let hex = hasher
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .take()
+            .ok_or("the digest was taken twice")?
+            .finish_hex();
+        if hex != candidate.hex {
+            return Err(format!(
+                "{} of {url} is {hex}; the signed digest file says {}",
+                candidate.algorithm, candidate.hex
+            ));
+        }
+        let virtual_size = crate::blob::inspect::check_upload(
+            &source.disk_format,
+            &source.container_format,
+            detached.inspection(),
+        )
+        .map_err(|error| format!("{url}: {error}"))?;
+        let store = self.store.clone();
+        let record = self.new_record(source, candidate, id);
+        let source_name = source.name.clone();
+        let (keep, hide_old) = (source.keep as usize, source.hide_old);
+        let published = tokio::task::spawn_blocking(move || {
+            store.publish::<StoreError>(
+                detached,
+                virtual_size,
+                |record| of_source(record, &source_name),
+                move |selected, data| {
+                    let mut record = record;
+                    record.data = Some(data);
+                    Ok(succession(selected, Some(record), keep, hide_old))
+                },
+            )
+        })
+        .await
+        .map_err(|error| error.to_string())?
+        .map_err(|error| error.to_string())?;
+        if published.is_none() {
+            return Err(format!(
+                "image {id} of version {} was deleted here before; ids are never reused",
+                candidate.version
+            ));
+        }
+        tracing::info!(source = %source.name, version = %candidate.version, image = %id, "mirror published a new version");
+        Ok(())
+    }
+
+    fn new_record(&self, source: &Source, candidate: &Candidate, id: ImageId) -> ImageRecord {
+        let now = time::OffsetDateTime::now_utc().unix_timestamp_nanos() as i64 / 1000;
+        let mut properties = source.properties.clone();
+        for (key, value) in [
+            (PROP_SOURCE, source.name.as_str()),
+            (PROP_VERSION, candidate.version.as_str()),
+            (PROP_URL, candidate.url.as_str()),
+            (PROP_TRUST, candidate.trust.as_str()),
+            (PROP_LATEST, "true"),
+        ] {
+            properties.insert(key.to_owned(), value.to_owned());
+        }
+        properties.insert(
+            PROP_DIGEST.to_owned(),
+            format!("{}:{}", candidate.algorithm, candidate.hex),
+        );
+        let mut tags = source.tags.clone();
+        tags.retain(|tag| tag != LATEST_TAG);
+        tags.push(LATEST_TAG.to_owned());
+        ImageRecord {
+            id,
+            name: Some(source.name.clone()),
+            status: ImageStatus::Active,
+            visibility: Visibility::parse(&source.visibility).unwrap_or(Visibility::Public),
+            protected: false,
+            os_hidden: false,
+            owner: Some(self.owner.clone()),
+            disk_format: Some(source.disk_format.clone()),
+            container_format: Some(source.container_format.clone()),
+            min_ram: 0,
+            min_disk: 0,
+            data: None,
+            created_at: now,
+            updated_at: now,
+            tags,
+            properties,
+        }
+    }
+
+    /// Makes an image that is here already the source's newest (a second sync, or a catalog
+    /// whose newest version went back): renames and retags in one transaction.
+    fn promote(&self, source: &Source, id: ImageId) -> Result<(), String> {
+        let name = source.name.clone();
+        let (keep, hide_old) = (source.keep as usize, source.hide_old);
+        self.store
+            .change_images::<StoreError>(
+                |record| of_source(record, &name),
+                |selected| {
+                    let mut newest = None;
+                    let mut others = Vec::new();
+                    for record in selected {
+                        if record.id == id {
+                            newest = Some(record);
+                        } else {
+                            others.push(record);
+                        }
+                    }
+                    let Some(newest) = newest else {
+                        return Ok(Batch::default());
+                    };
+                    let mut batch = succession(others, Some(newest.clone()), keep, hide_old);
+                    // The newest is rewritten, not inserted: it exists.
+                    if let Some(record) = batch.insert.pop() {
+                        batch.update.push(record);
+                    }
+                    Ok(batch)
+                },
+            )
+            .map(|_| ())
+            .map_err(|error| error.to_string())
+    }
+}
+
+/// The images of a source after `newest` takes the name: it is named after the source,
+/// tagged `latest` and not hidden; the others are named `<name> (<version>)`, lose the tag,
+/// are hidden with `hide_old`, and beyond `keep` (newest first) are deleted unless protected.
+/// Only records that change are written.
+pub fn succession(
+    others: Vec<ImageRecord>,
+    newest: Option<ImageRecord>,
+    keep: usize,
+    hide_old: bool,
+) -> Batch {
+    let now = time::OffsetDateTime::now_utc().unix_timestamp_nanos() as i64 / 1000;
+    let mut batch = Batch {
+        deleted_at: now,
+        ..Batch::default()
+    };
+    let Some(mut newest) = newest else {
+        return batch;
+    };
+    let name = newest
+        .properties
+        .get(PROP_SOURCE)
+        .cloned()
+        .unwrap_or_default();
+    newest.name = Some(name.clone());
+    newest.os_hidden = false;
+    if !newest.tags.iter().any(|tag| tag == LATEST_TAG) {
+        newest.tags.push(LATEST_TAG.to_owned());
+    }
+    newest
+        .properties
+        .insert(PROP_LATEST.to_owned(), "true".to_owned());
+    newest.updated_at = now.max(newest.updated_at);
+    let mut others: Vec<ImageRecord> = others
+        .into_iter()
+        .filter(|record| record.id != newest.id)
+        .collect();
+    // Newest first by version, then by creation.
+    others.sort_by(|a, b| {
+        discover::compare_versions(&version_of(b), &version_of(a))
+            .then(b.created_at.cmp(&a.created_at))
+    });
+    for (index, record) in others.into_iter().enumerate() {
+        // `keep` counts the newest too.
+        if index + 1 >= keep && !record.protected {
+            batch.delete.push(record.id);
+            continue;
+        }
+        let mut changed = record.clone();
+        changed.name = Some(format!("{name} ({})", version_of(&record)));
+        changed.tags.retain(|tag| tag != LATEST_TAG);
+        changed
+            .properties
+            .insert(PROP_LATEST.to_owned(), "false".to_owned());
+        if hide_old {
+            changed.os_hidden = true;
+        }
+        if changed != record {
+            changed.updated_at = now.max(record.updated_at);
+            batch.update.push(changed);
+        }
+    }
+    batch.insert.push(newest);
+    batch
+}
+
+/// Whether a property is the mirror's own (read-only to clients).
+pub fn is_mirror_property(key: &str) -> bool {
+    key.starts_with(MIRROR_PREFIX)
+}
