@@ -9,11 +9,13 @@ as_root() {
     if [[ $(id -u) -eq 0 ]]; then "$@"; else sudo "$@"; fi
 }
 
-# System packages: qemu-img makes real disk images for the tests; python3-venv and curl serve
-# the client-compatibility test.
+# System packages: qemu-img makes real disk images for the tests; GnuPG signs the mirror tests'
+# vendor fixtures with throwaway keys; python3-venv and curl serve the client-compatibility
+# test.
 missing=()
 command -v qemu-img >/dev/null || missing+=(qemu-utils)
 command -v curl >/dev/null || missing+=(curl)
+command -v gpg >/dev/null || missing+=(gnupg)
 command -v mkfs.ext4 >/dev/null || missing+=(e2fsprogs)
 python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
 if [[ ${#missing[@]} -gt 0 ]]; then

@@ -43,9 +43,9 @@ pub struct ServeArgs {
     /// metrics_token, scrub_interval, scrub_rate, import_methods, web_download_allow,
     /// web_download_ports, max_imports, task_time_to_live, image_size_total,
     /// image_stage_total, image_count_total, image_count_uploading, image_tag_quota,
-    /// image_property_quota, image_member_quota, enable_v1_api, mirror_catalog, default_store, and one
-    /// [stores.ID] table per store (type = "file" | "s3"; see the README, "Storing images in
-    /// S3")
+    /// image_property_quota, image_member_quota, enable_v1_api, mirror_catalog,
+    /// mirror_refresher, default_store, and one [stores.ID] table per store (type = "file" |
+    /// "s3"; see the README, "Storing images in S3")
     #[arg(long, env = "OCELLUS_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Authentication mode [default: none]
@@ -162,6 +162,10 @@ pub struct ServeArgs {
     /// timer; see the README, "Mirror" [default: none, no mirror]
     #[arg(long, env = "OCELLUS_MIRROR_CATALOG", value_name = "FILE")]
     pub mirror_catalog: Option<PathBuf>,
+    /// Whether the server syncs the mirror's sources on their own timers; off, only
+    /// `ocellus mirror sync` does [default: true]
+    #[arg(long, env = "OCELLUS_MIRROR_REFRESHER", value_name = "BOOL")]
+    pub mirror_refresher: Option<bool>,
     /// Hours a finished task is kept before it expires [default: 48]
     #[arg(long, env = "OCELLUS_TASK_TIME_TO_LIVE", value_name = "HOURS")]
     pub task_time_to_live: Option<u64>,
@@ -338,6 +342,7 @@ pub struct FileConfig {
     pub web_download_ports: Option<Vec<u16>>,
     pub max_imports: Option<usize>,
     pub mirror_catalog: Option<PathBuf>,
+    pub mirror_refresher: Option<bool>,
     pub task_time_to_live: Option<u64>,
     pub image_size_total: Option<SizeSetting>,
     pub image_stage_total: Option<SizeSetting>,
@@ -422,6 +427,8 @@ pub struct Config {
     pub max_imports: usize,
     /// The mirror catalog, if the server keeps one in step.
     pub mirror_catalog: Option<PathBuf>,
+    /// Whether the server syncs the mirror's sources on their own timers.
+    pub mirror_refresher: bool,
     pub per_image: PerImageQuotas,
     /// Transfer slots, free-space reserve, quarantine grace.
     pub store: StoreLimits,
@@ -455,6 +462,7 @@ impl Default for Config {
             web_download: crate::fetch::Rules::default(),
             max_imports: 4,
             mirror_catalog: None,
+            mirror_refresher: true,
             per_image: PerImageQuotas::default(),
             store: StoreLimits::default(),
             enable_v1_api: true,
@@ -584,6 +592,10 @@ impl Config {
                 .or(file.max_imports)
                 .unwrap_or(defaults.max_imports),
             mirror_catalog: args.mirror_catalog.clone().or(file.mirror_catalog),
+            mirror_refresher: args
+                .mirror_refresher
+                .or(file.mirror_refresher)
+                .unwrap_or(defaults.mirror_refresher),
             per_image: {
                 let count = |value: Option<i64>, default: Option<usize>| match value {
                     Some(limit) if limit < 0 => None,

@@ -133,6 +133,7 @@ pub async fn serve(
     let refresher = state
         .mirror
         .clone()
+        .filter(|_| state.config.mirror_refresher)
         .map(|mirror| tokio::spawn(mirror.refresh_forever(state.metrics.clone())));
     let mut connections = tokio::task::JoinSet::new();
     let app = router(state);

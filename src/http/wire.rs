@@ -163,7 +163,7 @@ pub fn image_view(record: &ImageRecord) -> Value {
 
 /// 403 for properties no client may write.
 pub fn check_writable(key: &str) -> Result<(), Error> {
-    if READ_ONLY.contains(&key) {
+    if READ_ONLY.contains(&key) || crate::mirror::sync::is_mirror_property(key) {
         return Err(Error::forbidden(format!("Attribute '{key}' is read-only.")));
     }
     if RESERVED.contains(&key) || key.starts_with("os_glance") {

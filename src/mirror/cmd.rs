@@ -121,7 +121,7 @@ pub fn run(command: MirrorCommand) -> Result<Exit, String> {
             target,
         } => {
             let config = settings(&target)?;
-            let value = match crate::opcmd::open(&target)? {
+            let value = match crate::keycmd::backend(target.clone())? {
                 Backend::Local(store) => {
                     let catalog = catalog::load(&catalog_path(&catalog, &config))?;
                     let chosen = select(&catalog, &sources)?;
@@ -158,7 +158,7 @@ pub fn run(command: MirrorCommand) -> Result<Exit, String> {
             target,
         } => {
             let config = settings(&target)?;
-            let reports: Vec<Report> = match crate::opcmd::open(&target)? {
+            let reports: Vec<Report> = match crate::keycmd::backend(target.clone())? {
                 Backend::Local(store) => {
                     let catalog = catalog::load(&catalog_path(&catalog, &config))?;
                     let chosen = select(&catalog, &sources)?;
@@ -209,7 +209,7 @@ pub fn run(command: MirrorCommand) -> Result<Exit, String> {
             target,
         } => {
             let config = settings(&target)?;
-            let value = match crate::opcmd::open(&target)? {
+            let value = match crate::keycmd::backend(target.clone())? {
                 Backend::Local(store) => {
                     let loaded = catalog::load(&catalog_path(&catalog, &config));
                     let names: Vec<String> = match &loaded {

@@ -213,7 +213,7 @@ impl Mirror {
         catalog: &Catalog,
         source: &Source,
         fetcher: &Fetcher,
-        validators: &Validators,
+        seen_before: Option<(&str, &Validators)>,
     ) -> Result<Option<(Candidate, String, Validators)>, String> {
         let base = &source.base_url;
         let listing = |url: reqwest::Url| async move {
@@ -228,12 +228,10 @@ impl Mirror {
                 let names = listing(base.clone()).await?;
                 let trimmed: Vec<&str> = names
                     .iter()
-                    .filter(|name| name.ends_with('/'))
-                    .map(|name| name.as_str())
+                    .filter_map(|name| name.strip_suffix('/'))
                     .collect();
                 let (name, version) = discover::newest(trimmed, pattern)?
                     .ok_or_else(|| format!("no directory under {base} matches dirs"))?;
-                let name = name.trim_end_matches('/').to_owned();
                 plain(&name, "directory")?;
                 (join(base, &format!("{name}/"))?, Some(version))
             }
@@ -260,6 +258,12 @@ impl Mirror {
         let sidecar_file = sidecar.as_ref().map(|(name, _)| name.as_str());
         let sums_path = fill(&source.sums, dir_version.as_deref(), sidecar_file);
         let sums_url = join(&dir, &sums_path)?;
+        // Validators are only ever sent back to the URL that gave them.
+        let none = Validators::default();
+        let validators = match seen_before {
+            Some((url, validators)) if url == sums_url.as_str() => validators,
+            _ => &none,
+        };
         let Some((document, seen)) = fetcher
             .get_small(sums_url.clone(), validators, sums::MAX_DOCUMENT)
             .await?
@@ -352,7 +356,7 @@ impl Mirror {
     /// here already. Nothing is downloaded but listings, digests and signatures.
     pub async fn plan(&self, catalog: &Catalog, source: &Source) -> Result<Candidate, String> {
         let fetcher = self.fetcher(source)?;
-        self.resolve(catalog, source, &fetcher, &Validators::default())
+        self.resolve(catalog, source, &fetcher, None)
             .await?
             .map(|(candidate, _, _)| candidate)
             .ok_or_else(|| "the digest document answered 304 unasked".into())
@@ -428,12 +432,12 @@ impl Mirror {
             .filter(|record| {
                 record.status == ImageStatus::Active && of_source(record, &source.name)
             });
-        let validators = match (&current, &state.sums_url) {
-            (Some(_), Some(_)) => state.validators.clone(),
-            _ => Validators::default(),
+        let seen_before = match (&current, &state.sums_url) {
+            (Some(_), Some(url)) => Some((url.as_str(), &state.validators)),
+            _ => None,
         };
         let resolved = self
-            .resolve(catalog, source, &fetcher, &validators)
+            .resolve(catalog, source, &fetcher, seen_before)
             .await
             .map_err(fail)?;
         let Some((candidate, sums_url, seen)) = resolved else {

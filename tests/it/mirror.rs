@@ -1,0 +1,853 @@
+//! The mirror, end to end against vendor-shaped fixture sites on loopback: signed digests
+//! (binary, armored and clearsigned OpenPGP; GNU, BSD and sidecar digests), version discovery,
+//! atomic publication, keep and hide_old, failures that keep nothing, the commands.
+
+use std::path::{Path, PathBuf};
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use super::common::Server;
+use super::ops::ocellus;
+use super::vendor::{Gpg, Vendor, qcow2, sha256_hex, sha512_hex};
+
+/// A catalog and keyring in a directory of their own.
+struct Setup {
+    dir: tempfile::TempDir,
+}
+
+impl Setup {
+    fn new(keys: &[&str], catalog: &str) -> Setup {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("keys")).unwrap();
+        std::fs::write(
+            dir.path().join("keys/vendor.asc"),
+            Gpg::shared().export(keys),
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("mirror.toml"), catalog).unwrap();
+        Setup { dir }
+    }
+
+    fn catalog(&self) -> PathBuf {
+        self.dir.path().join("mirror.toml")
+    }
+
+    fn rewrite(&self, catalog: &str) {
+        std::fs::write(self.catalog(), catalog).unwrap();
+    }
+
+    async fn server(&self) -> Server {
+        let catalog = self.catalog();
+        Server::start_with(move |config| {
+            config.mirror_catalog = Some(catalog);
+            config.mirror_refresher = false;
+        })
+        .await
+    }
+}
+
+async fn sync(server: &Server, source: &str) -> Value {
+    let (status, body) = server
+        .json(
+            server
+                .request(Method::POST, "/ocellus/v1/mirror/sync")
+                .json(&json!({"sources": [source]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body["reports"][0].clone()
+}
+
+async fn named(server: &Server, name: &str) -> Vec<Value> {
+    let (status, body) = server
+        .json(server.request(Method::GET, &format!("/v2/images?name={}", urlencode(name))))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    body["images"].as_array().unwrap().clone()
+}
+
+fn urlencode(text: &str) -> String {
+    form_urlencoded::byte_serialize(text.as_bytes()).collect()
+}
+
+async fn all_of(server: &Server, source: &str) -> Vec<Value> {
+    let (_, body) = server
+        .json(server.request(Method::GET, "/v2/images?limit=100&os_hidden=true"))
+        .await;
+    let (_, visible) = server
+        .json(server.request(Method::GET, "/v2/images?limit=100"))
+        .await;
+    let mut images: Vec<Value> = body["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(visible["images"].as_array().unwrap())
+        .filter(|image| image["ocellus_mirror_source"] == source)
+        .cloned()
+        .collect();
+    images.sort_by_key(|image| image["id"].as_str().unwrap().to_owned());
+    images.dedup_by_key(|image| image["id"].clone());
+    images
+}
+
+/// An Ubuntu-like tree: dated directories with `SHA256SUMS` and a binary `SHA256SUMS.gpg`.
+fn ubuntu_version(vendor: &Vendor, work: &Path, date: &str, seed: u64) -> Vec<u8> {
+    let gpg = Gpg::shared();
+    let image = qcow2(work, seed);
+    let sums = format!(
+        "{}  noble-server-cloudimg-amd64.img\n{}  noble-server-cloudimg-arm64.img\n",
+        sha256_hex(&image),
+        sha256_hex(b"other architecture")
+    );
+    let dir = format!("ubuntu/release-{date}/");
+    vendor.put(
+        &format!("{dir}noble-server-cloudimg-amd64.img"),
+        image.clone(),
+    );
+    vendor.put(&format!("{dir}SHA256SUMS"), sums.clone());
+    vendor.put(
+        &format!("{dir}SHA256SUMS.gpg"),
+        gpg.detach(&gpg.ed25519, sums.as_bytes()),
+    );
+    image
+}
+
+fn ubuntu_catalog(vendor: &Vendor, extra: &str) -> String {
+    ubuntu_catalog_signed(vendor, extra, &[&Gpg::shared().ed25519])
+}
+
+fn ubuntu_catalog_signed(vendor: &Vendor, extra: &str, signers: &[&str]) -> String {
+    format!(
+        r#"
+[[source]]
+name = "ubuntu-24.04"
+kind = "sums"
+base_url = "{}/ubuntu/"
+dirs = 'release-(\d{{8}}(?:\.\d+)?)'
+file = 'noble-server-cloudimg-amd64\.img'
+sums = "SHA256SUMS"
+signature = {{ detached = "SHA256SUMS.gpg" }}
+keyring = "vendor.asc"
+signers = {:?}
+allow_insecure_http = true
+allow_hosts = ["127.0.0.1/32"]
+properties = {{ os_distro = "ubuntu", os_version = "24.04" }}
+tags = ["ubuntu"]
+{extra}
+"#,
+        vendor.base, signers
+    )
+}
+
+#[tokio::test]
+async fn an_ubuntu_like_source_is_mirrored_renamed_kept_and_not_fetched_twice() {
+    let gpg = Gpg::shared();
+    let vendor = Vendor::start().await;
+    let work = tempfile::tempdir().unwrap();
+    let first = ubuntu_version(&vendor, work.path(), "20240101", 1);
+    let setup = Setup::new(
+        &[&gpg.ed25519, &gpg.stranger],
+        &ubuntu_catalog(&vendor, "hide_old = true\nkeep = 3"),
+    );
+    let server = setup.server().await;
+
+    let report = sync(&server, "ubuntu-24.04").await;
+    assert_eq!(report["outcome"], "published", "{report}");
+    assert_eq!(report["version"], "20240101");
+    let images = named(&server, "ubuntu-24.04").await;
+    assert_eq!(images.len(), 1);
+    let image = &images[0];
+    assert_eq!(image["status"], "active");
+    assert_eq!(image["visibility"], "public");
+    assert_eq!(image["os_distro"], "ubuntu");
+    assert_eq!(image["ocellus_mirror_version"], "20240101");
+    assert_eq!(
+        image["ocellus_mirror_trust"],
+        format!("openpgp:{}", gpg.ed25519)
+    );
+    assert_eq!(
+        image["ocellus_mirror_digest"],
+        format!("sha256:{}", sha256_hex(&first))
+    );
+    assert_eq!(image["os_hash_value"], sha512_hex(&first));
+    assert!(image["virtual_size"].as_u64().unwrap() > 0);
+    let mut tags: Vec<&str> = image["tags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|tag| tag.as_str().unwrap())
+        .collect();
+    tags.sort();
+    assert_eq!(tags, ["latest", "ubuntu"]);
+    let id = image["id"].as_str().unwrap().to_owned();
+    assert_eq!(server.download(&id).await.1, first);
+
+    // Nothing new: the digest file answers 304 and no image byte moves.
+    let path = "ubuntu/release-20240101/noble-server-cloudimg-amd64.img";
+    assert_eq!(vendor.hits(path), 1);
+    let report = sync(&server, "ubuntu-24.04").await;
+    assert_eq!(report["outcome"], "up_to_date", "{report}");
+    assert_eq!(report["bytes"], 0);
+    assert_eq!(vendor.hits(path), 1);
+    assert_eq!(vendor.not_modified(), 1);
+
+    // The mirror's properties are its own.
+    let (status, _) = server
+        .patch(
+            &id,
+            json!([{"op": "replace", "path": "/ocellus_mirror_version", "value": "x"}]),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+
+    // Newer versions: the name moves in one step while a client keeps listing it.
+    let lister = {
+        let client = server.client.clone();
+        let url = server.url("/v2/images?name=ubuntu-24.04");
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = stop.clone();
+        let task = tokio::spawn(async move {
+            let mut seen = 0;
+            while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                let body: Value = client.get(&url).send().await.unwrap().json().await.unwrap();
+                assert_eq!(body["images"].as_array().unwrap().len(), 1, "{body}");
+                seen += 1;
+            }
+            seen
+        });
+        (stop, task)
+    };
+    let mut bytes = vec![first];
+    // The last is a rebuild with the same bytes in a new directory: a version of its own (its
+    // digest file is the same, so an answer cached for the old directory must not count).
+    for (date, seed) in [("20240201", 2), ("20240301.1", 3), ("20240401", 3)] {
+        bytes.push(ubuntu_version(&vendor, work.path(), date, seed));
+        let report = sync(&server, "ubuntu-24.04").await;
+        assert_eq!(report["outcome"], "published", "{report}");
+        assert_eq!(report["version"], date);
+    }
+    lister.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(lister.1.await.unwrap() > 0);
+
+    let images = all_of(&server, "ubuntu-24.04").await;
+    let mut names: Vec<(String, bool, bool)> = images
+        .iter()
+        .map(|image| {
+            (
+                image["name"].as_str().unwrap().to_owned(),
+                image["os_hidden"].as_bool().unwrap(),
+                image["tags"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|tag| tag == "latest"),
+            )
+        })
+        .collect();
+    names.sort();
+    // keep = 3: the oldest version is gone; the older two are renamed and hidden.
+    assert_eq!(
+        names,
+        [
+            ("ubuntu-24.04".to_owned(), false, true),
+            ("ubuntu-24.04 (20240201)".to_owned(), true, false),
+            ("ubuntu-24.04 (20240301.1)".to_owned(), true, false),
+        ]
+    );
+    assert_eq!(
+        server
+            .status(Method::GET, &format!("/v2/images/{id}"))
+            .await,
+        StatusCode::NOT_FOUND
+    );
+    let latest = named(&server, "ubuntu-24.04").await;
+    assert_eq!(latest.len(), 1);
+    let latest_id = latest[0]["id"].as_str().unwrap().to_owned();
+    assert_eq!(server.download(&latest_id).await.1, bytes[3]);
+
+    // Another appliance syncing the same catalog gets the same ids.
+    let other = setup.server().await;
+    assert_eq!(sync(&other, "ubuntu-24.04").await["outcome"], "published");
+    assert_eq!(
+        named(&other, "ubuntu-24.04").await[0]["id"],
+        latest_id.as_str()
+    );
+    other.stop().await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn fedora_alma_debian_alpine_and_cirros_shapes_are_mirrored() {
+    let gpg = Gpg::shared();
+    let vendor = Vendor::start().await;
+    let work = tempfile::tempdir().unwrap();
+    let base = &vendor.base;
+
+    // Fedora: a clearsigned BSD `CHECKSUM` (RSA), the version in the file name.
+    let fedora = qcow2(work.path(), 11);
+    let old_fedora = qcow2(work.path(), 12);
+    let checksum = format!(
+        "# Fedora-Cloud-Base-Generic-41-1.4.x86_64.qcow2: {} bytes\nSHA256 (Fedora-Cloud-Base-Generic-41-1.4.x86_64.qcow2) = {}\n# Fedora-Cloud-Base-Generic-41-1.10.x86_64.qcow2: {} bytes\nSHA256 (Fedora-Cloud-Base-Generic-41-1.10.x86_64.qcow2) = {}\n",
+        old_fedora.len(),
+        sha256_hex(&old_fedora),
+        fedora.len(),
+        sha256_hex(&fedora)
+    );
+    vendor.put(
+        "fedora/Fedora-Cloud-Base-Generic-41-1.10.x86_64.qcow2",
+        fedora.clone(),
+    );
+    vendor.put(
+        "fedora/Fedora-Cloud-Base-Generic-41-1.4.x86_64.qcow2",
+        old_fedora,
+    );
+    vendor.put(
+        "fedora/Fedora-Cloud-41-1.10-x86_64-CHECKSUM",
+        gpg.clearsign(&gpg.rsa, checksum.as_bytes()),
+    );
+
+    // AlmaLinux: `CHECKSUM` with an armored detached `CHECKSUM.asc`.
+    let alma = qcow2(work.path(), 13);
+    let alma_sums = format!(
+        "SHA256 (AlmaLinux-9-GenericCloud-9.5-20241120.x86_64.qcow2) = {}\n",
+        sha256_hex(&alma)
+    );
+    vendor.put(
+        "alma/AlmaLinux-9-GenericCloud-9.5-20241120.x86_64.qcow2",
+        alma.clone(),
+    );
+    vendor.put("alma/CHECKSUM", alma_sums.clone());
+    vendor.put(
+        "alma/CHECKSUM.asc",
+        gpg.detach_armored(&gpg.rsa, alma_sums.as_bytes(), "SHA512"),
+    );
+
+    // Debian: dated directories with `SHA512SUMS`, unsigned here.
+    let debian = qcow2(work.path(), 14);
+    vendor.put(
+        "debian/20241110-1927/debian-12-generic-amd64-20241110-1927.qcow2",
+        debian.clone(),
+    );
+    vendor.put(
+        "debian/20241110-1927/SHA512SUMS",
+        format!(
+            "{}  debian-12-generic-amd64-20241110-1927.qcow2\n",
+            sha512_hex(&debian)
+        ),
+    );
+    vendor.put("debian/20240901-1000/SHA512SUMS", "");
+
+    // Alpine: a `.sha512` sidecar beside each file, found through the listing.
+    let alpine = qcow2(work.path(), 15);
+    let alpine_name = "nocloud_alpine-3.20.3-x86_64-bios-cloudinit-r0.qcow2";
+    vendor.put(&format!("alpine/{alpine_name}"), alpine.clone());
+    vendor.put(
+        &format!("alpine/{alpine_name}.sha512"),
+        format!("{}  {alpine_name}\n", sha512_hex(&alpine)),
+    );
+    vendor.put(
+        "alpine/nocloud_alpine-3.20.2-x86_64-bios-cloudinit-r0.qcow2",
+        b"older".to_vec(),
+    );
+
+    // CirrOS: `version/released` names the directory.
+    let cirros = qcow2(work.path(), 16);
+    vendor.put("cirros/version/released", "0.6.10\n");
+    vendor.put(
+        "cirros/0.6.10/cirros-0.6.10-x86_64-disk.img",
+        cirros.clone(),
+    );
+    vendor.put(
+        "cirros/0.6.10/SHA256SUMS",
+        format!("{}  cirros-0.6.10-x86_64-disk.img\n", sha256_hex(&cirros)),
+    );
+
+    let common = "allow_insecure_http = true\nallow_hosts = [\"127.0.0.1\"]\n";
+    let catalog = format!(
+        r#"
+[[source]]
+name = "fedora-41"
+kind = "sums"
+base_url = "{base}/fedora/"
+file = 'Fedora-Cloud-Base-Generic-(?P<version>41-[0-9.]+)\.x86_64\.qcow2'
+sums = "Fedora-Cloud-41-1.10-x86_64-CHECKSUM"
+signature = {{ clearsigned = true }}
+keyring = "vendor.asc"
+signers = ["{rsa}"]
+{common}
+[[source]]
+name = "alma-9"
+kind = "sums"
+base_url = "{base}/alma"
+file = 'AlmaLinux-9-GenericCloud-(?P<version>[0-9.]+-[0-9]+)\.x86_64\.qcow2'
+sums = "CHECKSUM"
+signature = {{ detached = "CHECKSUM.asc" }}
+keyring = "vendor.asc"
+signers = ["{rsa}"]
+{common}
+[[source]]
+name = "debian-12"
+kind = "sums"
+base_url = "{base}/debian/"
+dirs = '(\d{{8}}-\d{{4}})'
+file = 'debian-12-generic-amd64-.*\.qcow2'
+sums = "SHA512SUMS"
+signature = {{ none = "a test of unsigned digests" }}
+{common}
+[[source]]
+name = "alpine-3.20"
+kind = "sums"
+base_url = "{base}/alpine/"
+file = 'nocloud_alpine-(?P<version>3\.20\.\d+)-x86_64-bios-cloudinit-r0\.qcow2'
+sums = "{{file}}.sha512"
+signature = {{ none = "Alpine signs only its ISO releases" }}
+{common}
+[[source]]
+name = "cirros"
+kind = "sums"
+base_url = "{base}/cirros/"
+version_file = "version/released"
+file = 'cirros-[0-9.]+-x86_64-disk\.img'
+sums = "SHA256SUMS"
+signature = {{ none = "CirrOS publishes no signatures" }}
+{common}
+"#,
+        rsa = gpg.rsa
+    );
+    let setup = Setup::new(&[&gpg.rsa], &catalog);
+    let server = setup.server().await;
+    for (name, version, bytes, trust) in [
+        (
+            "fedora-41",
+            "41-1.10",
+            &fedora,
+            format!("openpgp:{}", gpg.rsa),
+        ),
+        (
+            "alma-9",
+            "9.5-20241120",
+            &alma,
+            format!("openpgp:{}", gpg.rsa),
+        ),
+        (
+            "debian-12",
+            "20241110-1927",
+            &debian,
+            "http-sums".to_owned(),
+        ),
+        ("alpine-3.20", "3.20.3", &alpine, "http-sums".to_owned()),
+        ("cirros", "0.6.10", &cirros, "http-sums".to_owned()),
+    ] {
+        let report = sync(&server, name).await;
+        assert_eq!(report["outcome"], "published", "{name}: {report}");
+        assert_eq!(report["version"], version, "{name}");
+        let images = named(&server, name).await;
+        assert_eq!(images.len(), 1, "{name}");
+        assert_eq!(images[0]["ocellus_mirror_trust"], trust.as_str(), "{name}");
+        let id = images[0]["id"].as_str().unwrap();
+        assert_eq!(&server.download(id).await.1, bytes, "{name}");
+    }
+    server.stop().await;
+}
+
+/// One source and a fixture tree to break in different ways.
+async fn broken_case(
+    prepare: impl FnOnce(&Vendor, &Path),
+    extra: &str,
+    keys: &[&str],
+) -> (Value, Server, Vendor, Setup) {
+    broken_case_signed(prepare, extra, keys, &[&Gpg::shared().ed25519]).await
+}
+
+async fn broken_case_signed(
+    prepare: impl FnOnce(&Vendor, &Path),
+    extra: &str,
+    keys: &[&str],
+    signers: &[&str],
+) -> (Value, Server, Vendor, Setup) {
+    let gpg = Gpg::shared();
+    let vendor = Vendor::start().await;
+    let work = tempfile::tempdir().unwrap();
+    ubuntu_version(&vendor, work.path(), "20240101", 21);
+    prepare(&vendor, work.path());
+    let keys = if keys.is_empty() {
+        vec![
+            gpg.ed25519.as_str(),
+            gpg.stranger.as_str(),
+            gpg.expired.as_str(),
+            gpg.rsa.as_str(),
+        ]
+    } else {
+        keys.to_vec()
+    };
+    let setup = Setup::new(&keys, &ubuntu_catalog_signed(&vendor, extra, signers));
+    let server = setup.server().await;
+    let report = sync(&server, "ubuntu-24.04").await;
+    (report, server, vendor, setup)
+}
+
+async fn assert_nothing_kept(server: &Server, report: &Value, reason: &str) {
+    assert_eq!(report["outcome"], "failed", "{report}");
+    let message = report["message"].as_str().unwrap();
+    assert!(
+        message.contains(reason),
+        "{message:?} should say {reason:?}"
+    );
+    assert!(all_of(server, "ubuntu-24.04").await.is_empty());
+    assert!(server.blob_files().is_empty(), "{:?}", server.blob_files());
+    assert!(server.temp_files().is_empty(), "{:?}", server.temp_files());
+}
+
+const DIR: &str = "ubuntu/release-20240101/";
+
+#[tokio::test]
+async fn tampered_bytes_or_digests_keep_nothing() {
+    let (report, server, ..) = broken_case(
+        |vendor, _| {
+            let path = format!("{DIR}noble-server-cloudimg-amd64.img");
+            let mut bytes = vendor.get(&path);
+            let middle = bytes.len() / 2;
+            bytes[middle] ^= 1;
+            vendor.put(&path, bytes);
+        },
+        "",
+        &[],
+    )
+    .await;
+    assert_nothing_kept(&server, &report, "the signed digest file says").await;
+    server.stop().await;
+
+    let (report, server, ..) = broken_case(
+        |vendor, _| {
+            let path = format!("{DIR}SHA256SUMS");
+            let mut sums = vendor.get(&path);
+            sums[0] = if sums[0] == b'a' { b'b' } else { b'a' };
+            vendor.put(&path, sums);
+        },
+        "",
+        &[],
+    )
+    .await;
+    assert_nothing_kept(&server, &report, "bad signature").await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn signatures_that_vouch_for_nothing_are_refused() {
+    let gpg = Gpg::shared();
+    let sums_path = format!("{DIR}SHA256SUMS");
+    let sig_path = format!("{DIR}SHA256SUMS.gpg");
+    type Break<'a> = Box<dyn Fn(&Vendor) + 'a>;
+    let cases: Vec<(Break, &str)> = vec![
+        (
+            Box::new(|vendor: &Vendor| vendor.fail(&sig_path, 404)),
+            "404",
+        ),
+        (
+            Box::new(|vendor: &Vendor| {
+                let sums = vendor.get(&sums_path);
+                vendor.put(&sig_path, gpg.detach(&gpg.stranger, &sums));
+            }),
+            "not among the signers",
+        ),
+        (
+            Box::new(|vendor: &Vendor| {
+                let sums = vendor.get(&sums_path);
+                vendor.put(&sig_path, gpg.detach_armored(&gpg.rsa, &sums, "SHA1"));
+            }),
+            "hashed with SHA1 is refused",
+        ),
+        (
+            Box::new(|vendor: &Vendor| {
+                let sums = vendor.get(&sums_path);
+                vendor.put(&sig_path, gpg.detach(&gpg.expired, &sums));
+            }),
+            "has expired",
+        ),
+    ];
+    let signers = [gpg.ed25519.as_str(), gpg.rsa.as_str(), gpg.expired.as_str()];
+    for (prepare, reason) in cases {
+        let (report, server, ..) =
+            broken_case_signed(|vendor, _| prepare(vendor), "", &[], &signers).await;
+        assert_nothing_kept(&server, &report, reason).await;
+        server.stop().await;
+    }
+    // A key missing from the keyring altogether.
+    let (report, server, ..) = broken_case(
+        |vendor, _| {
+            let sums = vendor.get(&sums_path);
+            vendor.put(&sig_path, gpg.detach(&gpg.rsa, &sums));
+        },
+        "",
+        &[&gpg.ed25519],
+    )
+    .await;
+    assert_nothing_kept(&server, &report, "not in the keyring").await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn wrong_formats_size_caps_broken_transfers_and_denied_redirects_keep_nothing() {
+    let image = format!("{DIR}noble-server-cloudimg-amd64.img");
+    // Bytes that are not the declared format.
+    let (report, server, ..) = broken_case(|_, _| {}, "disk_format = \"vmdk\"", &[]).await;
+    assert_nothing_kept(&server, &report, "does not match stream data qcow2").await;
+    server.stop().await;
+    // Larger than the source may bring: refused before any byte is stored.
+    let (report, server, ..) = broken_case(|_, _| {}, "max_size = 1000", &[]).await;
+    assert_nothing_kept(&server, &report, "more than the 1000 allowed").await;
+    server.stop().await;
+    // The transfer breaks off.
+    let (report, server, vendor, _setup) =
+        broken_case(|vendor, _| vendor.truncate(&image, 4096), "", &[]).await;
+    assert_nothing_kept(&server, &report, "").await;
+    // It heals: the next sync gets it, and the backoff resets.
+    vendor.heal(&image);
+    assert_eq!(sync(&server, "ubuntu-24.04").await["outcome"], "published");
+    server.stop().await;
+    // The vendor fails.
+    let (report, server, ..) = broken_case(
+        |vendor, _| vendor.fail(&format!("{DIR}SHA256SUMS"), 500),
+        "",
+        &[],
+    )
+    .await;
+    assert_nothing_kept(&server, &report, "500").await;
+    server.stop().await;
+    // A redirect to an address the fetcher must not reach.
+    let (report, server, ..) = broken_case(
+        |vendor, _| vendor.redirect(&image, "http://169.254.169.254/latest/meta-data/"),
+        "",
+        &[],
+    )
+    .await;
+    assert_nothing_kept(&server, &report, "redirect refused").await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_decimal_address_is_not_the_host_name_allowed() {
+    let gpg = Gpg::shared();
+    let vendor = Vendor::start().await;
+    let work = tempfile::tempdir().unwrap();
+    ubuntu_version(&vendor, work.path(), "20240101", 31);
+    let image = format!("{DIR}noble-server-cloudimg-amd64.img");
+    // 2130706433 is 127.0.0.1; only the name localhost is allowed.
+    vendor.redirect(
+        &image,
+        &format!("http://2130706433:{}/{image}x", vendor.port),
+    );
+    vendor.put(&format!("{image}x"), vendor.get(&image));
+    let catalog = ubuntu_catalog(&vendor, "")
+        .replace("127.0.0.1:", "localhost:")
+        .replace("[\"127.0.0.1/32\"]", "[\"localhost\"]");
+    let setup = Setup::new(&[&gpg.ed25519], &catalog);
+    let server = setup.server().await;
+    let report = sync(&server, "ubuntu-24.04").await;
+    assert_nothing_kept(&server, &report, "redirect refused").await;
+    vendor.heal(&image);
+    assert_eq!(sync(&server, "ubuntu-24.04").await["outcome"], "published");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn failures_back_off_and_the_backoff_survives_a_restart() {
+    let (report, server, vendor, setup) = broken_case(
+        |vendor, _| vendor.fail(&format!("{DIR}SHA256SUMS"), 503),
+        "",
+        &[],
+    )
+    .await;
+    assert_eq!(report["outcome"], "failed");
+    let (_, status) = server
+        .json(server.request(Method::GET, "/ocellus/v1/mirror"))
+        .await;
+    let state = &status["sources"][0]["state"];
+    assert_eq!(state["failures"], 1);
+    let wait = state["next_run"].as_i64().unwrap() - state["last_attempt"].as_i64().unwrap();
+    assert_eq!(wait, 60, "{state}");
+    assert!(state["last_error"].as_str().unwrap().contains("503"));
+    assert_eq!(sync(&server, "ubuntu-24.04").await["outcome"], "failed");
+    let dir = server.stop().await;
+
+    let catalog = setup.catalog();
+    let server = Server::start_in(dir, move |config| {
+        config.mirror_catalog = Some(catalog);
+        config.mirror_refresher = false;
+    })
+    .await;
+    let (_, status) = server
+        .json(server.request(Method::GET, "/ocellus/v1/mirror"))
+        .await;
+    let state = &status["sources"][0]["state"];
+    assert_eq!(state["failures"], 2, "{state}");
+    let wait = state["next_run"].as_i64().unwrap() - state["last_attempt"].as_i64().unwrap();
+    assert_eq!(wait, 120, "{state}");
+    vendor.heal(&format!("{DIR}SHA256SUMS"));
+    assert_eq!(sync(&server, "ubuntu-24.04").await["outcome"], "published");
+    let (_, status) = server
+        .json(server.request(Method::GET, "/ocellus/v1/mirror"))
+        .await;
+    assert_eq!(status["sources"][0]["state"]["failures"], 0);
+    assert!(status["sources"][0]["state"]["last_error"].is_null());
+    server.stop().await;
+}
+
+fn args(list: &[&str]) -> Vec<String> {
+    list.iter().map(|arg| (*arg).to_owned()).collect()
+}
+
+#[tokio::test]
+async fn the_commands_check_plan_sync_and_report_on_a_stopped_server() {
+    let gpg = Gpg::shared();
+    let vendor = Vendor::start().await;
+    let work = tempfile::tempdir().unwrap();
+    let bytes = ubuntu_version(&vendor, work.path(), "20240101", 41);
+    let setup = Setup::new(&[&gpg.ed25519], &ubuntu_catalog(&vendor, ""));
+    let catalog = setup.catalog().to_string_lossy().into_owned();
+    let data = work.path().join("data").to_string_lossy().into_owned();
+
+    let (code, out, err) = ocellus(args(&["mirror", "check", "--catalog", &catalog])).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("ubuntu-24.04"), "{out}");
+
+    let (code, out, err) = ocellus(args(&[
+        "mirror",
+        "plan",
+        "--catalog",
+        &catalog,
+        "--data-dir",
+        &data,
+    ]))
+    .await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("would be downloaded") && out.contains(&sha256_hex(&bytes)),
+        "{out}"
+    );
+    assert_eq!(
+        vendor.hits(&format!("{DIR}noble-server-cloudimg-amd64.img")),
+        0
+    );
+
+    let (code, out, err) = ocellus(args(&[
+        "mirror",
+        "sync",
+        "--catalog",
+        &catalog,
+        "--data-dir",
+        &data,
+    ]))
+    .await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("ubuntu-24.04: published version 20240101"),
+        "{out}"
+    );
+
+    let (code, out, err) = ocellus(args(&[
+        "mirror",
+        "status",
+        "--catalog",
+        &catalog,
+        "--data-dir",
+        &data,
+    ]))
+    .await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("ubuntu-24.04: version 20240101") && out.contains("[latest]"),
+        "{out}"
+    );
+
+    // A mistake is refused with its line, before anything is fetched.
+    setup.rewrite(&ubuntu_catalog(&vendor, "").replace("dirs = '", "dirs = '(("));
+    let (code, _, err) = ocellus(args(&["mirror", "check", "--catalog", &catalog])).await;
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("mirror.toml:6: dirs is not a valid pattern"),
+        "{err}"
+    );
+    setup.rewrite(&ubuntu_catalog(&vendor, "").replace(&gpg.ed25519, &gpg.rsa));
+    let (code, _, err) = ocellus(args(&["mirror", "check", "--catalog", &catalog])).await;
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("mirror.toml:11: signer") && err.contains("is not a primary key"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_sync_killed_mid_download_leaves_no_image_and_no_blob() {
+    let gpg = Gpg::shared();
+    let vendor = Vendor::start().await;
+    let work = tempfile::tempdir().unwrap();
+    ubuntu_version(&vendor, work.path(), "20240101", 51);
+    let image = format!("{DIR}noble-server-cloudimg-amd64.img");
+    vendor.stall(&image, 64 * 1024);
+    let setup = Setup::new(&[&gpg.ed25519], &ubuntu_catalog(&vendor, ""));
+    let data = work.path().join("data");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ocellus"))
+        .args(["mirror", "sync", "--catalog"])
+        .arg(setup.catalog())
+        .arg("--data-dir")
+        .arg(&data)
+        .env_clear()
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    for _ in 0..500 {
+        if vendor.hits(&image) > 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(vendor.hits(&image), 1);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    // The next start finds no image and cleans what the download left.
+    let dir = tempfile::TempDir::new().unwrap();
+    std::fs::rename(&data, dir.path().join("data")).unwrap();
+    let server = Server::start_in(dir, |_| {}).await;
+    assert!(all_of(&server, "ubuntu-24.04").await.is_empty());
+    assert!(server.blob_files().is_empty(), "{:?}", server.blob_files());
+    assert!(server.temp_files().is_empty(), "{:?}", server.temp_files());
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn the_refresher_syncs_by_itself_and_counts_in_the_metrics() {
+    let gpg = Gpg::shared();
+    let vendor = Vendor::start().await;
+    let work = tempfile::tempdir().unwrap();
+    ubuntu_version(&vendor, work.path(), "20240101", 61);
+    let setup = Setup::new(&[&gpg.ed25519], &ubuntu_catalog(&vendor, ""));
+    let catalog = setup.catalog();
+    let server = Server::start_with(move |config| config.mirror_catalog = Some(catalog)).await;
+    for _ in 0..500 {
+        if !named(&server, "ubuntu-24.04").await.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(named(&server, "ubuntu-24.04").await.len(), 1);
+    let metrics = server
+        .request(Method::GET, "/metrics")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .contains(r#"ocellus_mirror_syncs_total{source="ubuntu-24.04",outcome="published"} 1"#),
+        "{metrics}"
+    );
+    assert!(metrics.contains(r#"ocellus_mirror_fetched_bytes_total{source="ubuntu-24.04"}"#));
+    server.stop().await;
+}
