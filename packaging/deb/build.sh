@@ -37,6 +37,8 @@ install -d -m 0755 "$tree/DEBIAN" "$tree/usr/bin" "$tree/lib/systemd/system" \
 install -m 0755 "$binary" "$tree/usr/bin/ocellus"
 install -m 0644 "$root/systemd/ocellus.service" "$tree/lib/systemd/system/ocellus.service"
 install -m 0644 "$here/ocellus.toml" "$tree/etc/ocellus/ocellus.toml"
+install -m 0644 "$here/mirror.toml" "$tree/etc/ocellus/mirror.toml"
+install -d -m 0755 "$tree/etc/ocellus/keys"
 install -m 0644 "$here/copyright" "$tree/usr/share/doc/ocellus/copyright"
 install -m 0644 "$root/README.md" "$tree/usr/share/doc/ocellus/README.md"
 install -d -m 0755 "$tree/usr/share/man/man1"

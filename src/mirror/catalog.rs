@@ -614,6 +614,48 @@ signature = { none = "CirrOS publishes no signatures" }
         );
     }
 
+    /// The package's example catalog checks as shipped (no source) and, uncommented, each
+    /// source is valid but for its keys, which the operator brings.
+    #[test]
+    fn the_shipped_catalog_is_valid_once_uncommented() {
+        let text = include_str!("../../packaging/deb/mirror.toml");
+        assert!(check(text).unwrap().sources.is_empty());
+        let uncommented: String = text
+            .lines()
+            .filter_map(|line| {
+                let line = line.strip_prefix("# ").unwrap_or(line);
+                if line.starts_with("keyring = ") || line.starts_with("signers = ") {
+                    return None;
+                }
+                if line.starts_with("signature = { detached")
+                    || line.starts_with("signature = { clearsigned")
+                {
+                    return Some("signature = { none = \"keys checked elsewhere\" }".to_owned());
+                }
+                let setting = line.split_once(" = ").is_some_and(|(key, _)| {
+                    key.bytes()
+                        .all(|byte| byte.is_ascii_lowercase() || byte == b'_')
+                });
+                (setting && !line.starts_with("keys_dir") || line == "[[source]]")
+                    .then(|| line.to_owned())
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let catalog = check(&uncommented).unwrap();
+        let names: Vec<&str> = catalog.sources.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "ubuntu-24.04",
+                "debian-12",
+                "fedora-41",
+                "almalinux-9",
+                "cirros",
+                "alpine-3.20"
+            ]
+        );
+    }
+
     #[test]
     fn durations_read_like_people_write_them() {
         assert_eq!(parse_duration("6h").unwrap(), Duration::from_secs(21_600));

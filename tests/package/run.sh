@@ -123,6 +123,12 @@ curl -sf -X PUT -H "X-Auth-Token: $key" -H 'Content-Type: application/octet-stre
     --data-binary @"$work/image" "$base/v2/images/$id/file" || fail "upload"
 curl -sf -H "X-Auth-Token: $key" -o "$work/back" "$base/v2/images/$id/file" || fail "download"
 cmp "$work/image" "$work/back" || fail "the download differs from the upload"
+# The shipped mirror catalog checks as installed, and the running server answers for it.
+[[ -d /etc/ocellus/keys ]] || fail "no /etc/ocellus/keys"
+/usr/bin/ocellus mirror check --catalog /etc/ocellus/mirror.toml >/dev/null \
+    || fail "the shipped mirror catalog does not check"
+curl -sf -H "X-Auth-Token: $key" "$base/ocellus/v1/mirror" | grep -q '"sources":\[\]' \
+    || fail "the installed server does not answer for its mirror"
 stop_server
 echo "served as ocellus: image $id uploaded and downloaded with the bootstrap key"
 
