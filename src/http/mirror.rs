@@ -1,6 +1,7 @@
 //! The mirror's admin endpoints, used by `ocellus mirror …` while the server runs:
 //! `GET /ocellus/v1/mirror` (status), `POST /ocellus/v1/mirror/plan` and
-//! `POST /ocellus/v1/mirror/sync` (body `{"sources": [...]}`, empty for all). Admins only.
+//! `POST /ocellus/v1/mirror/sync` and `POST /ocellus/v1/mirror/verify` (body
+//! `{"sources": [...]}`, empty for all). Admins only.
 
 use std::sync::Arc;
 
@@ -87,4 +88,20 @@ pub async fn sync(
         state.metrics.mirror_synced(&report.source, report);
     }
     Ok(Json(json!({ "reports": reports })))
+}
+
+pub async fn verify(
+    State(state): State<AppState>,
+    caller: Caller,
+    parts: Parts,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, Error> {
+    require_admin(&state, &caller, &parts)?;
+    let service = service(&state)?;
+    let names = sources(&body)?;
+    let catalog = service.catalog().ok();
+    let reports = crate::mirror::bundle::verify(&service.mirror, catalog.as_ref(), &names)
+        .await
+        .map_err(Error::conflict)?;
+    Ok(Json(json!({ "images": reports })))
 }

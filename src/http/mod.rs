@@ -333,6 +333,10 @@ pub fn router(state: AppState) -> Router {
             resource("POST", post(mirror::sync)),
         )
         .route(
+            "/ocellus/v1/mirror/verify",
+            resource("POST", post(mirror::verify)),
+        )
+        .route(
             "/ocellus/v1/metadefs",
             resource("POST", post(admin::load_metadefs)),
         )

@@ -47,7 +47,7 @@ use tables::{
     API_KEY_NAMES, API_KEYS, BAD_BLOBS, BLOB_COPIES, BLOB_REMOVALS, BLOBS, DELETED_IMAGES,
     IMAGE_SORT_INDEX, IMAGE_TASKS, IMAGES, MEMBERS, MEMBERSHIPS, META, METADEF_ASSOCIATIONS,
     METADEF_NAMESPACES, METADEF_OBJECTS, METADEF_PROPERTIES, METADEF_RESOURCE_TYPES, METADEF_TAGS,
-    MIRROR_SOURCES, PROJECTS, QUOTAS, SECRETS, TASKS,
+    MIRROR_EVIDENCE, MIRROR_SOURCES, PROJECTS, QUOTAS, SECRETS, TASKS,
 };
 
 /// The schema version this build writes. Older databases are upgraded at open.
@@ -159,6 +159,8 @@ pub struct Batch {
     pub delete: Vec<ImageId>,
     /// When the deleted images were deleted.
     pub deleted_at: i64,
+    /// The mirror's evidence for inserted images.
+    pub evidence: Vec<(ImageId, Vec<u8>)>,
 }
 
 /// A blob's copy in one store.
@@ -267,7 +269,7 @@ impl Kv {
                 // Versions 1 to 5 only add tables (2: keys and members; 3: bad blobs; 4: tasks
                 // and quotas; 5: metadata definitions), which the `open_table` calls below
                 // create. Version 6 counts every referenced blob as a copy in the data
-                // directory's store. Version 7 adds the mirror's state table.
+                // directory's store. Version 7 adds the mirror's tables.
                 Some(version) => {
                     if version < 6 {
                         let blobs = transaction.open_table(BLOBS)?;
@@ -306,6 +308,7 @@ impl Kv {
             transaction.open_table(METADEF_ASSOCIATIONS)?;
             transaction.open_table(METADEF_RESOURCE_TYPES)?;
             transaction.open_table(MIRROR_SOURCES)?;
+            transaction.open_table(MIRROR_EVIDENCE)?;
         }
         kv.commit(transaction)?;
         Ok(kv)
@@ -528,6 +531,11 @@ impl Kv {
                 deleted.insert(id, deleted_at).map_err(KvError::from)?;
             }
             access::remove_all_members(&transaction, id)?;
+            transaction
+                .open_table(MIRROR_EVIDENCE)
+                .map_err(KvError::from)?
+                .remove(id)
+                .map_err(KvError::from)?;
             record = old;
         }
         self.commit(transaction)?;
@@ -604,7 +612,16 @@ impl Kv {
                     .map_err(KvError::from)?;
             }
             drop(data);
+            let mut evidence = transaction
+                .open_table(MIRROR_EVIDENCE)
+                .map_err(KvError::from)?;
+            for (id, bytes) in &batch.evidence {
+                evidence
+                    .insert(*id, bytes.as_slice())
+                    .map_err(KvError::from)?;
+            }
             for id in &batch.delete {
+                evidence.remove(*id).map_err(KvError::from)?;
                 access::remove_all_members(&transaction, *id)?;
             }
         }
@@ -622,6 +639,13 @@ impl Kv {
             records.push(ImageRecord::decode(bytes.value())?);
         }
         Ok(records)
+    }
+
+    /// What vouched for a mirrored image.
+    pub fn mirror_evidence(&self, id: ImageId) -> Result<Option<Vec<u8>>, KvError> {
+        let transaction = self.begin_read()?;
+        let table = transaction.open_table(MIRROR_EVIDENCE)?;
+        Ok(table.get(id)?.map(|value| value.value().to_vec()))
     }
 
     /// The mirror's stored state of a source.

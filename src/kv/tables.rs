@@ -61,6 +61,12 @@ pub const SECRETS: TableDefinition<&str, &[u8]> = TableDefinition::new("secrets_
 /// last outcome), kept across restarts.
 pub const MIRROR_SOURCES: TableDefinition<&str, &[u8]> = TableDefinition::new("mirror_sources_v1");
 
+/// What vouched for each mirrored image (JSON: the vendor's digest document and signature as
+/// fetched, how to check them), kept for `ocellus mirror verify` and bundles; removed with the
+/// image.
+pub const MIRROR_EVIDENCE: TableDefinition<ImageId, &[u8]> =
+    TableDefinition::new("mirror_evidence_v1");
+
 /// Blobs found damaged (by the scrub or `ocellus check`), with the Unix time they were found;
 /// their images refuse downloads until good bytes are uploaded again.
 pub const BAD_BLOBS: TableDefinition<Digest, i64> = TableDefinition::new("bad_blobs_v1");

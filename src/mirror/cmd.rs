@@ -1,15 +1,17 @@
-//! `ocellus mirror check|plan|sync|status`.
+//! `ocellus mirror check|plan|sync|verify|export|import|status`.
 //!
 //! `check` reads the catalog and its keyrings and needs nothing else. The others work like
 //! the other operator commands: on a stopped server's data directory directly, or through the
 //! running server's admin endpoints (`/ocellus/v1/mirror…`), which then use the server's own
-//! `mirror_catalog`.
+//! `mirror_catalog`. `export` and `import` need the server stopped (they read and write the
+//! data directory directly).
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use serde_json::{Value, json};
 
+use super::bundle::{self, ItemReport};
 use super::catalog::{self, Catalog, SignatureRule, Versions};
 use super::service::{select, status_view};
 use super::sync::{Mirror, Outcome, Report};
@@ -57,6 +59,45 @@ pub enum MirrorCommand {
         /// Print JSON
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        catalog: CatalogArg,
+        #[command(flatten)]
+        target: KeyTarget,
+    },
+    /// Check every mirrored image again: its vendor signature with this catalog's keys, its
+    /// bytes (read back verified) against the vendor's digest; exit 1 if any fails
+    Verify {
+        /// Sources, by name [default: all]
+        sources: Vec<String>,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        catalog: CatalogArg,
+        #[command(flatten)]
+        target: KeyTarget,
+    },
+    /// Write an air-gapped bundle of the mirrored images: manifest.json (metadata, digests,
+    /// trust, the vendor's digest file and signature) and blobs/<blake3>. Needs the server
+    /// stopped
+    Export {
+        /// Sources, by name [default: all]
+        sources: Vec<String>,
+        /// The bundle's directory (created; must be new or empty)
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        #[command(flatten)]
+        target: KeyTarget,
+    },
+    /// Import a bundle: every blob hashed again, every vendor signature checked again with
+    /// this catalog's keyrings; each image on its own (a bad blob fails only its image), and
+    /// importing twice changes nothing. Needs the server stopped; exit 1 if any image failed
+    Import {
+        /// A directory written by `ocellus mirror export`
+        dir: PathBuf,
+        /// Accept only images signed by this key (fingerprint of a pinned primary key)
+        #[arg(long, value_name = "FINGERPRINT")]
+        require_signer: Option<String>,
         #[command(flatten)]
         catalog: CatalogArg,
         #[command(flatten)]
@@ -203,6 +244,69 @@ pub fn run(command: MirrorCommand) -> Result<Exit, String> {
                 .any(|report| report.outcome == Outcome::Failed);
             Ok(if failed { Exit::Problems } else { Exit::Clean })
         }
+        MirrorCommand::Verify {
+            sources,
+            json,
+            catalog,
+            target,
+        } => {
+            let config = settings(&target)?;
+            let reports: Vec<ItemReport> = match crate::keycmd::backend(target.clone())? {
+                Backend::Local(store) => {
+                    let loaded = catalog::load(&catalog_path(&catalog, &config));
+                    let mirror = local_mirror(*store, &config);
+                    runtime()?.block_on(bundle::verify(&mirror, loaded.as_ref().ok(), &sources))?
+                }
+                Backend::Remote { url, target } => {
+                    let value = crate::opcmd::remote(call(
+                        &url,
+                        &target,
+                        "POST",
+                        "/ocellus/v1/mirror/verify",
+                        Some(json!({ "sources": sources })),
+                    ))?;
+                    serde_json::from_value(value["images"].clone())
+                        .map_err(|error| error.to_string())?
+                }
+            };
+            print_items(&reports, json, "verified");
+            Ok(outcome(&reports))
+        }
+        MirrorCommand::Export {
+            sources,
+            out,
+            target,
+        } => {
+            let config = settings(&target)?;
+            let Backend::Local(store) = crate::keycmd::backend(target.clone())? else {
+                return Err(stopped_only("export"));
+            };
+            let mirror = local_mirror(*store, &config);
+            let reports = runtime()?.block_on(bundle::export(&mirror, &out, &sources))?;
+            print_items(&reports, false, "exported");
+            Ok(outcome(&reports))
+        }
+        MirrorCommand::Import {
+            dir,
+            require_signer,
+            catalog,
+            target,
+        } => {
+            let config = settings(&target)?;
+            let loaded = catalog::load(&catalog_path(&catalog, &config))?;
+            let Backend::Local(store) = crate::keycmd::backend(target.clone())? else {
+                return Err(stopped_only("import"));
+            };
+            let mirror = local_mirror(*store, &config);
+            let reports = runtime()?.block_on(bundle::import(
+                &mirror,
+                &loaded,
+                &dir,
+                require_signer.as_deref(),
+            ))?;
+            print_items(&reports, false, "imported");
+            Ok(outcome(&reports))
+        }
         MirrorCommand::Status {
             json,
             catalog,
@@ -239,6 +343,34 @@ pub fn run(command: MirrorCommand) -> Result<Exit, String> {
             Ok(if failing { Exit::Problems } else { Exit::Clean })
         }
     }
+}
+
+fn stopped_only(what: &str) -> String {
+    format!("mirror {what} works on a stopped server's data directory; stop the server first")
+}
+
+fn outcome(reports: &[ItemReport]) -> Exit {
+    if reports.iter().all(|report| report.ok) {
+        Exit::Clean
+    } else {
+        Exit::Problems
+    }
+}
+
+fn print_items(reports: &[ItemReport], json: bool, done: &str) {
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({ "images": reports })).unwrap_or_default()
+        );
+        return;
+    }
+    for report in reports {
+        let what = if report.ok { done } else { "FAILED" };
+        println!("{} {}: {what}: {}", report.id, report.name, report.message);
+    }
+    let failed = reports.iter().filter(|report| !report.ok).count();
+    println!("{} image(s), {failed} failed", reports.len());
 }
 
 fn print_check(catalog: &Catalog) {

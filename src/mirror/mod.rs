@@ -7,6 +7,7 @@
 //! - `sync` fetches, verifies and publishes a version in one transaction;
 //! - `cmd` is `ocellus mirror …`.
 
+pub mod bundle;
 pub mod catalog;
 pub mod cmd;
 pub mod discover;

@@ -97,6 +97,131 @@ pub struct Candidate {
     pub image: String,
     /// Whether that image is here already.
     pub present: bool,
+    /// The documents that vouch for it.
+    #[serde(skip)]
+    pub evidence: Evidence,
+}
+
+/// What vouched for a mirrored image: the vendor's digest document and signature as fetched,
+/// kept with the image so that `verify`, `export` and `import` can check them again.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Evidence {
+    pub sums_url: String,
+    /// The digest document's path in its directory (its name tells the algorithm).
+    pub sums_name: String,
+    /// For a sidecar: the file it names.
+    pub sidecar_for: Option<String>,
+    #[serde(with = "base64_bytes")]
+    pub sums: Vec<u8>,
+    #[serde(with = "base64_option", default)]
+    pub signature: Option<Vec<u8>>,
+    pub file: String,
+    pub algorithm: Option<sums::Algorithm>,
+    pub hex: String,
+    pub trust: String,
+}
+
+mod base64_bytes {
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD;
+
+    pub fn serialize<S: serde::Serializer>(bytes: &[u8], serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&STANDARD.encode(bytes))
+    }
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Vec<u8>, D::Error> {
+        let text: String = serde::Deserialize::deserialize(deserializer)?;
+        STANDARD.decode(text).map_err(serde::de::Error::custom)
+    }
+}
+
+mod base64_option {
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD;
+
+    pub fn serialize<S: serde::Serializer>(
+        bytes: &Option<Vec<u8>>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        match bytes {
+            Some(bytes) => serializer.serialize_some(&STANDARD.encode(bytes)),
+            None => serializer.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<Vec<u8>>, D::Error> {
+        let text: Option<String> = serde::Deserialize::deserialize(deserializer)?;
+        text.map(|text| STANDARD.decode(text).map_err(serde::de::Error::custom))
+            .transpose()
+    }
+}
+
+/// Checks a digest document as `rule` says and returns its text (for a clearsigned one, the
+/// signed text) and the trust it earns. Nothing in the document is read before this.
+pub fn vouch(
+    rule: &SignatureRule,
+    keyring: Option<&openpgp::Keyring>,
+    signers: &[String],
+    document: &[u8],
+    signature: Option<&[u8]>,
+    https: bool,
+) -> Result<(String, String), String> {
+    let now = SystemTime::now();
+    let utf8 = |bytes: Vec<u8>| String::from_utf8(bytes).map_err(|_| "not UTF-8".to_owned());
+    match rule {
+        SignatureRule::Detached(_) => {
+            let keyring = keyring.ok_or("no keyring to check the signature with")?;
+            let signature = signature.ok_or("no signature")?;
+            let signer = openpgp::verify_detached(keyring, signers, document, signature, now)
+                .map_err(|error| format!("the signature: {error}"))?;
+            Ok((utf8(document.to_vec())?, format!("openpgp:{signer}")))
+        }
+        SignatureRule::Clearsigned => {
+            let keyring = keyring.ok_or("no keyring to check the signature with")?;
+            let (text, signer) = openpgp::verify_clearsigned(keyring, signers, document, now)
+                .map_err(|error| format!("the signature: {error}"))?;
+            Ok((text, format!("openpgp:{signer}")))
+        }
+        SignatureRule::None(_) => {
+            let trust = if https { "https-sums" } else { "http-sums" };
+            Ok((utf8(document.to_vec())?, trust.to_owned()))
+        }
+    }
+}
+
+impl Evidence {
+    /// Checks the evidence again with the local keys and rule: the signature, then that the
+    /// digest document gives `self.file` the recorded digest. Returns the trust.
+    pub fn check(
+        &self,
+        rule: &SignatureRule,
+        keyring: Option<&openpgp::Keyring>,
+        signers: &[String],
+    ) -> Result<String, String> {
+        let https = self.sums_url.starts_with("https://");
+        let (text, trust) = vouch(
+            rule,
+            keyring,
+            signers,
+            &self.sums,
+            self.signature.as_deref(),
+            https,
+        )?;
+        let entries = sums::parse(&text, &self.sums_name, self.sidecar_for.as_deref())?;
+        let entry = sums::find(&entries, &self.file)?
+            .ok_or_else(|| format!("the digest document gives no digest for {}", self.file))?;
+        if Some(entry.algorithm) != self.algorithm || entry.hex != self.hex {
+            return Err(format!(
+                "the digest document gives {} {}, not the recorded {}",
+                entry.algorithm, entry.hex, self.hex
+            ));
+        }
+        Ok(trust)
+    }
 }
 
 /// The mirror's work on a store.
@@ -183,6 +308,16 @@ impl Mirror {
         &self.store
     }
 
+    /// The server's `image_size_cap`.
+    pub fn cap(&self) -> u64 {
+        self.cap
+    }
+
+    /// The project that owns mirrored images.
+    pub fn owner(&self) -> &str {
+        &self.owner
+    }
+
     fn fetcher(&self, source: &Source) -> Result<Fetcher, String> {
         let mut rules = self.rules.clone();
         rules.allow.extend(source.allow_hosts.iter().cloned());
@@ -255,7 +390,8 @@ impl Mirror {
         } else {
             None
         };
-        let sidecar_file = sidecar.as_ref().map(|(name, _)| name.as_str());
+        let sidecar_name = sidecar.as_ref().map(|(name, _)| name.clone());
+        let sidecar_file = sidecar_name.as_deref();
         let sums_path = fill(&source.sums, dir_version.as_deref(), sidecar_file);
         let sums_url = join(&dir, &sums_path)?;
         // Validators are only ever sent back to the URL that gave them.
@@ -270,44 +406,26 @@ impl Mirror {
         else {
             return Ok(None);
         };
-        let now = SystemTime::now();
-        let (text, trust) = match &source.signature {
+        let signature = match &source.signature {
             SignatureRule::Detached(path) => {
-                let keyring = catalog
-                    .keyring(source)
-                    .ok_or("the source's keyring is not loaded")?;
                 let url = join(&dir, &fill(path, dir_version.as_deref(), sidecar_file))?;
                 let (signature, _) = fetcher
                     .get_small(url.clone(), &Validators::default(), openpgp::MAX_DOCUMENT)
                     .await?
                     .ok_or_else(|| format!("{url} answered 304 unasked"))?;
-                let signer =
-                    openpgp::verify_detached(keyring, &source.signers, &document, &signature, now)
-                        .map_err(|error| format!("the signature over {sums_url}: {error}"))?;
-                let text =
-                    String::from_utf8(document).map_err(|_| format!("{sums_url} is not UTF-8"))?;
-                (text, format!("openpgp:{signer}"))
+                Some(signature)
             }
-            SignatureRule::Clearsigned => {
-                let keyring = catalog
-                    .keyring(source)
-                    .ok_or("the source's keyring is not loaded")?;
-                let (text, signer) =
-                    openpgp::verify_clearsigned(keyring, &source.signers, &document, now)
-                        .map_err(|error| format!("the signature of {sums_url}: {error}"))?;
-                (text, format!("openpgp:{signer}"))
-            }
-            SignatureRule::None(_) => {
-                let text =
-                    String::from_utf8(document).map_err(|_| format!("{sums_url} is not UTF-8"))?;
-                let trust = if sums_url.scheme() == "https" {
-                    "https-sums"
-                } else {
-                    "http-sums"
-                };
-                (text, trust.to_owned())
-            }
+            _ => None,
         };
+        let (text, trust) = vouch(
+            &source.signature,
+            catalog.keyring(source),
+            &source.signers,
+            &document,
+            signature.as_deref(),
+            sums_url.scheme() == "https",
+        )
+        .map_err(|error| format!("{sums_url}: {error}"))?;
         // Only now, with the signature checked, are the digests read.
         let entries = sums::parse(&text, &sums_path, sidecar_file)?;
         let (file, file_version) = match sidecar {
@@ -339,7 +457,19 @@ impl Mirror {
             .image(id)
             .map_err(|error| error.to_string())?
             .is_some_and(|record| record.status == ImageStatus::Active);
+        let evidence = Evidence {
+            sums_url: sums_url.to_string(),
+            sums_name: sums_path.clone(),
+            sidecar_for: sidecar_file.map(str::to_owned),
+            sums: document,
+            signature,
+            file: file.clone(),
+            algorithm: Some(entry.algorithm),
+            hex: entry.hex.clone(),
+            trust: trust.clone(),
+        };
         let candidate = Candidate {
+            evidence,
             version,
             url: join(&dir, &file)?.to_string(),
             file,
@@ -534,6 +664,8 @@ impl Mirror {
         let record = self.new_record(source, candidate, id);
         let source_name = source.name.clone();
         let (keep, hide_old) = (source.keep as usize, source.hide_old);
+        let evidence =
+            serde_json::to_vec(&candidate.evidence).map_err(|error| error.to_string())?;
         let published = tokio::task::spawn_blocking(move || {
             store.publish::<StoreError>(
                 detached,
@@ -542,7 +674,9 @@ impl Mirror {
                 move |selected, data| {
                     let mut record = record;
                     record.data = Some(data);
-                    Ok(succession(selected, Some(record), keep, hide_old))
+                    let mut batch = succession(selected, Some(record), id, keep, hide_old);
+                    batch.evidence.push((id, evidence));
+                    Ok(batch)
                 },
             )
         })
@@ -606,39 +740,22 @@ impl Mirror {
         self.store
             .change_images::<StoreError>(
                 |record| of_source(record, &name),
-                |selected| {
-                    let mut newest = None;
-                    let mut others = Vec::new();
-                    for record in selected {
-                        if record.id == id {
-                            newest = Some(record);
-                        } else {
-                            others.push(record);
-                        }
-                    }
-                    let Some(newest) = newest else {
-                        return Ok(Batch::default());
-                    };
-                    let mut batch = succession(others, Some(newest.clone()), keep, hide_old);
-                    // The newest is rewritten, not inserted: it exists.
-                    if let Some(record) = batch.insert.pop() {
-                        batch.update.push(record);
-                    }
-                    Ok(batch)
-                },
+                |selected| Ok(succession(selected, None, id, keep, hide_old)),
             )
             .map(|_| ())
             .map_err(|error| error.to_string())
     }
 }
 
-/// The images of a source after `newest` takes the name: it is named after the source,
-/// tagged `latest` and not hidden; the others are named `<name> (<version>)`, lose the tag,
-/// are hidden with `hide_old`, and beyond `keep` (newest first) are deleted unless protected.
-/// Only records that change are written.
+/// The images of a source after the image `newest` takes the name: it is named after the
+/// source, tagged `latest` and not hidden; the others are named `<name> (<version>)`, lose the
+/// tag, are hidden with `hide_old`, and beyond `keep` (newest versions first) are deleted
+/// unless protected. `new` is inserted (unless it falls beyond `keep`); of the `existing`
+/// records, only those that change are written.
 pub fn succession(
-    others: Vec<ImageRecord>,
-    newest: Option<ImageRecord>,
+    existing: Vec<ImageRecord>,
+    new: Option<ImageRecord>,
+    newest: ImageId,
     keep: usize,
     hide_old: bool,
 ) -> Batch {
@@ -647,36 +764,50 @@ pub fn succession(
         deleted_at: now,
         ..Batch::default()
     };
-    let Some(mut newest) = newest else {
+    let new_id = new.as_ref().map(|record| record.id);
+    let mut all: Vec<ImageRecord> = existing
+        .into_iter()
+        .filter(|record| Some(record.id) != new_id)
+        .collect();
+    all.extend(new);
+    let Some(position) = all.iter().position(|record| record.id == newest) else {
         return batch;
     };
-    let name = newest
+    let head = all.remove(position);
+    let name = head
         .properties
         .get(PROP_SOURCE)
         .cloned()
         .unwrap_or_default();
-    newest.name = Some(name.clone());
-    newest.os_hidden = false;
-    if !newest.tags.iter().any(|tag| tag == LATEST_TAG) {
-        newest.tags.push(LATEST_TAG.to_owned());
-    }
-    newest
-        .properties
-        .insert(PROP_LATEST.to_owned(), "true".to_owned());
-    newest.updated_at = now.max(newest.updated_at);
-    let mut others: Vec<ImageRecord> = others
-        .into_iter()
-        .filter(|record| record.id != newest.id)
-        .collect();
-    // Newest first by version, then by creation.
+    let mut others = all;
     others.sort_by(|a, b| {
         discover::compare_versions(&version_of(b), &version_of(a))
             .then(b.created_at.cmp(&a.created_at))
     });
+    let write = |before: ImageRecord, mut after: ImageRecord, batch: &mut Batch| {
+        if Some(after.id) == new_id {
+            batch.insert.push(after);
+        } else if after != before {
+            after.updated_at = now.max(before.updated_at);
+            batch.update.push(after);
+        }
+    };
+    let mut changed = head.clone();
+    changed.name = Some(name.clone());
+    changed.os_hidden = false;
+    if !changed.tags.iter().any(|tag| tag == LATEST_TAG) {
+        changed.tags.push(LATEST_TAG.to_owned());
+    }
+    changed
+        .properties
+        .insert(PROP_LATEST.to_owned(), "true".to_owned());
+    write(head, changed, &mut batch);
     for (index, record) in others.into_iter().enumerate() {
         // `keep` counts the newest too.
         if index + 1 >= keep && !record.protected {
-            batch.delete.push(record.id);
+            if Some(record.id) != new_id {
+                batch.delete.push(record.id);
+            }
             continue;
         }
         let mut changed = record.clone();
@@ -688,12 +819,8 @@ pub fn succession(
         if hide_old {
             changed.os_hidden = true;
         }
-        if changed != record {
-            changed.updated_at = now.max(record.updated_at);
-            batch.update.push(changed);
-        }
+        write(record, changed, &mut batch);
     }
-    batch.insert.push(newest);
     batch
 }
 

@@ -21,6 +21,11 @@ pub struct Detached {
 }
 
 impl Detached {
+    /// The BLAKE3 digest of the bytes, hex.
+    pub fn digest_hex(&self) -> String {
+        self.received.digest.to_hex()
+    }
+
     pub fn size(&self) -> u64 {
         self.received.size
     }
@@ -152,6 +157,11 @@ impl Store {
     /// Every image (a scan).
     pub fn all_images(&self) -> Result<Vec<ImageRecord>, StoreError> {
         Ok(self.kv.all_images()?)
+    }
+
+    /// What vouched for a mirrored image (JSON).
+    pub fn mirror_evidence(&self, id: crate::kv::ImageId) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.kv.mirror_evidence(id)?)
     }
 
     /// The mirror's stored state of a source (JSON).

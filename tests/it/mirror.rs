@@ -851,3 +851,121 @@ async fn the_refresher_syncs_by_itself_and_counts_in_the_metrics() {
     assert!(metrics.contains(r#"ocellus_mirror_fetched_bytes_total{source="ubuntu-24.04"}"#));
     server.stop().await;
 }
+
+#[tokio::test]
+async fn bundles_carry_images_offline_and_are_checked_again_on_import() {
+    let gpg = Gpg::shared();
+    let vendor = Vendor::start().await;
+    let work = tempfile::tempdir().unwrap();
+    let setup = Setup::new(&[&gpg.ed25519], &ubuntu_catalog(&vendor, "keep = 3"));
+    let catalog = setup.catalog().to_string_lossy().into_owned();
+    let path = |name: &str| work.path().join(name).to_string_lossy().into_owned();
+    let (origin, bundle) = (path("origin"), path("bundle"));
+    for (date, seed) in [("20240101", 71), ("20240201", 72)] {
+        ubuntu_version(&vendor, work.path(), date, seed);
+        let (code, out, err) = ocellus(args(&[
+            "mirror",
+            "sync",
+            "--catalog",
+            &catalog,
+            "--data-dir",
+            &origin,
+        ]))
+        .await;
+        assert_eq!(code, 0, "{out}{err}");
+    }
+    let (code, out, err) = ocellus(args(&[
+        "mirror",
+        "verify",
+        "--catalog",
+        &catalog,
+        "--data-dir",
+        &origin,
+    ]))
+    .await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("2 image(s), 0 failed") && out.contains("sha256 matches"),
+        "{out}"
+    );
+    let (code, out, err) = ocellus(args(&[
+        "mirror",
+        "export",
+        "--out",
+        &bundle,
+        "--data-dir",
+        &origin,
+    ]))
+    .await;
+    assert_eq!(code, 0, "{out}{err}");
+    let manifest: Value =
+        serde_json::from_slice(&std::fs::read(work.path().join("bundle/manifest.json")).unwrap())
+            .unwrap();
+    assert_eq!(manifest["images"].as_array().unwrap().len(), 2);
+
+    // Offline: the vendor is gone. The import checks the signatures with local keys.
+    drop(vendor);
+    let copy = path("copy");
+    let import = |target: String, extra: Vec<&str>| {
+        let mut list = vec![
+            "mirror",
+            "import",
+            bundle.as_str(),
+            "--catalog",
+            catalog.as_str(),
+        ];
+        list.extend(["--data-dir", target.as_str()]);
+        list.extend(extra);
+        ocellus(args(&list))
+    };
+    let (code, out, err) = import(copy.clone(), vec![]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("2 image(s), 0 failed"), "{out}");
+    // Idempotent.
+    let (code, out, _) = import(copy.clone(), vec![]).await;
+    assert_eq!(code, 0);
+    assert_eq!(out.matches("already here").count(), 2, "{out}");
+
+    let listing = |dir: String| async move {
+        let moved = tempfile::TempDir::new().unwrap();
+        std::fs::rename(&dir, moved.path().join("data")).unwrap();
+        let server = Server::start_in(moved, |_| {}).await;
+        let mut images: Vec<(String, String, String, String)> = all_of(&server, "ubuntu-24.04")
+            .await
+            .iter()
+            .map(|image| {
+                (
+                    image["id"].as_str().unwrap().to_owned(),
+                    image["name"].as_str().unwrap().to_owned(),
+                    image["os_hash_value"].as_str().unwrap().to_owned(),
+                    image["ocellus_mirror_digest"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect();
+        images.sort();
+        let dir_back = server.stop().await;
+        std::fs::rename(dir_back.path().join("data"), &dir).unwrap();
+        images
+    };
+    let there = listing(origin.clone()).await;
+    assert_eq!(there.len(), 2);
+    assert_eq!(listing(copy.clone()).await, there);
+
+    // A flipped byte in one blob fails that image only.
+    let blob = manifest["images"][0]["blake3"].as_str().unwrap();
+    let blob_path = work.path().join("bundle/blobs").join(blob);
+    let mut bytes = std::fs::read(&blob_path).unwrap();
+    bytes[4096] ^= 0x20;
+    std::fs::write(&blob_path, bytes).unwrap();
+    let (code, out, _) = import(path("flipped"), vec![]).await;
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("2 image(s), 1 failed") && out.contains("not the ones the manifest names"),
+        "{out}"
+    );
+
+    // A signer other than the one required.
+    let (code, out, _) = import(path("strict"), vec!["--require-signer", &gpg.rsa]).await;
+    assert_eq!(code, 1);
+    assert!(out.contains("not by the required"), "{out}");
+}
