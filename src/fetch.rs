@@ -223,6 +223,15 @@ impl Resolve for FilteringResolver {
 pub struct Fetcher {
     rules: Arc<Rules>,
     client: reqwest::Client,
+    /// The same, following no redirects: for requests that carry credentials (`send`).
+    direct: reqwest::Client,
+}
+
+/// An answer to `Fetcher::send`, whatever its status.
+pub struct Answer {
+    pub status: reqwest::StatusCode,
+    pub headers: reqwest::header::HeaderMap,
+    pub fetched: Fetched,
 }
 
 /// A response being fetched.
@@ -258,7 +267,100 @@ impl Fetcher {
             .user_agent(concat!("ocellus/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|error| error.to_string())?;
-        Ok(Fetcher { rules, client })
+        let direct = reqwest::Client::builder()
+            .no_proxy()
+            .dns_resolver(Arc::new(FilteringResolver {
+                rules: rules.clone(),
+            }))
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(CONNECT_TIMEOUT)
+            .read_timeout(IDLE_TIMEOUT)
+            .timeout(TOTAL_TIMEOUT)
+            .user_agent(concat!("ocellus/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|error| error.to_string())?;
+        Ok(Fetcher {
+            rules,
+            client,
+            direct,
+        })
+    }
+
+    /// Sends a request with `headers` (credentials), under the same rules, and returns the
+    /// answer whatever its status. Redirects within the same origin keep the headers; a GET
+    /// redirected to another origin (a presigned download URL) is followed without them, so a
+    /// token never leaves for a host it was not meant for.
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        url: Url,
+        headers: &[(&'static str, String)],
+        body: Option<Vec<u8>>,
+    ) -> Result<Answer, String> {
+        let mut url = url;
+        for _ in 0..=MAX_REDIRECTS {
+            self.rules.check_url(&url)?;
+            let mut request = self.direct.request(method.clone(), url.clone());
+            for (name, value) in headers {
+                request = request.header(*name, value);
+            }
+            if let Some(body) = &body {
+                request = request
+                    .header(reqwest::header::CONTENT_TYPE, "application/json")
+                    .body(body.clone());
+            }
+            let response = request.send().await.map_err(describe)?;
+            if let Some(remote) = response.remote_addr()
+                && let Some(host) = response.url().host_str()
+            {
+                let port = response.url().port_or_known_default().unwrap_or(0);
+                if !self.rules.permits(host, remote.ip(), port) {
+                    return Err(format!("{} is not allowed", remote.ip()));
+                }
+            }
+            if response.status().is_redirection()
+                && let Some(location) = response.headers().get(reqwest::header::LOCATION)
+            {
+                let target = location
+                    .to_str()
+                    .ok()
+                    .and_then(|location| url.join(location).ok())
+                    .ok_or("a redirect without a usable Location")?;
+                self.rules
+                    .check_url(&target)
+                    .map_err(|reason| format!("redirect refused: {reason}"))?;
+                if target.origin() == url.origin() {
+                    url = target;
+                    continue;
+                }
+                if method != reqwest::Method::GET {
+                    return Err(format!("{url} redirected a {method} elsewhere"));
+                }
+                let fetched = self.get(target).await?;
+                return Ok(Answer {
+                    status: reqwest::StatusCode::OK,
+                    headers: reqwest::header::HeaderMap::new(),
+                    fetched,
+                });
+            }
+            let status = response.status();
+            let headers = response.headers().clone();
+            let length = response.content_length();
+            let body = response
+                .bytes_stream()
+                .map(|item| item.map_err(describe))
+                .boxed();
+            return Ok(Answer {
+                status,
+                headers,
+                fetched: Fetched {
+                    length,
+                    validators: Validators::default(),
+                    body,
+                },
+            });
+        }
+        Err(format!("more than {MAX_REDIRECTS} redirects"))
     }
 
     /// Parses and checks a URL before an import is accepted (Glance answers 400 when this
@@ -365,6 +467,21 @@ impl Fetcher {
             return Err(format!("{url} ended after {} bytes", bytes.len()));
         }
         Ok(Some((bytes, fetched.validators)))
+    }
+
+    /// Reads a whole body of at most `limit` bytes.
+    pub async fn read_small(fetched: &mut Fetched, limit: usize) -> Result<Vec<u8>, String> {
+        if fetched.length.is_some_and(|length| length > limit as u64) {
+            return Err(format!("an answer larger than {limit} bytes"));
+        }
+        let mut bytes = Vec::new();
+        while let Some(chunk) = fetched.body.next().await {
+            bytes.extend_from_slice(&chunk?);
+            if bytes.len() > limit {
+                return Err(format!("an answer larger than {limit} bytes"));
+            }
+        }
+        Ok(bytes)
     }
 
     /// The rules this fetcher applies.

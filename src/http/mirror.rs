@@ -66,7 +66,7 @@ pub async fn plan(
     let chosen = select(&catalog, &names).map_err(Error::bad_request)?;
     let mut plans = Vec::new();
     for source in chosen {
-        plans.push(match service.mirror.plan(&catalog, source).await {
+        plans.push(match service.mirror.plan_value(&catalog, source).await {
             Ok(candidate) => json!({"source": source.name, "plan": candidate}),
             Err(error) => json!({"source": source.name, "error": error}),
         });

@@ -38,8 +38,8 @@ struct RawSource {
     dirs: Option<Spanned<String>>,
     version_file: Option<Spanned<String>>,
     version_dir: Option<Spanned<String>>,
-    file: Spanned<String>,
-    sums: Spanned<String>,
+    file: Option<Spanned<String>>,
+    sums: Option<Spanned<String>>,
     signature: Option<Spanned<RawSignature>>,
     keyring: Option<Spanned<String>>,
     #[serde(default)]
@@ -60,6 +60,98 @@ struct RawSource {
     #[serde(default)]
     allow_insecure_http: bool,
     max_size: Option<u64>,
+    // kind = "glance"
+    auth: Option<Spanned<RawAuth>>,
+    #[serde(default)]
+    filters: BTreeMap<String, String>,
+    preserve_ids: Option<bool>,
+    copy_properties: Option<Vec<String>>,
+    #[serde(default)]
+    follow_deletes: bool,
+    delete_grace: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAuth {
+    /// An ocellus API key, or any token Glance accepts, in a file.
+    key_file: Option<String>,
+    /// Keystone v3's URL (ending in /v3).
+    keystone: Option<String>,
+    application_credential_id: Option<String>,
+    application_credential_secret_file: Option<String>,
+    username: Option<String>,
+    password_file: Option<String>,
+    project: Option<String>,
+    user_domain: Option<String>,
+    project_domain: Option<String>,
+}
+
+/// How ocellus signs in to an upstream Glance.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum UpstreamAuth {
+    /// No credentials (an upstream in lab mode).
+    None,
+    /// A key or token sent as `X-Auth-Token`, read from a file at each sync.
+    Key(PathBuf),
+    /// Keystone v3, application credential; the secret read from a file at each sync.
+    AppCredential {
+        keystone: reqwest::Url,
+        id: String,
+        secret_file: PathBuf,
+    },
+    /// Keystone v3, password, scoped to a project.
+    Password {
+        keystone: reqwest::Url,
+        username: String,
+        password_file: PathBuf,
+        project: String,
+        user_domain: String,
+        project_domain: String,
+    },
+}
+
+/// The properties copied from an upstream Glance when the catalog names none.
+pub const DEFAULT_COPY_PROPERTIES: &[&str] = &[
+    "hw_",
+    "trait:",
+    "os_distro",
+    "os_secure_boot",
+    "os_type",
+    "os_version",
+    "architecture",
+];
+
+/// What a `kind = "glance"` source adds.
+#[derive(Clone, Debug)]
+pub struct GlanceSource {
+    pub auth: UpstreamAuth,
+    /// Extra list filters (`visibility`, `tag`, `os_distro`, …), as query parameters.
+    pub filters: Vec<(String, String)>,
+    /// Keep the upstream ids [default: true]; otherwise UUIDv5 of source and upstream id.
+    pub preserve_ids: bool,
+    /// Property names, or prefixes ending in `_` or `:`, copied from upstream images
+    /// (`os_glance*` and `ocellus_mirror_*` never are).
+    pub copy_properties: Vec<String>,
+    /// Delete copies of images gone upstream (after `delete_grace`) instead of hiding them.
+    pub follow_deletes: bool,
+    pub delete_grace: Duration,
+}
+
+impl GlanceSource {
+    /// Whether an upstream property is copied.
+    pub fn copies(&self, key: &str) -> bool {
+        if key.starts_with("os_glance") || key.starts_with(MIRROR_PREFIX) {
+            return false;
+        }
+        self.copy_properties.iter().any(|rule| {
+            if rule.ends_with('_') || rule.ends_with(':') {
+                key.starts_with(rule.as_str())
+            } else {
+                key == rule
+            }
+        })
+    }
 }
 
 #[derive(Deserialize)]
@@ -119,6 +211,9 @@ pub struct Source {
     pub allow_hosts: Vec<crate::fetch::Allowed>,
     /// The largest image this source may bring [default: the server's image_size_cap].
     pub max_size: Option<u64>,
+    /// For `kind = "glance"`: the upstream's settings (then the digest-file fields above are
+    /// unused).
+    pub glance: Option<GlanceSource>,
 }
 
 impl Source {
@@ -277,14 +372,11 @@ fn check_source(
         ));
     }
     match raw.kind.get_ref().as_str() {
-        "sums" => {}
-        "simplestreams" | "glance" => {
+        "sums" | "glance" => {}
+        "simplestreams" => {
             return Err(at.error(
                 raw.kind.span(),
-                format!(
-                    "kind {:?} is not implemented in this build; only \"sums\" is",
-                    raw.kind.get_ref()
-                ),
+                "kind \"simplestreams\" is not implemented in this build; \"sums\" and \"glance\" are",
             ));
         }
         other => {
@@ -316,6 +408,169 @@ fn check_source(
             ));
         }
     }
+    let glance = match raw.kind.get_ref().as_str() {
+        "glance" => Some(check_glance(at, spanned)?),
+        _ => {
+            if let Some(auth) = &raw.auth {
+                return Err(at.error(auth.span(), "auth is for kind = \"glance\""));
+            }
+            None
+        }
+    };
+    let SumsPart {
+        versions,
+        file,
+        sums,
+        signature,
+        keyring,
+        signers,
+    } = match &glance {
+        Some(_) => {
+            if raw.file.is_some()
+                || raw.sums.is_some()
+                || raw.signature.is_some()
+                || raw.dirs.is_some()
+            {
+                return Err(at.error(
+                    spanned.span(),
+                    "kind = \"glance\" takes no file, sums, dirs or signature: the upstream's own digests are checked",
+                ));
+            }
+            SumsPart {
+                versions: Versions::Files,
+                file: Regex::new("^$").map_err(|error| error.to_string())?,
+                sums: String::new(),
+                signature: SignatureRule::None(
+                    "an upstream Glance: bytes checked against its size, checksum and os_hash_value"
+                        .to_owned(),
+                ),
+                keyring: None,
+                signers: Vec::new(),
+            }
+        }
+        None => check_sums(at, spanned, &name, keys_dir, keyrings)?,
+    };
+    let mut properties = BTreeMap::new();
+    for (key, value) in &raw.properties {
+        if key.starts_with(MIRROR_PREFIX) || key.starts_with("os_glance") {
+            return Err(at.error(
+                value.span(),
+                format!("property {key} is set by the service, not the catalog"),
+            ));
+        }
+        properties.insert(key.clone(), value.get_ref().clone());
+    }
+    let visibility = raw
+        .visibility
+        .as_ref()
+        .map_or("public".to_owned(), |value| value.get_ref().clone());
+    if !matches!(
+        visibility.as_str(),
+        "public" | "private" | "shared" | "community"
+    ) {
+        let span = raw
+            .visibility
+            .as_ref()
+            .map_or(spanned.span(), Spanned::span);
+        return Err(at.error(
+            span,
+            format!("visibility {visibility:?} is not public, private, shared or community"),
+        ));
+    }
+    let refresh = match &raw.refresh {
+        Some(refresh) => {
+            parse_duration(refresh.get_ref()).map_err(|error| at.error(refresh.span(), error))?
+        }
+        None => Duration::from_secs(6 * 3600),
+    };
+    let keep = match &raw.keep {
+        Some(keep) if *keep.get_ref() == 0 => {
+            return Err(at.error(keep.span(), "keep must be at least 1"));
+        }
+        Some(keep) => *keep.get_ref(),
+        None => 3,
+    };
+    let mut allow_hosts = Vec::new();
+    for host in &raw.allow_hosts {
+        allow_hosts.push(
+            host.get_ref()
+                .parse()
+                .map_err(|error| at.error(host.span(), error))?,
+        );
+    }
+    let format = |value: &Option<Spanned<String>>, default: &str, allowed: &[&str]| {
+        let text = value
+            .as_ref()
+            .map_or(default.to_owned(), |value| value.get_ref().clone());
+        if allowed.contains(&text.as_str()) {
+            Ok(text)
+        } else {
+            let span = value.as_ref().map_or(spanned.span(), Spanned::span);
+            Err(at.error(
+                span,
+                format!("{text:?} is not one of {}", allowed.join(", ")),
+            ))
+        }
+    };
+    Ok(Source {
+        glance,
+        name,
+        base_url,
+        versions,
+        file,
+        sums,
+        signature,
+        keyring,
+        signers,
+        disk_format: format(
+            &raw.disk_format,
+            "qcow2",
+            &[
+                "ami", "ari", "aki", "vhd", "vhdx", "vmdk", "raw", "qcow2", "vdi", "iso", "ploop",
+            ],
+        )?,
+        container_format: format(
+            &raw.container_format,
+            "bare",
+            &[
+                "ami",
+                "ari",
+                "aki",
+                "bare",
+                "ovf",
+                "ova",
+                "docker",
+                "compressed",
+            ],
+        )?,
+        properties,
+        tags: raw.tags.clone(),
+        keep,
+        refresh,
+        visibility,
+        hide_old: raw.hide_old,
+        allow_hosts,
+        max_size: raw.max_size,
+    })
+}
+
+/// The digest-file fields of a source, checked.
+struct SumsPart {
+    versions: Versions,
+    file: Regex,
+    sums: String,
+    signature: SignatureRule,
+    keyring: Option<PathBuf>,
+    signers: Vec<String>,
+}
+
+fn check_sums(
+    at: &Located<'_>,
+    spanned: &Spanned<RawSource>,
+    name: &str,
+    keys_dir: &Path,
+    keyrings: &mut BTreeMap<PathBuf, Keyring>,
+) -> Result<SumsPart, String> {
     let regex = |value: &Spanned<String>, what: &str| {
         Regex::new(&format!("^(?:{})$", value.get_ref())).map_err(|error| {
             at.error(
@@ -324,7 +579,16 @@ fn check_source(
             )
         })
     };
-    let file = regex(&raw.file, "file")?;
+    let raw = spanned.get_ref();
+    let file_spec = raw
+        .file
+        .as_ref()
+        .ok_or_else(|| at.error(spanned.span(), "a sums source needs file"))?;
+    let sums_spec = raw
+        .sums
+        .as_ref()
+        .ok_or_else(|| at.error(spanned.span(), "a sums source needs sums"))?;
+    let file = regex(file_spec, "file")?;
     let versions = match (&raw.dirs, &raw.version_file) {
         (Some(_), Some(file)) => {
             return Err(at.error(file.span(), "dirs and version_file exclude each other"));
@@ -345,7 +609,7 @@ fn check_source(
         (None, None) => {
             if !file.capture_names().any(|group| group == Some("version")) {
                 return Err(at.error(
-                    raw.file.span(),
+                    file_spec.span(),
                     "without dirs or version_file, file needs a (?P<version>...) group",
                 ));
             }
@@ -360,9 +624,9 @@ fn check_source(
             "version_dir goes with version_file and may use only {version}",
         ));
     }
-    if !template_ok(raw.sums.get_ref()) || !relative_path_ok(raw.sums.get_ref()) {
+    if !template_ok(sums_spec.get_ref()) || !relative_path_ok(sums_spec.get_ref()) {
         return Err(at.error(
-            raw.sums.span(),
+            sums_spec.span(),
             "sums must be a relative path; it may use {version} and {file}",
         ));
     }
@@ -443,106 +707,106 @@ fn check_source(
             Some(path)
         }
     };
-    let mut properties = BTreeMap::new();
-    for (key, value) in &raw.properties {
-        if key.starts_with(MIRROR_PREFIX) || key.starts_with("os_glance") {
-            return Err(at.error(
-                value.span(),
-                format!("property {key} is set by the service, not the catalog"),
-            ));
-        }
-        properties.insert(key.clone(), value.get_ref().clone());
-    }
-    let visibility = raw
-        .visibility
-        .as_ref()
-        .map_or("public".to_owned(), |value| value.get_ref().clone());
-    if !matches!(
-        visibility.as_str(),
-        "public" | "private" | "shared" | "community"
-    ) {
-        let span = raw
-            .visibility
-            .as_ref()
-            .map_or(spanned.span(), Spanned::span);
-        return Err(at.error(
-            span,
-            format!("visibility {visibility:?} is not public, private, shared or community"),
-        ));
-    }
-    let refresh = match &raw.refresh {
-        Some(refresh) => {
-            parse_duration(refresh.get_ref()).map_err(|error| at.error(refresh.span(), error))?
-        }
-        None => Duration::from_secs(6 * 3600),
-    };
-    let keep = match &raw.keep {
-        Some(keep) if *keep.get_ref() == 0 => {
-            return Err(at.error(keep.span(), "keep must be at least 1"));
-        }
-        Some(keep) => *keep.get_ref(),
-        None => 3,
-    };
-    let mut allow_hosts = Vec::new();
-    for host in &raw.allow_hosts {
-        allow_hosts.push(
-            host.get_ref()
-                .parse()
-                .map_err(|error| at.error(host.span(), error))?,
-        );
-    }
-    let format = |value: &Option<Spanned<String>>, default: &str, allowed: &[&str]| {
-        let text = value
-            .as_ref()
-            .map_or(default.to_owned(), |value| value.get_ref().clone());
-        if allowed.contains(&text.as_str()) {
-            Ok(text)
-        } else {
-            let span = value.as_ref().map_or(spanned.span(), Spanned::span);
-            Err(at.error(
-                span,
-                format!("{text:?} is not one of {}", allowed.join(", ")),
-            ))
-        }
-    };
-    Ok(Source {
-        name,
-        base_url,
+    Ok(SumsPart {
         versions,
         file,
-        sums: raw.sums.get_ref().clone(),
+        sums: sums_spec.get_ref().clone(),
         signature,
         keyring,
         signers,
-        disk_format: format(
-            &raw.disk_format,
-            "qcow2",
-            &[
-                "ami", "ari", "aki", "vhd", "vhdx", "vmdk", "raw", "qcow2", "vdi", "iso", "ploop",
-            ],
-        )?,
-        container_format: format(
-            &raw.container_format,
-            "bare",
-            &[
-                "ami",
-                "ari",
-                "aki",
-                "bare",
-                "ovf",
-                "ova",
-                "docker",
-                "compressed",
-            ],
-        )?,
-        properties,
-        tags: raw.tags.clone(),
-        keep,
-        refresh,
-        visibility,
-        hide_old: raw.hide_old,
-        allow_hosts,
-        max_size: raw.max_size,
+    })
+}
+
+fn check_glance(at: &Located<'_>, spanned: &Spanned<RawSource>) -> Result<GlanceSource, String> {
+    let raw = spanned.get_ref();
+    let path = |text: &str| PathBuf::from(text);
+    let auth = match &raw.auth {
+        None => UpstreamAuth::None,
+        Some(auth) => {
+            let spec = auth.get_ref();
+            let keystone = |url: &str| {
+                let mut url = url.to_owned();
+                if !url.ends_with('/') {
+                    url.push('/');
+                }
+                reqwest::Url::parse(&url)
+                    .map_err(|error| at.error(auth.span(), format!("keystone: {error}")))
+            };
+            match spec {
+                RawAuth {
+                    key_file: Some(file),
+                    keystone: None,
+                    application_credential_id: None,
+                    application_credential_secret_file: None,
+                    username: None,
+                    password_file: None,
+                    project: None,
+                    ..
+                } => UpstreamAuth::Key(path(file)),
+                RawAuth {
+                    key_file: None,
+                    keystone: Some(url),
+                    application_credential_id: Some(id),
+                    application_credential_secret_file: Some(secret),
+                    username: None,
+                    password_file: None,
+                    ..
+                } => UpstreamAuth::AppCredential {
+                    keystone: keystone(url)?,
+                    id: id.clone(),
+                    secret_file: path(secret),
+                },
+                RawAuth {
+                    key_file: None,
+                    keystone: Some(url),
+                    application_credential_id: None,
+                    application_credential_secret_file: None,
+                    username: Some(username),
+                    password_file: Some(password),
+                    project: Some(project),
+                    user_domain,
+                    project_domain,
+                } => UpstreamAuth::Password {
+                    keystone: keystone(url)?,
+                    username: username.clone(),
+                    password_file: path(password),
+                    project: project.clone(),
+                    user_domain: user_domain.clone().unwrap_or_else(|| "Default".to_owned()),
+                    project_domain: project_domain
+                        .clone()
+                        .unwrap_or_else(|| "Default".to_owned()),
+                },
+                _ => {
+                    return Err(at.error(
+                        auth.span(),
+                        "auth takes key_file; or keystone with application_credential_id and application_credential_secret_file; or keystone with username, password_file and project",
+                    ));
+                }
+            }
+        }
+    };
+    let delete_grace = match &raw.delete_grace {
+        Some(grace) => {
+            parse_duration(grace.get_ref()).map_err(|error| at.error(grace.span(), error))?
+        }
+        None => Duration::from_secs(24 * 3600),
+    };
+    Ok(GlanceSource {
+        auth,
+        filters: raw
+            .filters
+            .iter()
+            .map(|(key, value)| (key.clone(), value.clone()))
+            .collect(),
+        preserve_ids: raw.preserve_ids.unwrap_or(true),
+        copy_properties: raw.copy_properties.clone().unwrap_or_else(|| {
+            DEFAULT_COPY_PROPERTIES
+                .iter()
+                .map(|rule| (*rule).to_owned())
+                .collect()
+        }),
+        follow_deletes: raw.follow_deletes,
+        delete_grace,
     })
 }
 
@@ -593,7 +857,8 @@ signature = { none = "CirrOS publishes no signatures" }
             (format!("{GOOD}properties = {{ ocellus_mirror_trust = \"x\" }}\n"), "set by the service"),
             (format!("{GOOD}keep = 0\n"), "keep must be at least 1"),
             (format!("{GOOD}refresh = \"soon\"\n"), "not a duration"),
-            (GOOD.replace("kind = \"sums\"", "kind = \"glance\""), "not implemented in this build"),
+            (GOOD.replace("kind = \"sums\"", "kind = \"simplestreams\""), "not implemented in this build"),
+            (GOOD.replace("kind = \"sums\"", "kind = \"glance\""), "takes no file, sums"),
             (GOOD.replace("{version}/SHA256SUMS", "../SHA256SUMS"), "relative path"),
             (format!("{GOOD}{GOOD}"), "a second source named"),
         ];
@@ -651,7 +916,8 @@ signature = { none = "CirrOS publishes no signatures" }
                 "fedora-41",
                 "almalinux-9",
                 "cirros",
-                "alpine-3.20"
+                "alpine-3.20",
+                "site-glance"
             ]
         );
     }

@@ -78,7 +78,7 @@ pub enum MirrorCommand {
         target: KeyTarget,
     },
     /// Write an air-gapped bundle of the mirrored images: manifest.json (metadata, digests,
-    /// trust, the vendor's digest file and signature) and blobs/<blake3>. Needs the server
+    /// trust, the vendor's digest file and signature) and `blobs/<blake3>`. Needs the server
     /// stopped
     Export {
         /// Sources, by name [default: all]
@@ -170,7 +170,7 @@ pub fn run(command: MirrorCommand) -> Result<Exit, String> {
                     runtime()?.block_on(async {
                         let mut plans = Vec::new();
                         for source in chosen {
-                            plans.push(match mirror.plan(&catalog, source).await {
+                            plans.push(match mirror.plan_value(&catalog, source).await {
                                 Ok(plan) => json!({"source": source.name, "plan": plan}),
                                 Err(error) => json!({"source": source.name, "error": error}),
                             });

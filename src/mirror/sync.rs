@@ -25,7 +25,8 @@ use crate::kv::{Batch, ImageId, ImageRecord, ImageStatus, Visibility};
 use crate::store::{Store, StoreError};
 
 /// The namespace of mirrored image ids (a fixed random UUID).
-const ID_NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x4f1c_6a2e_93d5_4b7e_a0c8_5e21_7d9b_3f64);
+pub(super) const ID_NAMESPACE: uuid::Uuid =
+    uuid::Uuid::from_u128(0x4f1c_6a2e_93d5_4b7e_a0c8_5e21_7d9b_3f64);
 /// The tag that follows the newest version.
 pub const LATEST_TAG: &str = "latest";
 /// The longest wait after failures.
@@ -61,6 +62,10 @@ pub struct SourceState {
     /// Image bytes downloaded by the last run.
     #[serde(default)]
     pub last_bytes: u64,
+    /// For a glance source: copies whose upstream image is gone, and since when (Unix
+    /// seconds).
+    #[serde(default)]
+    pub missing: std::collections::BTreeMap<String, i64>,
 }
 
 /// How a sync of one source ended.
@@ -318,7 +323,7 @@ impl Mirror {
         &self.owner
     }
 
-    fn fetcher(&self, source: &Source) -> Result<Fetcher, String> {
+    pub(super) fn fetcher(&self, source: &Source) -> Result<Fetcher, String> {
         let mut rules = self.rules.clone();
         rules.allow.extend(source.allow_hosts.iter().cloned());
         Fetcher::new(rules)
@@ -492,6 +497,20 @@ impl Mirror {
             .ok_or_else(|| "the digest document answered 304 unasked".into())
     }
 
+    /// `plan` as JSON, for any kind: a digest-file source's candidate, or a glance source's
+    /// counts (its upstream listing against the copies here).
+    pub async fn plan_value(
+        &self,
+        catalog: &Catalog,
+        source: &Source,
+    ) -> Result<serde_json::Value, String> {
+        match &source.glance {
+            Some(glance) => self.plan_glance(source, glance).await,
+            None => serde_json::to_value(self.plan(catalog, source).await?)
+                .map_err(|error| error.to_string()),
+        }
+    }
+
     /// Syncs one source now (backoff does not hold back a sync asked for).
     pub async fn sync(&self, catalog: &Catalog, source: &Source) -> Report {
         let _one = self.running.lock().await;
@@ -500,7 +519,7 @@ impl Mirror {
         state.last_attempt = Some(now_secs(now));
         let outcome = self.sync_inner(catalog, source, &mut state).await;
         let report = match outcome {
-            Ok((outcome, candidate, bytes)) => {
+            Ok((outcome, candidate, bytes, summary)) => {
                 state.failures = 0;
                 state.last_error = None;
                 state.last_success = Some(now_secs(SystemTime::now()));
@@ -512,10 +531,10 @@ impl Mirror {
                 }
                 Report {
                     source: source.name.clone(),
-                    message: match outcome {
+                    message: summary.unwrap_or_else(|| match outcome {
                         Outcome::Published => format!("published, {bytes} bytes downloaded"),
                         _ => "up to date".to_owned(),
-                    },
+                    }),
                     outcome,
                     version: state.version.clone(),
                     image: state.image.clone(),
@@ -549,9 +568,14 @@ impl Mirror {
         catalog: &Catalog,
         source: &Source,
         state: &mut SourceState,
-    ) -> Result<(Outcome, Option<Candidate>, u64), (String, u64)> {
+    ) -> Result<(Outcome, Option<Candidate>, u64, Option<String>), (String, u64)> {
         let fail = |message: String| (message, 0);
         let fetcher = self.fetcher(source).map_err(fail)?;
+        if let Some(glance) = &source.glance {
+            let (outcome, bytes, summary) =
+                self.sync_glance(source, glance, &fetcher, state).await?;
+            return Ok((outcome, None, bytes, Some(summary)));
+        }
         // The digest document is fetched conditionally only while the image it led to is
         // still here: otherwise it is read again.
         let current = state
@@ -571,14 +595,14 @@ impl Mirror {
             .await
             .map_err(fail)?;
         let Some((candidate, sums_url, seen)) = resolved else {
-            return Ok((Outcome::UpToDate, None, 0));
+            return Ok((Outcome::UpToDate, None, 0, None));
         };
         state.sums_url = Some(sums_url);
         state.validators = seen;
         if candidate.present {
             let id = ImageId::parse(&candidate.image).ok_or_else(|| fail("bad id".into()))?;
             self.promote(source, id).map_err(fail)?;
-            return Ok((Outcome::UpToDate, Some(candidate), 0));
+            return Ok((Outcome::UpToDate, Some(candidate), 0, None));
         }
         let bytes = Arc::new(Mutex::new(0u64));
         let outcome = self
@@ -586,7 +610,7 @@ impl Mirror {
             .await;
         let moved = *bytes.lock().unwrap_or_else(|poison| poison.into_inner());
         outcome.map_err(|message| (message, moved))?;
-        Ok((Outcome::Published, Some(candidate), moved))
+        Ok((Outcome::Published, Some(candidate), moved, None))
     }
 
     async fn download_and_publish(

@@ -30,6 +30,15 @@ impl Detached {
         self.received.size
     }
 
+    /// MD5 of the bytes, hex (Glance's `checksum`).
+    pub fn md5_hex(&self) -> String {
+        self.received
+            .md5
+            .iter()
+            .map(|byte| format!("{byte:02x}"))
+            .collect()
+    }
+
     pub fn inspection(&self) -> &Inspection {
         &self.received.inspection
     }

@@ -969,3 +969,130 @@ async fn bundles_carry_images_offline_and_are_checked_again_on_import() {
     assert_eq!(code, 1);
     assert!(out.contains("not by the required"), "{out}");
 }
+
+#[tokio::test]
+async fn an_upstream_glance_is_copied_page_by_page_kept_in_step_and_its_deletions_hidden() {
+    use super::keys_support::{split_key, start_keys_server};
+    let (upstream, admin) = start_keys_server(0).await;
+    let work = tempfile::tempdir().unwrap();
+    let mut made = Vec::new();
+    for index in 0..5u64 {
+        let bytes = qcow2(work.path(), 80 + index);
+        let (status, image) = upstream
+            .json(
+                upstream
+                    .request(Method::POST, "/v2/images")
+                    .header("X-Auth-Token", &admin)
+                    .json(&json!({
+                        "name": format!("golden-{index}"),
+                        "disk_format": "qcow2",
+                        "container_format": "bare",
+                        "visibility": "public",
+                        "hw_disk_bus": "virtio",
+                        "os_distro": "cirros",
+                        "owner_note": "not copied",
+                        "tags": ["golden"],
+                    })),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{image}");
+        let id = image["id"].as_str().unwrap().to_owned();
+        let status = upstream
+            .request(Method::PUT, &format!("/v2/images/{id}/file"))
+            .header("X-Auth-Token", &admin)
+            .header("Content-Type", "application/octet-stream")
+            .body(bytes.clone())
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status, StatusCode::NO_CONTENT);
+        made.push((id, bytes));
+    }
+    let (key_id, secret) = split_key(&admin);
+    std::fs::write(work.path().join("upstream.secret"), format!("{secret}\n")).unwrap();
+    let catalog = format!(
+        r#"
+[[source]]
+name = "lab-glance"
+kind = "glance"
+base_url = "{base}"
+auth = {{ keystone = "{base}/v3", application_credential_id = "{key_id}", application_credential_secret_file = "{secret}" }}
+filters = {{ visibility = "public", limit = "2" }}
+delete_grace = "1s"
+allow_insecure_http = true
+allow_hosts = ["127.0.0.1"]
+"#,
+        base = upstream.base,
+        secret = work.path().join("upstream.secret").display(),
+    );
+    let setup = Setup::new(&[], &catalog);
+    let edge = setup.server().await;
+
+    let report = sync(&edge, "lab-glance").await;
+    assert_eq!(report["outcome"], "published", "{report}");
+    assert!(
+        report["message"]
+            .as_str()
+            .unwrap()
+            .contains("5 upstream image(s): 5 copied"),
+        "{report}"
+    );
+    for (id, bytes) in &made {
+        let (status, image) = edge.show(id).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(image["hw_disk_bus"], "virtio");
+        assert_eq!(image["os_distro"], "cirros");
+        assert!(image.get("owner_note").is_none(), "{image}");
+        assert_eq!(image["ocellus_mirror_source"], "lab-glance");
+        assert_eq!(image["os_hash_value"], sha512_hex(bytes));
+        assert_eq!(&edge.download(id).await.1, bytes);
+    }
+
+    // Nothing new: no bytes move.
+    let report = sync(&edge, "lab-glance").await;
+    assert_eq!(report["outcome"], "up_to_date", "{report}");
+    assert_eq!(report["bytes"], 0);
+
+    // A rename upstream reaches the copy; a deletion hides it once the grace is over.
+    let (first, _) = &made[0];
+    let (status, _) = upstream
+        .json(
+            upstream
+                .request(Method::PATCH, &format!("/v2/images/{first}"))
+                .header("X-Auth-Token", &admin)
+                .header(
+                    "Content-Type",
+                    "application/openstack-images-v2.1-json-patch",
+                )
+                .json(&json!([{"op": "replace", "path": "/name", "value": "golden-renamed"}])),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (gone, _) = &made[1];
+    let status = upstream
+        .request(Method::DELETE, &format!("/v2/images/{gone}"))
+        .header("X-Auth-Token", &admin)
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let report = sync(&edge, "lab-glance").await;
+    assert_eq!(report["outcome"], "up_to_date", "{report}");
+    assert_eq!(edge.show(first).await.1["name"], "golden-renamed");
+    assert_eq!(edge.show(gone).await.1["os_hidden"], false);
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let report = sync(&edge, "lab-glance").await;
+    assert!(
+        report["message"]
+            .as_str()
+            .unwrap()
+            .contains("1 hidden or deleted"),
+        "{report}"
+    );
+    assert_eq!(edge.show(gone).await.1["os_hidden"], true);
+
+    edge.stop().await;
+    upstream.stop().await;
+}
