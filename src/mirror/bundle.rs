@@ -439,7 +439,7 @@ async fn import_one(
     let cap = source.max_size.unwrap_or(mirror.cap()).min(mirror.cap());
     let detached = mirror
         .store()
-        .receive_detached(body, Some(image.size), cap)
+        .receive_detached(body, Some(image.size), cap, Some(mirror.owner()))
         .await
         .map_err(|error| error.to_string())?;
     let hex = hasher

@@ -69,6 +69,11 @@ struct RawSource {
     #[serde(default)]
     follow_deletes: bool,
     delete_grace: Option<Spanned<String>>,
+    // kind = "simplestreams"
+    index: Option<String>,
+    content_id: Option<String>,
+    product: Option<Spanned<String>>,
+    ftype: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -121,6 +126,20 @@ pub const DEFAULT_COPY_PROPERTIES: &[&str] = &[
     "os_version",
     "architecture",
 ];
+
+/// What a `kind = "simplestreams"` source adds: which products of which stream.
+#[derive(Clone, Debug)]
+pub struct StreamsSource {
+    /// The index document, relative to `base_url` [default: streams/v1/index.sjson].
+    pub index: String,
+    /// The index entry whose products are read (`com.ubuntu.cloud:released:download`).
+    pub content_id: String,
+    /// Pattern of product names (`com\.ubuntu\.cloud:server:24\.04:amd64`); exactly one
+    /// product must match.
+    pub product: Regex,
+    /// The item type to take from a version [default: disk1.img].
+    pub ftype: String,
+}
 
 /// What a `kind = "glance"` source adds.
 #[derive(Clone, Debug)]
@@ -214,6 +233,9 @@ pub struct Source {
     /// For `kind = "glance"`: the upstream's settings (then the digest-file fields above are
     /// unused).
     pub glance: Option<GlanceSource>,
+    /// For `kind = "simplestreams"`: the stream and product (`signature` applies to the index
+    /// and products documents; `versions`, `file` and `sums` are unused).
+    pub streams: Option<StreamsSource>,
 }
 
 impl Source {
@@ -372,13 +394,7 @@ fn check_source(
         ));
     }
     match raw.kind.get_ref().as_str() {
-        "sums" | "glance" => {}
-        "simplestreams" => {
-            return Err(at.error(
-                raw.kind.span(),
-                "kind \"simplestreams\" is not implemented in this build; \"sums\" and \"glance\" are",
-            ));
-        }
+        "sums" | "glance" | "simplestreams" => {}
         other => {
             return Err(at.error(
                 raw.kind.span(),
@@ -448,7 +464,29 @@ fn check_source(
                 signers: Vec::new(),
             }
         }
+        None if raw.kind.get_ref() == "simplestreams" => {
+            let (signature, keyring, signers) =
+                check_trust(at, spanned, &name, keys_dir, keyrings)?;
+            if matches!(signature, SignatureRule::Detached(_)) {
+                return Err(at.error(
+                    spanned.span(),
+                    "simplestreams documents are clearsigned (signature = { clearsigned = true }) or unsigned (none)",
+                ));
+            }
+            SumsPart {
+                versions: Versions::Files,
+                file: Regex::new("^$").map_err(|error| error.to_string())?,
+                sums: String::new(),
+                signature,
+                keyring,
+                signers,
+            }
+        }
         None => check_sums(at, spanned, &name, keys_dir, keyrings)?,
+    };
+    let streams = match raw.kind.get_ref().as_str() {
+        "simplestreams" => Some(check_streams(at, spanned)?),
+        _ => None,
     };
     let mut properties = BTreeMap::new();
     for (key, value) in &raw.properties {
@@ -514,6 +552,7 @@ fn check_source(
     };
     Ok(Source {
         glance,
+        streams,
         name,
         base_url,
         versions,
@@ -630,6 +669,26 @@ fn check_sums(
             "sums must be a relative path; it may use {version} and {file}",
         ));
     }
+    let (signature, keyring, signers) = check_trust(at, spanned, name, keys_dir, keyrings)?;
+    Ok(SumsPart {
+        versions,
+        file,
+        sums: sums_spec.get_ref().clone(),
+        signature,
+        keyring,
+        signers,
+    })
+}
+
+/// The signature decision, keyring and pinned signers of a source, checked (keyrings loaded).
+fn check_trust(
+    at: &Located<'_>,
+    spanned: &Spanned<RawSource>,
+    name: &str,
+    keys_dir: &Path,
+    keyrings: &mut BTreeMap<PathBuf, Keyring>,
+) -> Result<(SignatureRule, Option<PathBuf>, Vec<String>), String> {
+    let raw = spanned.get_ref();
     let signature = match &raw.signature {
         None => {
             return Err(at.error(
@@ -707,13 +766,46 @@ fn check_sums(
             Some(path)
         }
     };
-    Ok(SumsPart {
-        versions,
-        file,
-        sums: sums_spec.get_ref().clone(),
-        signature,
-        keyring,
-        signers,
+    Ok((signature, keyring, signers))
+}
+
+fn check_streams(at: &Located<'_>, spanned: &Spanned<RawSource>) -> Result<StreamsSource, String> {
+    let raw = spanned.get_ref();
+    if raw.file.is_some() || raw.sums.is_some() || raw.dirs.is_some() || raw.version_file.is_some()
+    {
+        return Err(at.error(
+            spanned.span(),
+            "kind = \"simplestreams\" takes index, content_id, product and ftype, not file, sums, dirs or version_file",
+        ));
+    }
+    let product = raw.product.as_ref().ok_or_else(|| {
+        at.error(
+            spanned.span(),
+            "a simplestreams source needs product (a pattern of product names)",
+        )
+    })?;
+    let product_pattern = Regex::new(&format!("^(?:{})$", product.get_ref())).map_err(|error| {
+        at.error(
+            product.span(),
+            format!("product is not a valid pattern: {error}"),
+        )
+    })?;
+    let index = raw
+        .index
+        .clone()
+        .unwrap_or_else(|| "streams/v1/index.sjson".to_owned());
+    if !relative_path_ok(&index) {
+        return Err(at.error(spanned.span(), "index must be a relative path"));
+    }
+    let content_id = raw
+        .content_id
+        .clone()
+        .ok_or_else(|| at.error(spanned.span(), "a simplestreams source needs content_id (the index entry, e.g. com.ubuntu.cloud:released:download)"))?;
+    Ok(StreamsSource {
+        index,
+        content_id,
+        product: product_pattern,
+        ftype: raw.ftype.clone().unwrap_or_else(|| "disk1.img".to_owned()),
     })
 }
 
@@ -857,7 +949,7 @@ signature = { none = "CirrOS publishes no signatures" }
             (format!("{GOOD}properties = {{ ocellus_mirror_trust = \"x\" }}\n"), "set by the service"),
             (format!("{GOOD}keep = 0\n"), "keep must be at least 1"),
             (format!("{GOOD}refresh = \"soon\"\n"), "not a duration"),
-            (GOOD.replace("kind = \"sums\"", "kind = \"simplestreams\""), "not implemented in this build"),
+            (GOOD.replace("kind = \"sums\"", "kind = \"simplestreams\""), "takes index, content_id, product and ftype"),
             (GOOD.replace("kind = \"sums\"", "kind = \"glance\""), "takes no file, sums"),
             (GOOD.replace("{version}/SHA256SUMS", "../SHA256SUMS"), "relative path"),
             (format!("{GOOD}{GOOD}"), "a second source named"),
@@ -912,6 +1004,7 @@ signature = { none = "CirrOS publishes no signatures" }
             names,
             [
                 "ubuntu-24.04",
+                "ubuntu-24.04-streams",
                 "debian-12",
                 "fedora-41",
                 "almalinux-9",

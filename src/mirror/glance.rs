@@ -478,7 +478,7 @@ impl Mirror {
         // Exactly `size` bytes: one more is refused as it arrives.
         let detached = self
             .store()
-            .receive_detached(body, Some(size), size)
+            .receive_detached(body, Some(size), size, Some(self.owner()))
             .await
             .map_err(|error| format!("downloading {url}: {error}"))?;
         if detached.size() != size {

@@ -21,8 +21,10 @@ use pgp::packet::{Signature, SignatureType};
 use pgp::ser::Serialize;
 use pgp::types::{EcdsaPublicParams, EddsaLegacyPublicParams, KeyDetails, PublicParams, Tag};
 
-/// The largest keyring, signature or clearsigned document parsed.
+/// The largest keyring or signature parsed.
 pub const MAX_DOCUMENT: usize = 1 << 20;
+/// The largest clearsigned document parsed (simplestreams product files run to megabytes).
+pub const MAX_SIGNED_DOCUMENT: usize = 64 << 20;
 /// How far in the future a signature may claim to be made (clock skew).
 const FUTURE_SKEW: Duration = Duration::from_secs(300);
 /// The smallest RSA modulus accepted, in bits.
@@ -144,8 +146,10 @@ pub fn verify_clearsigned(
     document: &[u8],
     now: SystemTime,
 ) -> Result<(String, String), String> {
-    if document.len() > MAX_DOCUMENT {
-        return Err(format!("the document is larger than {MAX_DOCUMENT} bytes"));
+    if document.len() > MAX_SIGNED_DOCUMENT {
+        return Err(format!(
+            "the document is larger than {MAX_SIGNED_DOCUMENT} bytes"
+        ));
     }
     let text = std::str::from_utf8(document).map_err(|_| "the document is not UTF-8")?;
     let (message, _) = CleartextSignedMessage::from_string(text)

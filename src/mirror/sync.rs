@@ -102,6 +102,9 @@ pub struct Candidate {
     pub image: String,
     /// Whether that image is here already.
     pub present: bool,
+    /// The size the source states, when it states one (simplestreams).
+    #[serde(default)]
+    pub size: Option<u64>,
     /// The documents that vouch for it.
     #[serde(skip)]
     pub evidence: Evidence,
@@ -124,6 +127,9 @@ pub struct Evidence {
     pub algorithm: Option<sums::Algorithm>,
     pub hex: String,
     pub trust: String,
+    /// `simplestreams` when `sums` is a products document; none for a digest file.
+    #[serde(default)]
+    pub format: Option<String>,
 }
 
 mod base64_bytes {
@@ -216,13 +222,22 @@ impl Evidence {
             self.signature.as_deref(),
             https,
         )?;
-        let entries = sums::parse(&text, &self.sums_name, self.sidecar_for.as_deref())?;
-        let entry = sums::find(&entries, &self.file)?
-            .ok_or_else(|| format!("the digest document gives no digest for {}", self.file))?;
-        if Some(entry.algorithm) != self.algorithm || entry.hex != self.hex {
+        let (algorithm, hex) = if self.format.as_deref() == Some(STREAMS) {
+            let products: serde_json::Value = serde_json::from_str(&text)
+                .map_err(|error| format!("the products document: {error}"))?;
+            let (algorithm, hex, _) = streams_item(&products, &self.file)
+                .ok_or_else(|| format!("the products document has no item {}", self.file))?;
+            (algorithm, hex)
+        } else {
+            let entries = sums::parse(&text, &self.sums_name, self.sidecar_for.as_deref())?;
+            let entry = sums::find(&entries, &self.file)?
+                .ok_or_else(|| format!("the digest document gives no digest for {}", self.file))?;
+            (entry.algorithm, entry.hex.clone())
+        };
+        if Some(algorithm) != self.algorithm || hex != self.hex {
             return Err(format!(
-                "the digest document gives {} {}, not the recorded {}",
-                entry.algorithm, entry.hex, self.hex
+                "the digest document gives {algorithm} {hex}, not the recorded {}",
+                self.hex
             ));
         }
         Ok(trust)
@@ -355,6 +370,11 @@ impl Mirror {
         fetcher: &Fetcher,
         seen_before: Option<(&str, &Validators)>,
     ) -> Result<Option<(Candidate, String, Validators)>, String> {
+        if let Some(streams) = &source.streams {
+            return self
+                .resolve_streams(catalog, source, streams, fetcher, seen_before)
+                .await;
+        }
         let base = &source.base_url;
         let listing = |url: reqwest::Url| async move {
             let (bytes, _) = fetcher
@@ -472,6 +492,7 @@ impl Mirror {
             algorithm: Some(entry.algorithm),
             hex: entry.hex.clone(),
             trust: trust.clone(),
+            format: None,
         };
         let candidate = Candidate {
             evidence,
@@ -483,8 +504,149 @@ impl Mirror {
             trust,
             image: id.to_string(),
             present,
+            size: None,
         };
         Ok(Some((candidate, sums_url.to_string(), seen)))
+    }
+
+    /// Simplestreams: the index names the products document of `content_id`; the one product
+    /// the pattern matches gives its newest version with an item of `ftype`.
+    async fn resolve_streams(
+        &self,
+        catalog: &Catalog,
+        source: &Source,
+        streams: &super::catalog::StreamsSource,
+        fetcher: &Fetcher,
+        seen_before: Option<(&str, &Validators)>,
+    ) -> Result<Option<(Candidate, String, Validators)>, String> {
+        let base = &source.base_url;
+        let https = base.scheme() == "https";
+        let keyring = catalog.keyring(source);
+        let index_url = join(base, &streams.index)?;
+        let (document, _) = fetcher
+            .get_small(
+                index_url.clone(),
+                &Validators::default(),
+                MAX_STREAMS_DOCUMENT,
+            )
+            .await?
+            .ok_or_else(|| format!("{index_url} answered 304 unasked"))?;
+        let (text, _) = vouch(
+            &source.signature,
+            keyring,
+            &source.signers,
+            &document,
+            None,
+            https,
+        )
+        .map_err(|error| format!("{index_url}: {error}"))?;
+        let index: serde_json::Value =
+            serde_json::from_str(&text).map_err(|error| format!("{index_url}: {error}"))?;
+        let path = index["index"][&streams.content_id]["path"]
+            .as_str()
+            .ok_or_else(|| format!("{index_url} has no entry {}", streams.content_id))?;
+        if !path.split('/').all(|part| !part.is_empty() && part != "..") {
+            return Err(format!("{index_url} names the path {path:?}"));
+        }
+        let products_url = join(base, path)?;
+        let none = Validators::default();
+        let validators = match seen_before {
+            Some((url, validators)) if url == products_url.as_str() => validators,
+            _ => &none,
+        };
+        let Some((document, seen)) = fetcher
+            .get_small(products_url.clone(), validators, MAX_STREAMS_DOCUMENT)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let (text, trust) = vouch(
+            &source.signature,
+            keyring,
+            &source.signers,
+            &document,
+            None,
+            https,
+        )
+        .map_err(|error| format!("{products_url}: {error}"))?;
+        let products: serde_json::Value =
+            serde_json::from_str(&text).map_err(|error| format!("{products_url}: {error}"))?;
+        let all = products["products"]
+            .as_object()
+            .ok_or_else(|| format!("{products_url} lists no products"))?;
+        let matching: Vec<(&String, &serde_json::Value)> = all
+            .iter()
+            .filter(|(name, _)| streams.product.is_match(name))
+            .collect();
+        let [(product_name, product)] = matching.as_slice() else {
+            return Err(format!(
+                "{} products of {products_url} match product; exactly one must",
+                matching.len()
+            ));
+        };
+        let mut best: Option<(String, &serde_json::Value)> = None;
+        for (version, entry) in product["versions"].as_object().into_iter().flatten() {
+            let item = entry["items"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .map(|(_, item)| item)
+                .find(|item| item["ftype"].as_str() == Some(streams.ftype.as_str()));
+            let Some(item) = item else { continue };
+            let newer = best.as_ref().is_none_or(|(known, _)| {
+                discover::compare_versions(version, known) == std::cmp::Ordering::Greater
+            });
+            if newer {
+                best = Some((version.clone(), item));
+            }
+        }
+        let (version, item) = best.ok_or_else(|| {
+            format!(
+                "{product_name} has no version with an item of type {}",
+                streams.ftype
+            )
+        })?;
+        plain(&version, "version")?;
+        let path = item["path"]
+            .as_str()
+            .filter(|path| path.split('/').all(|part| !part.is_empty() && part != ".."))
+            .ok_or_else(|| format!("{product_name} {version}: an item without a usable path"))?
+            .to_owned();
+        let (algorithm, hex, size) = item_digest(item)
+            .ok_or_else(|| format!("{product_name} {version}: no SHA-256 or SHA-512 for {path}"))?;
+        let file = path.rsplit('/').next().unwrap_or(&path).to_owned();
+        plain(&file, "file")?;
+        let id = image_id(&source.name, &version, &file);
+        let present = self
+            .store
+            .image(id)
+            .map_err(|error| error.to_string())?
+            .is_some_and(|record| record.status == ImageStatus::Active);
+        let evidence = Evidence {
+            sums_url: products_url.to_string(),
+            sums_name: path.clone(),
+            sidecar_for: None,
+            sums: document,
+            signature: None,
+            file: path.clone(),
+            algorithm: Some(algorithm),
+            hex: hex.clone(),
+            trust: trust.clone(),
+            format: Some(STREAMS.to_owned()),
+        };
+        let candidate = Candidate {
+            evidence,
+            version,
+            url: join(base, &path)?.to_string(),
+            file,
+            algorithm,
+            hex,
+            trust,
+            image: id.to_string(),
+            present,
+            size,
+        };
+        Ok(Some((candidate, products_url.to_string(), seen)))
     }
 
     /// What a sync of `source` would do now: its newest version, verified, and whether it is
@@ -624,7 +786,14 @@ impl Mirror {
         let url = reqwest::Url::parse(&candidate.url).map_err(|error| error.to_string())?;
         let cap = source.max_size.unwrap_or(self.cap).min(self.cap);
         let fetched = fetcher.get(url.clone()).await?;
-        if let Some(length) = fetched.length
+        if let (Some(stated), Some(length)) = (candidate.size, fetched.length)
+            && stated != length
+        {
+            return Err(format!(
+                "{url} is {length} bytes; the signed index says {stated}"
+            ));
+        }
+        if let Some(length) = fetched.length.or(candidate.size)
             && length > cap
         {
             return Err(format!(
@@ -650,7 +819,12 @@ impl Mirror {
         });
         let detached = self
             .store
-            .receive_detached(body, fetched.length, cap)
+            .receive_detached(
+                body,
+                fetched.length.or(candidate.size),
+                cap,
+                Some(&self.owner),
+            )
             .await
             .map_err(|error| match error {
                 StoreError::NoRoom { needed, available } => {
@@ -658,7 +832,7 @@ impl Mirror {
                 }
                 other => format!("downloading {url}: {other}"),
             })?;
-        if let Some(length) = fetched.length
+        if let Some(length) = fetched.length.or(candidate.size)
             && length != detached.size()
         {
             return Err(format!(
@@ -846,6 +1020,45 @@ pub fn succession(
         write(record, changed, &mut batch);
     }
     batch
+}
+
+/// `Evidence::format` of a simplestreams products document.
+pub const STREAMS: &str = "simplestreams";
+/// The largest simplestreams document read.
+const MAX_STREAMS_DOCUMENT: usize = openpgp::MAX_SIGNED_DOCUMENT;
+
+/// The digest and size of a simplestreams item, found by its path: SHA-512 when given, else
+/// SHA-256 (MD5 alone vouches for nothing).
+fn item_digest(item: &serde_json::Value) -> Option<(sums::Algorithm, String, Option<u64>)> {
+    let size = item["size"].as_u64();
+    for (key, algorithm) in [
+        ("sha512", sums::Algorithm::Sha512),
+        ("sha256", sums::Algorithm::Sha256),
+    ] {
+        if let Some(hex) = item[key].as_str()
+            && hex.len() == algorithm.hex_len()
+            && hex.bytes().all(|byte| byte.is_ascii_hexdigit())
+        {
+            return Some((algorithm, hex.to_ascii_lowercase(), size));
+        }
+    }
+    None
+}
+
+/// The item of a products document with this path, anywhere in it.
+pub fn streams_item(
+    products: &serde_json::Value,
+    path: &str,
+) -> Option<(sums::Algorithm, String, Option<u64>)> {
+    products["products"]
+        .as_object()?
+        .values()
+        .filter_map(|product| product["versions"].as_object())
+        .flat_map(|versions| versions.values())
+        .filter_map(|version| version["items"].as_object())
+        .flat_map(|items| items.values())
+        .find(|item| item["path"].as_str() == Some(path))
+        .and_then(item_digest)
 }
 
 /// Whether a property is the mirror's own (read-only to clients).

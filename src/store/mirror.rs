@@ -18,6 +18,8 @@ use crate::kv::{Batch, ImageData, ImageRecord, KvError};
 pub struct Detached {
     received: Received,
     place: usize,
+    /// The owner's quota claim, committed when the bytes are published.
+    claim: Option<super::QuotaClaim>,
 }
 
 impl Detached {
@@ -52,6 +54,7 @@ impl Store {
         body: S,
         declared: Option<u64>,
         cap: u64,
+        owner: Option<&str>,
     ) -> Result<Detached, StoreError>
     where
         S: Stream<Item = Result<Bytes, B>>,
@@ -65,7 +68,8 @@ impl Store {
         let _slot = Store::slot(&self.uploads).await?;
         let place = self.default_place;
         let store = self.clone();
-        let (keep_free, reservation) = blocking(move || {
+        let owner = owner.map(str::to_owned);
+        let (keep_free, reservation, claim) = blocking(move || {
             let space = store.places[place].blobs.backend().space()?;
             let keep_free = store.keep_free(space);
             if let Some(space) = space {
@@ -78,19 +82,51 @@ impl Store {
                     return Err(StoreError::NoRoom { needed, available });
                 }
             }
+            // The bytes will belong to an image of `owner`: they count against its quota.
+            let claim = match &owner {
+                Some(owner) => store.claim_quota(owner, false, declared)?,
+                None => None,
+            };
             let reservation = Reservation::new(store.clone(), declared.unwrap_or(0));
-            Ok((keep_free, reservation))
+            Ok((keep_free, reservation, claim))
         })
         .await??;
         let limits = ReceiveLimits {
             max_size: cap,
             keep_free,
         };
+        let claim = Arc::new(std::sync::Mutex::new(claim));
+        let taker = claim.clone();
+        let body = futures_util::StreamExt::map(body, move |item| match item {
+            Ok(bytes) => {
+                let mut claim = taker.lock().unwrap_or_else(|poison| poison.into_inner());
+                match claim.as_mut().map(|claim| claim.take(bytes.len() as u64)) {
+                    Some(Err(refusal)) => Err(refusal.to_string()),
+                    _ => Ok(bytes),
+                }
+            }
+            Err(error) => Err(error.to_string()),
+        });
         let received = self.places[place].blobs.receive(body, limits).await;
         drop(reservation);
+        let claim = claim
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .take();
+        if let (
+            Err(_),
+            Some(super::QuotaClaim {
+                refused: Some(refusal),
+                ..
+            }),
+        ) = (&received, &claim)
+        {
+            return Err(StoreError::Quota(refusal.clone()));
+        }
         Ok(Detached {
             received: received?,
             place,
+            claim,
         })
     }
 
@@ -107,7 +143,11 @@ impl Store {
     where
         E: From<StoreError> + From<KvError>,
     {
-        let Detached { received, place } = detached;
+        let Detached {
+            received,
+            place,
+            mut claim,
+        } = detached;
         let digest = received.digest;
         let blobs = &self.places[place].blobs;
         let store_id = self.places[place].spec.id.clone();
@@ -138,6 +178,9 @@ impl Store {
         }
         match outcome? {
             Some(unreferenced) => {
+                if let Some(claim) = claim.as_mut() {
+                    claim.commit();
+                }
                 self.release(&unreferenced);
                 Ok(Some(()))
             }

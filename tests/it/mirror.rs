@@ -38,10 +38,15 @@ impl Setup {
     }
 
     async fn server(&self) -> Server {
+        self.server_with(|_| {}).await
+    }
+
+    async fn server_with(&self, adjust: impl FnOnce(&mut ocellus::config::Config)) -> Server {
         let catalog = self.catalog();
         Server::start_with(move |config| {
             config.mirror_catalog = Some(catalog);
             config.mirror_refresher = false;
+            adjust(config);
         })
         .await
     }
@@ -200,6 +205,19 @@ async fn an_ubuntu_like_source_is_mirrored_renamed_kept_and_not_fetched_twice() 
         )
         .await;
     assert_eq!(status, StatusCode::FORBIDDEN);
+    // v1's purge of properties leaves them too.
+    let status = server
+        .request(Method::PUT, &format!("/v1/images/{id}"))
+        .header("x-image-meta-property-note", "mine")
+        .header("x-glance-registry-purge-props", "true")
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, StatusCode::OK);
+    let (_, shown) = server.show(&id).await;
+    assert_eq!(shown["note"], "mine");
+    assert_eq!(shown["ocellus_mirror_source"], "ubuntu-24.04", "{shown}");
 
     // Newer versions: the name moves in one step while a client keeps listing it.
     let lister = {
@@ -1095,4 +1113,127 @@ allow_hosts = ["127.0.0.1"]
 
     edge.stop().await;
     upstream.stop().await;
+}
+
+#[tokio::test]
+async fn a_simplestreams_source_follows_its_clearsigned_index() {
+    let gpg = Gpg::shared();
+    let vendor = Vendor::start().await;
+    let work = tempfile::tempdir().unwrap();
+    let old = qcow2(work.path(), 91);
+    let new = qcow2(work.path(), 92);
+    let item = |path: &str, bytes: &[u8]| {
+        json!({"ftype": "disk1.img", "path": path, "sha256": sha256_hex(bytes),
+               "size": bytes.len(), "md5": "0123"})
+    };
+    let old_path = "server/releases/noble/release-20240401/ubuntu-24.04-server-cloudimg-amd64.img";
+    let new_path = "server/releases/noble/release-20240423/ubuntu-24.04-server-cloudimg-amd64.img";
+    vendor.put(old_path, old.clone());
+    vendor.put(new_path, new.clone());
+    let products = json!({
+        "content_id": "com.ubuntu.cloud:released:download",
+        "format": "products:1.0",
+        "products": {
+            "com.ubuntu.cloud:server:24.04:amd64": {"arch": "amd64", "versions": {
+                "20240401": {"items": {"disk1.img": item(old_path, &old)}},
+                "20240423": {"items": {"disk1.img": item(new_path, &new),
+                                        "root.tar.xz": {"ftype": "root.tar.xz", "path": "x", "sha256": sha256_hex(b"x")}}},
+            }},
+            "com.ubuntu.cloud:server:24.04:arm64": {"arch": "arm64", "versions": {}},
+        }
+    });
+    let index = json!({"format": "index:1.0", "index": {
+        "com.ubuntu.cloud:released:download": {
+            "datatype": "image-downloads", "format": "products:1.0",
+            "path": "streams/v1/com.ubuntu.cloud:released:download.sjson",
+            "products": ["com.ubuntu.cloud:server:24.04:amd64"]}}});
+    let sign = |value: &Value| {
+        gpg.clearsign(
+            &gpg.rsa,
+            serde_json::to_string_pretty(value).unwrap().as_bytes(),
+        )
+    };
+    vendor.put("streams/v1/index.sjson", sign(&index));
+    vendor.put(
+        "streams/v1/com.ubuntu.cloud:released:download.sjson",
+        sign(&products),
+    );
+    let catalog = format!(
+        r#"
+[[source]]
+name = "ubuntu-noble"
+kind = "simplestreams"
+base_url = "{}/"
+content_id = "com.ubuntu.cloud:released:download"
+product = 'com\.ubuntu\.cloud:server:24\.04:amd64'
+signature = {{ clearsigned = true }}
+keyring = "vendor.asc"
+signers = ["{}"]
+allow_insecure_http = true
+allow_hosts = ["127.0.0.1"]
+"#,
+        vendor.base, gpg.rsa
+    );
+    let setup = Setup::new(&[&gpg.rsa], &catalog);
+    let server = setup.server().await;
+    let report = sync(&server, "ubuntu-noble").await;
+    assert_eq!(report["outcome"], "published", "{report}");
+    assert_eq!(report["version"], "20240423");
+    let images = named(&server, "ubuntu-noble").await;
+    assert_eq!(images.len(), 1);
+    assert_eq!(
+        images[0]["ocellus_mirror_trust"],
+        format!("openpgp:{}", gpg.rsa)
+    );
+    let id = images[0]["id"].as_str().unwrap().to_owned();
+    assert_eq!(server.download(&id).await.1, new);
+    assert_eq!(sync(&server, "ubuntu-noble").await["outcome"], "up_to_date");
+    let (_, verified) = server
+        .json(
+            server
+                .request(Method::POST, "/ocellus/v1/mirror/verify")
+                .json(&json!({"sources": ["ubuntu-noble"]})),
+        )
+        .await;
+    assert_eq!(verified["images"][0]["ok"], true, "{verified}");
+
+    // A products document changed after signing is refused, and nothing changes.
+    let mut tampered =
+        String::from_utf8(vendor.get("streams/v1/com.ubuntu.cloud:released:download.sjson"))
+            .unwrap();
+    tampered = tampered.replace("20240423", "20240424");
+    vendor.put(
+        "streams/v1/com.ubuntu.cloud:released:download.sjson",
+        tampered,
+    );
+    let report = sync(&server, "ubuntu-noble").await;
+    assert_eq!(report["outcome"], "failed", "{report}");
+    assert!(
+        report["message"].as_str().unwrap().contains("signature"),
+        "{report}"
+    );
+    assert_eq!(named(&server, "ubuntu-noble").await[0]["id"], id.as_str());
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn the_owners_quota_and_the_free_space_are_admitted_before_a_download() {
+    let gpg = Gpg::shared();
+    let vendor = Vendor::start().await;
+    let work = tempfile::tempdir().unwrap();
+    ubuntu_version(&vendor, work.path(), "20240101", 101);
+    let setup = Setup::new(&[&gpg.ed25519], &ubuntu_catalog(&vendor, ""));
+    let server = setup
+        .server_with(|config| config.store.quotas.image_size_total = Some(100_000))
+        .await;
+    let report = sync(&server, "ubuntu-24.04").await;
+    assert_nothing_kept(&server, &report, "image_size_total").await;
+    server.stop().await;
+    // More than the free space above the reserve.
+    let server = setup
+        .server_with(|config| config.store.min_free_space = Some(u64::MAX / 4))
+        .await;
+    let report = sync(&server, "ubuntu-24.04").await;
+    assert_nothing_kept(&server, &report, "no room").await;
+    server.stop().await;
 }

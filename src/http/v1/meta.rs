@@ -241,9 +241,10 @@ impl ImageMeta {
             _ => {}
         }
         if self.purge_properties {
-            record
-                .properties
-                .retain(|key, _| key.starts_with("os_glance"));
+            // The server's own properties stay: import state and the mirror's provenance.
+            record.properties.retain(|key, _| {
+                key.starts_with("os_glance") || crate::mirror::sync::is_mirror_property(key)
+            });
         }
         for (key, value) in &self.properties {
             apply_property(record, key, &Value::String(value.clone()), caller)?;
