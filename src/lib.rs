@@ -93,9 +93,16 @@ pub fn open(config: config::Config) -> Result<AppState, OpenError> {
             path.clone(),
         ))
     });
+    // The catalog's mode is read once, at start: an edge refuses writes from its first request.
+    let edge = mirror.as_ref().and_then(|service| {
+        let settings = service.catalog().ok()?.edge?;
+        tracing::info!(source = %settings.source, "serving as an edge cache");
+        Some(Arc::new(mirror::edge::Edge::new(settings, service.clone())))
+    });
     Ok(AppState {
         store,
         mirror,
+        edge,
         config: Arc::new(config),
         identity: Arc::new(identity),
         tls,

@@ -85,6 +85,9 @@ pub struct Metrics {
     mirror_syncs: Family<MirrorLabels, Counter>,
     mirror_fetched: Family<SourceLabel, Counter>,
     mirror_last_success: Family<SourceLabel, Gauge>,
+    /// The edge cache's counters, and what was last added to them.
+    edge: [Counter; 5],
+    edge_reported: Mutex<[u64; 5]>,
     /// Rendering updates the store gauges and then encodes; one scrape at a time.
     render: Mutex<()>,
 }
@@ -237,8 +240,43 @@ impl Metrics {
             "Unix time of the last sync of each source that did not fail",
             mirror_last_success.clone(),
         );
+        let edge: [Counter; 5] = Default::default();
+        for (counter, (name, help, unit)) in edge.iter().zip([
+            (
+                "edge_hits",
+                "Downloads the edge cache served from its own bytes",
+                None,
+            ),
+            (
+                "edge_misses",
+                "Downloads that made the edge cache fetch from its upstream",
+                None,
+            ),
+            (
+                "edge_fetched",
+                "Bytes the edge cache fetched from its upstream",
+                Some(Unit::Bytes),
+            ),
+            (
+                "edge_served",
+                "Bytes of cached images the edge cache served",
+                Some(Unit::Bytes),
+            ),
+            (
+                "edge_evictions",
+                "Cached images whose bytes the edge cache evicted",
+                None,
+            ),
+        ]) {
+            match unit {
+                Some(unit) => registry.register_with_unit(name, help, unit, counter.clone()),
+                None => registry.register(name, help, counter.clone()),
+            }
+        }
         Metrics {
             registry,
+            edge,
+            edge_reported: Mutex::new([0; 5]),
             requests,
             latency,
             received,
@@ -261,6 +299,19 @@ impl Metrics {
             mirror_fetched,
             mirror_last_success,
             render: Mutex::new(()),
+        }
+    }
+
+    /// Brings the edge cache's counters up to `figures` (hits, misses, bytes fetched, bytes
+    /// served, evictions).
+    pub fn set_edge(&self, figures: [u64; 5]) {
+        let mut reported = self
+            .edge_reported
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        for ((counter, last), now) in self.edge.iter().zip(reported.iter_mut()).zip(figures) {
+            counter.inc_by(now.saturating_sub(*last));
+            *last = now.max(*last);
         }
     }
 

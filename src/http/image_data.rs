@@ -332,8 +332,29 @@ pub async fn download_image_data(
         ImageStatus::Uploading | ImageStatus::Importing
     );
     let Some(data) = record.data.as_ref().filter(|_| !staged) else {
+        if let Some(edge) = state.edge.clone()
+            && edge.fetches(&record)
+        {
+            return pull_through(&state, &caller, edge, record, &headers).await;
+        }
         return Ok(no_content());
     };
+    if let Some(edge) = &state.edge
+        && crate::mirror::sync::of_source(&record, &edge.settings.source)
+    {
+        edge.hit(record.id, data.size);
+    }
+    let data = data.clone();
+    serve_data(&state, &record, &data, &headers).await
+}
+
+/// Serves an image's bytes (whole or one range) from the store.
+async fn serve_data(
+    state: &AppState,
+    record: &crate::kv::ImageRecord,
+    data: &crate::kv::ImageData,
+    headers: &HeaderMap,
+) -> Result<Response, Error> {
     // A bucket store with presigned downloads sends the client to the engine itself.
     let store = state.store.clone();
     let presign = data.clone();
@@ -345,7 +366,7 @@ pub async fn download_image_data(
         return Ok(response);
     }
     let size = data.size;
-    let (status, first, length) = match parse_range(&headers, size) {
+    let (status, first, length) = match parse_range(headers, size) {
         Ok(None) => (StatusCode::OK, 0, size),
         Ok(Some((first, last))) => (StatusCode::PARTIAL_CONTENT, first, last - first + 1),
         Err(RangeRefusal::Several) => {
@@ -375,7 +396,7 @@ pub async fn download_image_data(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/octet-stream"),
     );
-    if let Some(md5) = checksum(&record).and_then(|sum| HeaderValue::from_str(&sum).ok()) {
+    if let Some(md5) = checksum(record).and_then(|sum| HeaderValue::from_str(&sum).ok()) {
         response_headers.insert("Content-MD5", md5);
     }
     response_headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
@@ -386,6 +407,70 @@ pub async fn download_image_data(
         response_headers.insert(header::CONTENT_RANGE, value);
     }
     Ok(response.into_response())
+}
+
+/// A download of an edge cache's image whose bytes are not here: the request that starts the
+/// fetch streams the bytes as they arrive (unless it asked for a range); the others wait for
+/// that fetch and are then served from the store.
+async fn pull_through(
+    state: &AppState,
+    caller: &Caller,
+    edge: std::sync::Arc<crate::mirror::edge::Edge>,
+    record: crate::kv::ImageRecord,
+    headers: &HeaderMap,
+) -> Result<Response, Error> {
+    use crate::mirror::edge::{Begin, Edge};
+    let ranged = headers.contains_key(header::RANGE);
+    let size = record
+        .properties
+        .get(crate::mirror::glance::PROP_UPSTREAM_SIZE)
+        .and_then(|size| size.parse::<u64>().ok());
+    let id = record.id.to_string();
+    match edge.begin(record.clone(), !ranged).await {
+        Begin::Stream(receiver) => {
+            let stream = futures_util::stream::unfold(receiver, |mut receiver| async move {
+                receiver.recv().await.map(|item| (item, receiver))
+            });
+            let mut response = Response::new(Body::from_stream(stream));
+            let response_headers = response.headers_mut();
+            response_headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            );
+            if let Some(size) = size {
+                response_headers.insert(header::CONTENT_LENGTH, HeaderValue::from(size));
+            }
+            if let Some(md5) = record
+                .properties
+                .get(crate::mirror::glance::PROP_UPSTREAM_CHECKSUM)
+                .and_then(|sum| HeaderValue::from_str(sum).ok())
+            {
+                response_headers.insert("Content-MD5", md5);
+            }
+            Ok(response)
+        }
+        waited @ (Begin::Wait(_) | Begin::Ready) => {
+            if let Begin::Wait(done) = waited {
+                Edge::wait(done).await.map_err(|error| {
+                    Error::new(
+                        StatusCode::BAD_GATEWAY,
+                        format!(
+                            "The edge cache could not fetch the image from its upstream: {error}"
+                        ),
+                    )
+                })?;
+            }
+            let record = load_visible(state, caller, &id).await?;
+            let Some(data) = record.data.clone() else {
+                return Err(Error::new(
+                    StatusCode::BAD_GATEWAY,
+                    "The image's bytes left the edge cache before they could be served; try again",
+                ));
+            };
+            edge.hit(record.id, data.size);
+            serve_data(state, &record, &data, headers).await
+        }
+    }
 }
 
 #[cfg(test)]

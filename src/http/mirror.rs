@@ -47,9 +47,16 @@ pub async fn status(
 ) -> Result<Json<Value>, Error> {
     require_admin(&state, &caller, &parts)?;
     let service = service(&state)?;
-    let view = tokio::task::spawn_blocking(move || service.status())
-        .await
-        .map_err(|_| Error::internal())?;
+    let edge = state.edge.clone();
+    let view = tokio::task::spawn_blocking(move || {
+        let mut view = service.status();
+        if let Some(edge) = edge {
+            view["edge"] = edge.view();
+        }
+        view
+    })
+    .await
+    .map_err(|_| Error::internal())?;
     Ok(Json(view))
 }
 

@@ -67,6 +67,8 @@ pub struct AppState {
     pub importer: Arc<crate::importer::Importer>,
     /// The mirror, when `mirror_catalog` is set.
     pub mirror: Option<Arc<crate::mirror::service::MirrorService>>,
+    /// The edge cache, when the catalog says `mode = "edge"`.
+    pub edge: Option<Arc<crate::mirror::edge::Edge>>,
 }
 
 /// The whole route table.
@@ -345,6 +347,7 @@ pub fn router(state: AppState) -> Router {
             resource("DELETE", axum::routing::delete(admin::revoke_key)),
         )
         .merge(v1_routes(&state))
+        .route_layer(middleware::from_fn_with_state(state.clone(), edge_guard))
         .route_layer(middleware::from_fn(observe::note_route))
         .fallback(discovery::unrouted)
         .layer(middleware::from_fn_with_state(
@@ -352,6 +355,34 @@ pub fn router(state: AppState) -> Router {
             finish_response,
         ))
         .with_state(state)
+}
+
+/// An edge cache serves the read side only: changes to images are made at its upstream and
+/// reach it with the next refresh, so writes get a 403 that says where to go.
+async fn edge_guard(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    request: axum::extract::Request,
+    next: middleware::Next,
+) -> Response {
+    let write = !matches!(
+        *request.method(),
+        axum::http::Method::GET | axum::http::Method::HEAD | axum::http::Method::OPTIONS
+    );
+    let path = request.uri().path();
+    let image_path = ["/v2/images", "/v1/images", "/v2/stores"]
+        .iter()
+        .any(|prefix| path.starts_with(prefix));
+    if let Some(edge) = &state.edge
+        && write
+        && image_path
+    {
+        return Error::forbidden(format!(
+            "This server is an edge cache of the images of source '{}'; change images at its upstream, and the change reaches this edge with its next refresh.",
+            edge.settings.source
+        ))
+        .into_response();
+    }
+    next.run(request).await
 }
 
 /// The legacy v1 API's routes, when `enable_v1_api` is on (else `/v1` paths get the versions

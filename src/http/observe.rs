@@ -256,6 +256,19 @@ pub async fn metrics(State(state): State<AppState>, request: Request) -> Result<
     let store = state.store.clone();
     let (stats, scrub) =
         super::blocking(move || Ok::<_, Error>((store.stats()?, store.scrub_stats()?))).await?;
+    if let Some(edge) = &state.edge {
+        let counter = |counter: &std::sync::atomic::AtomicU64| {
+            counter.load(std::sync::atomic::Ordering::Relaxed)
+        };
+        let counters = &edge.counters;
+        state.metrics.set_edge([
+            counter(&counters.hits),
+            counter(&counters.misses),
+            counter(&counters.fetched_bytes),
+            counter(&counters.served_bytes),
+            counter(&counters.evictions),
+        ]);
+    }
     let text = state.metrics.render(&stats, &scrub);
     Ok((
         [(

@@ -113,7 +113,20 @@ impl serde::Serialize for ImageJson<'_> {
         let record = self.0;
         // Staged data (an image `uploading` or `importing`) shows its size only, as in Glance:
         // its hashes and virtual size appear once it is imported.
-        let size = record.data.as_ref().map(|data| data.size);
+        // An image whose bytes are not here yet (an edge cache's) shows what its upstream
+        // states of them.
+        let upstream = |key: &str| {
+            record
+                .data
+                .is_none()
+                .then(|| record.properties.get(key))
+                .flatten()
+        };
+        let size = record.data.as_ref().map(|data| data.size).or_else(|| {
+            upstream(crate::mirror::glance::PROP_UPSTREAM_SIZE).and_then(|size| size.parse().ok())
+        });
+        let upstream_hash = upstream(crate::mirror::glance::PROP_UPSTREAM_HASH)
+            .and_then(|text| text.split_once(':'));
         let data = record.data.as_ref().filter(|_| {
             !matches!(
                 record.status,
@@ -134,14 +147,28 @@ impl serde::Serialize for ImageJson<'_> {
         map.serialize_entry("size", &size)?;
         map.serialize_entry("virtual_size", &data.and_then(|data| data.virtual_size))?;
         map.serialize_entry("status", record.status.as_str())?;
-        map.serialize_entry("checksum", &checksum(record))?;
+        map.serialize_entry(
+            "checksum",
+            &checksum(record)
+                .or_else(|| upstream(crate::mirror::glance::PROP_UPSTREAM_CHECKSUM).cloned()),
+        )?;
         map.serialize_entry("protected", &record.protected)?;
         map.serialize_entry("min_ram", &record.min_ram)?;
         map.serialize_entry("min_disk", &record.min_disk)?;
         map.serialize_entry("owner", &record.owner)?;
         map.serialize_entry("os_hidden", &record.os_hidden)?;
-        map.serialize_entry("os_hash_algo", &data.map(|_| "sha512"))?;
-        map.serialize_entry("os_hash_value", &data.map(|data| hex(&data.sha512)))?;
+        map.serialize_entry(
+            "os_hash_algo",
+            &data
+                .map(|_| "sha512")
+                .or(upstream_hash.map(|(algorithm, _)| algorithm)),
+        )?;
+        map.serialize_entry(
+            "os_hash_value",
+            &data
+                .map(|data| hex(&data.sha512))
+                .or(upstream_hash.map(|(_, hex)| hex.to_owned())),
+        )?;
         map.serialize_entry("id", &id)?;
         map.serialize_entry("created_at", &format_time(record.created_at))?;
         map.serialize_entry("updated_at", &format_time(record.updated_at))?;

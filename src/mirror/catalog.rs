@@ -25,8 +25,65 @@ pub const MIRROR_PREFIX: &str = "ocellus_mirror_";
 struct RawCatalog {
     /// Where `keyring` paths are looked up [default: `keys/` beside the catalog].
     keys_dir: Option<Spanned<String>>,
+    /// "mirror" (copy what the sources offer) or "edge" (a pull-through cache of one
+    /// upstream Glance) [default: mirror].
+    mode: Option<Spanned<String>>,
+    edge: Option<Spanned<RawEdge>>,
     #[serde(default)]
     source: Vec<Spanned<RawSource>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEdge {
+    source: Spanned<String>,
+    cache_max_bytes: Option<u64>,
+    #[serde(default)]
+    pin_tags: Vec<String>,
+    #[serde(default)]
+    pin_names: Vec<String>,
+    writes: Option<Spanned<String>>,
+    reconcile: Option<Spanned<String>>,
+}
+
+/// `mode = "edge"`: this server is a pull-through cache of one upstream Glance.
+#[derive(Clone, Debug)]
+pub struct EdgeSettings {
+    /// The `kind = "glance"` source that is the upstream.
+    pub source: String,
+    /// Bytes of cached images kept at most; least recently used unpinned images are evicted
+    /// beyond it [default: no limit].
+    pub cache_max_bytes: Option<u64>,
+    /// Images with one of these tags are never evicted.
+    pub pin_tags: Vec<String>,
+    /// Images whose name matches one of these patterns (`*` for any text) are never evicted.
+    pub pin_names: Vec<String>,
+    /// How often the whole upstream catalog is listed (deletions); between, only what changed
+    /// (`updated_at=gte:`) [default: 1h].
+    pub reconcile: Duration,
+}
+
+impl EdgeSettings {
+    /// Whether an image is pinned in the cache.
+    pub fn pinned(&self, name: Option<&str>, tags: &[String]) -> bool {
+        tags.iter().any(|tag| self.pin_tags.contains(tag))
+            || name.is_some_and(|name| self.pin_names.iter().any(|pattern| glob(pattern, name)))
+    }
+}
+
+/// `*` matches any text; everything else itself.
+fn glob(pattern: &str, text: &str) -> bool {
+    match pattern.split_once('*') {
+        None => pattern == text,
+        Some((head, rest)) => {
+            let Some(tail) = text.strip_prefix(head) else {
+                return false;
+            };
+            (0..=tail.len())
+                .filter(|&at| tail.is_char_boundary(at))
+                .any(|at| glob(rest, &tail[at..]))
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -251,6 +308,8 @@ pub struct Catalog {
     pub path: PathBuf,
     pub sources: Vec<Source>,
     pub keyrings: BTreeMap<PathBuf, Keyring>,
+    /// Set in `mode = "edge"`.
+    pub edge: Option<EdgeSettings>,
 }
 
 impl Catalog {
@@ -351,10 +410,29 @@ pub fn parse(text: &str, path: &Path, keys_default: &Path) -> Result<Catalog, St
         }
         sources.push(source);
     }
+    let edge = match (
+        raw.mode.as_ref().map(|mode| mode.get_ref().as_str()),
+        &raw.edge,
+    ) {
+        (None | Some("mirror"), None) => None,
+        (Some("edge"), Some(edge)) => Some(check_edge(&at, edge, &sources)?),
+        (Some("edge"), None) => {
+            let mode = raw.mode.as_ref().map_or(0..0, Spanned::span);
+            return Err(at.error(mode, "mode = \"edge\" needs an [edge] table"));
+        }
+        (None | Some("mirror"), Some(edge)) => {
+            return Err(at.error(edge.span(), "an [edge] table needs mode = \"edge\""));
+        }
+        (Some(other), _) => {
+            let mode = raw.mode.as_ref().map_or(0..0, Spanned::span);
+            return Err(at.error(mode, format!("mode {other:?} is not mirror or edge")));
+        }
+    };
     Ok(Catalog {
         path: path.to_path_buf(),
         sources,
         keyrings,
+        edge,
     })
 }
 
@@ -809,6 +887,45 @@ fn check_streams(at: &Located<'_>, spanned: &Spanned<RawSource>) -> Result<Strea
     })
 }
 
+fn check_edge(
+    at: &Located<'_>,
+    spanned: &Spanned<RawEdge>,
+    sources: &[Source],
+) -> Result<EdgeSettings, String> {
+    let raw = spanned.get_ref();
+    let name = raw.source.get_ref();
+    if !sources
+        .iter()
+        .any(|source| source.name == *name && source.glance.is_some())
+    {
+        return Err(at.error(
+            raw.source.span(),
+            format!("source {name:?} is not a kind = \"glance\" source of this catalog"),
+        ));
+    }
+    if let Some(writes) = &raw.writes
+        && writes.get_ref() != "refuse"
+    {
+        return Err(at.error(
+            writes.span(),
+            "writes = \"refuse\" is what this build does (forwarding writes to the upstream is not built)",
+        ));
+    }
+    let reconcile = match &raw.reconcile {
+        Some(text) => {
+            parse_duration(text.get_ref()).map_err(|error| at.error(text.span(), error))?
+        }
+        None => Duration::from_secs(3600),
+    };
+    Ok(EdgeSettings {
+        source: name.clone(),
+        cache_max_bytes: raw.cache_max_bytes,
+        pin_tags: raw.pin_tags.clone(),
+        pin_names: raw.pin_names.clone(),
+        reconcile,
+    })
+}
+
 fn check_glance(at: &Located<'_>, spanned: &Spanned<RawSource>) -> Result<GlanceSource, String> {
     let raw = spanned.get_ref();
     let path = |text: &str| PathBuf::from(text);
@@ -1013,6 +1130,15 @@ signature = { none = "CirrOS publishes no signatures" }
                 "site-glance"
             ]
         );
+    }
+
+    #[test]
+    fn pin_patterns_match_like_shell_globs() {
+        assert!(glob("ubuntu-*", "ubuntu-24.04"));
+        assert!(glob("*-golden", "cirros-golden"));
+        assert!(glob("a*b*c", "a-x-b-y-c"));
+        assert!(!glob("ubuntu-*", "debian-12"));
+        assert!(glob("exact", "exact") && !glob("exact", "exactly"));
     }
 
     #[test]

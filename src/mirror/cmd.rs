@@ -456,6 +456,26 @@ fn print_status(value: &Value) {
     if let Some(error) = value["catalog_error"].as_str() {
         println!("catalog: {error}");
     }
+    let edge = &value["edge"];
+    if edge.is_object() {
+        let number = |key: &str| edge[key].as_u64().unwrap_or(0);
+        println!(
+            "edge cache of {}: {} of {} image(s) cached, {} bytes (cap {}); {} hits, {} misses, {} bytes fetched, {} bytes served, {} evictions, {} fetching",
+            edge["source"].as_str().unwrap_or("?"),
+            number("cached_images"),
+            number("images"),
+            number("cached_bytes"),
+            edge["cache_max_bytes"]
+                .as_u64()
+                .map_or("none".to_owned(), |cap| cap.to_string()),
+            number("hits"),
+            number("misses"),
+            number("fetched_bytes"),
+            number("served_bytes"),
+            number("evictions"),
+            number("fetching"),
+        );
+    }
     for source in value["sources"].as_array().into_iter().flatten() {
         let state = &source["state"];
         let when = |key: &str| {

@@ -29,6 +29,11 @@ use crate::store::StoreError;
 
 /// The upstream id of a copy.
 pub const PROP_UPSTREAM_ID: &str = "ocellus_mirror_upstream_id";
+/// What the upstream states of the bytes: size, MD5 (`checksum`) and `algo:hex` of its
+/// `os_hash_value`. An image whose bytes are not here yet (an edge's) is shown with these.
+pub const PROP_UPSTREAM_SIZE: &str = "ocellus_mirror_upstream_size";
+pub const PROP_UPSTREAM_CHECKSUM: &str = "ocellus_mirror_upstream_checksum";
+pub const PROP_UPSTREAM_HASH: &str = "ocellus_mirror_upstream_hash";
 /// Images listed per page.
 const PAGE: usize = 100;
 /// Pages read at most (a million images).
@@ -37,11 +42,11 @@ const MAX_PAGES: usize = 10_000;
 const MAX_JSON: usize = 16 << 20;
 
 /// A signed-in upstream.
-struct Upstream<'a> {
-    fetcher: &'a Fetcher,
-    base: &'a reqwest::Url,
-    auth: &'a UpstreamAuth,
-    token: Option<String>,
+pub(super) struct Upstream<'a> {
+    pub(super) fetcher: &'a Fetcher,
+    pub(super) base: &'a reqwest::Url,
+    pub(super) auth: &'a UpstreamAuth,
+    pub(super) token: Option<String>,
 }
 
 fn read_secret(path: &std::path::Path) -> Result<String, String> {
@@ -55,7 +60,7 @@ fn read_secret(path: &std::path::Path) -> Result<String, String> {
 }
 
 impl Upstream<'_> {
-    async fn sign_in(&mut self) -> Result<(), String> {
+    pub(super) async fn sign_in(&mut self) -> Result<(), String> {
         let (keystone, identity, scope) = match self.auth {
             UpstreamAuth::None => {
                 self.token = None;
@@ -123,7 +128,7 @@ impl Upstream<'_> {
     }
 
     /// GET with the token; a 401 signs in again once (the token expired).
-    async fn get(&mut self, url: reqwest::Url) -> Result<crate::fetch::Answer, String> {
+    pub(super) async fn get(&mut self, url: reqwest::Url) -> Result<crate::fetch::Answer, String> {
         let answer = self
             .fetcher
             .send(reqwest::Method::GET, url.clone(), &self.headers(), None)
@@ -255,6 +260,15 @@ fn shaped(
     ] {
         properties.insert(key.to_owned(), value);
     }
+    if let Some(size) = image["size"].as_u64() {
+        properties.insert(PROP_UPSTREAM_SIZE.to_owned(), size.to_string());
+    }
+    if let Some(checksum) = text(image, "checksum") {
+        properties.insert(PROP_UPSTREAM_CHECKSUM.to_owned(), checksum);
+    }
+    if let Some((algorithm, hex)) = upstream_hash(image) {
+        properties.insert(PROP_UPSTREAM_HASH.to_owned(), format!("{algorithm}:{hex}"));
+    }
     record.properties = properties;
     record
 }
@@ -291,6 +305,7 @@ impl Mirror {
         glance: &GlanceSource,
         fetcher: &Fetcher,
         state: &mut SourceState,
+        edge: Option<&super::catalog::EdgeSettings>,
     ) -> Result<(Outcome, u64, String), (String, u64)> {
         let mut upstream = Upstream {
             fetcher,
@@ -299,10 +314,24 @@ impl Mirror {
             token: None,
         };
         upstream.sign_in().await.map_err(|error| (error, 0))?;
-        let images = upstream
-            .list(&glance.filters)
-            .await
-            .map_err(|error| (error, 0))?;
+        // An edge lists only what changed since the last listing (`updated_at=gte:`), and the
+        // whole catalog every `reconcile`, which is when deletions are seen.
+        let full = match (edge, state.last_reconcile, &state.high_water) {
+            (Some(edge), Some(last), Some(_)) => {
+                now_secs() - last >= edge.reconcile.as_secs() as i64
+            }
+            _ => true,
+        };
+        let mut filters = glance.filters.clone();
+        if !full && let Some(mark) = &state.high_water {
+            filters.push(("updated_at".to_owned(), format!("gte:{mark}")));
+        }
+        let images = upstream.list(&filters).await.map_err(|error| (error, 0))?;
+        let high_water = images
+            .iter()
+            .filter_map(|image| image["updated_at"].as_str())
+            .max()
+            .map(str::to_owned);
         let store = self.store().clone();
         let name = source.name.clone();
         let mine: Vec<ImageRecord> = tokio::task::spawn_blocking(move || store.all_images())
@@ -355,6 +384,31 @@ impl Mirror {
                         }
                     }
                 }
+                None if edge.is_some() => {
+                    // An edge takes the metadata now and the bytes on the first download.
+                    let store = self.store().clone();
+                    let record = shaped(source, glance, image, self.blank(id));
+                    let inserted = tokio::task::spawn_blocking(move || {
+                        store.change_images::<StoreError>(
+                            |_| false,
+                            |_| {
+                                Ok(Batch {
+                                    insert: vec![record],
+                                    ..Batch::default()
+                                })
+                            },
+                        )
+                    })
+                    .await;
+                    match inserted {
+                        Ok(Ok(true)) => copied += 1,
+                        Ok(Ok(false)) => {
+                            failures.push(format!("{upstream_id}: the id is or was in use here"))
+                        }
+                        Ok(Err(error)) => failures.push(format!("{upstream_id}: {error}")),
+                        Err(error) => failures.push(format!("{upstream_id}: {error}")),
+                    }
+                }
                 None => {
                     let counter = Arc::new(Mutex::new(0u64));
                     let outcome = self
@@ -368,9 +422,20 @@ impl Mirror {
                 }
             }
         }
-        let retired = self
-            .retire_missing(source, glance, &mine, &listed, state)
-            .map_err(|error| (error, moved))?;
+        let retired = if full {
+            self.retire_missing(source, glance, &mine, &listed, state)
+                .map_err(|error| (error, moved))?
+        } else {
+            0
+        };
+        if failures.is_empty() {
+            if full {
+                state.last_reconcile = Some(now_secs());
+            }
+            if high_water.is_some() {
+                state.high_water = high_water.max(state.high_water.clone());
+            }
+        }
         let summary = format!(
             "{} upstream image(s): {copied} copied, {updated} updated, {retired} hidden or deleted",
             images.len()
@@ -384,6 +449,29 @@ impl Mirror {
             Outcome::UpToDate
         };
         Ok((outcome, moved, summary))
+    }
+
+    /// A new active image of this mirror, without data or metadata yet.
+    fn blank(&self, id: ImageId) -> ImageRecord {
+        let now = now_micros();
+        ImageRecord {
+            id,
+            name: None,
+            status: ImageStatus::Active,
+            visibility: Visibility::Public,
+            protected: false,
+            os_hidden: false,
+            owner: Some(self.owner().to_owned()),
+            disk_format: None,
+            container_format: None,
+            min_ram: 0,
+            min_disk: 0,
+            data: None,
+            created_at: now,
+            updated_at: now,
+            tags: Vec::new(),
+            properties: BTreeMap::new(),
+        }
     }
 
     /// What a sync would do: the upstream's images and how many are not here yet.
@@ -524,26 +612,7 @@ impl Mirror {
             detached.inspection(),
         )
         .map_err(|error| format!("{url}: {error}"))?;
-        let now = now_micros();
-        let blank = ImageRecord {
-            id,
-            name: None,
-            status: ImageStatus::Active,
-            visibility: Visibility::Public,
-            protected: false,
-            os_hidden: false,
-            owner: Some(self.owner().to_owned()),
-            disk_format: None,
-            container_format: None,
-            min_ram: 0,
-            min_disk: 0,
-            data: None,
-            created_at: now,
-            updated_at: now,
-            tags: Vec::new(),
-            properties: BTreeMap::new(),
-        };
-        let mut record = shaped(source, glance, image, blank);
+        let mut record = shaped(source, glance, image, self.blank(id));
         if let Some(algorithm) = evidence.algorithm {
             record.properties.insert(
                 PROP_DIGEST.to_owned(),

@@ -11,6 +11,7 @@ pub mod bundle;
 pub mod catalog;
 pub mod cmd;
 pub mod discover;
+pub mod edge;
 pub mod glance;
 pub mod openpgp;
 pub mod service;

@@ -66,6 +66,12 @@ pub struct SourceState {
     /// seconds).
     #[serde(default)]
     pub missing: std::collections::BTreeMap<String, i64>,
+    /// For an edge: the newest `updated_at` listed, and when the whole catalog was last
+    /// listed (Unix seconds).
+    #[serde(default)]
+    pub high_water: Option<String>,
+    #[serde(default)]
+    pub last_reconcile: Option<i64>,
 }
 
 /// How a sync of one source ended.
@@ -734,8 +740,13 @@ impl Mirror {
         let fail = |message: String| (message, 0);
         let fetcher = self.fetcher(source).map_err(fail)?;
         if let Some(glance) = &source.glance {
-            let (outcome, bytes, summary) =
-                self.sync_glance(source, glance, &fetcher, state).await?;
+            let edge = catalog
+                .edge
+                .as_ref()
+                .filter(|edge| edge.source == source.name);
+            let (outcome, bytes, summary) = self
+                .sync_glance(source, glance, &fetcher, state, edge)
+                .await?;
             return Ok((outcome, None, bytes, Some(summary)));
         }
         // The digest document is fetched conditionally only while the image it led to is

@@ -1237,3 +1237,201 @@ async fn the_owners_quota_and_the_free_space_are_admitted_before_a_download() {
     assert_nothing_kept(&server, &report, "no room").await;
     server.stop().await;
 }
+
+/// GETs of image files the upstream answered 200, from its own metrics.
+async fn file_downloads(upstream: &Server) -> u64 {
+    let metrics = upstream
+        .request(Method::GET, "/metrics")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    metrics
+        .lines()
+        .find(|line| {
+            line.starts_with("ocellus_http_requests_total{")
+                && line.contains(r#"method="GET""#)
+                && line.contains(r#"route="/v2/images/{image_id}/file""#)
+                && line.contains(r#"status="200""#)
+        })
+        .and_then(|line| line.rsplit(' ').next())
+        .map_or(0, |count| count.parse().unwrap())
+}
+
+#[tokio::test]
+async fn edges_fetch_once_keep_nothing_broken_evict_under_their_cap_and_follow_the_upstream() {
+    use super::vendor::Proxy;
+    let upstream = Server::start().await;
+    let work = tempfile::tempdir().unwrap();
+    let mut images = Vec::new();
+    for (index, tags) in [
+        (0u64, vec![]),
+        (1, vec![]),
+        (2, vec!["golden"]),
+        (3, vec![]),
+    ] {
+        let bytes = qcow2(work.path(), 110 + index);
+        let image = upstream
+            .create(
+                json!({"name": format!("runner-{index}"), "disk_format": "qcow2",
+                           "container_format": "bare", "visibility": "public", "tags": tags}),
+            )
+            .await;
+        let id = image["id"].as_str().unwrap().to_owned();
+        assert_eq!(
+            upstream.upload(&id, bytes.clone()).await,
+            StatusCode::NO_CONTENT
+        );
+        images.push((id, bytes));
+    }
+    let size = images[0].1.len() as u64;
+    let proxy = Proxy::start(&upstream.base).await;
+    let catalog = format!(
+        r#"
+mode = "edge"
+
+[edge]
+source = "site"
+cache_max_bytes = {cap}
+pin_tags = ["golden"]
+reconcile = "1s"
+
+[[source]]
+name = "site"
+kind = "glance"
+base_url = "{base}"
+follow_deletes = true
+delete_grace = "1s"
+allow_insecure_http = true
+allow_hosts = ["127.0.0.1"]
+"#,
+        cap = size * 2 + size / 2,
+        base = proxy.base,
+    );
+    let setup = Setup::new(&[], &catalog);
+    let edge_a = setup.server().await;
+    let edge_b = setup.server().await;
+    for edge in [&edge_a, &edge_b] {
+        let report = sync(edge, "site").await;
+        assert_eq!(report["outcome"], "published", "{report}");
+    }
+    // The catalog is there before any byte: sizes and hashes as the upstream states them.
+    let (id, bytes) = &images[0];
+    let (_, shown) = edge_a.show(id).await;
+    assert_eq!(shown["size"], bytes.len());
+    assert_eq!(shown["os_hash_value"], sha512_hex(bytes));
+    assert_eq!(shown["checksum"], upstream.show(id).await.1["checksum"]);
+    assert!(edge_a.blob_files().is_empty());
+
+    // Sixteen runners at once: one upstream fetch, sixteen right answers.
+    let before = file_downloads(&upstream).await;
+    let mut runners = Vec::new();
+    for _ in 0..16 {
+        let client = edge_a.client.clone();
+        let url = edge_a.url(&format!("/v2/images/{id}/file"));
+        runners.push(tokio::spawn(async move {
+            let response = client.get(&url).send().await.unwrap();
+            (response.status(), response.bytes().await.unwrap().to_vec())
+        }));
+    }
+    for runner in runners {
+        let (status, body) = runner.await.unwrap();
+        assert_eq!(status, StatusCode::OK);
+        assert!(body == *bytes, "a runner got {} bytes", body.len());
+    }
+    assert_eq!(file_downloads(&upstream).await - before, 1);
+    assert_eq!(edge_a.download(id).await.1, *bytes);
+    assert_eq!(file_downloads(&upstream).await - before, 1);
+    // The other edge fetches for itself.
+    assert_eq!(edge_b.download(id).await.1, *bytes);
+    assert_eq!(file_downloads(&upstream).await - before, 2);
+
+    // Writes go to the upstream, not here.
+    let (status, body) = edge_a
+        .json(
+            edge_a
+                .request(Method::POST, "/v2/images")
+                .json(&json!({"name": "x"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(edge_a.delete(id).await, StatusCode::FORBIDDEN);
+
+    // The upstream breaks off mid-transfer: a broken download, nothing kept, and a retry works.
+    let (broken, broken_bytes) = &images[3];
+    let path = format!("/v2/images/{broken}/file");
+    proxy.cut(&path, 100_000);
+    let blobs = edge_a.blob_files().len();
+    let response = edge_a.request(Method::GET, &path).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(
+        response.bytes().await.is_err(),
+        "the transfer must not end cleanly"
+    );
+    super::common::eventually(async || edge_a.temp_files().is_empty()).await;
+    assert_eq!(edge_a.blob_files().len(), blobs);
+    assert!(edge_a.show(broken).await.1["status"] == "active");
+    // Every byte arrives but one is wrong: the check at the end fails, and the client never
+    // sees a clean end (the last chunk is held back for the verdict).
+    proxy.flip(&path);
+    let response = edge_a.request(Method::GET, &path).send().await.unwrap();
+    assert!(
+        response.bytes().await.is_err(),
+        "a changed byte must not end cleanly"
+    );
+    super::common::eventually(async || edge_a.temp_files().is_empty()).await;
+    assert_eq!(edge_a.blob_files().len(), blobs);
+    proxy.heal(&path);
+    assert_eq!(edge_a.download(broken).await.1, *broken_bytes);
+
+    // Under the cap: the pinned image stays, the least recently used one goes.
+    let (pinned, pinned_bytes) = &images[2];
+    assert_eq!(edge_a.download(pinned).await.1, *pinned_bytes);
+    let (other, other_bytes) = &images[1];
+    assert_eq!(edge_a.download(other).await.1, *other_bytes);
+    super::common::eventually(async || edge_a.blob_files().len() <= 2).await;
+    let (_, status) = edge_a
+        .json(edge_a.request(Method::GET, "/ocellus/v1/mirror"))
+        .await;
+    assert!(
+        status["edge"]["evictions"].as_u64().unwrap() >= 2,
+        "{status}"
+    );
+    assert!(
+        status["edge"]["cached_bytes"].as_u64().unwrap() <= size * 2 + size / 2,
+        "{status}"
+    );
+    let metrics = edge_a
+        .request(Method::GET, "/metrics")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("ocellus_edge_hits_total"), "{metrics}");
+    // An evicted image is fetched again when asked for.
+    assert_eq!(edge_a.download(id).await.1, *bytes);
+
+    // Catalog changes and deletions reach the edges.
+    let (status, _) = upstream
+        .patch(
+            other,
+            json!([{"op": "replace", "path": "/name", "value": "runner-renamed"}]),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(upstream.delete(pinned).await, StatusCode::NO_CONTENT);
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    sync(&edge_b, "site").await;
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    sync(&edge_b, "site").await;
+    assert_eq!(edge_b.show(other).await.1["name"], "runner-renamed");
+    assert_eq!(edge_b.show(pinned).await.0, StatusCode::NOT_FOUND);
+
+    edge_a.stop().await;
+    edge_b.stop().await;
+    upstream.stop().await;
+}

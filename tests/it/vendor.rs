@@ -385,3 +385,124 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 pub fn sha512_hex(bytes: &[u8]) -> String {
     super::common::sha512_hex(bytes)
 }
+
+/// A forwarding proxy in front of a server, which can break a transfer off after some bytes
+/// (the upstream dying mid-fetch, as its client sees it).
+#[derive(Clone)]
+pub struct Proxy {
+    pub base: String,
+    cuts: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+/// The proxy's target, its cuts, and its client.
+type ProxyState = (String, Arc<Mutex<HashMap<String, usize>>>, reqwest::Client);
+
+async fn forward(State((target, cuts, client)): State<ProxyState>, request: Request) -> Response {
+    let path = request.uri().path().to_owned();
+    let query = request
+        .uri()
+        .query()
+        .map(|query| format!("?{query}"))
+        .unwrap_or_default();
+    let method = reqwest::Method::from_bytes(request.method().as_str().as_bytes()).unwrap();
+    let mut outgoing = client.request(method, format!("{target}{path}{query}"));
+    for (name, value) in request.headers() {
+        if name != header::HOST {
+            outgoing = outgoing.header(name.as_str(), value.as_bytes());
+        }
+    }
+    let body = axum::body::to_bytes(request.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    let answer = outgoing.body(body).send().await.unwrap();
+    let status = StatusCode::from_u16(answer.status().as_u16()).unwrap();
+    let mut headers = axum::http::HeaderMap::new();
+    for (name, value) in answer.headers() {
+        if let (Ok(name), Ok(value)) = (
+            header::HeaderName::from_bytes(name.as_str().as_bytes()),
+            HeaderValue::from_bytes(value.as_bytes()),
+        ) {
+            headers.insert(name, value);
+        }
+    }
+    let cut = cuts.lock().unwrap().get(&path).copied();
+    let stream = answer.bytes_stream();
+    let body = match cut {
+        None => Body::from_stream(stream),
+        // usize::MAX: every byte arrives, the first one changed.
+        Some(usize::MAX) => {
+            let mut first = true;
+            Body::from_stream(stream.map(move |item| {
+                let chunk = item.map_err(std::io::Error::other)?;
+                if std::mem::take(&mut first) && !chunk.is_empty() {
+                    let mut changed = chunk.to_vec();
+                    changed[0] ^= 0x40;
+                    return Ok::<_, std::io::Error>(bytes::Bytes::from(changed));
+                }
+                Ok(chunk)
+            }))
+        }
+        Some(after) => {
+            let mut left = after;
+            Body::from_stream(
+                stream
+                    .map(move |item| {
+                        let chunk = item.map_err(std::io::Error::other)?;
+                        if left == 0 {
+                            return Err(std::io::Error::other("cut"));
+                        }
+                        let take = left.min(chunk.len());
+                        left -= take;
+                        if take < chunk.len() {
+                            // The rest never comes: the connection breaks after these bytes.
+                            return Ok(chunk.slice(..take));
+                        }
+                        Ok(chunk)
+                    })
+                    .chain(futures_util::stream::once(async {
+                        Err(std::io::Error::other("cut"))
+                    })),
+            )
+        }
+    };
+    let mut response = Response::new(body);
+    *response.status_mut() = status;
+    *response.headers_mut() = headers;
+    response
+}
+
+use futures_util::StreamExt as _;
+
+impl Proxy {
+    pub async fn start(target: &str) -> Proxy {
+        let cuts = Arc::new(Mutex::new(HashMap::new()));
+        let client = reqwest::Client::new();
+        let app = axum::Router::new().fallback(forward).with_state((
+            target.to_owned(),
+            cuts.clone(),
+            client,
+        ));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Proxy { base, cuts }
+    }
+
+    pub fn cut(&self, path: &str, after: usize) {
+        self.cuts.lock().unwrap().insert(path.to_owned(), after);
+    }
+
+    pub fn heal(&self, path: &str) {
+        self.cuts.lock().unwrap().remove(path);
+    }
+
+    /// Changes the first byte of every answer at `path`, length kept.
+    pub fn flip(&self, path: &str) {
+        self.cuts
+            .lock()
+            .unwrap()
+            .insert(path.to_owned(), usize::MAX);
+    }
+}
