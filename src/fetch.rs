@@ -469,6 +469,51 @@ impl Fetcher {
         Ok(Some((bytes, fetched.validators)))
     }
 
+    /// Sends a request as it came (method, headers, streamed body) under the same rules, and
+    /// returns the answer whatever its status; redirects are returned, not followed. For an
+    /// edge cache passing a client's write on to its upstream.
+    pub async fn relay(
+        &self,
+        method: reqwest::Method,
+        url: Url,
+        headers: reqwest::header::HeaderMap,
+        body: reqwest::Body,
+    ) -> Result<Answer, String> {
+        self.rules.check_url(&url)?;
+        let response = self
+            .direct
+            .request(method, url)
+            .headers(headers)
+            .body(body)
+            .send()
+            .await
+            .map_err(describe)?;
+        if let Some(remote) = response.remote_addr()
+            && let Some(host) = response.url().host_str()
+        {
+            let port = response.url().port_or_known_default().unwrap_or(0);
+            if !self.rules.permits(host, remote.ip(), port) {
+                return Err(format!("{} is not allowed", remote.ip()));
+            }
+        }
+        let status = response.status();
+        let headers = response.headers().clone();
+        let length = response.content_length();
+        let body = response
+            .bytes_stream()
+            .map(|item| item.map_err(describe))
+            .boxed();
+        Ok(Answer {
+            status,
+            headers,
+            fetched: Fetched {
+                length,
+                validators: Validators::default(),
+                body,
+            },
+        })
+    }
+
     /// Reads a whole body of at most `limit` bytes.
     pub async fn read_small(fetched: &mut Fetched, limit: usize) -> Result<Vec<u8>, String> {
         if fetched.length.is_some_and(|length| length > limit as u64) {

@@ -375,6 +375,13 @@ async fn edge_guard(
     if let Some(edge) = &state.edge
         && write
         && image_path
+        && edge.settings.forward_writes
+    {
+        return forward_write(edge.clone(), request).await;
+    }
+    if let Some(edge) = &state.edge
+        && write
+        && image_path
     {
         return Error::forbidden(format!(
             "This server is an edge cache of the images of source '{}'; change images at its upstream, and the change reaches this edge with its next refresh.",
@@ -383,6 +390,63 @@ async fn edge_guard(
         .into_response();
     }
     next.run(request).await
+}
+
+/// `writes = "forward"`: the request goes to the upstream as it came, and its answer comes
+/// back as it was (502 if the upstream cannot be reached).
+async fn forward_write(
+    edge: Arc<crate::mirror::edge::Edge>,
+    request: axum::extract::Request,
+) -> Response {
+    let (parts, body) = request.into_parts();
+    let path = parts.uri.path_and_query().map_or_else(
+        || parts.uri.path().to_owned(),
+        |path| path.as_str().to_owned(),
+    );
+    let mut headers = reqwest::header::HeaderMap::new();
+    for (name, value) in &parts.headers {
+        // Hop-by-hop headers and the host are the connection's, not the request's.
+        if !matches!(
+            name.as_str(),
+            "host" | "connection" | "keep-alive" | "transfer-encoding" | "te" | "upgrade"
+        ) && let (Ok(name), Ok(value)) = (
+            reqwest::header::HeaderName::from_bytes(name.as_str().as_bytes()),
+            reqwest::header::HeaderValue::from_bytes(value.as_bytes()),
+        ) {
+            headers.append(name, value);
+        }
+    }
+    let Ok(method) = reqwest::Method::from_bytes(parts.method.as_str().as_bytes()) else {
+        return Error::bad_request("Unknown method").into_response();
+    };
+    let body = reqwest::Body::wrap_stream(body.into_data_stream());
+    match edge.forward(method, &path, headers, body).await {
+        Ok(answer) => {
+            let mut response = Response::new(axum::body::Body::from_stream(answer.fetched.body));
+            *response.status_mut() = axum::http::StatusCode::from_u16(answer.status.as_u16())
+                .unwrap_or(axum::http::StatusCode::BAD_GATEWAY);
+            for (name, value) in &answer.headers {
+                if matches!(
+                    name.as_str(),
+                    "connection" | "keep-alive" | "transfer-encoding"
+                ) {
+                    continue;
+                }
+                if let (Ok(name), Ok(value)) = (
+                    axum::http::HeaderName::from_bytes(name.as_str().as_bytes()),
+                    axum::http::HeaderValue::from_bytes(value.as_bytes()),
+                ) {
+                    response.headers_mut().append(name, value);
+                }
+            }
+            response
+        }
+        Err(error) => Error::new(
+            axum::http::StatusCode::BAD_GATEWAY,
+            format!("The edge cache could not reach its upstream: {error}"),
+        )
+        .into_response(),
+    }
 }
 
 /// The legacy v1 API's routes, when `enable_v1_api` is on (else `/v1` paths get the versions

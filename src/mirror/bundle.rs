@@ -155,8 +155,7 @@ async fn verify_one(
             said.push_str(&format!("{}; ", evidence.trust));
         }
         Some((catalog, source)) => {
-            let trust =
-                evidence.check(&source.signature, catalog.keyring(source), &source.signers)?;
+            let trust = evidence.check_for(catalog, source)?;
             said.push_str(&format!("{trust}; "));
         }
         None => said.push_str("not in the catalog, signature not checked; "),
@@ -397,10 +396,7 @@ async fn import_one(
         )
     })?;
     // The vendor's signature, checked with this host's keys and rule.
-    let trust =
-        image
-            .evidence
-            .check(&source.signature, catalog.keyring(source), &source.signers)?;
+    let trust = image.evidence.check_for(catalog, source)?;
     if let Some(required) = require
         && trust != format!("openpgp:{required}")
     {

@@ -61,6 +61,9 @@ pub struct EdgeSettings {
     /// How often the whole upstream catalog is listed (deletions); between, only what changed
     /// (`updated_at=gte:`) [default: 1h].
     pub reconcile: Duration,
+    /// `writes = "forward"`: writes to images go to the upstream with the client's own
+    /// credentials; otherwise (`refuse`) they get 403.
+    pub forward_writes: bool,
 }
 
 impl EdgeSettings {
@@ -117,6 +120,7 @@ struct RawSource {
     #[serde(default)]
     allow_insecure_http: bool,
     max_size: Option<u64>,
+    pin: Option<Spanned<String>>,
     // kind = "glance"
     auth: Option<Spanned<RawAuth>>,
     #[serde(default)]
@@ -287,6 +291,9 @@ pub struct Source {
     pub allow_hosts: Vec<crate::fetch::Allowed>,
     /// The largest image this source may bring [default: the server's image_size_cap].
     pub max_size: Option<u64>,
+    /// `pin = "sha256:<hex>"`: the only digest the image may have; the operator vouches for
+    /// that exact build (trust `pinned` when there is no signature).
+    pub pin: Option<(super::sums::Algorithm, String)>,
     /// For `kind = "glance"`: the upstream's settings (then the digest-file fields above are
     /// unused).
     pub glance: Option<GlanceSource>,
@@ -628,7 +635,33 @@ fn check_source(
             ))
         }
     };
+    let pin = match &raw.pin {
+        None => None,
+        Some(pin) => {
+            if glance.is_some() {
+                return Err(at.error(
+                    pin.span(),
+                    "pin is for digest-file and simplestreams sources",
+                ));
+            }
+            let parsed = pin.get_ref().split_once(':').and_then(|(algorithm, hex)| {
+                let algorithm: super::sums::Algorithm =
+                    serde_json::from_value(serde_json::Value::String(algorithm.to_owned())).ok()?;
+                let hex = hex.to_ascii_lowercase();
+                (hex.len() == algorithm.hex_len()
+                    && hex.bytes().all(|byte| byte.is_ascii_hexdigit()))
+                .then_some((algorithm, hex))
+            });
+            Some(parsed.ok_or_else(|| {
+                at.error(
+                    pin.span(),
+                    "pin takes \"sha256:<hex>\" (or sha224, sha384, sha512)",
+                )
+            })?)
+        }
+    };
     Ok(Source {
+        pin,
         glance,
         streams,
         name,
@@ -903,14 +936,14 @@ fn check_edge(
             format!("source {name:?} is not a kind = \"glance\" source of this catalog"),
         ));
     }
-    if let Some(writes) = &raw.writes
-        && writes.get_ref() != "refuse"
-    {
-        return Err(at.error(
-            writes.span(),
-            "writes = \"refuse\" is what this build does (forwarding writes to the upstream is not built)",
-        ));
-    }
+    let forward_writes = match raw.writes.as_ref().map(|writes| writes.get_ref().as_str()) {
+        None | Some("refuse") => false,
+        Some("forward") => true,
+        Some(other) => {
+            let span = raw.writes.as_ref().map_or(0..0, Spanned::span);
+            return Err(at.error(span, format!("writes {other:?} is not refuse or forward")));
+        }
+    };
     let reconcile = match &raw.reconcile {
         Some(text) => {
             parse_duration(text.get_ref()).map_err(|error| at.error(text.span(), error))?
@@ -923,6 +956,7 @@ fn check_edge(
         pin_tags: raw.pin_tags.clone(),
         pin_names: raw.pin_names.clone(),
         reconcile,
+        forward_writes,
     })
 }
 

@@ -397,6 +397,38 @@ impl Edge {
         }
     }
 
+    /// Passes a client's write on to the upstream (`writes = "forward"`), with the client's
+    /// own headers (its credentials: the upstream decides), and then brings the catalog up to
+    /// date so that the change shows here.
+    pub async fn forward(
+        self: &Arc<Self>,
+        method: reqwest::Method,
+        path_and_query: &str,
+        headers: reqwest::header::HeaderMap,
+        body: reqwest::Body,
+    ) -> Result<crate::fetch::Answer, String> {
+        let catalog = self.service.catalog()?;
+        let source = catalog
+            .source(&self.settings.source)
+            .ok_or("the edge's source left the catalog")?;
+        let fetcher = self.service.mirror.fetcher(source)?;
+        let url = source
+            .base_url
+            .join(path_and_query.trim_start_matches('/'))
+            .map_err(|error| error.to_string())?;
+        let answer = fetcher.relay(method, url, headers, body).await?;
+        if answer.status.is_success() {
+            let edge = self.clone();
+            let name = self.settings.source.clone();
+            tokio::spawn(async move {
+                if let Err(error) = edge.service.sync(&[name]).await {
+                    tracing::warn!(%error, "the edge could not refresh its catalog after a write");
+                }
+            });
+        }
+        Ok(answer)
+    }
+
     /// The cache's figures, for `ocellus mirror status`.
     pub fn view(&self) -> Value {
         let store = self.service.mirror.store();

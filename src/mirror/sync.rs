@@ -211,6 +211,13 @@ pub fn vouch(
 }
 
 impl Evidence {
+    /// `check` with a source's rule, keys and pin.
+    pub fn check_for(&self, catalog: &Catalog, source: &Source) -> Result<String, String> {
+        let trust = self.check(&source.signature, catalog.keyring(source), &source.signers)?;
+        let algorithm = self.algorithm.ok_or("the evidence names no algorithm")?;
+        pinned(source, algorithm, &self.hex, trust)
+    }
+
     /// Checks the evidence again with the local keys and rule: the signature, then that the
     /// digest document gives `self.file` the recorded digest. Returns the trust.
     pub fn check(
@@ -478,6 +485,7 @@ impl Mirror {
         plain(&file, "file")?;
         let entry = sums::find(&entries, &file)?
             .ok_or_else(|| format!("{sums_url} gives no digest for {file}"))?;
+        let trust = pinned(source, entry.algorithm, &entry.hex, trust)?;
         let version = file_version
             .or(dir_version)
             .ok_or("the source has no version (dirs, version_file or a version group)")?;
@@ -620,6 +628,7 @@ impl Mirror {
             .to_owned();
         let (algorithm, hex, size) = item_digest(item)
             .ok_or_else(|| format!("{product_name} {version}: no SHA-256 or SHA-512 for {path}"))?;
+        let trust = pinned(source, algorithm, &hex, trust)?;
         let file = path.rsplit('/').next().unwrap_or(&path).to_owned();
         plain(&file, "file")?;
         let id = image_id(&source.name, &version, &file);
@@ -1031,6 +1040,29 @@ pub fn succession(
         write(record, changed, &mut batch);
     }
     batch
+}
+
+/// A source's `pin`, if it has one, must be the digest found; without a signature, the pin is
+/// what vouches (`pinned`).
+fn pinned(
+    source: &Source,
+    algorithm: sums::Algorithm,
+    hex: &str,
+    trust: String,
+) -> Result<String, String> {
+    let Some((pinned_algorithm, pinned_hex)) = &source.pin else {
+        return Ok(trust);
+    };
+    if *pinned_algorithm != algorithm || pinned_hex != hex {
+        return Err(format!(
+            "the source offers {algorithm}:{hex}, not the pinned {pinned_algorithm}:{pinned_hex}"
+        ));
+    }
+    Ok(if matches!(source.signature, SignatureRule::None(_)) {
+        "pinned".to_owned()
+    } else {
+        trust
+    })
 }
 
 /// `Evidence::format` of a simplestreams products document.

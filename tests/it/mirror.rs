@@ -1435,3 +1435,105 @@ allow_hosts = ["127.0.0.1"]
     edge_b.stop().await;
     upstream.stop().await;
 }
+
+#[tokio::test]
+async fn a_pinned_digest_vouches_for_one_exact_build() {
+    let vendor = Vendor::start().await;
+    let work = tempfile::tempdir().unwrap();
+    let image = qcow2(work.path(), 121);
+    vendor.put("cirros/version/released", "0.6.3\n");
+    vendor.put("cirros/0.6.3/cirros-0.6.3-x86_64-disk.img", image.clone());
+    vendor.put(
+        "cirros/0.6.3/SHA256SUMS",
+        format!("{}  cirros-0.6.3-x86_64-disk.img\n", sha256_hex(&image)),
+    );
+    let catalog = |pin: &str| {
+        format!(
+            r#"
+[[source]]
+name = "cirros"
+kind = "sums"
+base_url = "{}/cirros/"
+version_file = "version/released"
+file = 'cirros-[0-9.]+-x86_64-disk\.img'
+sums = "SHA256SUMS"
+signature = {{ none = "CirrOS publishes no signatures" }}
+pin = "sha256:{pin}"
+allow_insecure_http = true
+allow_hosts = ["127.0.0.1"]
+"#,
+            vendor.base
+        )
+    };
+    let setup = Setup::new(&[], &catalog(&"0".repeat(64)));
+    let server = setup.server().await;
+    let report = sync(&server, "cirros").await;
+    assert_eq!(report["outcome"], "failed", "{report}");
+    assert!(
+        report["message"]
+            .as_str()
+            .unwrap()
+            .contains("not the pinned"),
+        "{report}"
+    );
+    setup.rewrite(&catalog(&sha256_hex(&image)));
+    let report = sync(&server, "cirros").await;
+    assert_eq!(report["outcome"], "published", "{report}");
+    assert_eq!(
+        named(&server, "cirros").await[0]["ocellus_mirror_trust"],
+        "pinned"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn an_edge_told_to_forward_writes_passes_them_to_its_upstream() {
+    let upstream = Server::start().await;
+    let catalog = format!(
+        r#"
+mode = "edge"
+
+[edge]
+source = "site"
+writes = "forward"
+
+[[source]]
+name = "site"
+kind = "glance"
+base_url = "{}"
+allow_insecure_http = true
+allow_hosts = ["127.0.0.1"]
+"#,
+        upstream.base
+    );
+    let setup = Setup::new(&[], &catalog);
+    let edge = setup.server().await;
+    let (status, image) = edge
+        .json(edge.request(Method::POST, "/v2/images").json(&json!({
+            "name": "made-at-the-edge", "disk_format": "qcow2",
+            "container_format": "bare", "visibility": "public"})))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{image}");
+    let id = image["id"].as_str().unwrap().to_owned();
+    assert_eq!(upstream.show(&id).await.1["name"], "made-at-the-edge");
+    let work = tempfile::tempdir().unwrap();
+    let bytes = qcow2(work.path(), 131);
+    assert_eq!(
+        edge.upload(&id, bytes.clone()).await,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(upstream.download(&id).await.1, bytes);
+    // The edge refreshes its catalog after a forwarded write, and serves the new image.
+    super::common::eventually(async || edge.show(&id).await.0 == StatusCode::OK).await;
+    assert_eq!(edge.download(&id).await.1, bytes);
+    // An upstream's refusal comes back as it was.
+    let (status, _) = edge
+        .json(
+            edge.request(Method::POST, "/v2/images")
+                .json(&json!({"name": 5})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    edge.stop().await;
+    upstream.stop().await;
+}
