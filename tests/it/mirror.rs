@@ -495,6 +495,7 @@ async fn broken_case_signed(
             gpg.stranger.as_str(),
             gpg.expired.as_str(),
             gpg.rsa.as_str(),
+            gpg.weak.as_str(),
         ]
     } else {
         keys.to_vec()
@@ -583,8 +584,27 @@ async fn signatures_that_vouch_for_nothing_are_refused() {
             }),
             "has expired",
         ),
+        (
+            Box::new(|vendor: &Vendor| {
+                let sums = vendor.get(&sums_path);
+                vendor.put(&sig_path, gpg.detach_from_the_future(&gpg.ed25519, &sums));
+            }),
+            "made in the future",
+        ),
+        (
+            Box::new(|vendor: &Vendor| {
+                let sums = vendor.get(&sums_path);
+                vendor.put(&sig_path, gpg.detach(&gpg.weak, &sums));
+            }),
+            "RSA of 1024 bits",
+        ),
     ];
-    let signers = [gpg.ed25519.as_str(), gpg.rsa.as_str(), gpg.expired.as_str()];
+    let signers = [
+        gpg.ed25519.as_str(),
+        gpg.rsa.as_str(),
+        gpg.expired.as_str(),
+        gpg.weak.as_str(),
+    ];
     for (prepare, reason) in cases {
         let (report, server, ..) =
             broken_case_signed(|vendor, _| prepare(vendor), "", &[], &signers).await;
@@ -1302,6 +1322,7 @@ reconcile = "1s"
 name = "site"
 kind = "glance"
 base_url = "{base}"
+filters = {{ limit = "3" }}
 follow_deletes = true
 delete_grace = "1s"
 allow_insecure_http = true

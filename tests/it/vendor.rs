@@ -225,6 +225,8 @@ pub struct Gpg {
     pub stranger: String,
     /// An Ed25519 key that expired in 2020.
     pub expired: String,
+    /// An RSA key of 1024 bits: too weak.
+    pub weak: String,
 }
 
 const OLD: &str = "--faked-system-time=20200101T000000!";
@@ -246,6 +248,7 @@ impl Gpg {
             rsa: String::new(),
             stranger: String::new(),
             expired: String::new(),
+            weak: String::new(),
         };
         gpg.ed25519 = gpg.generate("Cloud Images <cloud@vendor.test>", "ed25519", "never", None);
         gpg.rsa = gpg.generate(
@@ -256,6 +259,7 @@ impl Gpg {
         );
         gpg.stranger = gpg.generate("Someone Else <else@vendor.test>", "ed25519", "never", None);
         gpg.expired = gpg.generate("Old Key <old@vendor.test>", "ed25519", "1d", Some(OLD));
+        gpg.weak = gpg.generate("Weak Key <weak@vendor.test>", "rsa1024", "never", None);
         gpg
     }
 
@@ -322,6 +326,15 @@ impl Gpg {
             .args(["--output", "-"])
             .arg(&input);
         self.run(command)
+    }
+
+    /// A binary detached signature claiming to be made in 2099.
+    pub fn detach_from_the_future(&self, fingerprint: &str, data: &[u8]) -> Vec<u8> {
+        self.sign(
+            fingerprint,
+            data,
+            &["--faked-system-time=20990101T000000!", "--detach-sign"],
+        )
     }
 
     /// A binary detached signature, as Ubuntu's `SHA256SUMS.gpg`.
