@@ -6,7 +6,8 @@
 - mirror sync: a vendor directory (an image of M MiB of random bytes, disk_format raw, and its
   SHA256SUMS) served on loopback by Python's threading HTTP server; `ocellus mirror sync` into a
   fresh data directory each round (download, SHA-256 in the same pass as MD5, SHA-512 and
-  BLAKE3, fsync, publish), against `curl` fetching the same file from the same server.
+  BLAKE3, fsync, publish), against `curl` fetching the same file from the same server and
+  against a client's upload of the same bytes to ocellus (the store's own intake).
 - edge: an upstream ocellus holding the image and an edge ocellus in front of it; per round a
   fresh edge, its catalog synced, then a first download through it (pull-through: fetched,
   verified, written and streamed at once) and a second (from its own store), against `curl`
@@ -80,7 +81,8 @@ def main():
         subprocess.run(["cargo", "build", "--release", "--quiet"], check=True, cwd=bench.ROOT)
     size = args.size_mib * MIB
     work = Path(tempfile.mkdtemp(prefix="ocellus-bench-mirror-", dir="/var/tmp"))
-    figures = {"vendor_curl": [], "mirror_sync": [], "upstream_curl": [], "edge_cold": [], "edge_warm": []}
+    figures = {"vendor_curl": [], "mirror_sync": [], "upload": [], "upstream_curl": [], "edge_cold": [],
+               "edge_warm": []}
     try:
         images = work / "vendor" / "images"
         images.mkdir(parents=True)
@@ -117,6 +119,10 @@ allow_hosts = ["127.0.0.1"]
 
         upstream = bench.Server(work / "upstream")
         connection = bench.connect(upstream)
+        # The store's own intake, for the mirror's figure: a client's upload of the same bytes
+        # (MD5, SHA-512, BLAKE3, fsync), a fresh image each round.
+        for _ in range(args.rounds):
+            figures["upload"].append(bench.curl_upload(upstream, bench.create_image(connection), image))
         image_id = bench.create_image(connection)
         bench.curl_upload(upstream, image_id, image)
         edge_catalog = work / "edge.toml"
@@ -156,6 +162,7 @@ allow_hosts = ["127.0.0.1"]
     for name, values in figures.items():
         print(f"{name:14} median {median[name]:7.0f} MB/s   ({', '.join(f'{v:.0f}' for v in values)})")
     print(f"mirror sync / curl from the vendor:        {median['mirror_sync'] / median['vendor_curl']:.2f}")
+    print(f"mirror sync / an upload of the same bytes: {median['mirror_sync'] / median['upload']:.2f}")
     print(f"edge first download / upstream directly:   {median['edge_cold'] / median['upstream_curl']:.2f}")
     print(f"edge second download / upstream directly:  {median['edge_warm'] / median['upstream_curl']:.2f}")
 

@@ -19,6 +19,7 @@ mod kv;
 pub mod metadefcmd;
 pub mod metrics;
 pub mod mirror;
+pub mod mirrorcmd;
 pub mod opcmd;
 pub mod policy;
 pub mod scrub;

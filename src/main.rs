@@ -56,7 +56,7 @@ enum Command {
     /// The mirror of vendor cloud images: check the catalog, plan, sync, status; works on a
     /// stopped server's data directory or through the running server (see the README, "Mirror")
     #[command(subcommand)]
-    Mirror(ocellus::mirror::cmd::MirrorCommand),
+    Mirror(ocellus::mirrorcmd::MirrorCommand),
 }
 
 /// Upper bound of tokio's blocking pool.
@@ -73,7 +73,7 @@ fn main() -> ExitCode {
         Command::Restore(args) => operate(ocellus::opcmd::restore(args)),
         Command::Quota(command) => operate(ocellus::opcmd::quota(command)),
         Command::Metadefs(command) => operate(ocellus::metadefcmd::run(command)),
-        Command::Mirror(command) => operate(ocellus::mirror::cmd::run(command)),
+        Command::Mirror(command) => operate(ocellus::mirrorcmd::run(command)),
         Command::Key(command) => match ocellus::keycmd::run(command) {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {

@@ -315,13 +315,9 @@ impl Metrics {
         }
     }
 
-    /// Counts one sync of the mirror's refresher.
-    pub fn mirror_synced(&self, source: &str, report: &crate::mirror::sync::Report) {
-        let outcome = match report.outcome {
-            crate::mirror::sync::Outcome::Published => "published",
-            crate::mirror::sync::Outcome::UpToDate => "up_to_date",
-            crate::mirror::sync::Outcome::Failed => "failed",
-        };
+    /// Counts one sync of a mirror source: its outcome (`published`, `up_to_date`, `failed`)
+    /// and the image bytes it downloaded.
+    pub fn mirror_synced(&self, source: &str, outcome: &str, bytes: u64) {
         self.mirror_syncs
             .get_or_create(&MirrorLabels {
                 source: source.to_owned(),
@@ -331,10 +327,8 @@ impl Metrics {
         let label = SourceLabel {
             source: source.to_owned(),
         };
-        self.mirror_fetched
-            .get_or_create(&label)
-            .inc_by(report.bytes);
-        if report.outcome != crate::mirror::sync::Outcome::Failed {
+        self.mirror_fetched.get_or_create(&label).inc_by(bytes);
+        if outcome != "failed" {
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |since| since.as_secs() as i64);

@@ -92,7 +92,9 @@ pub async fn sync(
     let names = sources(&body)?;
     let reports = service.sync(&names).await.map_err(Error::conflict)?;
     for report in &reports {
-        state.metrics.mirror_synced(&report.source, report);
+        state
+            .metrics
+            .mirror_synced(&report.source, report.outcome.label(), report.bytes);
     }
     Ok(Json(json!({ "reports": reports })))
 }

@@ -5,11 +5,11 @@
 //! - `sums` reads vendor digest files, `openpgp` judges the signatures over them;
 //! - `discover` finds a source's newest version (directory listings, version files);
 //! - `sync` fetches, verifies and publishes a version in one transaction;
-//! - `cmd` is `ocellus mirror …`.
+//! - `service` is the refresher and the status view, `bundle` verify/export/import, `glance`
+//!   an upstream Glance, `edge` the pull-through cache; `ocellus mirror …` is `mirrorcmd.rs`.
 
 pub mod bundle;
 pub mod catalog;
-pub mod cmd;
 pub mod discover;
 pub mod edge;
 pub mod glance;

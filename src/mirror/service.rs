@@ -73,7 +73,7 @@ impl MirrorService {
                             continue;
                         }
                         let report = self.mirror.sync(&catalog, source).await;
-                        metrics.mirror_synced(&source.name, &report);
+                        metrics.mirror_synced(&source.name, report.outcome.label(), report.bytes);
                         // Spread the next run a little, so that appliances sharing a catalog
                         // do not all arrive at the vendor at once.
                         let mut state = self.mirror.state(&source.name);

@@ -85,6 +85,17 @@ pub enum Outcome {
     Failed,
 }
 
+impl Outcome {
+    /// The outcome's name in metrics and JSON.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Outcome::Published => "published",
+            Outcome::UpToDate => "up_to_date",
+            Outcome::Failed => "failed",
+        }
+    }
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Report {
     pub source: String,

@@ -11,11 +11,11 @@ use std::sync::Arc;
 
 use serde_json::{Value, json};
 
-use super::bundle::{self, ItemReport};
-use super::catalog::{self, Catalog, SignatureRule, Versions};
-use super::service::{select, status_view};
-use super::sync::{Mirror, Outcome, Report};
 use crate::keycmd::{Backend, KeyTarget, call};
+use crate::mirror::bundle::{self, ItemReport};
+use crate::mirror::catalog::{self, Catalog, SignatureRule, Versions};
+use crate::mirror::service::{select, status_view};
+use crate::mirror::sync::{Mirror, Outcome, Report};
 use crate::opcmd::Outcome as Exit;
 
 /// Where the catalog is when neither --catalog nor the settings say.
