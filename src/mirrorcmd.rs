@@ -3,8 +3,7 @@
 //! `check` reads the catalog and its keyrings and needs nothing else. The others work like
 //! the other operator commands: on a stopped server's data directory directly, or through the
 //! running server's admin endpoints (`/ocellus/v1/mirror…`), which then use the server's own
-//! `mirror_catalog`. `export` and `import` need the server stopped (they read and write the
-//! data directory directly).
+//! `mirror_catalog`.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -78,8 +77,8 @@ pub enum MirrorCommand {
         target: KeyTarget,
     },
     /// Write an air-gapped bundle of the mirrored images: manifest.json (metadata, digests,
-    /// trust, the vendor's digest file and signature) and `blobs/<blake3>`. Needs the server
-    /// stopped
+    /// trust, the vendor's digest file and signature) and `blobs/<blake3>`; while the server
+    /// runs, it stages the bundle in its data directory and this command moves it
     Export {
         /// Sources, by name [default: all]
         sources: Vec<String>,
@@ -90,8 +89,9 @@ pub enum MirrorCommand {
         target: KeyTarget,
     },
     /// Import a bundle: every blob hashed again, every vendor signature checked again with
-    /// this catalog's keyrings; each image on its own (a bad blob fails only its image), and
-    /// importing twice changes nothing. Needs the server stopped; exit 1 if any image failed
+    /// this catalog's keyrings (the server's own catalog while it runs: it must be able to read
+    /// DIR); each image on its own (a bad blob fails only its image), and importing twice
+    /// changes nothing; exit 1 if any image failed
     Import {
         /// A directory written by `ocellus mirror export`
         dir: PathBuf,
@@ -278,11 +278,41 @@ pub fn run(command: MirrorCommand) -> Result<Exit, String> {
             target,
         } => {
             let config = settings(&target)?;
-            let Backend::Local(store) = crate::keycmd::backend(target.clone())? else {
-                return Err(stopped_only("export"));
+            let reports = match crate::keycmd::backend(target.clone())? {
+                Backend::Local(store) => {
+                    let mirror = local_mirror(*store, &config);
+                    runtime()?.block_on(bundle::export(&mirror, &out, &sources))?
+                }
+                Backend::Remote { url, target } => {
+                    if out.exists()
+                        && std::fs::read_dir(&out)
+                            .map_err(|error| format!("{}: {error}", out.display()))?
+                            .next()
+                            .is_some()
+                    {
+                        return Err(format!("{} must be new or empty", out.display()));
+                    }
+                    let value = crate::opcmd::remote(call(
+                        &url,
+                        &target,
+                        "POST",
+                        "/ocellus/v1/mirror/export",
+                        Some(json!({ "sources": sources })),
+                    ))?;
+                    let staged = PathBuf::from(
+                        value["path"]
+                            .as_str()
+                            .ok_or("the server did not say where it staged the bundle")?,
+                    );
+                    let moved = move_tree(&staged, &out);
+                    if staged.exists() {
+                        let _ = std::fs::remove_dir_all(&staged);
+                    }
+                    moved?;
+                    serde_json::from_value(value["images"].clone())
+                        .map_err(|error| error.to_string())?
+                }
             };
-            let mirror = local_mirror(*store, &config);
-            let reports = runtime()?.block_on(bundle::export(&mirror, &out, &sources))?;
             print_items(&reports, false, "exported");
             Ok(outcome(&reports))
         }
@@ -293,17 +323,35 @@ pub fn run(command: MirrorCommand) -> Result<Exit, String> {
             target,
         } => {
             let config = settings(&target)?;
-            let loaded = catalog::load(&catalog_path(&catalog, &config))?;
-            let Backend::Local(store) = crate::keycmd::backend(target.clone())? else {
-                return Err(stopped_only("import"));
+            let reports = match crate::keycmd::backend(target.clone())? {
+                Backend::Local(store) => {
+                    let loaded = catalog::load(&catalog_path(&catalog, &config))?;
+                    let mirror = local_mirror(*store, &config);
+                    runtime()?.block_on(bundle::import(
+                        &mirror,
+                        &loaded,
+                        &dir,
+                        require_signer.as_deref(),
+                    ))?
+                }
+                Backend::Remote { url, target } => {
+                    // The server reads the bundle itself, checked with its own catalog.
+                    let dir = std::fs::canonicalize(&dir)
+                        .map_err(|error| format!("{}: {error}", dir.display()))?;
+                    let value = crate::opcmd::remote(call(
+                        &url,
+                        &target,
+                        "POST",
+                        "/ocellus/v1/mirror/import",
+                        Some(json!({
+                            "dir": dir.display().to_string(),
+                            "require_signer": require_signer,
+                        })),
+                    ))?;
+                    serde_json::from_value(value["images"].clone())
+                        .map_err(|error| error.to_string())?
+                }
             };
-            let mirror = local_mirror(*store, &config);
-            let reports = runtime()?.block_on(bundle::import(
-                &mirror,
-                &loaded,
-                &dir,
-                require_signer.as_deref(),
-            ))?;
             print_items(&reports, false, "imported");
             Ok(outcome(&reports))
         }
@@ -345,8 +393,26 @@ pub fn run(command: MirrorCommand) -> Result<Exit, String> {
     }
 }
 
-fn stopped_only(what: &str) -> String {
-    format!("mirror {what} works on a stopped server's data directory; stop the server first")
+/// Moves a staged bundle to its destination: a rename on the same filesystem, else a copy.
+fn move_tree(from: &std::path::Path, to: &std::path::Path) -> Result<(), String> {
+    let describe =
+        |path: &std::path::Path, error: std::io::Error| format!("{}: {error}", path.display());
+    if to.exists() {
+        std::fs::remove_dir(to).map_err(|error| describe(to, error))?;
+    }
+    if std::fs::rename(from, to).is_ok() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(to.join("blobs")).map_err(|error| describe(to, error))?;
+    for entry in std::fs::read_dir(from.join("blobs")).map_err(|error| describe(from, error))? {
+        let entry = entry.map_err(|error| describe(from, error))?;
+        let target = to.join("blobs").join(entry.file_name());
+        std::fs::copy(entry.path(), &target).map_err(|error| describe(&target, error))?;
+    }
+    let manifest = to.join(bundle::MANIFEST);
+    std::fs::copy(from.join(bundle::MANIFEST), &manifest)
+        .map_err(|error| describe(&manifest, error))?;
+    Ok(())
 }
 
 fn outcome(reports: &[ItemReport]) -> Exit {

@@ -1,7 +1,9 @@
 //! The mirror's admin endpoints, used by `ocellus mirror …` while the server runs:
 //! `GET /ocellus/v1/mirror` (status), `POST /ocellus/v1/mirror/plan` and
 //! `POST /ocellus/v1/mirror/sync` and `POST /ocellus/v1/mirror/verify` (body
-//! `{"sources": [...]}`, empty for all). Admins only.
+//! `{"sources": [...]}`, empty for all), `POST /ocellus/v1/mirror/export` (the same body; the
+//! bundle is staged in the data directory) and `POST /ocellus/v1/mirror/import` (`{"dir",
+//! "require_signer"}`). Admins only.
 
 use std::sync::Arc;
 
@@ -112,5 +114,67 @@ pub async fn verify(
     let reports = crate::mirror::bundle::verify(&service.mirror, catalog.as_ref(), &names)
         .await
         .map_err(Error::conflict)?;
+    Ok(Json(json!({ "images": reports })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ImportBody {
+    /// The bundle's directory, as the server sees it.
+    dir: String,
+    require_signer: Option<String>,
+}
+
+/// `POST /ocellus/v1/mirror/export` (`ocellus mirror export` while the server runs): the server
+/// writes the bundle under `<data_dir>/backups/` (the one place its unit may write) and says
+/// where; the command moves it to its destination.
+pub async fn export(
+    State(state): State<AppState>,
+    caller: Caller,
+    parts: Parts,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, Error> {
+    require_admin(&state, &caller, &parts)?;
+    let service = service(&state)?;
+    let names = sources(&body)?;
+    let staging = state
+        .config
+        .data_dir
+        .join(super::admin::BACKUP_STAGING)
+        .join(format!(
+            "mirror-{}-{}",
+            crate::identity::now_secs(),
+            uuid::Uuid::new_v4().simple()
+        ));
+    let reports = crate::mirror::bundle::export(&service.mirror, &staging, &names)
+        .await
+        .map_err(Error::conflict)?;
+    let path = std::fs::canonicalize(&staging).unwrap_or(staging);
+    Ok(Json(
+        json!({ "path": path.display().to_string(), "images": reports }),
+    ))
+}
+
+/// `POST /ocellus/v1/mirror/import` (`ocellus mirror import` while the server runs): the
+/// server reads the bundle from `dir`, which it must be able to read.
+pub async fn import(
+    State(state): State<AppState>,
+    caller: Caller,
+    parts: Parts,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, Error> {
+    require_admin(&state, &caller, &parts)?;
+    let service = service(&state)?;
+    let body: ImportBody = serde_json::from_slice(&body)
+        .map_err(|error| Error::bad_request(format!("Bad mirror import request: {error}")))?;
+    let catalog = service.catalog().map_err(Error::conflict)?;
+    let reports = crate::mirror::bundle::import(
+        &service.mirror,
+        &catalog,
+        std::path::Path::new(&body.dir),
+        body.require_signer.as_deref(),
+    )
+    .await
+    .map_err(Error::bad_request)?;
     Ok(Json(json!({ "images": reports })))
 }

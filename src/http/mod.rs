@@ -339,6 +339,14 @@ pub fn router(state: AppState) -> Router {
             resource("POST", post(mirror::verify)),
         )
         .route(
+            "/ocellus/v1/mirror/export",
+            resource("POST", post(mirror::export)),
+        )
+        .route(
+            "/ocellus/v1/mirror/import",
+            resource("POST", post(mirror::import)),
+        )
+        .route(
             "/ocellus/v1/metadefs",
             resource("POST", post(admin::load_metadefs)),
         )

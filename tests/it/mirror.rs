@@ -1558,3 +1558,42 @@ allow_hosts = ["127.0.0.1"]
     edge.stop().await;
     upstream.stop().await;
 }
+
+#[tokio::test]
+async fn bundles_move_through_running_servers() {
+    let gpg = Gpg::shared();
+    let vendor = Vendor::start().await;
+    let work = tempfile::tempdir().unwrap();
+    let bytes = ubuntu_version(&vendor, work.path(), "20240101", 141);
+    let setup = Setup::new(&[&gpg.ed25519], &ubuntu_catalog(&vendor, ""));
+    let origin = setup.server().await;
+    assert_eq!(sync(&origin, "ubuntu-24.04").await["outcome"], "published");
+    let bundle = work.path().join("bundle").to_string_lossy().into_owned();
+    let (code, out, err) = ocellus(args(&[
+        "mirror",
+        "export",
+        "--out",
+        &bundle,
+        "--url",
+        &origin.base,
+    ]))
+    .await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("1 image(s), 0 failed"), "{out}");
+    // Nothing is left staged in the server's data directory.
+    let staged = std::fs::read_dir(origin.data_dir().join("backups"))
+        .unwrap()
+        .count();
+    assert_eq!(staged, 0);
+
+    let copy = setup.server().await;
+    let (code, out, err) = ocellus(args(&["mirror", "import", &bundle, "--url", &copy.base])).await;
+    assert_eq!(code, 0, "{out}{err}");
+    let id = named(&origin, "ubuntu-24.04").await[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(copy.download(&id).await.1, bytes);
+    origin.stop().await;
+    copy.stop().await;
+}
