@@ -1597,3 +1597,32 @@ async fn bundles_move_through_running_servers() {
     origin.stop().await;
     copy.stop().await;
 }
+
+#[tokio::test]
+async fn shutdown_cuts_a_refresher_download_and_keeps_nothing() {
+    let gpg = Gpg::shared();
+    let vendor = Vendor::start().await;
+    let work = tempfile::tempdir().unwrap();
+    ubuntu_version(&vendor, work.path(), "20240101", 151);
+    let image = format!("{DIR}noble-server-cloudimg-amd64.img");
+    vendor.stall(&image, 64 * 1024);
+    let setup = Setup::new(&[&gpg.ed25519], &ubuntu_catalog(&vendor, ""));
+    let catalog = setup.catalog();
+    let server = Server::start_with(move |config| config.mirror_catalog = Some(catalog)).await;
+    for _ in 0..500 {
+        if vendor.hits(&image) > 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(vendor.hits(&image), 1, "the refresher started the download");
+    // The download waits on the vendor forever; the shutdown must not.
+    let dir = tokio::time::timeout(std::time::Duration::from_secs(20), server.stop())
+        .await
+        .expect("the server stopped while the refresher was downloading");
+    let server = Server::start_in(dir, |_| {}).await;
+    assert!(all_of(&server, "ubuntu-24.04").await.is_empty());
+    assert!(server.blob_files().is_empty(), "{:?}", server.blob_files());
+    assert!(server.temp_files().is_empty(), "{:?}", server.temp_files());
+    server.stop().await;
+}
