@@ -409,9 +409,9 @@ async fn serve_data(
     Ok(response.into_response())
 }
 
-/// A download of an edge cache's image whose bytes are not here: the request that starts the
-/// fetch streams the bytes as they arrive (unless it asked for a range); the others wait for
-/// that fetch and are then served from the store.
+/// A download of an edge cache's image whose bytes are not here: the requests that start the
+/// fetch or join it while it is young stream the bytes as they arrive (unless they asked for
+/// a range); later ones wait for that fetch and are then served from the store.
 async fn pull_through(
     state: &AppState,
     caller: &Caller,
@@ -427,10 +427,7 @@ async fn pull_through(
         .and_then(|size| size.parse::<u64>().ok());
     let id = record.id.to_string();
     match edge.begin(record.clone(), !ranged).await {
-        Begin::Stream(receiver) => {
-            let stream = futures_util::stream::unfold(receiver, |mut receiver| async move {
-                receiver.recv().await.map(|item| (item, receiver))
-            });
+        Begin::Stream(stream) => {
             let mut response = Response::new(Body::from_stream(stream));
             let response_headers = response.headers_mut();
             response_headers.insert(

@@ -3,11 +3,13 @@
 //!
 //! The refresher keeps the catalog in step (the `kind = "glance"` source named by `[edge]`, in
 //! lazy form: metadata only). Bytes come on the first download: one fetch per image however
-//! many clients ask at once (single flight). The client that started it gets the bytes as
-//! they arrive, the last chunk held back until the whole image has been checked against the
-//! upstream's size, checksum and `os_hash_value` and published, so that a mismatch or a broken
-//! upstream ends that response without a clean end and keeps nothing; the others wait for the
-//! fetch and are then served from the store. Cached bytes beyond `cache_max_bytes` are
+//! many clients ask at once (single flight). The clients read the fetch as the bytes arrive,
+//! each at its own pace (the start is kept for late joiners up to `REPLAY`, the fetch waits
+//! for a reader `AHEAD` behind), the last chunk held back until the whole image has been
+//! checked against the upstream's size, checksum and `os_hash_value` and published, so that a
+//! mismatch or a broken upstream ends every response without a clean end and keeps nothing.
+//! Clients that come later, or ask for a range, wait for the fetch and are served from the
+//! store. Cached bytes beyond `cache_max_bytes` are
 //! evicted, least recently used first, never a pinned image (by tag or name pattern) nor one
 //! being fetched; a blob being read stays until its readers finish (the store's pins).
 
@@ -18,7 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 use super::catalog::EdgeSettings;
 use super::glance::{
@@ -32,19 +34,183 @@ use crate::store::StoreError;
 
 /// How a fetch ended, for the clients waiting on it.
 type Done = Option<Result<(), String>>;
-/// Bytes on their way to the client that started a fetch.
-type Tee = mpsc::Sender<Result<Bytes, std::io::Error>>;
-/// The chunk held back, and the client it is for.
-type Held = (Option<Bytes>, Option<Tee>);
+/// A fetch running: its readers' side and its end.
+type Running = (Arc<Flight>, watch::Receiver<Done>);
 
 /// What a download of an image without bytes gets.
 pub enum Begin {
-    /// This request started the fetch: the bytes, as they arrive.
-    Stream(mpsc::Receiver<Result<Bytes, std::io::Error>>),
-    /// Another request's fetch is running (or this one was ranged): wait for it.
+    /// The bytes as they arrive: this request started the fetch, or joined it early enough.
+    Stream(futures_util::stream::BoxStream<'static, Result<Bytes, std::io::Error>>),
+    /// A fetch is running that can no longer be joined (or this request asked for a range):
+    /// wait for it.
     Wait(watch::Receiver<Done>),
     /// The bytes arrived since the caller read the image: serve them.
     Ready,
+}
+
+/// Bytes of a fetch kept from its start, so that clients arriving a little late still read it
+/// from its first byte; beyond this, late clients wait for the end instead.
+const REPLAY: usize = 64 << 20;
+/// Bytes a fetch may run ahead of its slowest reader before it waits for it.
+const AHEAD: usize = 64 << 20;
+
+/// A fetch in flight, read by the clients that joined it, each at its own pace.
+pub struct Flight {
+    inner: std::sync::Mutex<FlightInner>,
+    changed: tokio::sync::Notify,
+}
+
+#[derive(Default)]
+struct FlightInner {
+    /// Released chunks, from the one numbered `first`.
+    chunks: std::collections::VecDeque<Bytes>,
+    first: usize,
+    /// Bytes in `chunks`, and pushed in all.
+    bytes: usize,
+    pushed: usize,
+    /// Each reader's next chunk number.
+    readers: HashMap<u64, usize>,
+    next_reader: u64,
+    done: Done,
+}
+
+impl FlightInner {
+    /// While the fetch is young, anyone may join and read it from the start.
+    fn joinable(&self) -> bool {
+        self.first == 0 && self.pushed <= REPLAY && self.done.is_none()
+    }
+
+    /// Drops the chunks every reader has had, once no one can join any more.
+    fn trim(&mut self) {
+        if self.joinable() {
+            return;
+        }
+        let end = self.first + self.chunks.len();
+        let keep_from = self.readers.values().copied().min().unwrap_or(end);
+        while self.first < keep_from {
+            if let Some(chunk) = self.chunks.pop_front() {
+                self.bytes -= chunk.len();
+            }
+            self.first += 1;
+        }
+    }
+}
+
+impl Flight {
+    fn new() -> Arc<Flight> {
+        Arc::new(Flight {
+            inner: std::sync::Mutex::new(FlightInner::default()),
+            changed: tokio::sync::Notify::new(),
+        })
+    }
+
+    /// A reader from the first byte, if the fetch is still young enough.
+    fn join(
+        self: &Arc<Self>,
+    ) -> Option<futures_util::stream::BoxStream<'static, Result<Bytes, std::io::Error>>> {
+        let mut inner = lock(&self.inner);
+        if !inner.joinable() {
+            return None;
+        }
+        let id = inner.next_reader;
+        inner.next_reader += 1;
+        inner.readers.insert(id, 0);
+        drop(inner);
+        Some(reader_stream(Reader {
+            flight: self.clone(),
+            id,
+        }))
+    }
+
+    /// Releases a chunk to the readers, waiting while the slowest is `AHEAD` behind.
+    async fn push(&self, chunk: Bytes) {
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let mut inner = lock(&self.inner);
+                if inner.readers.is_empty() && !inner.joinable() {
+                    // No one to read it, and no one may join: nothing to keep.
+                    inner.first += 1;
+                    inner.pushed += chunk.len();
+                    return;
+                }
+                if inner.bytes < AHEAD || inner.joinable() {
+                    inner.bytes += chunk.len();
+                    inner.pushed += chunk.len();
+                    inner.chunks.push_back(chunk);
+                    inner.trim();
+                    drop(inner);
+                    self.changed.notify_waiters();
+                    return;
+                }
+            }
+            notified.await;
+        }
+    }
+
+    fn finish(&self, outcome: Result<(), String>) {
+        lock(&self.inner).done = Some(outcome);
+        self.changed.notify_waiters();
+    }
+}
+
+/// One client reading a flight; leaving lets the flight drop what only it still needed.
+struct Reader {
+    flight: Arc<Flight>,
+    id: u64,
+}
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        let mut inner = lock(&self.flight.inner);
+        inner.readers.remove(&self.id);
+        inner.trim();
+        drop(inner);
+        self.flight.changed.notify_waiters();
+    }
+}
+
+/// A reader's bytes: each chunk as it is released; at the end a clean finish if the fetch was
+/// checked and published, an error otherwise (so the client never mistakes a failed fetch for
+/// a whole image).
+fn reader_stream(
+    reader: Reader,
+) -> futures_util::stream::BoxStream<'static, Result<Bytes, std::io::Error>> {
+    futures_util::stream::unfold(Some(reader), |reader| async move {
+        let reader = reader?;
+        let flight = reader.flight.clone();
+        loop {
+            let notified = flight.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let mut inner = lock(&reader.flight.inner);
+                let position = inner.readers.get(&reader.id).copied().unwrap_or(0);
+                let chunk = position
+                    .checked_sub(inner.first)
+                    .and_then(|index| inner.chunks.get(index).cloned());
+                if let Some(chunk) = chunk {
+                    inner.readers.insert(reader.id, position + 1);
+                    inner.trim();
+                    drop(inner);
+                    reader.flight.changed.notify_waiters();
+                    return Some((Ok(chunk), Some(reader)));
+                }
+                match &inner.done {
+                    Some(Ok(())) => return None,
+                    Some(Err(error)) => {
+                        let error = std::io::Error::other(error.clone());
+                        return Some((Err(error), None));
+                    }
+                    None => {}
+                }
+            }
+            notified.await;
+        }
+    })
+    .boxed()
 }
 
 /// The cache's counters, for `/metrics` and `ocellus mirror status`.
@@ -60,7 +226,7 @@ pub struct EdgeCounters {
 pub struct Edge {
     pub settings: EdgeSettings,
     service: Arc<MirrorService>,
-    flights: std::sync::Mutex<HashMap<ImageId, watch::Receiver<Done>>>,
+    flights: std::sync::Mutex<HashMap<ImageId, Running>>,
     /// Last download of each cached image (Unix microseconds), for eviction; images not read
     /// since the start count from their last change.
     used: std::sync::Mutex<HashMap<ImageId, i64>>,
@@ -105,11 +271,12 @@ impl Edge {
     }
 
     /// Starts (or joins) the fetch of `record`'s bytes. `stream` asks for the bytes as they
-    /// arrive, which only the request that starts the fetch gets.
+    /// arrive: the request that starts the fetch gets them, and so do those that join while
+    /// its start is still held for them; later ones, and ranged requests, wait for the end.
     pub async fn begin(self: &Arc<Self>, record: ImageRecord, stream: bool) -> Begin {
         let id = record.id;
-        if let Some(done) = lock(&self.flights).get(&id) {
-            return Begin::Wait(done.clone());
+        if let Some(joined) = self.join(id, stream) {
+            return joined;
         }
         // A fetch may have ended between the caller's read of the image and now.
         let store = self.service.mirror.store().clone();
@@ -123,34 +290,44 @@ impl Edge {
             return Begin::Ready;
         }
         let mut flights = lock(&self.flights);
-        if let Some(done) = flights.get(&id) {
-            return Begin::Wait(done.clone());
+        if flights.contains_key(&id) {
+            drop(flights);
+            return self.join(id, stream).unwrap_or(Begin::Ready);
         }
         let (done_sender, done) = watch::channel::<Done>(None);
-        flights.insert(id, done.clone());
+        let flight = Flight::new();
+        flights.insert(id, (flight.clone(), done.clone()));
         drop(flights);
         self.counters.misses.fetch_add(1, Ordering::Relaxed);
-        let (tee, receiver) = if stream {
-            let (sender, receiver) = mpsc::channel(8);
-            (Some(sender), Some(receiver))
-        } else {
-            (None, None)
-        };
+        let first = if stream { flight.join() } else { None };
         let edge = self.clone();
-        // The fetch runs on its own: the client that started it may go away, the others wait.
+        // The fetch runs on its own: the clients reading it may come and go.
         tokio::spawn(async move {
-            let outcome = edge.fetch(record, tee).await;
+            let outcome = edge.fetch_inner(&record, &flight).await;
             if let Err(error) = &outcome {
                 tracing::warn!(image = %id, %error, "the edge could not fetch an image");
             }
+            flight.finish(outcome.clone());
             lock(&edge.flights).remove(&id);
             let _ = done_sender.send(Some(outcome));
             edge.enforce_cap(None).await;
         });
-        match receiver {
-            Some(receiver) => Begin::Stream(receiver),
+        match first {
+            Some(reader) => Begin::Stream(reader),
             None => Begin::Wait(done),
         }
+    }
+
+    /// Joins the fetch of `id` if one runs: as a reader while it is young (and `stream`),
+    /// otherwise to wait for it.
+    fn join(&self, id: ImageId, stream: bool) -> Option<Begin> {
+        let flights = lock(&self.flights);
+        let (flight, done) = flights.get(&id)?;
+        let reader = if stream { flight.join() } else { None };
+        Some(match reader {
+            Some(reader) => Begin::Stream(reader),
+            None => Begin::Wait(done.clone()),
+        })
     }
 
     /// Waits for a fetch to end.
@@ -165,24 +342,7 @@ impl Edge {
         }
     }
 
-    async fn fetch(
-        &self,
-        record: ImageRecord,
-        tee: Option<mpsc::Sender<Result<Bytes, std::io::Error>>>,
-    ) -> Result<(), String> {
-        let outcome = self.fetch_inner(&record, tee.clone()).await;
-        if let (Err(error), Some(tee)) = (&outcome, &tee) {
-            // The client sees a broken transfer, never a clean end.
-            let _ = tee.send(Err(std::io::Error::other(error.clone()))).await;
-        }
-        outcome
-    }
-
-    async fn fetch_inner(
-        &self,
-        record: &ImageRecord,
-        tee: Option<mpsc::Sender<Result<Bytes, std::io::Error>>>,
-    ) -> Result<(), String> {
+    async fn fetch_inner(&self, record: &ImageRecord, flight: &Arc<Flight>) -> Result<(), String> {
         let catalog = self.service.catalog()?;
         let source = catalog
             .source(&self.settings.source)
@@ -229,14 +389,16 @@ impl Edge {
                 .map(|(algorithm, _)| sums::Hasher::new(*algorithm)),
         ));
         let feeding = hasher.clone();
-        // Each chunk goes to the client once the next has arrived: the last one waits for the
+        // Each chunk goes to the readers once the next has arrived: the last one waits for the
         // verdict.
-        let held: Arc<tokio::sync::Mutex<Held>> = Arc::new(tokio::sync::Mutex::new((None, tee)));
+        let held: Arc<std::sync::Mutex<Option<Bytes>>> = Arc::new(std::sync::Mutex::new(None));
         let passing = held.clone();
+        let releasing = flight.clone();
         let fetched = Arc::new(AtomicU64::new(0));
         let counting = fetched.clone();
         let body = answer.fetched.body.then(move |item| {
             let passing = passing.clone();
+            let releasing = releasing.clone();
             let feeding = feeding.clone();
             let counting = counting.clone();
             async move {
@@ -245,13 +407,9 @@ impl Edge {
                         hasher.update(chunk);
                     }
                     counting.fetch_add(chunk.len() as u64, Ordering::Relaxed);
-                    let mut guard = passing.lock().await;
-                    let previous = guard.0.replace(chunk.clone());
-                    if let (Some(previous), Some(sender)) = (previous, guard.1.as_ref())
-                        && sender.send(Ok(previous)).await.is_err()
-                    {
-                        // That client went away; the fetch goes on for the others.
-                        guard.1 = None;
+                    let previous = lock(&passing).replace(chunk.clone());
+                    if let Some(previous) = previous {
+                        releasing.push(previous).await;
                     }
                 }
                 item
@@ -324,9 +482,9 @@ impl Edge {
         .map_err(|error| error.to_string())?;
         lock(&self.used).insert(id, now_micros());
         // Published: the last chunk may go.
-        let mut guard = held.lock().await;
-        if let (Some(last), Some(sender)) = (guard.0.take(), guard.1.take()) {
-            let _ = sender.send(Ok(last)).await;
+        let last = lock(&held).take();
+        if let Some(last) = last {
+            flight.push(last).await;
         }
         Ok(())
     }

@@ -1258,6 +1258,26 @@ async fn the_owners_quota_and_the_free_space_are_admitted_before_a_download() {
     server.stop().await;
 }
 
+/// An edge catalog in front of the Glance at `base`; `edge` adds to the `[edge]` table.
+fn edge_catalog(base: &str, edge: &str) -> String {
+    format!(
+        r#"
+mode = "edge"
+
+[edge]
+source = "site"
+{edge}
+
+[[source]]
+name = "site"
+kind = "glance"
+base_url = "{base}"
+allow_insecure_http = true
+allow_hosts = ["127.0.0.1"]
+"#
+    )
+}
+
 /// GETs of image files the upstream answered 200, from its own metrics.
 async fn file_downloads(upstream: &Server) -> u64 {
     let metrics = upstream
@@ -1510,24 +1530,7 @@ allow_hosts = ["127.0.0.1"]
 #[tokio::test]
 async fn an_edge_told_to_forward_writes_passes_them_to_its_upstream() {
     let upstream = Server::start().await;
-    let catalog = format!(
-        r#"
-mode = "edge"
-
-[edge]
-source = "site"
-writes = "forward"
-
-[[source]]
-name = "site"
-kind = "glance"
-base_url = "{}"
-allow_insecure_http = true
-allow_hosts = ["127.0.0.1"]
-"#,
-        upstream.base
-    );
-    let setup = Setup::new(&[], &catalog);
+    let setup = Setup::new(&[], &edge_catalog(&upstream.base, "writes = \"forward\""));
     let edge = setup.server().await;
     let (status, image) = edge
         .json(edge.request(Method::POST, "/v2/images").json(&json!({
@@ -1625,4 +1628,61 @@ async fn shutdown_cuts_a_refresher_download_and_keeps_nothing() {
     assert!(server.blob_files().is_empty(), "{:?}", server.blob_files());
     assert!(server.temp_files().is_empty(), "{:?}", server.temp_files());
     server.stop().await;
+}
+
+#[tokio::test]
+async fn clients_that_join_a_young_fetch_read_it_as_it_arrives() {
+    use super::vendor::Proxy;
+    let upstream = Server::start().await;
+    let work = tempfile::tempdir().unwrap();
+    let bytes = qcow2(work.path(), 161);
+    let image = upstream
+        .create(
+            json!({"name": "held", "disk_format": "qcow2", "container_format": "bare",
+                       "visibility": "public"}),
+        )
+        .await;
+    let id = image["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        upstream.upload(&id, bytes.clone()).await,
+        StatusCode::NO_CONTENT
+    );
+    let proxy = Proxy::start(&upstream.base).await;
+    let setup = Setup::new(&[], &edge_catalog(&proxy.base, ""));
+    let edge = setup.server().await;
+    assert_eq!(sync(&edge, "site").await["outcome"], "published");
+    let path = format!("/v2/images/{id}/file");
+    proxy.hold(&path, 96 * 1024);
+    let before = file_downloads(&upstream).await;
+    // The first client starts the fetch, which the upstream then holds after 96 KiB.
+    let mut first = edge.request(Method::GET, &path).send().await.unwrap();
+    let head = tokio::time::timeout(std::time::Duration::from_secs(10), first.chunk())
+        .await
+        .expect("the first client gets bytes while the fetch runs")
+        .unwrap()
+        .unwrap();
+    assert!(!head.is_empty());
+    // A second client arrives while the fetch is held: it reads from the first byte at once,
+    // without waiting for the end.
+    let mut second = edge.request(Method::GET, &path).send().await.unwrap();
+    assert_eq!(second.status(), StatusCode::OK);
+    let early = tokio::time::timeout(std::time::Duration::from_secs(5), second.chunk())
+        .await
+        .expect("a client joining a young fetch streams it")
+        .unwrap()
+        .unwrap();
+    assert_eq!(early[..], bytes[..early.len()]);
+    proxy.open();
+    let mut one = head.to_vec();
+    while let Some(chunk) = first.chunk().await.unwrap() {
+        one.extend_from_slice(&chunk);
+    }
+    let mut two = early.to_vec();
+    while let Some(chunk) = second.chunk().await.unwrap() {
+        two.extend_from_slice(&chunk);
+    }
+    assert!(one == bytes && two == bytes);
+    assert_eq!(file_downloads(&upstream).await - before, 1);
+    edge.stop().await;
+    upstream.stop().await;
 }

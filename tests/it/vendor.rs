@@ -400,17 +400,35 @@ pub fn sha512_hex(bytes: &[u8]) -> String {
 }
 
 /// A forwarding proxy in front of a server, which can break a transfer off after some bytes
-/// (the upstream dying mid-fetch, as its client sees it).
+/// (the upstream dying mid-fetch, as its client sees it), change a byte, or hold a transfer
+/// after some bytes until released.
 #[derive(Clone)]
 pub struct Proxy {
     pub base: String,
     cuts: Arc<Mutex<HashMap<String, usize>>>,
+    gate: Arc<Gate>,
 }
 
-/// The proxy's target, its cuts, and its client.
-type ProxyState = (String, Arc<Mutex<HashMap<String, usize>>>, reqwest::Client);
+/// Holds transfers of one path after some bytes until opened.
+#[derive(Default)]
+struct Gate {
+    held: Mutex<Option<(String, usize)>>,
+    open: tokio::sync::Notify,
+    opened: std::sync::atomic::AtomicBool,
+}
 
-async fn forward(State((target, cuts, client)): State<ProxyState>, request: Request) -> Response {
+/// The proxy's target, its cuts, its gate and its client.
+type ProxyState = (
+    String,
+    Arc<Mutex<HashMap<String, usize>>>,
+    Arc<Gate>,
+    reqwest::Client,
+);
+
+async fn forward(
+    State((target, cuts, gate, client)): State<ProxyState>,
+    request: Request,
+) -> Response {
     let path = request.uri().path().to_owned();
     let query = request
         .uri()
@@ -440,6 +458,41 @@ async fn forward(State((target, cuts, client)): State<ProxyState>, request: Requ
     }
     let cut = cuts.lock().unwrap().get(&path).copied();
     let stream = answer.bytes_stream();
+    let hold = gate
+        .held
+        .lock()
+        .unwrap()
+        .clone()
+        .filter(|(held, _)| *held == path)
+        .map(|(_, after)| after);
+    if let Some(after) = hold {
+        // Bytes pass until `after` have; then the rest waits for the gate.
+        let mut passed = 0usize;
+        let gate = gate.clone();
+        let body = Body::from_stream(stream.then(move |item| {
+            let gate = gate.clone();
+            let before = passed;
+            if let Ok(chunk) = &item {
+                passed += chunk.len();
+            }
+            async move {
+                while before >= after && !gate.opened.load(std::sync::atomic::Ordering::SeqCst) {
+                    let opened = gate.open.notified();
+                    tokio::pin!(opened);
+                    opened.as_mut().enable();
+                    if gate.opened.load(std::sync::atomic::Ordering::SeqCst) {
+                        break;
+                    }
+                    opened.await;
+                }
+                item.map_err(std::io::Error::other)
+            }
+        }));
+        let mut response = Response::new(body);
+        *response.status_mut() = status;
+        *response.headers_mut() = headers;
+        return response;
+    }
     let body = match cut {
         None => Body::from_stream(stream),
         // usize::MAX: every byte arrives, the first one changed.
@@ -489,10 +542,12 @@ use futures_util::StreamExt as _;
 impl Proxy {
     pub async fn start(target: &str) -> Proxy {
         let cuts = Arc::new(Mutex::new(HashMap::new()));
+        let gate = Arc::new(Gate::default());
         let client = reqwest::Client::new();
         let app = axum::Router::new().fallback(forward).with_state((
             target.to_owned(),
             cuts.clone(),
+            gate.clone(),
             client,
         ));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -500,7 +555,19 @@ impl Proxy {
         tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        Proxy { base, cuts }
+        Proxy { base, cuts, gate }
+    }
+
+    /// Holds transfers of `path` after `after` bytes until `open`.
+    pub fn hold(&self, path: &str, after: usize) {
+        *self.gate.held.lock().unwrap() = Some((path.to_owned(), after));
+    }
+
+    pub fn open(&self) {
+        self.gate
+            .opened
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.gate.open.notify_waiters();
     }
 
     pub fn cut(&self, path: &str, after: usize) {
