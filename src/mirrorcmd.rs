@@ -85,6 +85,10 @@ pub enum MirrorCommand {
         /// The bundle's directory (created; must be new or empty)
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
+        /// Sign manifest.json with this armored, unprotected OpenPGP secret key (written as
+        /// manifest.json.asc)
+        #[arg(long, value_name = "FILE")]
+        sign_key: Option<PathBuf>,
         #[command(flatten)]
         target: KeyTarget,
     },
@@ -98,6 +102,12 @@ pub enum MirrorCommand {
         /// Accept only images signed by this key (fingerprint of a pinned primary key)
         #[arg(long, value_name = "FINGERPRINT")]
         require_signer: Option<String>,
+        /// Require manifest.json.asc, made by this primary key, before anything is imported
+        #[arg(long, value_name = "FINGERPRINT", requires = "manifest_keyring")]
+        manifest_signer: Option<String>,
+        /// The keyring holding --manifest-signer's key
+        #[arg(long, value_name = "FILE", requires = "manifest_signer")]
+        manifest_keyring: Option<PathBuf>,
         #[command(flatten)]
         catalog: CatalogArg,
         #[command(flatten)]
@@ -275,13 +285,25 @@ pub fn run(command: MirrorCommand) -> Result<Exit, String> {
         MirrorCommand::Export {
             sources,
             out,
+            sign_key,
             target,
         } => {
             let config = settings(&target)?;
+            let sign_key = sign_key
+                .map(|path| {
+                    std::fs::canonicalize(&path)
+                        .map_err(|error| format!("{}: {error}", path.display()))
+                })
+                .transpose()?;
             let reports = match crate::keycmd::backend(target.clone())? {
                 Backend::Local(store) => {
                     let mirror = local_mirror(*store, &config);
-                    runtime()?.block_on(bundle::export(&mirror, &out, &sources))?
+                    runtime()?.block_on(bundle::export(
+                        &mirror,
+                        &out,
+                        &sources,
+                        sign_key.as_deref(),
+                    ))?
                 }
                 Backend::Remote { url, target } => {
                     if out.exists()
@@ -297,7 +319,7 @@ pub fn run(command: MirrorCommand) -> Result<Exit, String> {
                         &target,
                         "POST",
                         "/ocellus/v1/mirror/export",
-                        Some(json!({ "sources": sources })),
+                        Some(json!({ "sources": sources, "sign_key": sign_key })),
                     ))?;
                     let staged = PathBuf::from(
                         value["path"]
@@ -319,9 +341,18 @@ pub fn run(command: MirrorCommand) -> Result<Exit, String> {
         MirrorCommand::Import {
             dir,
             require_signer,
+            manifest_signer,
+            manifest_keyring,
             catalog,
             target,
         } => {
+            let manifest_keyring = manifest_keyring
+                .map(|path| {
+                    std::fs::canonicalize(&path)
+                        .map_err(|error| format!("{}: {error}", path.display()))
+                })
+                .transpose()?;
+            let manifest = manifest_keyring.as_deref().zip(manifest_signer.as_deref());
             let config = settings(&target)?;
             let reports = match crate::keycmd::backend(target.clone())? {
                 Backend::Local(store) => {
@@ -332,6 +363,7 @@ pub fn run(command: MirrorCommand) -> Result<Exit, String> {
                         &loaded,
                         &dir,
                         require_signer.as_deref(),
+                        manifest,
                     ))?
                 }
                 Backend::Remote { url, target } => {
@@ -346,6 +378,8 @@ pub fn run(command: MirrorCommand) -> Result<Exit, String> {
                         Some(json!({
                             "dir": dir.display().to_string(),
                             "require_signer": require_signer,
+                            "manifest_signer": manifest_signer,
+                            "manifest_keyring": manifest_keyring,
                         })),
                     ))?;
                     serde_json::from_value(value["images"].clone())

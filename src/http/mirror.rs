@@ -123,6 +123,17 @@ struct ImportBody {
     /// The bundle's directory, as the server sees it.
     dir: String,
     require_signer: Option<String>,
+    manifest_signer: Option<String>,
+    manifest_keyring: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ExportBody {
+    #[serde(default)]
+    sources: Vec<String>,
+    /// An armored secret key file the server can read, to sign the manifest with.
+    sign_key: Option<String>,
 }
 
 /// `POST /ocellus/v1/mirror/export` (`ocellus mirror export` while the server runs): the server
@@ -136,7 +147,12 @@ pub async fn export(
 ) -> Result<Json<Value>, Error> {
     require_admin(&state, &caller, &parts)?;
     let service = service(&state)?;
-    let names = sources(&body)?;
+    let body: ExportBody = if body.iter().all(u8::is_ascii_whitespace) {
+        ExportBody::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|error| Error::bad_request(format!("Bad mirror export request: {error}")))?
+    };
     let staging = state
         .config
         .data_dir
@@ -146,9 +162,14 @@ pub async fn export(
             crate::identity::now_secs(),
             uuid::Uuid::new_v4().simple()
         ));
-    let reports = crate::mirror::bundle::export(&service.mirror, &staging, &names)
-        .await
-        .map_err(Error::conflict)?;
+    let reports = crate::mirror::bundle::export(
+        &service.mirror,
+        &staging,
+        &body.sources,
+        body.sign_key.as_deref().map(std::path::Path::new),
+    )
+    .await
+    .map_err(Error::conflict)?;
     let path = std::fs::canonicalize(&staging).unwrap_or(staging);
     Ok(Json(
         json!({ "path": path.display().to_string(), "images": reports }),
@@ -173,6 +194,10 @@ pub async fn import(
         &catalog,
         std::path::Path::new(&body.dir),
         body.require_signer.as_deref(),
+        body.manifest_keyring
+            .as_deref()
+            .map(std::path::Path::new)
+            .zip(body.manifest_signer.as_deref()),
     )
     .await
     .map_err(Error::bad_request)?;

@@ -1,8 +1,9 @@
 //! Air-gapped bundles and re-verification.
 //!
 //! `export` writes `manifest.json` (each mirrored image's metadata, digests, trust and the
-//! vendor's digest document and signature as they were fetched) and `blobs/<blake3>` (the
-//! bytes, read back verified). `import` trusts nothing in the bundle: it re-hashes every blob,
+//! vendor's digest document and signature as they were fetched), `blobs/<blake3>` (the
+//! bytes, read back verified) and, given a secret key, `manifest.json.asc`, a detached
+//! signature that `import --manifest-signer` requires. `import` trusts nothing in the bundle: it re-hashes every blob,
 //! checks the vendor signature again with the local catalog's keyrings and rules (and
 //! `--require-signer`), and publishes each image in one transaction, with the same id, so an
 //! import is idempotent and a bad blob fails only its image. `verify` re-checks images in
@@ -26,6 +27,8 @@ use crate::kv::{ImageId, ImageRecord, ImageStatus, Visibility};
 use crate::store::StoreError;
 
 pub const MANIFEST: &str = "manifest.json";
+/// The manifest's detached OpenPGP signature, when the export was signed.
+pub const MANIFEST_SIGNATURE: &str = "manifest.json.asc";
 pub const FORMAT: &str = "ocellus-mirror-bundle/1";
 /// The largest manifest read.
 const MAX_MANIFEST: u64 = 64 << 20;
@@ -209,7 +212,12 @@ pub async fn export(
     mirror: &Mirror,
     out: &Path,
     names: &[String],
+    sign_key: Option<&Path>,
 ) -> Result<Vec<ItemReport>, String> {
+    // A key that cannot sign is found out before anything is written.
+    let secret = sign_key
+        .map(|path| std::fs::read(path).map_err(|error| format!("{}: {error}", path.display())))
+        .transpose()?;
     let describe = |error: std::io::Error| format!("{}: {error}", out.display());
     std::fs::create_dir_all(out.join("blobs")).map_err(describe)?;
     let entries = std::fs::read_dir(out).map_err(describe)?.count();
@@ -237,6 +245,10 @@ pub async fn export(
         images,
     };
     let text = serde_json::to_vec_pretty(&manifest).map_err(|error| error.to_string())?;
+    if let Some(secret) = &secret {
+        let signature = openpgp::sign_detached(secret, &text)?;
+        write_synced(&out.join(MANIFEST_SIGNATURE), &signature).map_err(describe)?;
+    }
     write_synced(&out.join(MANIFEST), &text).map_err(describe)?;
     Ok(reports)
 }
@@ -306,6 +318,7 @@ pub async fn import(
     catalog: &Catalog,
     dir: &Path,
     require_signer: Option<&str>,
+    manifest_signer: Option<(&Path, &str)>,
 ) -> Result<Vec<ItemReport>, String> {
     let path = dir.join(MANIFEST);
     let size = std::fs::metadata(&path)
@@ -318,6 +331,22 @@ pub async fn import(
         ));
     }
     let text = std::fs::read(&path).map_err(|error| format!("{}: {error}", path.display()))?;
+    // With a manifest signer named, the whole bundle stands or falls with its signature.
+    if let Some((keyring, signer)) = manifest_signer {
+        let keyring = openpgp::Keyring::load(keyring)?;
+        let signer = openpgp::normalize_fingerprint(signer)?;
+        let signature_path = dir.join(MANIFEST_SIGNATURE);
+        let signature = std::fs::read(&signature_path)
+            .map_err(|error| format!("{}: {error}", signature_path.display()))?;
+        openpgp::verify_detached(
+            &keyring,
+            std::slice::from_ref(&signer),
+            &text,
+            &signature,
+            std::time::SystemTime::now(),
+        )
+        .map_err(|error| format!("the manifest's signature: {error}"))?;
+    }
     let manifest: Manifest =
         serde_json::from_slice(&text).map_err(|error| format!("{}: {error}", path.display()))?;
     if manifest.format != FORMAT {

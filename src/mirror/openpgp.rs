@@ -165,6 +165,29 @@ pub fn verify_clearsigned(
     Ok((signed, signer))
 }
 
+/// Signs `data` with the primary key of an armored, unprotected secret key (SHA-256); returns
+/// the armored detached signature. For a bundle's manifest.
+pub fn sign_detached(secret_key: &[u8], data: &[u8]) -> Result<Vec<u8>, String> {
+    if secret_key.len() > MAX_DOCUMENT {
+        return Err(format!(
+            "the secret key is larger than {MAX_DOCUMENT} bytes"
+        ));
+    }
+    let (key, _) = pgp::composed::SignedSecretKey::from_armor_single(secret_key)
+        .map_err(|error| format!("not an armored secret key: {error}"))?;
+    let signature = DetachedSignature::sign_binary_data(
+        rand::rngs::OsRng,
+        &key.primary_key,
+        &pgp::types::Password::empty(),
+        HashAlgorithm::Sha256,
+        data,
+    )
+    .map_err(|error| format!("signing: {error}"))?;
+    signature
+        .to_armored_bytes(pgp::composed::ArmorOptions::default())
+        .map_err(|error| error.to_string())
+}
+
 fn first_valid(
     keyring: &Keyring,
     signers: &[String],

@@ -1686,3 +1686,56 @@ async fn clients_that_join_a_young_fetch_read_it_as_it_arrives() {
     edge.stop().await;
     upstream.stop().await;
 }
+
+#[tokio::test]
+async fn a_signed_manifest_is_required_when_its_signer_is_named() {
+    let gpg = Gpg::shared();
+    let vendor = Vendor::start().await;
+    let work = tempfile::tempdir().unwrap();
+    ubuntu_version(&vendor, work.path(), "20240101", 171);
+    let setup = Setup::new(&[&gpg.ed25519, &gpg.rsa], &ubuntu_catalog(&vendor, ""));
+    let catalog = setup.catalog().to_string_lossy().into_owned();
+    let keyring = setup.dir.path().join("keys/vendor.asc").to_string_lossy().into_owned();
+    let path = |name: &str| work.path().join(name).to_string_lossy().into_owned();
+    let (origin, bundle) = (path("origin"), path("bundle"));
+    let (code, out, err) =
+        ocellus(args(&["mirror", "sync", "--catalog", &catalog, "--data-dir", &origin])).await;
+    assert_eq!(code, 0, "{out}{err}");
+    std::fs::write(work.path().join("signing.key"), gpg.export_secret(&gpg.rsa)).unwrap();
+    let key = path("signing.key");
+    let (code, out, err) = ocellus(args(&[
+        "mirror", "export", "--out", &bundle, "--sign-key", &key, "--data-dir", &origin,
+    ]))
+    .await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(work.path().join("bundle/manifest.json.asc").exists());
+    let import = |target: String, signer: String| {
+        let list = vec![
+            "mirror".to_owned(), "import".to_owned(), bundle.clone(), "--catalog".to_owned(),
+            catalog.clone(), "--data-dir".to_owned(), target, "--manifest-signer".to_owned(),
+            signer, "--manifest-keyring".to_owned(), keyring.clone(),
+        ];
+        ocellus(list)
+    };
+    let (code, out, err) = import(path("good"), gpg.rsa.clone()).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("1 image(s), 0 failed"), "{out}");
+    // Another signer than the one named, or a manifest changed after signing: nothing at all.
+    let (code, _, err) = import(path("other"), gpg.ed25519.clone()).await;
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("the manifest's signature"), "{err}");
+    let manifest = work.path().join("bundle/manifest.json");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    std::fs::write(&manifest, text.replace("\"visibility\": \"public\"", "\"visibility\": \"shared\"")).unwrap();
+    let (code, _, err) = import(path("changed"), gpg.rsa.clone()).await;
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("the manifest's signature"), "{err}");
+    assert!(!work.path().join("changed").join("ocellus.redb").exists() || {
+        let moved = tempfile::TempDir::new().unwrap();
+        std::fs::rename(work.path().join("changed"), moved.path().join("data")).unwrap();
+        let server = Server::start_in(moved, |_| {}).await;
+        let empty = all_of(&server, "ubuntu-24.04").await.is_empty();
+        server.stop().await;
+        empty
+    });
+}

@@ -312,6 +312,13 @@ impl Gpg {
         self.run(command)
     }
 
+    /// The armored secret key, unprotected.
+    pub fn export_secret(&self, fingerprint: &str) -> Vec<u8> {
+        let mut command = self.command();
+        command.args(["--armor", "--export-secret-keys", fingerprint]);
+        self.run(command)
+    }
+
     fn sign(&self, fingerprint: &str, data: &[u8], mode: &[&str]) -> Vec<u8> {
         let dir = tempfile::tempdir().unwrap();
         let input = dir.path().join("data");
