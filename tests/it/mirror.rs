@@ -1695,25 +1695,52 @@ async fn a_signed_manifest_is_required_when_its_signer_is_named() {
     ubuntu_version(&vendor, work.path(), "20240101", 171);
     let setup = Setup::new(&[&gpg.ed25519, &gpg.rsa], &ubuntu_catalog(&vendor, ""));
     let catalog = setup.catalog().to_string_lossy().into_owned();
-    let keyring = setup.dir.path().join("keys/vendor.asc").to_string_lossy().into_owned();
+    let keyring = setup
+        .dir
+        .path()
+        .join("keys/vendor.asc")
+        .to_string_lossy()
+        .into_owned();
     let path = |name: &str| work.path().join(name).to_string_lossy().into_owned();
     let (origin, bundle) = (path("origin"), path("bundle"));
-    let (code, out, err) =
-        ocellus(args(&["mirror", "sync", "--catalog", &catalog, "--data-dir", &origin])).await;
+    let (code, out, err) = ocellus(args(&[
+        "mirror",
+        "sync",
+        "--catalog",
+        &catalog,
+        "--data-dir",
+        &origin,
+    ]))
+    .await;
     assert_eq!(code, 0, "{out}{err}");
     std::fs::write(work.path().join("signing.key"), gpg.export_secret(&gpg.rsa)).unwrap();
     let key = path("signing.key");
     let (code, out, err) = ocellus(args(&[
-        "mirror", "export", "--out", &bundle, "--sign-key", &key, "--data-dir", &origin,
+        "mirror",
+        "export",
+        "--out",
+        &bundle,
+        "--sign-key",
+        &key,
+        "--data-dir",
+        &origin,
     ]))
     .await;
     assert_eq!(code, 0, "{out}{err}");
     assert!(work.path().join("bundle/manifest.json.asc").exists());
     let import = |target: String, signer: String| {
         let list = vec![
-            "mirror".to_owned(), "import".to_owned(), bundle.clone(), "--catalog".to_owned(),
-            catalog.clone(), "--data-dir".to_owned(), target, "--manifest-signer".to_owned(),
-            signer, "--manifest-keyring".to_owned(), keyring.clone(),
+            "mirror".to_owned(),
+            "import".to_owned(),
+            bundle.clone(),
+            "--catalog".to_owned(),
+            catalog.clone(),
+            "--data-dir".to_owned(),
+            target,
+            "--manifest-signer".to_owned(),
+            signer,
+            "--manifest-keyring".to_owned(),
+            keyring.clone(),
         ];
         ocellus(list)
     };
@@ -1726,16 +1753,22 @@ async fn a_signed_manifest_is_required_when_its_signer_is_named() {
     assert!(err.contains("the manifest's signature"), "{err}");
     let manifest = work.path().join("bundle/manifest.json");
     let text = std::fs::read_to_string(&manifest).unwrap();
-    std::fs::write(&manifest, text.replace("\"visibility\": \"public\"", "\"visibility\": \"shared\"")).unwrap();
+    std::fs::write(
+        &manifest,
+        text.replace("\"visibility\": \"public\"", "\"visibility\": \"shared\""),
+    )
+    .unwrap();
     let (code, _, err) = import(path("changed"), gpg.rsa.clone()).await;
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("the manifest's signature"), "{err}");
-    assert!(!work.path().join("changed").join("ocellus.redb").exists() || {
-        let moved = tempfile::TempDir::new().unwrap();
-        std::fs::rename(work.path().join("changed"), moved.path().join("data")).unwrap();
-        let server = Server::start_in(moved, |_| {}).await;
-        let empty = all_of(&server, "ubuntu-24.04").await.is_empty();
-        server.stop().await;
-        empty
-    });
+    assert!(
+        !work.path().join("changed").join("ocellus.redb").exists() || {
+            let moved = tempfile::TempDir::new().unwrap();
+            std::fs::rename(work.path().join("changed"), moved.path().join("data")).unwrap();
+            let server = Server::start_in(moved, |_| {}).await;
+            let empty = all_of(&server, "ubuntu-24.04").await.is_empty();
+            server.stop().await;
+            empty
+        }
+    );
 }
