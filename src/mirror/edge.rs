@@ -23,6 +23,7 @@ use serde_json::{Value, json};
 use tokio::sync::watch;
 
 use super::catalog::EdgeSettings;
+use super::glance::check_size_and_md5;
 use super::glance::{
     PROP_UPSTREAM_CHECKSUM, PROP_UPSTREAM_HASH, PROP_UPSTREAM_ID, PROP_UPSTREAM_SIZE, Upstream,
 };
@@ -423,20 +424,7 @@ impl Edge {
             .fetched_bytes
             .fetch_add(fetched.load(Ordering::Relaxed), Ordering::Relaxed);
         let detached = received.map_err(|error| format!("fetching {url}: {error}"))?;
-        if detached.size() != size {
-            return Err(format!(
-                "{url} ended after {} of {size} bytes",
-                detached.size()
-            ));
-        }
-        if let Some(checksum) = &checksum
-            && detached.md5_hex() != checksum.to_ascii_lowercase()
-        {
-            return Err(format!(
-                "MD5 {} is not the upstream's checksum {checksum}",
-                detached.md5_hex()
-            ));
-        }
+        check_size_and_md5(&detached, &url, size, checksum.as_deref())?;
         if let Some((algorithm, expected)) = &hash {
             let hex = lock(&hasher)
                 .take()

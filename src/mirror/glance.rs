@@ -288,6 +288,30 @@ fn upstream_hash(image: &Value) -> Option<(sums::Algorithm, String)> {
     ))
 }
 
+/// What arrived from an upstream against the size and MD5 (`checksum`) it stated.
+pub(super) fn check_size_and_md5(
+    detached: &crate::store::Detached,
+    url: &reqwest::Url,
+    size: u64,
+    checksum: Option<&str>,
+) -> Result<(), String> {
+    if detached.size() != size {
+        return Err(format!(
+            "{url} ended after {} of {size} bytes",
+            detached.size()
+        ));
+    }
+    if let Some(checksum) = checksum
+        && detached.md5_hex() != checksum.to_ascii_lowercase()
+    {
+        return Err(format!(
+            "MD5 {} is not the upstream's checksum {checksum}",
+            detached.md5_hex()
+        ));
+    }
+    Ok(())
+}
+
 fn now_micros() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp_nanos() as i64 / 1000
 }
@@ -569,20 +593,7 @@ impl Mirror {
             .receive_detached(body, Some(size), size, Some(self.owner()))
             .await
             .map_err(|error| format!("downloading {url}: {error}"))?;
-        if detached.size() != size {
-            return Err(format!(
-                "{url} ended after {} of {size} bytes",
-                detached.size()
-            ));
-        }
-        if let Some(checksum) = &checksum
-            && detached.md5_hex() != checksum.to_ascii_lowercase()
-        {
-            return Err(format!(
-                "MD5 {} is not the upstream's checksum {checksum}",
-                detached.md5_hex()
-            ));
-        }
+        check_size_and_md5(&detached, &url, size, checksum.as_deref())?;
         let mut evidence = Evidence {
             sums_url: url.to_string(),
             file: upstream_id.clone(),
