@@ -44,8 +44,9 @@ pub struct ServeArgs {
     /// web_download_ports, max_imports, task_time_to_live, image_size_total,
     /// image_stage_total, image_count_total, image_count_uploading, image_tag_quota,
     /// image_property_quota, image_member_quota, enable_v1_api, mirror_catalog,
-    /// mirror_refresher, default_store, and one [stores.ID] table per store (type = "file" |
-    /// "s3"; see the README, "Storing images in S3")
+    /// mirror_refresher, default_store, one [stores.ID] table per store (type = "file" |
+    /// "s3"; see the README, "Storing images in S3"), and a [ui] table (enabled,
+    /// allowed_hosts; see the README, "Web UI")
     #[arg(long, env = "OCELLUS_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Authentication mode [default: none]
@@ -220,6 +221,18 @@ pub struct ServeArgs {
     /// false with keys]
     #[arg(long, env = "OCELLUS_ENABLE_V1_API", value_name = "BOOL")]
     pub enable_v1_api: Option<bool>,
+    /// Serve the web UI under /ui/ (true or false) [default: true]
+    #[arg(long, env = "OCELLUS_UI_ENABLED", value_name = "BOOL")]
+    pub ui_enabled: Option<bool>,
+    /// Host names (besides IP literals and localhost) the web UI answers to, comma-separated;
+    /// any other Host header gets 403, against DNS rebinding [default: none]
+    #[arg(
+        long,
+        env = "OCELLUS_UI_ALLOWED_HOSTS",
+        value_name = "HOST,...",
+        value_delimiter = ','
+    )]
+    pub ui_allowed_hosts: Option<Vec<String>>,
 }
 
 /// A size in a settings file: bytes, or text with a unit (`50GiB`).
@@ -277,6 +290,36 @@ pub fn parse_size(text: &str) -> Result<Option<u64>, String> {
         .checked_mul(scale)
         .map(Some)
         .ok_or_else(|| format!("{text:?} is too large"))
+}
+
+/// The `[ui]` table under the flags.
+fn ui_settings(args: &ServeArgs, file: Option<UiSection>) -> Result<UiSettings, String> {
+    let file = file.unwrap_or_default();
+    let hosts = args
+        .ui_allowed_hosts
+        .clone()
+        .or(file.allowed_hosts)
+        .unwrap_or_default();
+    let mut allowed_hosts = Vec::with_capacity(hosts.len());
+    for host in hosts {
+        let host = host.trim().trim_end_matches('.').to_ascii_lowercase();
+        if host.is_empty() {
+            continue;
+        }
+        if !host
+            .bytes()
+            .all(|byte| byte.is_ascii_alphanumeric() || byte == b'-' || byte == b'.')
+        {
+            return Err(format!(
+                "ui.allowed_hosts: {host:?} is not a host name (no ports, schemes or paths)"
+            ));
+        }
+        allowed_hosts.push(host);
+    }
+    Ok(UiSettings {
+        enabled: args.ui_enabled.or(file.enabled).unwrap_or(true),
+        allowed_hosts,
+    })
 }
 
 /// How many of a thing an image may have; `None`: unlimited.
@@ -357,6 +400,36 @@ pub struct FileConfig {
     /// The stores, by id; none configured: the data directory as store `fs`.
     #[serde(default)]
     pub stores: std::collections::BTreeMap<String, StoreSection>,
+    /// The web UI.
+    pub ui: Option<UiSection>,
+}
+
+/// The `[ui]` table.
+#[derive(Debug, Default, Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
+#[serde(deny_unknown_fields)]
+pub struct UiSection {
+    /// Serve `/ui/` [default: true].
+    pub enabled: Option<bool>,
+    /// Host names the UI answers to besides IP literals and `localhost`.
+    pub allowed_hosts: Option<Vec<String>>,
+}
+
+/// The web UI's settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UiSettings {
+    pub enabled: bool,
+    /// Lower-case host names, without ports.
+    pub allowed_hosts: Vec<String>,
+}
+
+impl Default for UiSettings {
+    fn default() -> UiSettings {
+        UiSettings {
+            enabled: true,
+            allowed_hosts: Vec::new(),
+        }
+    }
 }
 
 /// One `[stores.ID]` table.
@@ -436,6 +509,8 @@ pub struct Config {
     pub enable_v1_api: bool,
     /// The stores of image bytes and the default one.
     pub stores: crate::store::StoreSet,
+    /// The web UI.
+    pub ui: UiSettings,
 }
 
 impl Default for Config {
@@ -467,6 +542,7 @@ impl Default for Config {
             store: StoreLimits::default(),
             enable_v1_api: true,
             stores: crate::store::StoreSet::default(),
+            ui: UiSettings::default(),
         }
     }
 }
@@ -677,6 +753,7 @@ impl Config {
                 .or(file.enable_v1_api)
                 .unwrap_or(auth == AuthMode::None),
             stores: store_set(file.default_store, file.stores)?,
+            ui: ui_settings(args, file.ui)?,
         };
         if config.default_project.is_empty() || config.default_project.len() > 255 {
             return Err("default_project must be 1 to 255 characters".into());
@@ -954,7 +1031,7 @@ mod tests {
             .lines()
             .map(|line| match line.strip_prefix("# ") {
                 Some(setting) if is_setting(setting) => setting,
-                Some(table) if table.starts_with("[stores.") => table,
+                Some(table) if table.starts_with("[stores.") || table == "[ui]" => table,
                 _ => line,
             })
             .collect::<Vec<_>>()

@@ -110,20 +110,14 @@ pub fn new_image(
     Ok(record)
 }
 
-/// https://docs.openstack.org/api-ref/image/v2/index.html#create-image
-pub async fn create_image(
-    State(state): State<AppState>,
-    caller: Caller,
-    BaseUrl(base): BaseUrl,
-    JsonBody(body): JsonBody,
-) -> Result<Response, Error> {
-    let Value::Object(fields) = body else {
-        return Err(Error::bad_request(
-            "Provided object does not match schema 'image': the body must be a JSON object",
-        ));
-    };
-    let record = new_image(&fields, &caller, &state.config.per_image)?;
-
+/// Makes and stores a new image from the client's `fields` (see `new_image`), within the
+/// project's image count: what `POST /v2/images` and the UI's create form do.
+pub async fn insert_new_image(
+    state: &AppState,
+    caller: &Caller,
+    fields: &serde_json::Map<String, Value>,
+) -> Result<ImageRecord, Error> {
+    let record = new_image(fields, caller, &state.config.per_image)?;
     let store = state.store.clone();
     let stored = record.clone();
     let outcome = blocking(move || {
@@ -139,6 +133,22 @@ pub async fn create_image(
             record.id
         )));
     }
+    Ok(record)
+}
+
+/// https://docs.openstack.org/api-ref/image/v2/index.html#create-image
+pub async fn create_image(
+    State(state): State<AppState>,
+    caller: Caller,
+    BaseUrl(base): BaseUrl,
+    JsonBody(body): JsonBody,
+) -> Result<Response, Error> {
+    let Value::Object(fields) = body else {
+        return Err(Error::bad_request(
+            "Provided object does not match schema 'image': the body must be a JSON object",
+        ));
+    };
+    let record = insert_new_image(&state, &caller, &fields).await?;
     tracing::info!(image = %record.id, project = %caller.project_id, "image created");
 
     let location = format!("{base}/v2/images/{}", record.id);
@@ -189,27 +199,7 @@ pub async fn list_images(
         return Err(Error::not_authorized("get_images"));
     }
     let params = list_query::parse(query.as_deref())?;
-    let store = state.store.clone();
-    let (outcome, params) = blocking(move || {
-        let request = ListRequest {
-            sort: &params.sort,
-            tiebreak: params.tiebreak,
-            marker: params.marker,
-            limit: params.limit,
-        };
-        let visible = |record: &ImageRecord| caller.can_see(record);
-        let matches = |record: &ImageRecord| params.filters.matches(record, &caller);
-        let outcome = store.list_images(&request, &visible, &matches)?;
-        Ok((outcome, params))
-    })
-    .await?;
-    let (images, more) = match outcome {
-        ListOutcome::Page { images, more } => (images, more),
-        ListOutcome::MarkerNotFound => {
-            let marker = params.marker.map(|id| id.to_string()).unwrap_or_default();
-            return Err(list_query::marker_not_found(&marker));
-        }
-    };
+    let (images, more, params) = list_page(&state, caller, params, false).await?;
 
     let encode = |pairs: &[(String, String)]| {
         form_urlencoded::Serializer::new(String::new())
@@ -243,6 +233,54 @@ pub async fn list_images(
     .into_response())
 }
 
+/// One page of the images `params` asks for, as `GET /v2/images` and the UI's list show
+/// them, and whether more follow. `backwards` walks from the marker in the opposite order (the
+/// page before it, for the UI's "previous" link), still returning the page in the requested
+/// order.
+pub async fn list_page(
+    state: &AppState,
+    caller: Caller,
+    params: list_query::ListParams,
+    backwards: bool,
+) -> Result<(Vec<ImageRecord>, bool, list_query::ListParams), Error> {
+    let store = state.store.clone();
+    let (outcome, params) = blocking(move || {
+        let flip = |direction: crate::kv::Direction| match (backwards, direction) {
+            (false, direction) => direction,
+            (true, crate::kv::Direction::Asc) => crate::kv::Direction::Desc,
+            (true, crate::kv::Direction::Desc) => crate::kv::Direction::Asc,
+        };
+        let sort: Vec<_> = params
+            .sort
+            .iter()
+            .map(|&(key, direction)| (key, flip(direction)))
+            .collect();
+        let request = ListRequest {
+            sort: &sort,
+            tiebreak: flip(params.tiebreak),
+            marker: params.marker,
+            limit: params.limit,
+        };
+        let visible = |record: &ImageRecord| caller.can_see(record);
+        let matches = |record: &ImageRecord| params.filters.matches(record, &caller);
+        let outcome = store.list_images(&request, &visible, &matches)?;
+        Ok((outcome, params))
+    })
+    .await?;
+    match outcome {
+        ListOutcome::Page { mut images, more } => {
+            if backwards {
+                images.reverse();
+            }
+            Ok((images, more, params))
+        }
+        ListOutcome::MarkerNotFound => {
+            let marker = params.marker.map(|id| id.to_string()).unwrap_or_default();
+            Err(list_query::marker_not_found(&marker))
+        }
+    }
+}
+
 /// A page of images, serialized without building JSON values.
 #[derive(serde::Serialize)]
 struct ImageList<'a> {
@@ -255,7 +293,7 @@ struct ImageList<'a> {
 
 /// The JSON-patch dialect of a PATCH, from its media type.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum PatchDialect {
+pub(super) enum PatchDialect {
     /// `application/openstack-images-v2.0-json-patch`: draft-04 style, `{"replace": "/name"}`.
     V2_0,
     /// `application/openstack-images-v2.1-json-patch`: RFC 6902 style, `{"op": "replace"}`.
@@ -263,10 +301,10 @@ enum PatchDialect {
 }
 
 /// One JSON-patch operation, normalized from either patch dialect.
-struct PatchOperation {
-    op: String,
-    path: String,
-    value: Option<Value>,
+pub(super) struct PatchOperation {
+    pub op: String,
+    pub path: String,
+    pub value: Option<Value>,
 }
 
 fn parse_patch(body: &Value, dialect: PatchDialect) -> Result<Vec<PatchOperation>, Error> {
@@ -348,7 +386,7 @@ fn parse_pointer(pointer: &str) -> Result<String, Error> {
     Ok(rest.replace("~1", "/").replace("~0", "~"))
 }
 
-fn apply_patch(
+pub(super) fn apply_patch(
     record: &mut ImageRecord,
     dialect: PatchDialect,
     operations: &[PatchOperation],

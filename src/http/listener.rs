@@ -79,7 +79,7 @@ const COLLECT_EVERY: Duration = Duration::from_secs(3600);
 
 /// The server's own housekeeping: after a failed metadata write, reopens the database as soon
 /// as that can work (checked every second); every hour, removes quarantined blobs past their
-/// grace period and tasks past their expiry.
+/// grace period, tasks past their expiry and web UI sessions past their limits.
 async fn upkeep(store: Arc<crate::store::Store>) {
     let mut ticks = tokio::time::interval(UPKEEP_EVERY);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -107,6 +107,7 @@ async fn upkeep(store: Arc<crate::store::Store>) {
             let collected = tokio::task::spawn_blocking(move || {
                 store.collect_quarantine()?;
                 let now = time::OffsetDateTime::now_utc().unix_timestamp_nanos() as i64 / 1000;
+                super::ui::expire_sessions(&store)?;
                 store.expire_tasks(now)
             })
             .await;

@@ -23,6 +23,7 @@ mod mirror;
 mod observe;
 pub mod schemas;
 mod tags;
+mod ui;
 mod v1;
 mod wire;
 
@@ -355,6 +356,7 @@ pub fn router(state: AppState) -> Router {
             resource("DELETE", axum::routing::delete(admin::revoke_key)),
         )
         .merge(v1_routes(&state))
+        .merge(ui::routes(&state))
         .route_layer(middleware::from_fn_with_state(state.clone(), edge_guard))
         .route_layer(middleware::from_fn(observe::note_route))
         .fallback(discovery::unrouted)

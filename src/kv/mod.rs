@@ -17,6 +17,7 @@ mod access;
 mod index;
 mod metadefs;
 mod records;
+mod sessions;
 mod tables;
 mod tasks;
 
@@ -40,6 +41,7 @@ pub use metadefs::{
     ResourceTypeRecord, TagRecord, WriteCatalog,
 };
 pub use records::{ImageData, ImageRecord, ImageStatus, LEGACY_STORE, Visibility};
+pub use sessions::UiSession;
 pub use tables::{Digest, ImageId};
 pub use tasks::{QuotaRecord, TaskKind, TaskRecord, TaskStatus, Usage};
 
@@ -47,7 +49,7 @@ use tables::{
     API_KEY_NAMES, API_KEYS, BAD_BLOBS, BLOB_COPIES, BLOB_REMOVALS, BLOBS, DELETED_IMAGES,
     IMAGE_SORT_INDEX, IMAGE_TASKS, IMAGES, MEMBERS, MEMBERSHIPS, META, METADEF_ASSOCIATIONS,
     METADEF_NAMESPACES, METADEF_OBJECTS, METADEF_PROPERTIES, METADEF_RESOURCE_TYPES, METADEF_TAGS,
-    MIRROR_EVIDENCE, MIRROR_SOURCES, PROJECTS, QUOTAS, SECRETS, TASKS,
+    MIRROR_EVIDENCE, MIRROR_SOURCES, PROJECTS, QUOTAS, SECRETS, TASKS, UI_SESSIONS,
 };
 
 /// The schema version this build writes. Older databases are upgraded at open.
@@ -57,7 +59,9 @@ use tables::{
 /// - 5: adds the metadata definition tables (new, empty tables).
 /// - 6: adds per-store blob copies and removal intents; every referenced blob gets a copy row
 ///   in the store `fs` (the data directory), where all bytes were until then.
-const SCHEMA_VERSION: u64 = 7;
+/// - 7: adds the mirror's sources and evidence (new, empty tables).
+/// - 8: adds the web UI's sessions (a new, empty table).
+const SCHEMA_VERSION: u64 = 8;
 
 /// What can go wrong in the metadata store.
 #[derive(Debug)]
@@ -269,7 +273,7 @@ impl Kv {
                 // Versions 1 to 5 only add tables (2: keys and members; 3: bad blobs; 4: tasks
                 // and quotas; 5: metadata definitions), which the `open_table` calls below
                 // create. Version 6 counts every referenced blob as a copy in the data
-                // directory's store. Version 7 adds the mirror's tables.
+                // directory's store. Version 7 adds the mirror's tables, 8 the UI's sessions.
                 Some(version) => {
                     if version < 6 {
                         let blobs = transaction.open_table(BLOBS)?;
@@ -309,6 +313,7 @@ impl Kv {
             transaction.open_table(METADEF_RESOURCE_TYPES)?;
             transaction.open_table(MIRROR_SOURCES)?;
             transaction.open_table(MIRROR_EVIDENCE)?;
+            transaction.open_table(UI_SESSIONS)?;
         }
         kv.commit(transaction)?;
         Ok(kv)

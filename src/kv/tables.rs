@@ -67,6 +67,10 @@ pub const MIRROR_SOURCES: TableDefinition<&str, &[u8]> = TableDefinition::new("m
 pub const MIRROR_EVIDENCE: TableDefinition<ImageId, &[u8]> =
     TableDefinition::new("mirror_evidence_v1");
 
+/// Web UI sessions: key = BLAKE3 of the session id (the cookie's value is never stored);
+/// values are `kv::sessions::UiSession` in its versioned encoding.
+pub const UI_SESSIONS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("ui_sessions_v1");
+
 /// Blobs found damaged (by the scrub or `ocellus check`), with the Unix time they were found;
 /// their images refuse downloads until good bytes are uploaded again.
 pub const BAD_BLOBS: TableDefinition<Digest, i64> = TableDefinition::new("bad_blobs_v1");

@@ -49,7 +49,7 @@ use crate::blob::pool::TransferPool;
 use crate::blob::{Backend, BlobError, BlobStore, ReceiveLimits, Received, Space};
 use crate::kv::{
     AddMember, CreateKey, Digest, ImageData, ImageRecord, InsertOutcome, KeyRecord, Kv, KvError,
-    ListOutcome, ListRequest, MemberRecord, MemberStatus, NewKey,
+    ListOutcome, ListRequest, MemberRecord, MemberStatus, NewKey, UiSession,
 };
 
 pub use crate::kv::{ImageId, ImageStatus, KvError as MetadataError};
@@ -823,6 +823,27 @@ impl Store {
 
     pub fn key(&self, id: &str) -> Result<Option<KeyRecord>, KvError> {
         self.kv.key(id)
+    }
+
+    pub fn insert_session(&self, digest: &[u8; 32], session: &UiSession) -> Result<(), KvError> {
+        self.kv.insert_session(digest, session)
+    }
+
+    pub fn session(&self, digest: &[u8; 32]) -> Result<Option<UiSession>, KvError> {
+        self.kv.session(digest)
+    }
+
+    pub fn touch_session(&self, digest: &[u8; 32], now: i64) -> Result<bool, KvError> {
+        self.kv.touch_session(digest, now)
+    }
+
+    pub fn remove_session(&self, digest: &[u8; 32]) -> Result<bool, KvError> {
+        self.kv.remove_session(digest)
+    }
+
+    /// Removes the sessions `ended` says are over.
+    pub fn remove_sessions(&self, ended: impl FnMut(&UiSession) -> bool) -> Result<usize, KvError> {
+        self.kv.remove_sessions(ended)
     }
 
     pub fn key_by_name(&self, name: &str) -> Result<Option<KeyRecord>, KvError> {
