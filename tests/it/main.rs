@@ -19,5 +19,6 @@ mod ops;
 mod restart;
 mod s3;
 mod tls;
+mod ui;
 mod v1;
 mod vendor;
