@@ -11,13 +11,17 @@ as_root() {
 
 # System packages: qemu-img makes real disk images for the tests; GnuPG signs the mirror tests'
 # vendor fixtures with throwaway keys; python3-venv and curl serve the client-compatibility
-# test.
+# test. Chromium (Debian's, at /usr/bin/chromium) is the real browser the web UI tests drive
+# through Playwright, whose own browser downloads are never used; npm fetches axe-core, the
+# accessibility checker those tests run in each page.
 missing=()
 command -v qemu-img >/dev/null || missing+=(qemu-utils)
 command -v curl >/dev/null || missing+=(curl)
 command -v gpg >/dev/null || missing+=(gnupg)
 command -v mkfs.ext4 >/dev/null || missing+=(e2fsprogs)
 python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
+[[ -x /usr/bin/chromium ]] || missing+=(chromium)
+command -v npm >/dev/null || missing+=(npm)
 if [[ ${#missing[@]} -gt 0 ]]; then
     echo "== installing ${missing[*]}"
     as_root apt-get update -qq
@@ -74,6 +78,8 @@ cargo test --locked
 echo "== real OpenStack clients against the built binary"
 cargo build --locked --quiet
 tests/clients/run.sh target/debug/ocellus
+echo "== the web UI in a real browser (Chromium, Playwright, axe-core)"
+tests/ui/run.sh target/debug/ocellus
 echo "== OpenStack's own image API tests (tempest) against the built binary"
 tests/tempest/run.sh target/debug/ocellus
 echo "== system tests: a full disk, kill -9 cycles, a crowd of slow transfers"

@@ -238,6 +238,13 @@ pub async fn list(State(state): State<AppState>, ui: Ui, RawQuery(query): RawQue
         previous,
         next,
         usage,
+        project: match &ui.key {
+            Some(key) => format!(
+                "Project {}, ID {} (give the ID to whoever shares images with you).",
+                key.project_name, key.project_id
+            ),
+            None => format!("Project ID {}.", ui.caller.project_id),
+        },
         pending_shares,
     };
     let status = if error.is_some() {
@@ -634,15 +641,33 @@ fn edit_view(
         disk_formats: Choice::list(DISK_FORMATS, disk, Some("(none)")),
         container_formats: Choice::list(CONTAINER_FORMATS, container, Some("(none)")),
         visibilities: visibilities(ui, visibility),
-        read_only: record
-            .properties
-            .iter()
-            .filter(|(key, _)| !forms::editable_property(key))
-            .map(|(key, value)| (key.clone(), value.clone()))
-            .collect(),
+        read_only: read_only(record),
         updated_at: record.updated_at.to_string(),
         error,
     }
+}
+
+/// What the edit form shows but cannot change: the values the server computes, and the
+/// properties it reserves (`os_glance_*`, the mirror's).
+fn read_only(record: &ImageRecord) -> Vec<(String, String)> {
+    let mut shown = vec![("status".to_owned(), record.status.as_str().to_owned())];
+    if let Some(data) = &record.data {
+        shown.push(("size".into(), data.size.to_string()));
+        if let Some(size) = data.virtual_size {
+            shown.push(("virtual_size".into(), size.to_string()));
+        }
+        shown.push(("checksum".into(), hex(&data.md5)));
+        shown.push(("os_hash_algo".into(), "sha512".into()));
+        shown.push(("os_hash_value".into(), hex(&data.sha512)));
+    }
+    shown.extend(
+        record
+            .properties
+            .iter()
+            .filter(|(key, _)| !forms::editable_property(key))
+            .map(|(key, value)| (key.clone(), value.clone())),
+    );
+    shown
 }
 
 /// `GET /ui/images/{id}/edit`.

@@ -98,6 +98,8 @@ pub struct ListPage {
     pub previous: Option<String>,
     pub next: Option<String>,
     pub usage: Option<String>,
+    /// "Project NAME, ID …": what another project needs to share images with this one.
+    pub project: String,
     pub pending_shares: usize,
 }
 
