@@ -45,7 +45,7 @@ pub struct ServeArgs {
     /// image_stage_total, image_count_total, image_count_uploading, image_tag_quota,
     /// image_property_quota, image_member_quota, enable_v1_api, mirror_catalog,
     /// mirror_refresher, default_store, one [stores.ID] table per store (type = "file" |
-    /// "s3"; see the README, "Storing images in S3"), and a [ui] table (enabled,
+    /// "s3"; see the README, "Storing images in S3"), and a `[ui]` table (enabled,
     /// allowed_hosts; see the README, "Web UI")
     #[arg(long, env = "OCELLUS_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,

@@ -39,6 +39,7 @@ from harness import (
     make_key,
     second_origin_server,
     self_test_page,
+    serve_page,
 )
 from playwright.sync_api import sync_playwright
 
@@ -744,8 +745,14 @@ def throttle_flow(r, ctx):
 
 
 def lab_flow(r, ctx):
-    """Lab mode: no login, a banner, and the same pages."""
-    server = r.step("lab mode: the server starts (--auth none)", lambda: Server(ctx.binary, auth="none"))
+    """Lab mode: no login, a banner, and the same pages; a web-download from a URL."""
+    payload = os.urandom(3 << 20)
+    source, stop_source = serve_page("<!doctype html><title>files</title>", host="127.0.0.2",
+                                     files={"/disk.raw": ("application/octet-stream", payload)})
+    server = r.step(
+        "lab mode: the server starts (--auth none, web-download may reach 127.0.0.2)",
+        lambda: Server(ctx.binary, auth="none", extra_args=["--web-download-allow", "127.0.0.2/32"]),
+    )
     if server is None:
         return
     page, watch = ctx.new_page()
@@ -766,7 +773,30 @@ def lab_flow(r, ctx):
         expect_eq(body["images"][0]["visibility"], "public", "the lab admin may publicize")
 
     r.step("lab mode: banner, no login, create", banner_and_create)
+
+    def import_from_url():
+        page.goto(server.url + "/ui/images/new")
+        page.locator("#name").fill("from-a-url")
+        page.locator("#disk_format").select_option("raw")
+        page.get_by_label("Or import from a URL (web-download)").fill(source + "disk.raw")
+        page.get_by_role("button", name="Create image").click()
+        page.wait_for_url(re.compile(rf".*/ui/images/{UUID}\?notice=import-started"))
+        image_id = re.search(UUID, page.url).group(0)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            status, image = api(server, None, "GET", f"/v2/images/{image_id}")
+            if image["status"] in ("active", "queued") and image["status"] != "importing":
+                break
+            time.sleep(0.2)
+        expect_eq((image["status"], image.get("checksum")), ("active", hashlib.md5(payload).hexdigest()), "the import")
+        page.reload()
+        expect(page.locator("#tasks").count() == 1, "the import task is not on the image's page")
+        expect("success" in page.locator("#tasks").inner_text(), "the task's status")
+        clean_page(page, watch, "an imported image's page")
+
+    r.step("lab mode: create from a URL runs web-download; the task shows on the page", import_from_url)
     server.stop()
+    stop_source()
 
 
 def big_upload_flow(r, ctx):

@@ -177,7 +177,7 @@ pub fn edit_operations(
         ("min_ram", "Minimum RAM", record.min_ram),
     ] {
         let wanted = number(form, key, label)?.unwrap_or(Value::from(0));
-        if wanted != Value::from(current) {
+        if wanted != current {
             replace(key, wanted);
         }
     }

@@ -583,7 +583,7 @@ fn typed(form: &Form) -> ImageForm {
 
 /// `POST /ui/images`: `POST /v2/images` (and, with a URL, `POST /import` with web-download).
 pub async fn create(State(state): State<AppState>, ui: Ui, form: Form) -> Response {
-    if let Err(refusal) = ui.check_csrf(form.get("csrf")) {
+    if let Some(refusal) = ui.csrf_refusal(form.get("csrf")) {
         return refusal;
     }
     let again = |error: Error| {
@@ -714,7 +714,7 @@ pub async fn edit(
     Path(id): Path<String>,
     form: Form,
 ) -> Response {
-    if let Err(refusal) = ui.check_csrf(form.get("csrf")) {
+    if let Some(refusal) = ui.csrf_refusal(form.get("csrf")) {
         return refusal;
     }
     let record = match load_visible(&state, &ui.caller, &id).await {
@@ -798,7 +798,7 @@ pub async fn add_tag(
     Path(id): Path<String>,
     form: Form,
 ) -> Response {
-    if let Err(refusal) = ui.check_csrf(form.get("csrf")) {
+    if let Some(refusal) = ui.csrf_refusal(form.get("csrf")) {
         return refusal;
     }
     let tag = form.text("tag").unwrap_or_default().to_owned();
@@ -813,7 +813,7 @@ pub async fn remove_tag(
     Path(id): Path<String>,
     form: Form,
 ) -> Response {
-    if let Err(refusal) = ui.check_csrf(form.get("csrf")) {
+    if let Some(refusal) = ui.csrf_refusal(form.get("csrf")) {
         return refusal;
     }
     let tag = form.get("tag").unwrap_or_default().to_owned();
@@ -828,7 +828,7 @@ pub async fn add_member(
     Path(id): Path<String>,
     form: Form,
 ) -> Response {
-    if let Err(refusal) = ui.check_csrf(form.get("csrf")) {
+    if let Some(refusal) = ui.csrf_refusal(form.get("csrf")) {
         return refusal;
     }
     let member = form.text("member").unwrap_or_default();
@@ -848,7 +848,7 @@ pub async fn remove_member(
     Path(id): Path<String>,
     form: Form,
 ) -> Response {
-    if let Err(refusal) = ui.check_csrf(form.get("csrf")) {
+    if let Some(refusal) = ui.csrf_refusal(form.get("csrf")) {
         return refusal;
     }
     let member = form.get("member").unwrap_or_default().to_owned();
@@ -863,7 +863,7 @@ pub async fn answer_share(
     Path(id): Path<String>,
     form: Form,
 ) -> Response {
-    if let Err(refusal) = ui.check_csrf(form.get("csrf")) {
+    if let Some(refusal) = ui.csrf_refusal(form.get("csrf")) {
         return refusal;
     }
     let status = form.get("status").unwrap_or_default().to_owned();
@@ -888,7 +888,7 @@ pub async fn deactivate(
     Path(id): Path<String>,
     form: Form,
 ) -> Response {
-    if let Err(refusal) = ui.check_csrf(form.get("csrf")) {
+    if let Some(refusal) = ui.csrf_refusal(form.get("csrf")) {
         return refusal;
     }
     let call = images::deactivate_image(State(state), ui.caller.clone(), Path(id.clone()));
@@ -902,7 +902,7 @@ pub async fn reactivate(
     Path(id): Path<String>,
     form: Form,
 ) -> Response {
-    if let Err(refusal) = ui.check_csrf(form.get("csrf")) {
+    if let Some(refusal) = ui.csrf_refusal(form.get("csrf")) {
         return refusal;
     }
     let call = images::reactivate_image(State(state), ui.caller.clone(), Path(id.clone()));
@@ -942,7 +942,7 @@ pub async fn delete(
     Path(id): Path<String>,
     form: Form,
 ) -> Response {
-    if let Err(refusal) = ui.check_csrf(form.get("csrf")) {
+    if let Some(refusal) = ui.csrf_refusal(form.get("csrf")) {
         return refusal;
     }
     match images::remove_image(&state, ui.caller.clone(), &id).await {
@@ -996,7 +996,7 @@ pub async fn upload(
         .get("x-csrf-token")
         .and_then(|value| value.to_str().ok())
         .map(str::to_owned);
-    if ui.check_csrf(token.as_deref()).is_err() {
+    if ui.csrf_refusal(token.as_deref()).is_some() {
         return Error::forbidden(
             "Refused: the upload's security token is missing or out of date; reload the page.",
         )

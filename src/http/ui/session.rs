@@ -230,21 +230,18 @@ impl FromRequestParts<AppState> for Ui {
 }
 
 impl Ui {
-    /// 403 unless `token` is this session's CSRF token.
-    pub fn check_csrf(&self, token: Option<&str>) -> Result<(), Response> {
+    /// A 403 page unless `token` is this session's CSRF token.
+    pub fn csrf_refusal(&self, token: Option<&str>) -> Option<Response> {
         let matches = token.is_some_and(|token| {
             // Compared as digests: `blake3::Hash` compares in constant time.
             blake3::hash(token.as_bytes()) == blake3::hash(self.session.csrf.as_bytes())
         });
-        if matches {
-            Ok(())
-        } else {
-            Err(views::bare_error(
+        (!matches).then(|| {
+            views::bare_error(
                 StatusCode::FORBIDDEN,
                 "Refused: the form's security token is missing or out of date (reload the page and try again). Nothing was changed.",
             )
-            .into_response())
-        }
+        })
     }
 
     /// Who is logged in, for the page header.
@@ -376,7 +373,7 @@ pub async fn login(State(state): State<AppState>, parts: Parts, form: Form) -> R
 
 /// `POST /ui/logout`.
 pub async fn logout(State(state): State<AppState>, ui: Ui, form: Form) -> Response {
-    if let Err(refusal) = ui.check_csrf(form.get("csrf")) {
+    if let Some(refusal) = ui.csrf_refusal(form.get("csrf")) {
         return refusal;
     }
     let store = state.store.clone();
