@@ -63,26 +63,9 @@ if ! command -v cargo >/dev/null; then
     exit 2
 fi
 
-# Install the pinned clients once; the stamp holds the hash of the
-# requirements and the interpreter version, so editing the pins or
-# recreating the venv with another Python triggers a reinstall and an
-# unchanged setup costs nothing.
-if [[ -z ${PYTHON:-} ]]; then
-    if command -v python3.11 >/dev/null; then PYTHON=python3.11; else PYTHON=python3; fi
-fi
-if [[ ! -x $pyenv/bin/python ]]; then
-    echo "creating venv in $pyenv" >&2
-    "$PYTHON" -m venv "$pyenv"
-fi
-stamp=$pyenv/.ocellus-requirements.stamp
-want=$( { sha256sum <"$requirements"; "$pyenv/bin/python" -VV; } | sha256sum | cut -d' ' -f1)
-if [[ ! -f $stamp || $(cat "$stamp") != "$want" ]]; then
-    echo "installing pinned clients into $pyenv" >&2
-    start=$SECONDS
-    "$pyenv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$requirements"
-    echo "installed in $((SECONDS - start)) s" >&2
-    echo "$want" >"$stamp"
-fi
+# Install the pinned clients once (tests/pinned-venv.sh).
+source "$root/tests/pinned-venv.sh"
+pinned_venv "$pyenv" "$requirements" clients
 
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/ocellus-clients.XXXXXX")
 # The runs are sequential, so one server runs at a time: its pid, and its

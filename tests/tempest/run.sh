@@ -98,26 +98,9 @@ for tool in qemu-img curl timeout; do
     fi
 done
 
-# Install the pinned suites once; the stamp holds the hash of the
-# requirements and the interpreter version, so editing the pins or recreating
-# the venv with another Python triggers a reinstall and an unchanged setup
-# costs nothing.
-if [[ -z ${PYTHON:-} ]]; then
-    if command -v python3.11 >/dev/null; then PYTHON=python3.11; else PYTHON=python3; fi
-fi
-if [[ ! -x $venv/bin/python ]]; then
-    echo "creating venv in $venv" >&2
-    "$PYTHON" -m venv "$venv"
-fi
-stamp=$venv/.ocellus-requirements.stamp
-want=$( { sha256sum <"$requirements"; "$venv/bin/python" -VV; } | sha256sum | cut -d' ' -f1)
-if [[ ! -f $stamp || $(cat "$stamp") != "$want" ]]; then
-    echo "installing pinned tempest into $venv" >&2
-    start=$SECONDS
-    timeout 900 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$requirements"
-    echo "installed in $((SECONDS - start)) s" >&2
-    echo "$want" >"$stamp"
-fi
+# Install the pinned tempest once (tests/pinned-venv.sh).
+source "$root/tests/pinned-venv.sh"
+pinned_venv "$venv" "$requirements" tempest
 
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/ocellus-tempest.XXXXXX")
 server_pid=

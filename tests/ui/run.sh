@@ -59,26 +59,9 @@ if ! command -v npm >/dev/null; then
     exit 2
 fi
 
-# Install the pinned Playwright once; the stamp holds the hash of the
-# requirements and the interpreter version, so editing the pins or
-# recreating the venv with another Python triggers a reinstall and an
-# unchanged setup costs nothing.
-if [[ -z ${PYTHON:-} ]]; then
-    if command -v python3.11 >/dev/null; then PYTHON=python3.11; else PYTHON=python3; fi
-fi
-if [[ ! -x $uienv/bin/python ]]; then
-    echo "creating venv in $uienv" >&2
-    "$PYTHON" -m venv "$uienv"
-fi
-stamp=$uienv/.ocellus-requirements.stamp
-want=$( { sha256sum <"$requirements"; "$uienv/bin/python" -VV; } | sha256sum | cut -d' ' -f1)
-if [[ ! -f $stamp || $(cat "$stamp") != "$want" ]]; then
-    echo "installing pinned Playwright into $uienv" >&2
-    start=$SECONDS
-    "$uienv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$requirements"
-    echo "installed in $((SECONDS - start)) s" >&2
-    echo "$want" >"$stamp"
-fi
+# Install the pinned Playwright once (tests/pinned-venv.sh).
+source "$root/tests/pinned-venv.sh"
+pinned_venv "$uienv" "$requirements" Playwright
 
 # The same for axe-core: installed again only when the pinned version is not
 # the one in the prefix.

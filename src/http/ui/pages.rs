@@ -15,7 +15,7 @@ use super::super::schemas::{CONTAINER_FORMATS, DISK_FORMATS};
 use super::super::wire::{checksum, format_time, hex};
 use super::super::{AppState, BaseUrl, Error, image_data, import, list_query, members, tags};
 use super::forms::{self, Form};
-use super::session::Ui;
+use super::session::{Posted, Ui};
 use super::views::{
     self, Choice, Chrome, CreatePage, DeletePage, DetailsPage, EditPage, ErrorPage, ImageForm,
     ImageRow, ListPage, MemberRow, TaskRow,
@@ -582,10 +582,7 @@ fn typed(form: &Form) -> ImageForm {
 }
 
 /// `POST /ui/images`: `POST /v2/images` (and, with a URL, `POST /import` with web-download).
-pub async fn create(State(state): State<AppState>, ui: Ui, form: Form) -> Response {
-    if let Some(refusal) = ui.csrf_refusal(form.get("csrf")) {
-        return refusal;
-    }
+pub async fn create(State(state): State<AppState>, Posted { ui, form }: Posted) -> Response {
     let again = |error: Error| {
         let formats = (
             form.get("disk_format").unwrap_or_default(),
@@ -710,13 +707,9 @@ pub async fn edit_page(State(state): State<AppState>, ui: Ui, Path(id): Path<Str
 /// still as the form showed it.
 pub async fn edit(
     State(state): State<AppState>,
-    ui: Ui,
     Path(id): Path<String>,
-    form: Form,
+    Posted { ui, form }: Posted,
 ) -> Response {
-    if let Some(refusal) = ui.csrf_refusal(form.get("csrf")) {
-        return refusal;
-    }
     let record = match load_visible(&state, &ui.caller, &id).await {
         Ok(record) => record,
         Err(error) => return error_page(&ui, error, None),
@@ -794,13 +787,9 @@ async fn act<T>(
 /// `POST /ui/images/{id}/tags`: `PUT /v2/images/{id}/tags/{tag}`.
 pub async fn add_tag(
     State(state): State<AppState>,
-    ui: Ui,
     Path(id): Path<String>,
-    form: Form,
+    Posted { ui, form }: Posted,
 ) -> Response {
-    if let Some(refusal) = ui.csrf_refusal(form.get("csrf")) {
-        return refusal;
-    }
     let tag = form.text("tag").unwrap_or_default().to_owned();
     let call = tags::add_image_tag(State(state), ui.caller.clone(), Path((id.clone(), tag)));
     act(&ui, &id, "tag-added", call).await
@@ -809,13 +798,9 @@ pub async fn add_tag(
 /// `POST /ui/images/{id}/tags/remove`: `DELETE /v2/images/{id}/tags/{tag}`.
 pub async fn remove_tag(
     State(state): State<AppState>,
-    ui: Ui,
     Path(id): Path<String>,
-    form: Form,
+    Posted { ui, form }: Posted,
 ) -> Response {
-    if let Some(refusal) = ui.csrf_refusal(form.get("csrf")) {
-        return refusal;
-    }
     let tag = form.get("tag").unwrap_or_default().to_owned();
     let call = tags::delete_image_tag(State(state), ui.caller.clone(), Path((id.clone(), tag)));
     act(&ui, &id, "tag-removed", call).await
@@ -824,13 +809,9 @@ pub async fn remove_tag(
 /// `POST /ui/images/{id}/members`: `POST /v2/images/{id}/members`.
 pub async fn add_member(
     State(state): State<AppState>,
-    ui: Ui,
     Path(id): Path<String>,
-    form: Form,
+    Posted { ui, form }: Posted,
 ) -> Response {
-    if let Some(refusal) = ui.csrf_refusal(form.get("csrf")) {
-        return refusal;
-    }
     let member = form.text("member").unwrap_or_default();
     let call = members::create_member(
         State(state),
@@ -844,13 +825,9 @@ pub async fn add_member(
 /// `POST /ui/images/{id}/members/remove`: `DELETE /v2/images/{id}/members/{member}`.
 pub async fn remove_member(
     State(state): State<AppState>,
-    ui: Ui,
     Path(id): Path<String>,
-    form: Form,
+    Posted { ui, form }: Posted,
 ) -> Response {
-    if let Some(refusal) = ui.csrf_refusal(form.get("csrf")) {
-        return refusal;
-    }
     let member = form.get("member").unwrap_or_default().to_owned();
     let call = members::delete_member(State(state), ui.caller.clone(), Path((id.clone(), member)));
     act(&ui, &id, "member-removed", call).await
@@ -859,13 +836,9 @@ pub async fn remove_member(
 /// `POST /ui/images/{id}/members/answer`: the consumer's `PUT …/members/{own project}`.
 pub async fn answer_share(
     State(state): State<AppState>,
-    ui: Ui,
     Path(id): Path<String>,
-    form: Form,
+    Posted { ui, form }: Posted,
 ) -> Response {
-    if let Some(refusal) = ui.csrf_refusal(form.get("csrf")) {
-        return refusal;
-    }
     let status = form.get("status").unwrap_or_default().to_owned();
     let notice = if status == "accepted" {
         "accepted"
@@ -884,13 +857,9 @@ pub async fn answer_share(
 /// `POST /ui/images/{id}/deactivate`.
 pub async fn deactivate(
     State(state): State<AppState>,
-    ui: Ui,
     Path(id): Path<String>,
-    form: Form,
+    Posted { ui, .. }: Posted,
 ) -> Response {
-    if let Some(refusal) = ui.csrf_refusal(form.get("csrf")) {
-        return refusal;
-    }
     let call = images::deactivate_image(State(state), ui.caller.clone(), Path(id.clone()));
     act(&ui, &id, "deactivated", call).await
 }
@@ -898,13 +867,9 @@ pub async fn deactivate(
 /// `POST /ui/images/{id}/reactivate`.
 pub async fn reactivate(
     State(state): State<AppState>,
-    ui: Ui,
     Path(id): Path<String>,
-    form: Form,
+    Posted { ui, .. }: Posted,
 ) -> Response {
-    if let Some(refusal) = ui.csrf_refusal(form.get("csrf")) {
-        return refusal;
-    }
     let call = images::reactivate_image(State(state), ui.caller.clone(), Path(id.clone()));
     act(&ui, &id, "reactivated", call).await
 }
@@ -938,13 +903,9 @@ pub async fn delete_page(
 /// `POST /ui/images/{id}/delete`: `DELETE /v2/images/{id}`.
 pub async fn delete(
     State(state): State<AppState>,
-    ui: Ui,
     Path(id): Path<String>,
-    form: Form,
+    Posted { ui, .. }: Posted,
 ) -> Response {
-    if let Some(refusal) = ui.csrf_refusal(form.get("csrf")) {
-        return refusal;
-    }
     match images::remove_image(&state, ui.caller.clone(), &id).await {
         Ok(()) => Redirect::to("/ui/?notice=deleted").into_response(),
         Err(error) => error_page(&ui, error, Some(format!("/ui/images/{id}"))),

@@ -258,6 +258,27 @@ impl Ui {
     }
 }
 
+/// A form posted from a live session, with the session's CSRF token: what every UI POST
+/// handler takes, so none can forget the check.
+pub struct Posted {
+    pub ui: Ui,
+    pub form: Form,
+}
+
+impl axum::extract::FromRequest<AppState> for Posted {
+    type Rejection = Response;
+
+    async fn from_request(request: Request, state: &AppState) -> Result<Posted, Response> {
+        let (mut parts, body) = request.into_parts();
+        let ui = Ui::from_request_parts(&mut parts, state).await?;
+        let form = Form::from_request(Request::from_parts(parts, body), state).await?;
+        match ui.csrf_refusal(form.get("csrf")) {
+            Some(refusal) => Err(refusal),
+            None => Ok(Posted { ui, form }),
+        }
+    }
+}
+
 /// Where a request without a session goes: GETs to the login page (coming back afterwards),
 /// script requests get a 401 they can show, forms go to the login page too.
 fn login_needed(parts: &Parts) -> Response {
@@ -372,10 +393,7 @@ pub async fn login(State(state): State<AppState>, parts: Parts, form: Form) -> R
 }
 
 /// `POST /ui/logout`.
-pub async fn logout(State(state): State<AppState>, ui: Ui, form: Form) -> Response {
-    if let Some(refusal) = ui.csrf_refusal(form.get("csrf")) {
-        return refusal;
-    }
+pub async fn logout(State(state): State<AppState>, Posted { ui, .. }: Posted) -> Response {
     let store = state.store.clone();
     let digest = ui.digest;
     if let Err(error) = blocking(move || Ok(store.remove_session(&digest)?)).await {
