@@ -107,7 +107,7 @@ async fn upkeep(store: Arc<crate::store::Store>) {
             let collected = tokio::task::spawn_blocking(move || {
                 store.collect_quarantine()?;
                 let now = time::OffsetDateTime::now_utc().unix_timestamp_nanos() as i64 / 1000;
-                super::ui::expire_sessions(&store)?;
+                store.expire_sessions(now.div_euclid(1_000_000))?;
                 store.expire_tasks(now)
             })
             .await;

@@ -41,7 +41,7 @@ pub use metadefs::{
     ResourceTypeRecord, TagRecord, WriteCatalog,
 };
 pub use records::{ImageData, ImageRecord, ImageStatus, LEGACY_STORE, Visibility};
-pub use sessions::UiSession;
+pub use sessions::{SESSION_ABSOLUTE_SECS, UiSession};
 pub use tables::{Digest, ImageId};
 pub use tasks::{QuotaRecord, TaskKind, TaskRecord, TaskStatus, Usage};
 

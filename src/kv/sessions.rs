@@ -9,6 +9,11 @@ use serde::{Deserialize, Serialize};
 use super::tables::UI_SESSIONS;
 use super::{Kv, KvError};
 
+/// A session unused this long is over.
+pub const SESSION_IDLE_SECS: i64 = 30 * 60;
+/// A session this old is over, however busy.
+pub const SESSION_ABSOLUTE_SECS: i64 = 12 * 3600;
+
 /// The first (and only) encoding of a stored session.
 const UI_SESSION_V1: u8 = 1;
 
@@ -26,6 +31,11 @@ pub struct UiSession {
 }
 
 impl UiSession {
+    /// Whether the session is past its idle or absolute limit at `now` (Unix seconds).
+    pub fn expired(&self, now: i64) -> bool {
+        now - self.last_seen > SESSION_IDLE_SECS || now - self.created_at > SESSION_ABSOLUTE_SECS
+    }
+
     fn encode(&self) -> Vec<u8> {
         let mut bytes = vec![UI_SESSION_V1];
         bytes.extend(postcard::to_stdvec(self).expect("sessions always encode"));

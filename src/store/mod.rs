@@ -841,9 +841,9 @@ impl Store {
         self.kv.remove_session(digest)
     }
 
-    /// Removes the sessions `ended` says are over.
-    pub fn remove_sessions(&self, ended: impl FnMut(&UiSession) -> bool) -> Result<usize, KvError> {
-        self.kv.remove_sessions(ended)
+    /// Removes the web UI sessions past their idle or absolute limit at `now` (Unix seconds).
+    pub fn expire_sessions(&self, now: i64) -> Result<usize, KvError> {
+        self.kv.remove_sessions(|session| session.expired(now))
     }
 
     pub fn key_by_name(&self, name: &str) -> Result<Option<KeyRecord>, KvError> {

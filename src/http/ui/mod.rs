@@ -26,8 +26,6 @@ use axum::routing::{get, post};
 
 use super::AppState;
 
-pub(crate) use session::expire_sessions;
-
 /// The UI's routes, under its guard; empty when `ui.enabled` is off (then `/ui` is unrouted,
 /// as on a Glance).
 pub fn routes(state: &AppState) -> Router<AppState> {

@@ -17,7 +17,7 @@ use super::forms::Form;
 use super::views;
 use crate::config::AuthMode;
 use crate::identity::AuthError;
-use crate::kv::{KeyRecord, UiSession};
+use crate::kv::{KeyRecord, SESSION_ABSOLUTE_SECS as ABSOLUTE_SECS, UiSession};
 use crate::policy::Caller;
 
 /// The cookie's name over plain HTTP (scoped to `/ui`).
@@ -25,10 +25,6 @@ const COOKIE: &str = "ocellus_session";
 /// Its name under TLS: the `__Host-` prefix makes browsers insist on `Secure`, `Path=/` and no
 /// `Domain`, so no other host or plain-HTTP page can plant one.
 const TLS_COOKIE: &str = "__Host-ocellus_session";
-/// A session unused this long is over.
-pub const IDLE_SECS: i64 = 30 * 60;
-/// A session this old is over, however busy.
-pub const ABSOLUTE_SECS: i64 = 12 * 3600;
 /// `last_seen` is written at most this often (each write is a commit).
 const TOUCH_SECS: i64 = 60;
 
@@ -89,7 +85,7 @@ fn clear_cookie(tls: bool) -> HeaderValue {
 
 /// Whether a stored session may still be used, given its key (as read now).
 fn usable(session: &UiSession, key: Option<&KeyRecord>, mode: AuthMode, now: i64) -> bool {
-    let fresh = now - session.last_seen <= IDLE_SECS && now - session.created_at <= ABSOLUTE_SECS;
+    let fresh = !session.expired(now);
     let holder = match (mode, &session.key_id, key) {
         (AuthMode::None, None, _) => true,
         (AuthMode::Keys, Some(id), Some(key)) => {
@@ -406,17 +402,11 @@ pub async fn logout(State(state): State<AppState>, Posted { ui, .. }: Posted) ->
     response
 }
 
-/// The hourly upkeep: removes sessions past their idle or absolute limit.
-pub fn expire_sessions(store: &crate::store::Store) -> Result<usize, crate::kv::KvError> {
-    let now = now();
-    store.remove_sessions(|session| {
-        now - session.last_seen > IDLE_SECS || now - session.created_at > ABSOLUTE_SECS
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    /// The idle limit (`kv::sessions`): 30 minutes.
+    const IDLE_SECS: i64 = 30 * 60;
 
     #[test]
     fn the_cookie_is_read_by_its_name_and_shape_only() {
