@@ -9,13 +9,15 @@ as_root() {
     if [[ $(id -u) -eq 0 ]]; then "$@"; else sudo "$@"; fi
 }
 
-# System packages: qemu-img makes real disk images for the tests; GnuPG signs the mirror tests'
+# System packages: qemu-img makes real disk images for the tests, and with libnbd's nbdinfo
+# and nbdcopy reads the NBD export as users will; GnuPG signs the mirror tests'
 # vendor fixtures with throwaway keys; python3-venv and curl serve the client-compatibility
 # test. Chromium (Debian's, at /usr/bin/chromium) is the real browser the web UI tests drive
 # through Playwright, whose own browser downloads are never used; npm fetches axe-core, the
 # accessibility checker those tests run in each page.
 missing=()
 command -v qemu-img >/dev/null || missing+=(qemu-utils)
+command -v nbdcopy >/dev/null || missing+=(libnbd-bin)
 command -v curl >/dev/null || missing+=(curl)
 command -v gpg >/dev/null || missing+=(gnupg)
 command -v mkfs.ext4 >/dev/null || missing+=(e2fsprogs)

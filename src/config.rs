@@ -44,7 +44,7 @@ pub struct ServeArgs {
     /// web_download_ports, max_imports, task_time_to_live, image_size_total,
     /// image_stage_total, image_count_total, image_count_uploading, image_tag_quota,
     /// image_property_quota, image_member_quota, enable_v1_api, mirror_catalog,
-    /// mirror_refresher, default_store, one [stores.ID] table per store (type = "file" |
+    /// mirror_refresher, nbd_listen, nbd_max_connections, nbd_idle_timeout, default_store, one [stores.ID] table per store (type = "file" |
     /// "s3"; see the README, "Storing images in S3"), and a `[ui]` table (enabled,
     /// allowed_hosts; see the README, "Web UI")
     #[arg(long, env = "OCELLUS_CONFIG", value_name = "FILE")]
@@ -221,6 +221,17 @@ pub struct ServeArgs {
     /// false with keys]
     #[arg(long, env = "OCELLUS_ENABLE_V1_API", value_name = "BOOL")]
     pub enable_v1_api: Option<bool>,
+    /// Address and port of the read-only NBD export of every image, e.g. 127.0.0.1:10809
+    /// [default: off]
+    #[arg(long, env = "OCELLUS_NBD_LISTEN", value_name = "ADDRESS:PORT")]
+    pub nbd_listen: Option<SocketAddr>,
+    /// Most NBD connections at once; more are closed as they arrive [default: 64]
+    #[arg(long, env = "OCELLUS_NBD_MAX_CONNECTIONS", value_name = "COUNT")]
+    pub nbd_max_connections: Option<usize>,
+    /// Seconds an NBD connection may stay without a request before it is closed
+    /// [default: 3600]
+    #[arg(long, env = "OCELLUS_NBD_IDLE_TIMEOUT", value_name = "SECONDS")]
+    pub nbd_idle_timeout: Option<u64>,
     /// Serve the web UI under /ui/ (true or false) [default: true]
     #[arg(long, env = "OCELLUS_UI_ENABLED", value_name = "BOOL")]
     pub ui_enabled: Option<bool>,
@@ -402,6 +413,9 @@ pub struct FileConfig {
     pub stores: std::collections::BTreeMap<String, StoreSection>,
     /// The web UI.
     pub ui: Option<UiSection>,
+    pub nbd_listen: Option<SocketAddr>,
+    pub nbd_max_connections: Option<usize>,
+    pub nbd_idle_timeout: Option<u64>,
 }
 
 /// The `[ui]` table.
@@ -465,6 +479,25 @@ pub struct StoreSection {
     pub presigned_downloads: Option<bool>,
 }
 
+/// The NBD export's settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NbdSettings {
+    /// Where to listen; `None`: no NBD export.
+    pub listen: Option<SocketAddr>,
+    pub max_connections: usize,
+    pub idle_timeout: std::time::Duration,
+}
+
+impl Default for NbdSettings {
+    fn default() -> NbdSettings {
+        NbdSettings {
+            listen: None,
+            max_connections: 64,
+            idle_timeout: std::time::Duration::from_secs(3600),
+        }
+    }
+}
+
 /// Certificate and key files for HTTPS.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TlsFiles {
@@ -511,6 +544,8 @@ pub struct Config {
     pub stores: crate::store::StoreSet,
     /// The web UI.
     pub ui: UiSettings,
+    /// The NBD export.
+    pub nbd: NbdSettings,
 }
 
 impl Default for Config {
@@ -543,6 +578,7 @@ impl Default for Config {
             enable_v1_api: true,
             stores: crate::store::StoreSet::default(),
             ui: UiSettings::default(),
+            nbd: NbdSettings::default(),
         }
     }
 }
@@ -754,6 +790,17 @@ impl Config {
                 .unwrap_or(auth == AuthMode::None),
             stores: store_set(file.default_store, file.stores)?,
             ui: ui_settings(args, file.ui)?,
+            nbd: NbdSettings {
+                listen: args.nbd_listen.or(file.nbd_listen),
+                max_connections: args
+                    .nbd_max_connections
+                    .or(file.nbd_max_connections)
+                    .unwrap_or(defaults.nbd.max_connections),
+                idle_timeout: args
+                    .nbd_idle_timeout
+                    .or(file.nbd_idle_timeout)
+                    .map_or(defaults.nbd.idle_timeout, std::time::Duration::from_secs),
+            },
         };
         if config.default_project.is_empty() || config.default_project.len() > 255 {
             return Err("default_project must be 1 to 255 characters".into());
@@ -767,6 +814,9 @@ impl Config {
         }
         if config.max_imports == 0 {
             return Err("max_imports must be at least 1".into());
+        }
+        if config.nbd.max_connections == 0 || config.nbd.idle_timeout.is_zero() {
+            return Err("nbd_max_connections and nbd_idle_timeout must be at least 1".into());
         }
         if config.max_connections == 0 {
             return Err("max_connections must be at least 1".into());

@@ -20,6 +20,7 @@ pub mod metadefcmd;
 pub mod metrics;
 pub mod mirror;
 pub mod mirrorcmd;
+pub mod nbd;
 pub mod opcmd;
 pub mod policy;
 pub mod scrub;
@@ -109,6 +110,7 @@ pub fn open(config: config::Config) -> Result<AppState, OpenError> {
         tls,
         metrics: Arc::new(metrics::Metrics::new()),
         importer,
+        nbd_address: Arc::default(),
     })
 }
 

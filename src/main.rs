@@ -149,15 +149,42 @@ fn serve(args: &ServeArgs) -> ExitCode {
             .await
             .map_err(|error| format!("cannot listen on {listen}: {error}"))?;
         let address = listener.local_addr().map_err(|error| error.to_string())?;
+        // The NBD export shares the shutdown: a watch channel tells it, and so does the
+        // sender's end when the HTTP server stops for any reason.
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let nbd = match state.config.nbd.listen {
+            Some(nbd_listen) => {
+                let nbd_listener = tokio::net::TcpListener::bind(nbd_listen)
+                    .await
+                    .map_err(|error| format!("cannot listen for NBD on {nbd_listen}: {error}"))?;
+                let mut stopped = stopped.clone();
+                Some(tokio::spawn(ocellus::nbd::serve(
+                    nbd_listener,
+                    state.clone(),
+                    async move {
+                        let _ = stopped.wait_for(|stop| *stop).await;
+                    },
+                )))
+            }
+            None => None,
+        };
         tracing::info!(%address, data_dir = %state.config.data_dir.display(), "ocellus is serving");
         // Under systemd (Type=notify): the store is open and the listener bound.
         notify(&[
             sd_notify::NotifyState::Ready,
             sd_notify::NotifyState::Status(&format!("serving on {address}")),
         ]);
-        ocellus::serve(listener, state, shutdown_signal())
-            .await
-            .map_err(|error| format!("server failed: {error}"))
+        let served = ocellus::serve(listener, state, async move {
+            shutdown_signal().await;
+            let _ = stop.send(true);
+        })
+        .await
+        .map_err(|error| format!("server failed: {error}"));
+        // The shutdown future (and with it the sender) is gone now, which stops NBD too.
+        if let Some(nbd) = nbd {
+            let _ = nbd.await;
+        }
+        served
     });
     match result {
         Ok(()) => {

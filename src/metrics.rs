@@ -87,6 +87,8 @@ pub struct Metrics {
     mirror_last_success: Family<SourceLabel, Gauge>,
     /// The edge cache's counters, and what was last added to them.
     edge: [Counter; 5],
+    /// The NBD export's figures.
+    pub nbd: NbdMetrics,
     edge_reported: Mutex<[u64; 5]>,
     /// Rendering updates the store gauges and then encodes; one scrape at a time.
     render: Mutex<()>,
@@ -100,6 +102,14 @@ impl std::fmt::Debug for Metrics {
 
 fn latency_histogram() -> Histogram {
     Histogram::new(LATENCY_BUCKETS)
+}
+
+/// The NBD export's figures, updated by the NBD server as it goes.
+#[derive(Default)]
+pub struct NbdMetrics {
+    pub connections: Gauge,
+    pub read_bytes: Counter,
+    pub read_failures: Counter,
 }
 
 impl Default for Metrics {
@@ -273,8 +283,26 @@ impl Metrics {
                 None => registry.register(name, help, counter.clone()),
             }
         }
+        let nbd = NbdMetrics::default();
+        registry.register(
+            "nbd_connections",
+            "Open NBD connections",
+            nbd.connections.clone(),
+        );
+        registry.register_with_unit(
+            "nbd_read",
+            "Bytes NBD clients read, each verified before it was sent",
+            Unit::Bytes,
+            nbd.read_bytes.clone(),
+        );
+        registry.register(
+            "nbd_read_failures",
+            "NBD reads answered EIO because the stored bytes failed verification or could not be read",
+            nbd.read_failures.clone(),
+        );
         Metrics {
             registry,
+            nbd,
             edge,
             edge_reported: Mutex::new([0; 5]),
             requests,

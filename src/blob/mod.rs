@@ -28,8 +28,10 @@ pub mod inspect;
 pub mod local;
 pub mod outboard;
 pub mod pool;
+pub mod qcow2;
 pub mod s3;
 mod writer;
+pub mod zeros;
 
 use std::collections::VecDeque;
 use std::io;
@@ -303,6 +305,8 @@ pub struct Received {
     pub sha512: [u8; 64],
     /// What the format inspector made of the whole upload.
     pub inspection: inspect::Inspection,
+    /// The all-zero 64 KiB blocks, as `(offset, length)` ranges (`zeros::ZeroScanner`).
+    pub zeros: Vec<(u64, u64)>,
 }
 
 /// Bounds on one upload.
@@ -368,11 +372,16 @@ impl BlobStore {
             hasher.update(bytes);
             Ok(())
         });
-        let (sha512_sender, sha512_task) =
-            stage(&self.pool, sha2::Sha512::new(), |hasher, bytes| {
+        // The zero scan rides with SHA-512, the cheaper of the two digests beside the writer.
+        let (sha512_sender, sha512_task) = stage(
+            &self.pool,
+            (sha2::Sha512::new(), zeros::ZeroScanner::new()),
+            |(hasher, scanner), bytes| {
                 hasher.update(bytes);
+                scanner.update(bytes);
                 Ok(())
-            });
+            },
+        );
         let senders = [write_sender, md5_sender, sha512_sender];
 
         let mut inspector = inspect::Inspector::new();
@@ -426,10 +435,11 @@ impl BlobStore {
 
         let written = join_stage(write_task).await;
         let md5 = join_stage(md5_task).await;
-        let sha512 = join_stage(sha512_task).await;
+        let sha512_and_zeros = join_stage(sha512_task).await;
         // A failed disk is the server's fault even when the client also went wrong.
         let writer = written?;
         outcome?;
+        let (sha512, scanner) = sha512_and_zeros?;
         let (temp, digest) = self
             .pool
             .run(move || {
@@ -445,7 +455,8 @@ impl BlobStore {
             digest,
             size,
             md5: md5?.finalize().into(),
-            sha512: sha512?.finalize().into(),
+            sha512: sha512.finalize().into(),
+            zeros: scanner.finish(),
             inspection: inspector.finish(),
         })
     }

@@ -139,6 +139,16 @@ pub(super) fn header_text<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a 
         .filter(|value| !value.is_empty())
 }
 
+/// The caller of a lab-mode request that names nothing: the default project, every role.
+pub fn lab_default_caller(default_project: &str) -> Caller {
+    Caller {
+        project_id: default_project.to_owned(),
+        user_id: None,
+        roles: LAB_ROLES.iter().map(|role| role.to_string()).collect(),
+        memberships: Default::default(),
+    }
+}
+
 fn lab_caller(parts: &Parts, default_project: &str) -> Caller {
     let header = |name: &str| header_text(&parts.headers, name);
     let project_id = header("x-project-id")

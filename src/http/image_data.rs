@@ -255,7 +255,7 @@ pub(super) fn check_format(
 
 /// Why a `Range` header is refused.
 #[derive(Debug, PartialEq, Eq)]
-enum RangeRefusal {
+pub(super) enum RangeRefusal {
     /// More than one range: 400, as Glance serves one range per request.
     Several,
     /// A `bytes` range that does not parse or ends before it starts: 416, as in Glance.
@@ -266,7 +266,10 @@ enum RangeRefusal {
 
 /// The byte range to serve, `(first, last)` inclusive; `Ok(None)` means everything (no Range
 /// header, or one in a unit other than bytes, which RFC 9110 says to ignore).
-fn parse_range(headers: &HeaderMap, size: u64) -> Result<Option<(u64, u64)>, RangeRefusal> {
+pub(super) fn parse_range(
+    headers: &HeaderMap,
+    size: u64,
+) -> Result<Option<(u64, u64)>, RangeRefusal> {
     let Some(value) = headers.get(header::RANGE) else {
         return Ok(None);
     };

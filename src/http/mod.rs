@@ -8,9 +8,10 @@
 //! `x-openstack-request-id`, renders error bodies and logs the request.
 
 pub(crate) mod admin;
-mod auth;
+pub(crate) mod auth;
 mod discovery;
 mod error;
+mod exports;
 mod identity;
 mod image_data;
 mod images;
@@ -70,6 +71,8 @@ pub struct AppState {
     pub mirror: Option<Arc<crate::mirror::service::MirrorService>>,
     /// The edge cache, when the catalog says `mode = "edge"`.
     pub edge: Option<Arc<crate::mirror::edge::Edge>>,
+    /// Where the NBD export listens, once it does (`nbd::serve` sets it).
+    pub nbd_address: Arc<std::sync::OnceLock<std::net::SocketAddr>>,
 }
 
 /// The whole route table.
@@ -321,6 +324,18 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/ocellus/v1/quotas/{project}",
             resource("PUT", put(admin::set_quota)),
+        )
+        .route(
+            "/ocellus/v1/images/{image_id}/nbd",
+            resource("POST", post(exports::nbd_uri)),
+        )
+        .route(
+            "/ocellus/v1/images/{image_id}/extents",
+            resource("GET", get(exports::extents)),
+        )
+        .route(
+            "/ocellus/v1/images/{image_id}/raw",
+            resource("GET", get(exports::raw)),
         )
         .route("/ocellus/v1/check", resource("POST", post(admin::check)))
         .route("/ocellus/v1/gc", resource("POST", post(admin::gc)))

@@ -14,6 +14,7 @@
 //! This module knows nothing of HTTP, JSON or files.
 
 mod access;
+mod extents;
 mod index;
 mod metadefs;
 mod records;
@@ -35,6 +36,7 @@ pub use access::{
     AddMember, CreateKey, EditMembers, KeyRecord, MemberRecord, MemberStatus, MembersEdit, NewKey,
     Role,
 };
+pub use extents::{Extents, Stretch};
 pub use index::{Direction, SortKey};
 pub use metadefs::{
     AssociationRecord, Catalog, NamespaceRecord, ObjectRecord, PropertyRecord, ReadCatalog,
@@ -46,10 +48,11 @@ pub use tables::{Digest, ImageId};
 pub use tasks::{QuotaRecord, TaskKind, TaskRecord, TaskStatus, Usage};
 
 use tables::{
-    API_KEY_NAMES, API_KEYS, BAD_BLOBS, BLOB_COPIES, BLOB_REMOVALS, BLOBS, DELETED_IMAGES,
-    IMAGE_SORT_INDEX, IMAGE_TASKS, IMAGES, MEMBERS, MEMBERSHIPS, META, METADEF_ASSOCIATIONS,
-    METADEF_NAMESPACES, METADEF_OBJECTS, METADEF_PROPERTIES, METADEF_RESOURCE_TYPES, METADEF_TAGS,
-    MIRROR_EVIDENCE, MIRROR_SOURCES, PROJECTS, QUOTAS, SECRETS, TASKS, UI_SESSIONS,
+    API_KEY_NAMES, API_KEYS, BAD_BLOBS, BLOB_COPIES, BLOB_EXTENTS, BLOB_REMOVALS, BLOBS,
+    DELETED_IMAGES, IMAGE_SORT_INDEX, IMAGE_TASKS, IMAGES, MEMBERS, MEMBERSHIPS, META,
+    METADEF_ASSOCIATIONS, METADEF_NAMESPACES, METADEF_OBJECTS, METADEF_PROPERTIES,
+    METADEF_RESOURCE_TYPES, METADEF_TAGS, MIRROR_EVIDENCE, MIRROR_SOURCES, PROJECTS, QUOTAS,
+    SECRETS, TASKS, UI_SESSIONS,
 };
 
 /// The schema version this build writes. Older databases are upgraded at open.
@@ -61,7 +64,7 @@ use tables::{
 ///   in the store `fs` (the data directory), where all bytes were until then.
 /// - 7: adds the mirror's sources and evidence (new, empty tables).
 /// - 8: adds the web UI's sessions (a new, empty table).
-const SCHEMA_VERSION: u64 = 8;
+const SCHEMA_VERSION: u64 = 9;
 
 /// What can go wrong in the metadata store.
 #[derive(Debug)]
@@ -179,6 +182,7 @@ pub(super) struct DataTables<'t> {
     blobs: redb::Table<'t, Digest, (u64, u64)>,
     copies: redb::Table<'t, (Digest, &'static str), u64>,
     removals: redb::Table<'t, (Digest, &'static str), i64>,
+    extents: redb::Table<'t, Digest, &'static [u8]>,
 }
 
 impl<'t> DataTables<'t> {
@@ -187,6 +191,7 @@ impl<'t> DataTables<'t> {
             blobs: transaction.open_table(BLOBS)?,
             copies: transaction.open_table(BLOB_COPIES)?,
             removals: transaction.open_table(BLOB_REMOVALS)?,
+            extents: transaction.open_table(BLOB_EXTENTS)?,
         })
     }
 }
@@ -273,7 +278,8 @@ impl Kv {
                 // Versions 1 to 5 only add tables (2: keys and members; 3: bad blobs; 4: tasks
                 // and quotas; 5: metadata definitions), which the `open_table` calls below
                 // create. Version 6 counts every referenced blob as a copy in the data
-                // directory's store. Version 7 adds the mirror's tables, 8 the UI's sessions.
+                // directory's store. Version 7 adds the mirror's tables, 8 the UI's sessions, 9 extent maps
+                // (blobs stored before have none, and are described as all data).
                 Some(version) => {
                     if version < 6 {
                         let blobs = transaction.open_table(BLOBS)?;
@@ -295,6 +301,7 @@ impl Kv {
             transaction.open_table(IMAGE_SORT_INDEX)?;
             transaction.open_table(DELETED_IMAGES)?;
             transaction.open_table(BLOBS)?;
+            transaction.open_table(BLOB_EXTENTS)?;
             transaction.open_table(MEMBERS)?;
             transaction.open_table(MEMBERSHIPS)?;
             transaction.open_table(API_KEYS)?;
@@ -704,6 +711,16 @@ impl Kv {
     }
 
     /// Whether a blob is marked damaged.
+    /// The extent map recorded for a blob, if any.
+    pub fn extents(&self, digest: Digest) -> Result<Option<Extents>, KvError> {
+        let transaction = self.begin_read()?;
+        let table = transaction.open_table(BLOB_EXTENTS)?;
+        table
+            .get(digest)?
+            .map(|value| Extents::decode(value.value()))
+            .transpose()
+    }
+
     pub fn is_bad_blob(&self, digest: Digest) -> Result<bool, KvError> {
         let transaction = self.begin_read()?;
         let bad = transaction.open_table(BAD_BLOBS)?;
@@ -769,6 +786,7 @@ impl Kv {
         copy_table(&source, &target, BLOBS)?;
         copy_table(&source, &target, BLOB_COPIES)?;
         copy_table(&source, &target, BLOB_REMOVALS)?;
+        copy_table(&source, &target, BLOB_EXTENTS)?;
         copy_table(&source, &target, MEMBERS)?;
         copy_table(&source, &target, MEMBERSHIPS)?;
         copy_table(&source, &target, API_KEYS)?;
@@ -809,6 +827,7 @@ impl Kv {
             let had = blobs.get(digest)?.map_or(0, |value| value.value().1);
             if count == 0 {
                 blobs.remove(digest)?;
+                transaction.open_table(BLOB_EXTENTS)?.remove(digest)?;
             } else {
                 blobs.insert(digest, (size, count))?;
             }
@@ -1187,6 +1206,12 @@ pub(super) fn write_record(
                 .map(|value| value.value())
                 .unwrap_or((added.size, 0));
             data.blobs.insert(added.digest, (size, references + 1))?;
+            if let Some(zeros) = &added.zeros
+                && data.extents.get(added.digest)?.is_none()
+            {
+                data.extents
+                    .insert(added.digest, zeros.encode().as_slice())?;
+            }
             for store in &added.stores {
                 add_copy(data, added.digest, store)?;
             }
@@ -1227,6 +1252,7 @@ fn release_data(
     };
     if references <= 1 {
         data.blobs.remove(old.digest)?;
+        data.extents.remove(old.digest)?;
     } else {
         data.blobs.insert(old.digest, (size, references - 1))?;
     }
@@ -1304,6 +1330,7 @@ mod tests {
                 md5: [0; 16],
                 sha512: [0; 64],
                 stores: stores.iter().map(|store| (*store).to_owned()).collect(),
+                zeros: None,
             }),
             created_at: 1,
             updated_at: 1,
@@ -1401,5 +1428,40 @@ mod tests {
                 .all(|(copy, _)| copy.store != "fs")
         );
         assert_eq!(kv.blob_references(digest).unwrap(), 2);
+    }
+
+    /// An extent map arrives with a blob's first reference, stays while any image references
+    /// the blob (a later upload of the same bytes does not replace it), and leaves with the
+    /// last reference: no map outlives its blob.
+    #[test]
+    fn extent_maps_live_exactly_as_long_as_their_blob() {
+        let dir = tempfile::tempdir().unwrap();
+        let kv = Kv::open(&dir.path().join("kv.redb")).unwrap();
+        let digest = Digest([6; 32]);
+        let map = |zero: Vec<(u64, u64)>| Extents { size: 10, zero };
+        let mut first = image(1, digest, &["fs"]);
+        first.data.as_mut().unwrap().zeros = Some(Arc::new(map(vec![(0, 5)])));
+        kv.insert_image(&first).unwrap();
+        assert_eq!(kv.extents(digest).unwrap(), Some(map(vec![(0, 5)])));
+        let mut second = image(2, digest, &["fs"]);
+        second.data.as_mut().unwrap().zeros = Some(Arc::new(map(vec![])));
+        kv.insert_image(&second).unwrap();
+        assert_eq!(kv.extents(digest).unwrap(), Some(map(vec![(0, 5)])));
+        // Read back, an image's data carries no map of its own.
+        assert_eq!(
+            kv.image(ImageId([1; 16]))
+                .unwrap()
+                .unwrap()
+                .data
+                .unwrap()
+                .zeros,
+            None
+        );
+        kv.delete_image(ImageId([1; 16]), 5, |_| Ok::<(), KvError>(()))
+            .unwrap();
+        assert!(kv.extents(digest).unwrap().is_some());
+        kv.delete_image(ImageId([2; 16]), 6, |_| Ok::<(), KvError>(()))
+            .unwrap();
+        assert_eq!(kv.extents(digest).unwrap(), None);
     }
 }

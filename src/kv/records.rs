@@ -118,6 +118,9 @@ pub struct ImageData {
     /// The stores holding a copy of the bytes (by store id), in the order they got it; never
     /// empty. Glance's `stores` property.
     pub stores: Vec<String>,
+    /// The extent map of freshly received bytes, on its way to the blob's row (written with
+    /// the blob's first reference). Not part of the image record: `None` when read back.
+    pub zeros: Option<std::sync::Arc<super::Extents>>,
 }
 
 // serde implements arrays only up to 32 elements, so the SHA-512 goes through a byte vector.
@@ -355,6 +358,7 @@ impl ImageRecord {
                 md5: data.md5,
                 sha512: data.sha512,
                 stores: data.stores,
+                zeros: None,
             }),
             created_at: stored.created_at,
             updated_at: stored.updated_at,
@@ -388,6 +392,7 @@ mod tests {
                 md5: [2; 16],
                 sha512: [3; 64],
                 stores: vec![LEGACY_STORE.into()],
+                zeros: None,
             }),
             created_at: 1_700_000_000_000_000,
             updated_at: 1_700_000_000_000_001,

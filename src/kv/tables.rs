@@ -71,6 +71,10 @@ pub const MIRROR_EVIDENCE: TableDefinition<ImageId, &[u8]> =
 /// values are `kv::sessions::UiSession` in its versioned encoding.
 pub const UI_SESSIONS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("ui_sessions_v1");
 
+/// Extent maps of blobs (`kv::extents::Extents` in its versioned encoding): which blocks are
+/// all zero. Written with a blob's first reference, removed with its last.
+pub const BLOB_EXTENTS: TableDefinition<Digest, &[u8]> = TableDefinition::new("blob_extents_v1");
+
 /// Blobs found damaged (by the scrub or `ocellus check`), with the Unix time they were found;
 /// their images refuse downloads until good bytes are uploaded again.
 pub const BAD_BLOBS: TableDefinition<Digest, i64> = TableDefinition::new("bad_blobs_v1");

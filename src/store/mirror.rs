@@ -158,6 +158,10 @@ impl Store {
             md5: received.md5,
             sha512: received.sha512,
             stores: vec![store_id.clone()],
+            zeros: Some(Arc::new(crate::kv::Extents {
+                size: received.size,
+                zero: received.zeros.clone(),
+            })),
         };
         let _guard = blobs.lock(digest);
         if !self.places[place].removes_at_once() {

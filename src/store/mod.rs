@@ -27,6 +27,7 @@ mod mirror;
 mod ops;
 mod places;
 mod quota;
+mod raw;
 pub use import::{FAILED_IMPORT, IMPORT_TASK, IMPORTING_TO, INTERRUPTED, end_import};
 pub use mirror::Detached;
 pub use ops::{
@@ -34,6 +35,7 @@ pub use ops::{
 };
 pub use places::{BackendSpec, CopyRefusal, DEFAULT_STORE, Place, StoreInfo, StoreSet, StoreSpec};
 pub use quota::{QuotaClaim, QuotaExceeded, Quotas};
+pub use raw::RawDisk;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -1081,6 +1083,10 @@ impl Store {
             md5: received.md5,
             sha512: received.sha512,
             stores: vec![store_id.clone()],
+            zeros: Some(Arc::new(crate::kv::Extents {
+                size: received.size,
+                zero: received.zeros.clone(),
+            })),
         };
         let _guard = blobs.lock(digest);
         // Bytes that just hashed to a blob marked damaged heal it: the damaged copy goes to

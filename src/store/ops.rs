@@ -343,6 +343,7 @@ mod tests {
                 md5: [0; 16],
                 sha512: [0; 64],
                 stores: vec![crate::store::DEFAULT_STORE.into()],
+                zeros: None,
             }),
             created_at: 1,
             updated_at: 1,

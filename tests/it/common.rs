@@ -68,6 +68,18 @@ impl Server {
         self.dir
     }
 
+    /// Starts the NBD export on an ephemeral loopback port; it runs until the test ends.
+    pub async fn start_nbd(&self) -> std::net::SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(ocellus::nbd::serve(
+            listener,
+            self.state.clone(),
+            std::future::pending(),
+        ));
+        address
+    }
+
     /// The server's router, for requests that must look as if they came from elsewhere (a
     /// `Connection` extension with another peer address).
     pub fn router(&self) -> axum::Router {

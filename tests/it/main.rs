@@ -14,6 +14,7 @@ mod matrix;
 mod members;
 mod metadefs;
 mod mirror;
+mod nbd;
 mod observe;
 mod ops;
 mod restart;

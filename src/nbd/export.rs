@@ -1,0 +1,233 @@
+//! What an NBD export name stands for, who may open it, and how its bytes are read.
+//!
+//! A name is `<image id>`, or `<image id>:raw` for the guest-visible disk of a qcow2 image,
+//! optionally followed by `@<capability>`. In lab mode the capability is ignored and the
+//! image must be one the lab's default caller could download over HTTP; with keys, the
+//! capability (minted by `POST /ocellus/v1/images/{id}/nbd`) names the key, and the same
+//! visibility and download rules as `GET /v2/images/{id}/file` are applied to that key now.
+//! Every refusal looks the same to the client, so a name reveals nothing about which images
+//! exist.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::config::AuthMode;
+use crate::http::AppState;
+use crate::kv::{Extents, ImageData, ImageId, ImageRecord, ImageStatus, Stretch};
+use crate::policy::Caller;
+use crate::store::Store;
+
+/// How the image's bytes are presented.
+#[derive(Clone)]
+pub enum View {
+    /// The stored bytes, as `GET /file` returns them.
+    Stored { extents: Option<Arc<Extents>> },
+    /// The virtual disk inside a qcow2 image.
+    Raw(Arc<crate::store::RawDisk>),
+}
+
+/// An opened export.
+#[derive(Clone)]
+pub struct Export {
+    pub image: ImageId,
+    pub data: ImageData,
+    pub view: View,
+    /// The key behind the capability it was opened with (keys mode), checked again while
+    /// the connection lasts.
+    pub key_id: Option<String>,
+}
+
+/// An export name taken apart.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Name<'a> {
+    pub image: &'a str,
+    pub raw: bool,
+    pub capability: Option<&'a str>,
+}
+
+pub fn parse_name(name: &str) -> Name<'_> {
+    let (export, capability) = match name.split_once('@') {
+        Some((export, capability)) => (export, Some(capability)),
+        None => (name, None),
+    };
+    match export.strip_suffix(":raw") {
+        Some(image) => Name {
+            image,
+            raw: true,
+            capability,
+        },
+        None => Name {
+            image: export,
+            raw: false,
+            capability,
+        },
+    }
+}
+
+/// The export name a client uses for `image` (and its raw view), with a capability if given.
+pub fn export_name(image: ImageId, raw: bool, capability: Option<&str>) -> String {
+    let mut name = image.to_string();
+    if raw {
+        name.push_str(":raw");
+    }
+    if let Some(capability) = capability {
+        name.push('@');
+        name.push_str(capability);
+    }
+    name
+}
+
+/// The caller a lab-mode NBD client stands for: the same as an HTTP request without headers.
+fn lab_caller(state: &AppState) -> Caller {
+    crate::http::auth::lab_default_caller(&state.config.default_project)
+}
+
+/// Whether `caller` may read `record`'s data: visible, downloadable, with data that is not
+/// held by an unfinished import (the rules of `GET /v2/images/{id}/file`).
+pub fn readable(caller: &Caller, record: &ImageRecord) -> bool {
+    caller.can_see(record)
+        && caller.can_download()
+        && (record.status != ImageStatus::Deactivated || caller.can_download_deactivated())
+        && matches!(
+            record.status,
+            ImageStatus::Active | ImageStatus::Deactivated
+        )
+        && record.data.is_some()
+}
+
+/// Opens the export `name` names, or `None` (for every reason alike).
+pub async fn open(state: &AppState, name: &str) -> Option<Export> {
+    let parsed = parse_name(name);
+    let id = ImageId::parse(parsed.image)?;
+    let (mut caller, key_id) = match state.config.auth {
+        AuthMode::None => (lab_caller(state), None),
+        AuthMode::Keys => {
+            let key = state
+                .identity
+                .check_capability(parsed.capability?, id.0)
+                .await
+                .ok()??;
+            (crate::http::auth::caller_for(&key), Some(key.id))
+        }
+    };
+    let store = state.store.clone();
+    let project = caller.project_id.clone();
+    let (record, memberships) = tokio::task::spawn_blocking(move || {
+        Some((store.image(id).ok()??, store.memberships(&project).ok()?))
+    })
+    .await
+    .ok()??;
+    caller.memberships = memberships;
+    if !readable(&caller, &record) {
+        return None;
+    }
+    let data = record.data.clone()?;
+    let store = state.store.clone();
+    let view = if parsed.raw {
+        if record.disk_format.as_deref() != Some("qcow2") {
+            return None;
+        }
+        match store.raw_disk(&data).await {
+            Ok(disk) => View::Raw(disk),
+            Err(error) => {
+                tracing::info!(image = %id, %error, "no raw view of this image");
+                return None;
+            }
+        }
+    } else {
+        let digest = data.digest;
+        let extents = store.extents(digest).await.ok()?;
+        View::Stored {
+            extents: extents.map(Arc::new),
+        }
+    };
+    Some(Export {
+        image: id,
+        data,
+        view,
+        key_id,
+    })
+}
+
+impl Export {
+    /// The size clients see.
+    pub fn size(&self) -> u64 {
+        match &self.view {
+            View::Stored { .. } => self.data.size,
+            View::Raw(disk) => disk.size(),
+        }
+    }
+
+    /// Reads `length` bytes from `offset` (inside the export), every stored byte verified.
+    pub async fn read(
+        &self,
+        store: &Arc<Store>,
+        offset: u64,
+        length: u64,
+    ) -> std::io::Result<Bytes> {
+        match &self.view {
+            View::Stored { .. } => store.read_range(&self.data, offset, length).await,
+            View::Raw(disk) => disk.read(store, &self.data, offset, length).await,
+        }
+    }
+
+    /// Describes `[offset, offset + length)` as data and zero stretches (at most `limit`).
+    pub async fn describe(
+        &self,
+        store: &Arc<Store>,
+        offset: u64,
+        length: u64,
+        limit: usize,
+    ) -> std::io::Result<Vec<Stretch>> {
+        match &self.view {
+            View::Stored {
+                extents: Some(extents),
+            } => Ok(extents.describe(offset, length, limit)),
+            View::Stored { extents: None } => Ok(vec![Stretch {
+                length: length.min(self.data.size.saturating_sub(offset)),
+                zero: false,
+            }]),
+            View::Raw(disk) => {
+                disk.describe(store, &self.data, offset, length, limit)
+                    .await
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_take_apart_into_image_view_and_capability() {
+        let id = "0b2f5a34-5a4e-4f7e-9d55-1b8d2b1a6f10";
+        assert_eq!(
+            parse_name(id),
+            Name {
+                image: id,
+                raw: false,
+                capability: None
+            }
+        );
+        assert_eq!(
+            parse_name(&format!("{id}:raw@abc")),
+            Name {
+                image: id,
+                raw: true,
+                capability: Some("abc")
+            }
+        );
+        let image = ImageId::parse(id).unwrap();
+        assert_eq!(
+            parse_name(&export_name(image, true, Some("t"))),
+            Name {
+                image: id,
+                raw: true,
+                capability: Some("t")
+            }
+        );
+        assert_eq!(parse_name("").image, "");
+    }
+}
