@@ -611,6 +611,34 @@ async fn with_tls_configured_plain_connections_are_refused() {
     assert!(std::fs::read(copied.path()).unwrap() == disk);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_are_capped_and_idle_ones_closed() {
+    let server = Server::start_with(|config: &mut Config| {
+        config.nbd.max_connections = 1;
+        config.nbd.idle_timeout = std::time::Duration::from_secs(1);
+    })
+    .await;
+    let address = server.start_nbd().await;
+    let bytes = random_bytes(10_000, 41);
+    let id = upload(&server, bytes.clone(), "raw", None).await;
+    let mut first = Client::go(address, &id).await.unwrap();
+    assert_eq!(first.read(0, 100).await.unwrap(), Ok(bytes[..100].to_vec()));
+    // A second connection is closed before the greeting.
+    let mut second = TcpStream::connect(address).await.unwrap();
+    let mut greeting = Vec::new();
+    let refused = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        second.read_to_end(&mut greeting),
+    )
+    .await;
+    assert!(matches!(refused, Ok(Ok(0))), "over the cap: {greeting:?}");
+    // The first goes quiet past the idle timeout and is closed; its slot frees.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    assert!(first.read(0, 100).await.is_err(), "an idle connection is closed");
+    let mut third = Client::go(address, &id).await.unwrap();
+    assert_eq!(third.read(100, 100).await.unwrap(), Ok(bytes[100..200].to_vec()));
+}
+
 /// A minimal NBD client for the requests real clients never send.
 struct Client {
     stream: TcpStream,
