@@ -621,6 +621,90 @@ impl BlobStore {
     }
 }
 
+/// An open blob that many reads share: the NBD export keeps one per connection, so that a
+/// request costs its own bytes, not an open and an outboard root check.
+pub struct SharedBlob {
+    source: Arc<dyn BlobReader>,
+    verifier: Arc<Mutex<Verifier<StoredOutboard>>>,
+    buffers: Arc<Mutex<BufferPool>>,
+    size: u64,
+}
+
+impl OpenBlob {
+    pub fn shared(self) -> SharedBlob {
+        SharedBlob {
+            source: self.source,
+            size: self.verifier.size(),
+            verifier: Arc::new(Mutex::new(self.verifier)),
+            buffers: Arc::new(Mutex::new(BufferPool::new(READ_SIZE, SHARED_KEEP))),
+        }
+    }
+}
+
+/// Buffers a shared blob keeps for reuse (8 MiB).
+const SHARED_KEEP: usize = 32;
+
+impl BlobStore {
+    /// Reads `[offset, offset + length)` of a shared blob (clamped to its size) as pieces in
+    /// order, each group-aligned read checked against the outboard before any of it is
+    /// returned. The pieces are read by concurrent jobs on the transfer pool; an error (a
+    /// mismatch is `InvalidData`) fails the whole read.
+    pub async fn read_shared(
+        &self,
+        blob: &SharedBlob,
+        offset: u64,
+        length: u64,
+    ) -> io::Result<Vec<Bytes>> {
+        let wanted = offset..offset.saturating_add(length).min(blob.size);
+        let Some(span) = outboard::covering_range(offset, length, blob.size) else {
+            return Ok(Vec::new());
+        };
+        let mut jobs = Vec::new();
+        let mut at = span.start;
+        while at < span.end {
+            let want = READ_SIZE.min(usize::try_from(span.end - at).unwrap_or(READ_SIZE));
+            let (source, verifier, buffers) = (
+                blob.source.clone(),
+                blob.verifier.clone(),
+                blob.buffers.clone(),
+            );
+            let (from, to) = (
+                wanted.start.max(at) - at,
+                wanted.end.min(at + want as u64) - at,
+            );
+            jobs.push(self.pool.spawn(move || {
+                let mut buffer = buffers
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .take();
+                let bytes = &mut buffer.window()[..want];
+                if read_fully(source.as_ref(), bytes, at)? < want {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "blob is shorter than its record",
+                    ));
+                }
+                verifier
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .verify(at, bytes)
+                    .map_err(mismatch)?;
+                let lent = buffers
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .lend(buffer, want);
+                Ok(lent.slice(from as usize..to as usize))
+            }));
+            at += want as u64;
+        }
+        let mut pieces = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            pieces.push(job.wait().await??);
+        }
+        Ok(pieces)
+    }
+}
+
 /// One download's reads.
 struct Reading {
     source: Arc<dyn BlobReader>,

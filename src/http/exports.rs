@@ -162,7 +162,7 @@ fn raw_view(query: Option<&str>) -> Result<bool, Error> {
 async fn raw_disk(
     state: &AppState,
     record: &ImageRecord,
-    data: &ImageData,
+    open: &crate::store::OpenData,
 ) -> Result<std::sync::Arc<crate::store::RawDisk>, Error> {
     if record.disk_format.as_deref() != Some("qcow2") {
         return Err(Error::conflict(format!(
@@ -171,7 +171,7 @@ async fn raw_disk(
             record.disk_format.as_deref().unwrap_or("unset")
         )));
     }
-    state.store.raw_disk(data).await.map_err(|error| {
+    state.store.raw_disk(open).await.map_err(|error| {
         if error.kind() == std::io::ErrorKind::InvalidData {
             Error::conflict(format!("Image {} has no raw view: {error}", record.id))
         } else {
@@ -191,9 +191,10 @@ pub async fn extents(
     let raw = raw_view(query.as_deref())?;
     let (record, data) = readable(&state, &caller, &image_id).await?;
     let (size, recorded, stretches) = if raw {
-        let disk = raw_disk(&state, &record, &data).await?;
+        let open = state.store.open_data(&data).await?;
+        let disk = raw_disk(&state, &record, &open).await?;
         let stretches = disk
-            .describe(&state.store, &data, 0, disk.size(), usize::MAX)
+            .describe(&state.store, &open, 0, disk.size(), usize::MAX)
             .await
             .map_err(|error| {
                 tracing::error!(image = %record.id, %error, "could not read the qcow2 mapping");
@@ -248,10 +249,11 @@ pub async fn raw(
     headers: HeaderMap,
 ) -> Result<Response, Error> {
     let (record, data) = readable(&state, &caller, &image_id).await?;
+    let open = state.store.open_data(&data).await?;
     let disk = if record.disk_format.as_deref() == Some("raw") {
         None
     } else {
-        Some(raw_disk(&state, &record, &data).await?)
+        Some(raw_disk(&state, &record, &open).await?)
     };
     let size = disk.as_ref().map_or(data.size, |disk| disk.size());
     let (status, first, length) = match parse_range(&headers, size) {
@@ -277,18 +279,19 @@ pub async fn raw(
     // gets a status code rather than a cut body.
     let store = state.store.clone();
     let read = move |at: u64, count: u64| {
-        let (store, data, disk) = (store.clone(), data.clone(), disk.clone());
+        let (store, open, disk) = (store.clone(), open.clone(), disk.clone());
         async move {
-            match disk {
-                Some(disk) => disk.read(&store, &data, at, count).await,
-                None => store.read_range(&data, at, count).await,
-            }
+            let pieces = match disk {
+                Some(disk) => disk.read(&store, &open, at, count).await?,
+                None => store.read_open(&open, at, count).await?,
+            };
+            Ok::<_, std::io::Error>(futures_util::stream::iter(pieces.into_iter().map(Ok)))
         }
     };
     let end = first + length;
     let first_step = RAW_STEP.min(length);
     let head = if length == 0 {
-        bytes::Bytes::new()
+        futures_util::stream::iter(Vec::new().into_iter().map(Ok))
     } else {
         read(first, first_step).await.map_err(|error| {
             tracing::error!(image = %record.id, %error, "raw view read failed");
@@ -304,13 +307,15 @@ pub async fn raw(
             let count = RAW_STEP.min(end - at);
             let item = read(at, count).await;
             let next = if item.is_ok() { at + count } else { end };
-            Some((item, next))
+            let pieces: futures_util::stream::BoxStream<'static, std::io::Result<bytes::Bytes>> =
+                match item {
+                    Ok(pieces) => Box::pin(pieces),
+                    Err(error) => Box::pin(futures_util::stream::once(async move { Err(error) })),
+                };
+            Some((pieces, next))
         }
     });
-    let stream = futures_util::StreamExt::chain(
-        futures_util::stream::once(async move { Ok::<_, std::io::Error>(head) }),
-        rest,
-    );
+    let stream = futures_util::StreamExt::chain(head, futures_util::StreamExt::flatten(rest));
     let mut response = Response::new(Body::from_stream(stream));
     *response.status_mut() = status;
     let response_headers = response.headers_mut();

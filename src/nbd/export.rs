@@ -14,9 +14,9 @@ use bytes::Bytes;
 
 use crate::config::AuthMode;
 use crate::http::AppState;
-use crate::kv::{Extents, ImageData, ImageId, ImageRecord, ImageStatus, Stretch};
+use crate::kv::{Extents, ImageId, ImageRecord, ImageStatus, Stretch};
 use crate::policy::Caller;
-use crate::store::Store;
+use crate::store::{OpenData, Store};
 
 /// How the image's bytes are presented.
 #[derive(Clone)]
@@ -31,7 +31,8 @@ pub enum View {
 #[derive(Clone)]
 pub struct Export {
     pub image: ImageId,
-    pub data: ImageData,
+    /// The bytes, opened once for all of the connection's reads.
+    pub open: Arc<OpenData>,
     pub view: View,
     /// The key behind the capability it was opened with (keys mode), checked again while
     /// the connection lasts.
@@ -124,11 +125,18 @@ pub async fn open(state: &AppState, name: &str) -> Option<Export> {
     }
     let data = record.data.clone()?;
     let store = state.store.clone();
+    let open = match store.open_data(&data).await {
+        Ok(open) => open,
+        Err(error) => {
+            tracing::error!(image = %id, %error, "could not open the image's bytes for NBD");
+            return None;
+        }
+    };
     let view = if parsed.raw {
         if record.disk_format.as_deref() != Some("qcow2") {
             return None;
         }
-        match store.raw_disk(&data).await {
+        match store.raw_disk(&open).await {
             Ok(disk) => View::Raw(disk),
             Err(error) => {
                 tracing::info!(image = %id, %error, "no raw view of this image");
@@ -144,7 +152,7 @@ pub async fn open(state: &AppState, name: &str) -> Option<Export> {
     };
     Some(Export {
         image: id,
-        data,
+        open,
         view,
         key_id,
     })
@@ -154,21 +162,22 @@ impl Export {
     /// The size clients see.
     pub fn size(&self) -> u64 {
         match &self.view {
-            View::Stored { .. } => self.data.size,
+            View::Stored { .. } => self.open.data.size,
             View::Raw(disk) => disk.size(),
         }
     }
 
-    /// Reads `length` bytes from `offset` (inside the export), every stored byte verified.
+    /// Reads `length` bytes from `offset` (inside the export) as pieces in order, every
+    /// stored byte verified.
     pub async fn read(
         &self,
         store: &Arc<Store>,
         offset: u64,
         length: u64,
-    ) -> std::io::Result<Bytes> {
+    ) -> std::io::Result<Vec<Bytes>> {
         match &self.view {
-            View::Stored { .. } => store.read_range(&self.data, offset, length).await,
-            View::Raw(disk) => disk.read(store, &self.data, offset, length).await,
+            View::Stored { .. } => store.read_open(&self.open, offset, length).await,
+            View::Raw(disk) => disk.read(store, &self.open, offset, length).await,
         }
     }
 
@@ -185,11 +194,11 @@ impl Export {
                 extents: Some(extents),
             } => Ok(extents.describe(offset, length, limit)),
             View::Stored { extents: None } => Ok(vec![Stretch {
-                length: length.min(self.data.size.saturating_sub(offset)),
+                length: length.min(self.open.data.size.saturating_sub(offset)),
                 zero: false,
             }]),
             View::Raw(disk) => {
-                disk.describe(store, &self.data, offset, length, limit)
+                disk.describe(store, &self.open, offset, length, limit)
                     .await
             }
         }

@@ -2,10 +2,11 @@
 //! the Network Block Device protocol (fixed newstyle, structured replies, `base:allocation`),
 //! so that QEMU, `qemu-img` and `nbdcopy` read it without a full download first.
 //!
-//! It runs over the same store as HTTP: each read goes through `Store::read_range`, which
-//! takes a download slot and checks every byte against the blob's verification tree before
-//! anything is sent; a read that fails verification is answered `EIO` and nothing of it
-//! leaves. Block status answers from the extent map recorded at upload (`kv::Extents`), or,
+//! It runs over the same store as HTTP: a connection opens the image's blob once
+//! (`Store::open_data`: the first store that has it, pinned against removal), and each read
+//! (`Store::read_open`) takes a download slot and checks every byte against the blob's
+//! verification tree, on the transfer pool, before anything is sent; a read that fails
+//! verification is answered `EIO` and nothing of it leaves. Block status answers from the extent map recorded at upload (`kv::Extents`), or,
 //! for the raw view of a qcow2 image, from its L2 tables.
 //!
 //! Bounds: `nbd_max_connections` connections (more are closed at once), `nbd_idle_timeout`
@@ -477,10 +478,18 @@ async fn transmission(
                     let read = export
                         .read(&state.store, request.offset, u64::from(request.length))
                         .await;
+                    let read = read.and_then(|pieces| {
+                        let total: usize = pieces.iter().map(|piece| piece.len()).sum();
+                        if total == request.length as usize {
+                            Ok(pieces)
+                        } else {
+                            Err(std::io::Error::other("the read came back short"))
+                        }
+                    });
                     let sent = match read {
-                        Ok(bytes) => {
-                            state.metrics.nbd.read_bytes.inc_by(bytes.len() as u64);
-                            reply_data(&writer, &request, &bytes, structured).await
+                        Ok(pieces) => {
+                            state.metrics.nbd.read_bytes.inc_by(u64::from(request.length));
+                            reply_data(&writer, &request, &pieces, structured).await
                         }
                         Err(error) => {
                             state.metrics.nbd.read_failures.inc();
@@ -605,7 +614,7 @@ async fn transmission(
 async fn reply_data(
     writer: &Writer,
     request: &Request,
-    bytes: &[u8],
+    pieces: &[bytes::Bytes],
     structured: bool,
 ) -> std::io::Result<()> {
     let mut writer = writer.lock().await;
@@ -614,14 +623,16 @@ async fn reply_data(
             request.cookie,
             REPLY_FLAG_DONE,
             REPLY_TYPE_OFFSET_DATA,
-            8 + bytes.len() as u32,
+            8 + request.length,
         );
         writer.write_all(&header).await?;
         writer.write_all(&request.offset.to_be_bytes()).await?;
     } else {
         writer.write_all(&simple_reply(request.cookie, 0)).await?;
     }
-    writer.write_all(bytes).await?;
+    for piece in pieces {
+        writer.write_all(piece).await?;
+    }
     writer.flush().await
 }
 

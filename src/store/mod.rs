@@ -35,7 +35,7 @@ pub use ops::{
 };
 pub use places::{BackendSpec, CopyRefusal, DEFAULT_STORE, Place, StoreInfo, StoreSet, StoreSpec};
 pub use quota::{QuotaClaim, QuotaExceeded, Quotas};
-pub use raw::RawDisk;
+pub use raw::{OpenData, RawDisk};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};

@@ -1,54 +1,115 @@
-//! Verified range reads into memory, extent maps, and the raw view of qcow2 images: the
-//! guest-visible disk, read through `blob::qcow2`'s mapping with every stored byte (tables
-//! and clusters alike) coming from the verified download path.
+//! Block-level reads: image bytes held open for many verified range reads (`OpenData`), the
+//! extent maps recorded at upload, and the raw view of qcow2 images, the guest-visible disk
+//! read through `blob::qcow2`'s mapping with every stored byte (tables and clusters alike)
+//! coming from verified reads.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use bytes::{Bytes, BytesMut};
-use futures_util::StreamExt;
 
-use super::{Store, StoreError, blocking};
+use super::{Pin, Store, StoreError, blocking};
+use crate::blob::SharedBlob;
 use crate::blob::qcow2::{self, Cluster, Map};
 use crate::kv::{Digest, Extents, ImageData, Stretch};
+
+/// An image's bytes held open for many verified reads (an NBD connection, one `/raw`
+/// request): the blob opened once in the first store that opens it, and pinned, so that a
+/// delete of the image does not remove the bytes under the reads.
+pub struct OpenData {
+    pub data: ImageData,
+    place: usize,
+    blob: SharedBlob,
+    _pin: Pin,
+}
 
 /// The most L2 tables one raw view keeps decoded (each is one cluster, 64 KiB by default):
 /// 64 tables map 32 GiB of a disk with 64 KiB clusters.
 const L2_CACHE: usize = 64;
 
 impl Store {
-    /// Reads `length` bytes of an image's data from `offset` through the verified download
-    /// path (a transfer slot, the blob pinned, every group checked against the blob's tree)
-    /// into one buffer. Nothing is returned unless all of it verified.
-    pub async fn read_range(
+    /// Opens an image's bytes for `read_open`: the first store in download order that opens
+    /// them (a blob marked damaged is not opened in the data directory).
+    pub async fn open_data(
         self: &Arc<Self>,
         data: &ImageData,
+    ) -> Result<Arc<OpenData>, StoreError> {
+        let store = self.clone();
+        let data = data.clone();
+        blocking(move || {
+            let damaged = store.kv.is_bad_blob(data.digest)?;
+            let order = store.read_order(&data, damaged);
+            if order.is_empty() && damaged {
+                return Err(StoreError::Damaged(data.digest));
+            }
+            let pin = Pin::new(store.clone(), data.digest);
+            let mut last = None;
+            for place in order {
+                match store.places[place].blobs.open(data.digest, data.size) {
+                    Ok(blob) => {
+                        return Ok(Arc::new(OpenData {
+                            data,
+                            place,
+                            blob: blob.shared(),
+                            _pin: pin,
+                        }));
+                    }
+                    Err(error) => last = Some(error),
+                }
+            }
+            Err(StoreError::Blob(last.unwrap_or_else(|| {
+                crate::blob::BlobError::Io(std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "no configured store holds the image's bytes",
+                ))
+            })))
+        })
+        .await?
+    }
+
+    /// Reads `length` bytes from `offset` of open data as pieces in order, every byte checked
+    /// against the blob's tree first; takes a download slot for the read, as a download does.
+    pub async fn read_open(
+        self: &Arc<Self>,
+        open: &OpenData,
         offset: u64,
         length: u64,
-    ) -> std::io::Result<Bytes> {
-        if offset.checked_add(length).is_none_or(|end| end > data.size) {
+    ) -> std::io::Result<Vec<Bytes>> {
+        if offset
+            .checked_add(length)
+            .is_none_or(|end| end > open.data.size)
+        {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidData,
                 format!(
                     "bytes {offset}+{length} are beyond the image's {} bytes",
-                    data.size
+                    open.data.size
                 ),
             ));
         }
-        let stream = self
-            .download(data, offset, length)
+        let _slot = Store::slot(&self.downloads)
             .await
             .map_err(|error| std::io::Error::other(error.to_string()))?;
-        let mut stream = std::pin::pin!(stream);
-        let mut out = BytesMut::with_capacity(length as usize);
-        while let Some(chunk) = stream.next().await {
-            out.extend_from_slice(&chunk?);
+        self.places[open.place]
+            .blobs
+            .read_shared(&open.blob, offset, length)
+            .await
+    }
+
+    /// `read_open` into one buffer (copied only when it spans several pieces).
+    pub async fn read_open_bytes(
+        self: &Arc<Self>,
+        open: &OpenData,
+        offset: u64,
+        length: u64,
+    ) -> std::io::Result<Bytes> {
+        let mut pieces = self.read_open(open, offset, length).await?;
+        if pieces.len() == 1 {
+            return Ok(pieces.pop().expect("one piece"));
         }
-        if out.len() as u64 != length {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                "the stored bytes ended early",
-            ));
+        let mut out = BytesMut::with_capacity(length as usize);
+        for piece in pieces {
+            out.extend_from_slice(&piece);
         }
         Ok(out.freeze())
     }
@@ -60,13 +121,13 @@ impl Store {
     }
 
     /// Opens the raw view of a qcow2 image: reads and checks its header and L1 table.
-    pub async fn raw_disk(self: &Arc<Self>, data: &ImageData) -> std::io::Result<Arc<RawDisk>> {
+    pub async fn raw_disk(self: &Arc<Self>, open: &OpenData) -> std::io::Result<Arc<RawDisk>> {
         let head = self
-            .read_range(data, 0, (qcow2::HEADER_LEN as u64).min(data.size))
+            .read_open_bytes(open, 0, (qcow2::HEADER_LEN as u64).min(open.data.size))
             .await?;
         let header = qcow2::Header::parse(&head).map_err(invalid)?;
         let (offset, length) = header.l1_range();
-        let l1 = self.read_range(data, offset, length).await?;
+        let l1 = self.read_open_bytes(open, offset, length).await?;
         let map = Map::new(header, &l1).map_err(invalid)?;
         Ok(Arc::new(RawDisk {
             map,
@@ -96,7 +157,7 @@ impl RawDisk {
     async fn table(
         &self,
         store: &Arc<Store>,
-        data: &ImageData,
+        open: &OpenData,
         index: u64,
     ) -> std::io::Result<Option<Arc<Vec<u64>>>> {
         if let Some(table) = self.cached(index) {
@@ -106,7 +167,7 @@ impl RawDisk {
             None => None,
             Some(offset) => {
                 let bytes = store
-                    .read_range(data, offset, self.map.header.cluster_size())
+                    .read_open_bytes(open, offset, self.map.header.cluster_size())
                     .await?;
                 Some(Arc::new(self.map.decode_l2(&bytes).map_err(invalid)?))
             }
@@ -130,28 +191,37 @@ impl RawDisk {
             .cloned()
     }
 
-    /// Reads `length` guest bytes from `offset`: zeros for unallocated and zero clusters,
-    /// stored bytes (runs of adjacent clusters in one read) and inflated compressed clusters.
+    /// Reads `length` guest bytes from `offset` as pieces in order: zeros for unallocated and
+    /// zero clusters, stored bytes (runs of adjacent clusters in one read) and inflated
+    /// compressed clusters.
     pub async fn read(
         &self,
         store: &Arc<Store>,
-        data: &ImageData,
+        open: &OpenData,
         offset: u64,
         length: u64,
-    ) -> std::io::Result<Bytes> {
+    ) -> std::io::Result<Vec<Bytes>> {
         let end = offset.saturating_add(length).min(self.size());
         let cluster = self.map.header.cluster_size();
-        let mut out = BytesMut::with_capacity(end.saturating_sub(offset) as usize);
+        let mut out = Vec::new();
+        let mut zeros = 0u64;
+        let flush_zeros = |out: &mut Vec<Bytes>, zeros: &mut u64| {
+            if *zeros > 0 {
+                out.push(Bytes::from(vec![0u8; *zeros as usize]));
+                *zeros = 0;
+            }
+        };
         let mut guest = offset;
         while guest < end {
             let index = self.map.l1_index(guest);
-            let table = self.table(store, data, index).await?;
+            let table = self.table(store, open, index).await?;
             let l2 = table.as_deref().map(Vec::as_slice);
             let within = guest % cluster;
             let take = (cluster - within).min(end - guest);
             match self.map.cluster(l2, guest).map_err(invalid)? {
-                Cluster::Zero => out.resize(out.len() + take as usize, 0),
+                Cluster::Zero => zeros += take,
                 Cluster::Data(host) => {
+                    flush_zeros(&mut out, &mut zeros);
                     // Extend the read over the following clusters while they are stored
                     // right after this one (and mapped by the same table).
                     let start = host + within;
@@ -164,7 +234,7 @@ impl RawDisk {
                             _ => break,
                         }
                     }
-                    out.extend_from_slice(&store.read_range(data, start, run).await?);
+                    out.extend(store.read_open(open, start, run).await?);
                     guest += run;
                     continue;
                 }
@@ -172,29 +242,33 @@ impl RawDisk {
                     offset: host,
                     length,
                 } => {
+                    flush_zeros(&mut out, &mut zeros);
                     // The last sector may run past the end of the file.
-                    let until = host.saturating_add(length).min(data.size);
+                    let until = host.saturating_add(length).min(open.data.size);
                     let bytes = store
-                        .read_range(data, host, until.saturating_sub(host))
+                        .read_open_bytes(open, host, until.saturating_sub(host))
                         .await?;
                     let header = self.map.header.clone();
                     let inflated = blocking(move || header.decompress(&bytes))
                         .await
                         .map_err(|error| std::io::Error::other(error.to_string()))?
                         .map_err(invalid)?;
-                    out.extend_from_slice(&inflated[within as usize..(within + take) as usize]);
+                    out.push(
+                        Bytes::from(inflated).slice(within as usize..(within + take) as usize),
+                    );
                 }
             }
             guest += take;
         }
-        Ok(out.freeze())
+        flush_zeros(&mut out, &mut zeros);
+        Ok(out)
     }
 
     /// Describes `[offset, offset + length)` as data and zero stretches, at most `limit`.
     pub async fn describe(
         &self,
         store: &Arc<Store>,
-        data: &ImageData,
+        open: &OpenData,
         offset: u64,
         length: u64,
         limit: usize,
@@ -206,7 +280,7 @@ impl RawDisk {
         let mut guest = offset;
         while guest < end {
             let index = self.map.l1_index(guest);
-            let table = self.table(store, data, index).await?;
+            let table = self.table(store, open, index).await?;
             let Some(l2) = table.as_deref() else {
                 // A whole unallocated table's span reads as zeros.
                 let until = ((index + 1) * span).min(end);

@@ -609,6 +609,34 @@ async fn with_tls_configured_plain_connections_are_refused() {
         "nbdcopy over TLS",
     );
     assert!(std::fs::read(copied.path()).unwrap() == disk);
+    // QEMU's own TLS client, as the README tells users to set it up.
+    let object = format!(
+        "tls-creds-x509,id=tls0,dir={},endpoint=client",
+        certificates.display()
+    );
+    let options = format!(
+        "driver=nbd,host=localhost,port={},export={id},tls-creds=tls0",
+        address.port()
+    );
+    let converted = tempfile::NamedTempFile::new().unwrap();
+    ok(
+        &tool(
+            "qemu-img",
+            &[
+                "convert",
+                "--object",
+                &object,
+                "--image-opts",
+                &options,
+                "-O",
+                "raw",
+                converted.path().to_str().unwrap(),
+            ],
+        )
+        .await,
+        "qemu-img over TLS",
+    );
+    assert!(std::fs::read(converted.path()).unwrap() == disk);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -634,9 +662,15 @@ async fn connections_are_capped_and_idle_ones_closed() {
     assert!(matches!(refused, Ok(Ok(0))), "over the cap: {greeting:?}");
     // The first goes quiet past the idle timeout and is closed; its slot frees.
     tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
-    assert!(first.read(0, 100).await.is_err(), "an idle connection is closed");
+    assert!(
+        first.read(0, 100).await.is_err(),
+        "an idle connection is closed"
+    );
     let mut third = Client::go(address, &id).await.unwrap();
-    assert_eq!(third.read(100, 100).await.unwrap(), Ok(bytes[100..200].to_vec()));
+    assert_eq!(
+        third.read(100, 100).await.unwrap(),
+        Ok(bytes[100..200].to_vec())
+    );
 }
 
 /// A minimal NBD client for the requests real clients never send.
