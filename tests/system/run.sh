@@ -3,7 +3,8 @@
 # fails: full_disk.py (needs root and a loop device, else it prints SKIP and
 # passes), crash_loop.py (default cycles, or $OCELLUS_CRASH_CYCLES), crowd.py
 # (default crowd: 300 uploads, 600 downloads, 20 s), shutdown.py (systemd notify
-# and SIGTERM during uploads).
+# and SIGTERM during uploads), sparse_nbd.py (a 4 GiB image with 64 MiB of data
+# copied over NBD by nbdcopy and qemu-img, sparse and fast).
 #
 # Usage: tests/system/run.sh PATH_TO_OCELLUS_BINARY
 set -uo pipefail
@@ -23,7 +24,7 @@ if [[ -z ${PYTHON:-} ]]; then
 fi
 
 failed=()
-for test in full_disk crash_loop crowd shutdown; do
+for test in full_disk crash_loop crowd shutdown sparse_nbd; do
     echo "== $test"
     start=$SECONDS
     # Each test bounds its own steps; the outer limit only catches a hang.
