@@ -4,7 +4,8 @@
 # passes), crash_loop.py (default cycles, or $OCELLUS_CRASH_CYCLES), crowd.py
 # (default crowd: 300 uploads, 600 downloads, 20 s), shutdown.py (systemd notify
 # and SIGTERM during uploads), sparse_nbd.py (a 4 GiB image with 64 MiB of data
-# copied over NBD by nbdcopy and qemu-img, sparse and fast).
+# copied over NBD by nbdcopy and qemu-img, sparse and fast), boot_nbd.py (QEMU
+# boots a qcow2 image and its raw view straight from nbd://).
 #
 # Usage: tests/system/run.sh PATH_TO_OCELLUS_BINARY
 set -uo pipefail
@@ -24,7 +25,7 @@ if [[ -z ${PYTHON:-} ]]; then
 fi
 
 failed=()
-for test in full_disk crash_loop crowd shutdown sparse_nbd; do
+for test in full_disk crash_loop crowd shutdown sparse_nbd boot_nbd; do
     echo "== $test"
     start=$SECONDS
     # Each test bounds its own steps; the outer limit only catches a hang.
