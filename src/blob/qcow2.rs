@@ -13,8 +13,10 @@ use std::io::Read;
 /// The header bytes [`Header::parse`] needs: version 3's fixed part and the compression type.
 pub const HEADER_LEN: usize = 112;
 
-/// The largest L1 table read (QEMU's own limit): 4 Mi entries, enough for 2 EiB at 64 KiB.
-const MAX_L1_BYTES: u64 = 32 << 20;
+/// The largest L1 table read: 512 Ki entries, which map 256 TiB with 64 KiB clusters (16 GiB
+/// with the smallest, 512-byte ones). QEMU allows 32 MiB; a table that large would cost every
+/// connection to the raw view that much memory, and no real disk needs it.
+const MAX_L1_BYTES: u64 = 4 << 20;
 
 const L1_OFFSET_MASK: u64 = 0x00ff_ffff_ffff_fe00;
 const L2_OFFSET_MASK: u64 = 0x00ff_ffff_ffff_fe00;

@@ -23,9 +23,9 @@ pub struct OpenData {
     _pin: Pin,
 }
 
-/// The most L2 tables one raw view keeps decoded (each is one cluster, 64 KiB by default):
-/// 64 tables map 32 GiB of a disk with 64 KiB clusters.
-const L2_CACHE: usize = 64;
+/// The bytes of decoded L2 tables one raw view keeps (each table is one cluster): 128 tables
+/// with 64 KiB clusters (they map 64 GiB), 4 with 2 MiB ones; at least 2 whatever the size.
+const L2_CACHE_BYTES: u64 = 8 << 20;
 
 impl Store {
     /// Opens an image's bytes for `read_open`: the first store in download order that opens
@@ -176,7 +176,8 @@ impl RawDisk {
             .tables
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if tables.len() >= L2_CACHE {
+        let keep = (L2_CACHE_BYTES / self.map.header.cluster_size()).max(2) as usize;
+        if tables.len() >= keep {
             tables.clear();
         }
         tables.insert(index, table.clone());
