@@ -677,23 +677,12 @@ impl BlobStore {
                     .lock()
                     .unwrap_or_else(|poisoned| poisoned.into_inner())
                     .take();
-                let bytes = &mut buffer.window()[..want];
-                if read_fully(source.as_ref(), bytes, at)? < want {
-                    return Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "blob is shorter than its record",
-                    ));
-                }
-                verifier
-                    .lock()
-                    .unwrap_or_else(|poisoned| poisoned.into_inner())
-                    .verify(at, bytes)
-                    .map_err(mismatch)?;
+                read_verified(source.as_ref(), &verifier, &mut buffer.window()[..want], at)?;
                 let lent = buffers
                     .lock()
                     .unwrap_or_else(|poisoned| poisoned.into_inner())
                     .lend(buffer, want);
-                Ok(lent.slice(from as usize..to as usize))
+                Ok::<_, io::Error>(lent.slice(from as usize..to as usize))
             }));
             at += want as u64;
         }
@@ -750,19 +739,13 @@ impl Reading {
                             let from = at + PREFETCH_AHEAD - PREFETCH_STEP;
                             source.prefetch(from, PREFETCH_STEP.min(end - from));
                         }
-                        let bytes = &mut buffer.window()[..want];
-                        if read_fully(source.as_ref(), bytes, at)? < want {
-                            return Err(io::Error::new(
-                                io::ErrorKind::UnexpectedEof,
-                                "blob is shorter than its record",
-                            ));
-                        }
-                        verifier
-                            .lock()
-                            .unwrap_or_else(|poisoned| poisoned.into_inner())
-                            .verify(at, bytes)
-                            .map_err(mismatch)?;
-                        Ok((buffer, want))
+                        read_verified(
+                            source.as_ref(),
+                            &verifier,
+                            &mut buffer.window()[..want],
+                            at,
+                        )?;
+                        Ok::<_, io::Error>((buffer, want))
                     }),
                 ));
                 next += want as u64;
@@ -785,6 +768,27 @@ impl Reading {
             }
         }
     }
+}
+
+/// Fills `bytes` from the blob at `at` and checks them against the outboard; a blob that ends
+/// early is `UnexpectedEof`, a mismatch `InvalidData`.
+fn read_verified(
+    source: &dyn BlobReader,
+    verifier: &Mutex<Verifier<StoredOutboard>>,
+    bytes: &mut [u8],
+    at: u64,
+) -> io::Result<()> {
+    if read_fully(source, bytes, at)? < bytes.len() {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "blob is shorter than its record",
+        ));
+    }
+    verifier
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .verify(at, bytes)
+        .map_err(mismatch)
 }
 
 /// Reads until `buffer` is full or the blob ends; returns how much was read.

@@ -565,23 +565,15 @@ async fn transmission(
                     }
                 }
             }
-            CMD_WRITE => {
-                // The payload must be read off the wire to keep the stream in step.
-                if request.length > MAX_BLOCK {
-                    break;
+            CMD_WRITE | CMD_TRIM | CMD_WRITE_ZEROES => {
+                if request.kind == CMD_WRITE {
+                    // The payload must be read off the wire to keep the stream in step.
+                    if request.length > MAX_BLOCK {
+                        break;
+                    }
+                    let mut skip = (&mut reader).take(u64::from(request.length));
+                    tokio::io::copy(&mut skip, &mut tokio::io::sink()).await?;
                 }
-                let mut skip = (&mut reader).take(u64::from(request.length));
-                tokio::io::copy(&mut skip, &mut tokio::io::sink()).await?;
-                reply_error(
-                    &writer,
-                    &request,
-                    EPERM,
-                    structured,
-                    "the export is read-only",
-                )
-                .await?;
-            }
-            CMD_TRIM | CMD_WRITE_ZEROES => {
                 reply_error(
                     &writer,
                     &request,

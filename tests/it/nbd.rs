@@ -182,14 +182,7 @@ async fn real_clients_read_every_byte_and_skip_the_holes() {
     )
     .await;
     assert!(!unknown.status.success());
-    let metrics = server
-        .request(Method::GET, "/metrics")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_text(&server).await;
     let read = metric(&metrics, "ocellus_nbd_read_bytes_total");
     assert!(read >= 2 * (1 << 20), "nbd bytes read: {read}");
 }
@@ -198,6 +191,11 @@ async fn real_clients_read_every_byte_and_skip_the_holes() {
 fn allocated_bytes(path: &Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
     std::fs::metadata(path).unwrap().blocks() * 512
+}
+
+async fn metrics_text(server: &Server) -> String {
+    let response = server.request(Method::GET, "/metrics").send().await;
+    response.unwrap().text().await.unwrap()
 }
 
 fn metric(text: &str, name: &str) -> u64 {
@@ -393,14 +391,7 @@ async fn a_flipped_stored_byte_gives_the_client_eio_not_data() {
         client.read(1 << 20, 4096).await.unwrap(),
         Ok(bytes[1 << 20..(1 << 20) + 4096].to_vec())
     );
-    let metrics = server
-        .request(Method::GET, "/metrics")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_text(&server).await;
     assert!(metric(&metrics, "ocellus_nbd_read_failures_total") >= 2);
 }
 
