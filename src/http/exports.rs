@@ -21,7 +21,7 @@ use super::images::load_visible;
 use super::{AppState, BaseUrl, Error};
 use crate::config::AuthMode;
 use crate::kv::{ImageData, ImageRecord, ImageStatus, Stretch};
-use crate::nbd::export::export_name;
+use crate::nbd::names::export_name;
 use crate::policy::Caller;
 
 /// Default and longest lifetime of an NBD capability, in seconds.

@@ -18,6 +18,8 @@ use crate::kv::{Extents, ImageId, ImageRecord, ImageStatus, Stretch};
 use crate::policy::Caller;
 use crate::store::{OpenData, Store};
 
+pub use super::names::{Name, export_name, parse_name};
+
 /// How the image's bytes are presented.
 #[derive(Clone)]
 pub enum View {
@@ -37,46 +39,6 @@ pub struct Export {
     /// The key behind the capability it was opened with (keys mode), checked again while
     /// the connection lasts.
     pub key_id: Option<String>,
-}
-
-/// An export name taken apart.
-#[derive(Debug, PartialEq, Eq)]
-pub struct Name<'a> {
-    pub image: &'a str,
-    pub raw: bool,
-    pub capability: Option<&'a str>,
-}
-
-pub fn parse_name(name: &str) -> Name<'_> {
-    let (export, capability) = match name.split_once('@') {
-        Some((export, capability)) => (export, Some(capability)),
-        None => (name, None),
-    };
-    match export.strip_suffix(":raw") {
-        Some(image) => Name {
-            image,
-            raw: true,
-            capability,
-        },
-        None => Name {
-            image: export,
-            raw: false,
-            capability,
-        },
-    }
-}
-
-/// The export name a client uses for `image` (and its raw view), with a capability if given.
-pub fn export_name(image: ImageId, raw: bool, capability: Option<&str>) -> String {
-    let mut name = image.to_string();
-    if raw {
-        name.push_str(":raw");
-    }
-    if let Some(capability) = capability {
-        name.push('@');
-        name.push_str(capability);
-    }
-    name
 }
 
 /// The caller a lab-mode NBD client stands for: the same as an HTTP request without headers.
@@ -202,41 +164,5 @@ impl Export {
                     .await
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn names_take_apart_into_image_view_and_capability() {
-        let id = "0b2f5a34-5a4e-4f7e-9d55-1b8d2b1a6f10";
-        assert_eq!(
-            parse_name(id),
-            Name {
-                image: id,
-                raw: false,
-                capability: None
-            }
-        );
-        assert_eq!(
-            parse_name(&format!("{id}:raw@abc")),
-            Name {
-                image: id,
-                raw: true,
-                capability: Some("abc")
-            }
-        );
-        let image = ImageId::parse(id).unwrap();
-        assert_eq!(
-            parse_name(&export_name(image, true, Some("t"))),
-            Name {
-                image: id,
-                raw: true,
-                capability: Some("t")
-            }
-        );
-        assert_eq!(parse_name("").image, "");
     }
 }

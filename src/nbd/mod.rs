@@ -22,6 +22,7 @@
 //! exports only in lab mode; with keys it answers `NBD_REP_ERR_POLICY`.
 
 pub mod export;
+pub mod names;
 pub mod proto;
 
 use std::future::Future;
