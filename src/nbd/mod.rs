@@ -115,6 +115,23 @@ struct Negotiated {
     allocation: bool,
 }
 
+impl Negotiated {
+    /// The export `name` opened; `base:allocation` applies if it was set for this name, with
+    /// structured replies (block status needs them).
+    fn new(
+        export: Export,
+        name: &str,
+        structured: bool,
+        allocation_for: &Option<String>,
+    ) -> Negotiated {
+        Negotiated {
+            export,
+            structured,
+            allocation: structured && allocation_for.as_deref() == Some(name),
+        }
+    }
+}
+
 async fn connection(
     stream: TcpStream,
     peer: SocketAddr,
@@ -219,15 +236,8 @@ async fn negotiate(
                     out.extend_from_slice(&[0; 124]);
                 }
                 stream.write_all(&out).await?;
-                let allocation = allocation_for.as_deref() == Some(export.as_str());
-                return Ok(Some((
-                    stream,
-                    Negotiated {
-                        export: opened,
-                        structured,
-                        allocation: allocation && structured,
-                    },
-                )));
+                let negotiated = Negotiated::new(opened, &export, structured, &allocation_for);
+                return Ok(Some((stream, negotiated)));
             }
             OPT_ABORT => {
                 let _ = stream.write_all(&reply(REP_ACK, &[])).await;
@@ -305,15 +315,9 @@ async fn negotiate(
                 }
                 stream.write_all(&reply(REP_ACK, &[])).await?;
                 if option == OPT_GO {
-                    let allocation = allocation_for.as_deref() == Some(request.name.as_str());
-                    return Ok(Some((
-                        stream,
-                        Negotiated {
-                            export: opened,
-                            structured,
-                            allocation: allocation && structured,
-                        },
-                    )));
+                    let negotiated =
+                        Negotiated::new(opened, &request.name, structured, &allocation_for);
+                    return Ok(Some((stream, negotiated)));
                 }
             }
             OPT_STRUCTURED_REPLY => {

@@ -34,6 +34,11 @@ async fn tool(program: &str, args: &[&str]) -> Output {
     .unwrap()
 }
 
+/// `qemu-img convert` of an NBD export to a raw file.
+async fn qemu_convert(from: &str, to: &str) -> Output {
+    tool("qemu-img", &["convert", "-f", "raw", "-O", "raw", from, to]).await
+}
+
 fn ok(output: &Output, what: &str) {
     assert!(
         output.status.success(),
@@ -138,19 +143,7 @@ async fn real_clients_read_every_byte_and_skip_the_holes() {
     assert!(std::fs::read(&copied).unwrap() == disk, "nbdcopy bytes");
     let converted = dir.path().join("qemu.raw");
     ok(
-        &tool(
-            "qemu-img",
-            &[
-                "convert",
-                "-f",
-                "raw",
-                "-O",
-                "raw",
-                &export,
-                converted.to_str().unwrap(),
-            ],
-        )
-        .await,
+        &qemu_convert(&export, converted.to_str().unwrap()).await,
         "qemu-img convert",
     );
     assert!(std::fs::read(&converted).unwrap() == disk, "qemu-img bytes");
@@ -246,19 +239,7 @@ async fn qcow2_images_have_a_raw_view_over_nbd_and_http() {
         let view = uri(address, &format!("{id}:raw"));
         let out = dir.path().join(format!("{label}.raw"));
         ok(
-            &tool(
-                "qemu-img",
-                &[
-                    "convert",
-                    "-f",
-                    "raw",
-                    "-O",
-                    "raw",
-                    &view,
-                    out.to_str().unwrap(),
-                ],
-            )
-            .await,
+            &qemu_convert(&view, out.to_str().unwrap()).await,
             "qemu-img convert of the raw view",
         );
         assert!(
@@ -359,19 +340,7 @@ async fn a_flipped_stored_byte_gives_the_client_eio_not_data() {
     );
     let stderr = String::from_utf8_lossy(&copy.stderr);
     assert!(stderr.contains("Input/output error"), "{stderr}");
-    let convert = tool(
-        "qemu-img",
-        &[
-            "convert",
-            "-f",
-            "raw",
-            "-O",
-            "raw",
-            &uri(address, &id),
-            out.to_str().unwrap(),
-        ],
-    )
-    .await;
+    let convert = qemu_convert(&uri(address, &id), out.to_str().unwrap()).await;
     assert!(
         !convert.status.success(),
         "qemu-img convert of a damaged image must fail"
