@@ -44,7 +44,8 @@ pub struct ServeArgs {
     /// web_download_ports, max_imports, task_time_to_live, image_size_total,
     /// image_stage_total, image_count_total, image_count_uploading, image_tag_quota,
     /// image_property_quota, image_member_quota, enable_v1_api, mirror_catalog,
-    /// mirror_refresher, nbd_listen, nbd_max_connections, nbd_idle_timeout, default_store, one [stores.ID] table per store (type = "file" |
+    /// mirror_refresher, nbd_listen, nbd_max_connections, nbd_idle_timeout, db_cache_size,
+    /// default_store, one [stores.ID] table per store (type = "file" |
     /// "s3"; see the README, "Storing images in S3"), and a `[ui]` table (enabled,
     /// allowed_hosts; see the README, "Web UI")
     #[arg(long, env = "OCELLUS_CONFIG", value_name = "FILE")]
@@ -221,6 +222,10 @@ pub struct ServeArgs {
     /// false with keys]
     #[arg(long, env = "OCELLUS_ENABLE_V1_API", value_name = "BOOL")]
     pub enable_v1_api: Option<bool>,
+    /// Memory the metadata database may keep of its file, e.g. 64MiB; more makes huge catalogs
+    /// faster to list, less bounds the server's memory [default: 64MiB]
+    #[arg(long, env = "OCELLUS_DB_CACHE_SIZE", value_name = "SIZE")]
+    pub db_cache_size: Option<String>,
     /// Address and port of the read-only NBD export of every image, e.g. 127.0.0.1:10809
     /// [default: off]
     #[arg(long, env = "OCELLUS_NBD_LISTEN", value_name = "ADDRESS:PORT")]
@@ -416,6 +421,7 @@ pub struct FileConfig {
     pub nbd_listen: Option<SocketAddr>,
     pub nbd_max_connections: Option<usize>,
     pub nbd_idle_timeout: Option<u64>,
+    pub db_cache_size: Option<SizeSetting>,
 }
 
 /// The `[ui]` table.
@@ -775,6 +781,21 @@ impl Config {
                     .or(file.max_downloads)
                     .unwrap_or(defaults.store.max_downloads),
                 min_free_space: args.min_free_space.or(file.min_free_space),
+                db_cache_size: match args
+                    .db_cache_size
+                    .clone()
+                    .or(file.db_cache_size.as_ref().map(SizeSetting::text))
+                {
+                    Some(text) => match parse_size(&text)
+                        .map_err(|error| format!("db_cache_size: {error}"))?
+                    {
+                        Some(bytes) if bytes >= 1 << 20 => {
+                            usize::try_from(bytes).unwrap_or(usize::MAX)
+                        }
+                        _ => return Err("db_cache_size must be at least 1MiB".into()),
+                    },
+                    None => defaults.store.db_cache_size,
+                },
                 quarantine_grace: args
                     .quarantine_days
                     .or(file.quarantine_days)
@@ -1228,5 +1249,48 @@ mod tests {
             ..ServeArgs::default()
         };
         assert!(Config::resolve(&args).unwrap_err().contains("lisen"));
+    }
+
+    /// The database cache: 64 MiB unless set, sizes with units from flags or the file, and
+    /// nothing under 1 MiB.
+    #[test]
+    fn db_cache_size_has_a_small_default_and_a_floor() {
+        let resolve = |flag: Option<&str>, file: Option<&str>| {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("c.toml");
+            std::fs::write(&path, file.unwrap_or("")).unwrap();
+            Config::resolve(&ServeArgs {
+                config: Some(path),
+                db_cache_size: flag.map(str::to_owned),
+                ..ServeArgs::default()
+            })
+        };
+        assert_eq!(resolve(None, None).unwrap().store.db_cache_size, 64 << 20);
+        assert_eq!(
+            resolve(Some("32MiB"), None).unwrap().store.db_cache_size,
+            32 << 20
+        );
+        assert_eq!(
+            resolve(None, Some("db_cache_size = \"256MiB\"\n"))
+                .unwrap()
+                .store
+                .db_cache_size,
+            256 << 20
+        );
+        assert_eq!(
+            resolve(None, Some("db_cache_size = 2097152\n"))
+                .unwrap()
+                .store
+                .db_cache_size,
+            2 << 20
+        );
+        for bad in ["1KiB", "0", "-1", "lots"] {
+            assert!(
+                resolve(Some(bad), None)
+                    .unwrap_err()
+                    .contains("db_cache_size"),
+                "{bad}"
+            );
+        }
     }
 }

@@ -254,17 +254,28 @@ pub struct ListRequest<'a> {
 /// until the reopen, since they still see the last committed state.
 pub struct Kv {
     path: PathBuf,
+    /// redb's cache, in bytes (kept for reopens).
+    cache_size: usize,
     /// `None` only between dropping a failed handle and a reopen that has not yet worked.
     database: RwLock<Option<Arc<Database>>>,
     failed: AtomicBool,
 }
 
 impl Kv {
-    /// Opens or creates the database file, creates every table and upgrades old schemas.
+    /// Opens or creates the database file, creates every table and upgrades old schemas, with
+    /// the default cache (`DEFAULT_CACHE_SIZE`).
+    #[cfg(test)]
     pub fn open(path: &Path) -> Result<Kv, KvError> {
+        Kv::open_with_cache(path, DEFAULT_CACHE_SIZE)
+    }
+
+    /// `open` with a cache of `cache_size` bytes: the most memory redb keeps of the file's
+    /// pages (redb's own default, 1 GiB, is more than a small appliance has to spare).
+    pub fn open_with_cache(path: &Path, cache_size: usize) -> Result<Kv, KvError> {
         let kv = Kv {
             path: path.to_owned(),
-            database: RwLock::new(Some(Arc::new(open_database(path)?))),
+            cache_size,
+            database: RwLock::new(Some(Arc::new(open_database(path, cache_size)?))),
             failed: AtomicBool::new(false),
         };
         let transaction = kv.begin_write()?;
@@ -344,7 +355,7 @@ impl Kv {
         // The old handle must be gone before the file can be opened again; transactions still
         // holding it make the reopen fail with `Locked`, and the next attempt retries.
         *slot = None;
-        match open_database(&self.path) {
+        match open_database(&self.path, self.cache_size) {
             Ok(database) => {
                 *slot = Some(Arc::new(database));
                 self.failed.store(false, Ordering::Release);
@@ -1123,8 +1134,11 @@ impl Kv {
 }
 
 /// Opens (creating if needed) the database file, telling a lock held by another process apart.
-fn open_database(path: &Path) -> Result<Database, KvError> {
-    match Database::create(path) {
+/// The database cache when none is configured: 64 MiB.
+pub const DEFAULT_CACHE_SIZE: usize = 64 << 20;
+
+fn open_database(path: &Path, cache_size: usize) -> Result<Database, KvError> {
+    match redb::Builder::new().set_cache_size(cache_size).create(path) {
         Ok(database) => Ok(database),
         Err(redb::DatabaseError::DatabaseAlreadyOpen) => Err(KvError::Locked),
         Err(error) => Err(error.into()),

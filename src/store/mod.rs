@@ -158,6 +158,8 @@ pub struct StoreLimits {
     pub quotas: Quotas,
     /// How long finished tasks are kept (Glance's `task_time_to_live`).
     pub task_time_to_live: Duration,
+    /// The metadata database's cache, in bytes (`db_cache_size`).
+    pub db_cache_size: usize,
 }
 
 impl StoreLimits {
@@ -176,6 +178,7 @@ impl Default for StoreLimits {
             transfer_threads: TransferPool::default_threads(),
             quotas: Quotas::default(),
             task_time_to_live: Duration::from_secs(48 * 3600),
+            db_cache_size: crate::kv::DEFAULT_CACHE_SIZE,
         }
     }
 }
@@ -347,7 +350,7 @@ impl Store {
         stores: &StoreSet,
     ) -> Result<Store, StoreError> {
         std::fs::create_dir_all(data_dir)?;
-        let kv = Kv::open(&data_dir.join(crate::DATABASE_FILE))?;
+        let kv = Kv::open_with_cache(&data_dir.join(crate::DATABASE_FILE), limits.db_cache_size)?;
         let store = Store::assemble(kv, data_dir, stores, limits)?;
         let missing: Vec<String> = store
             .kv
@@ -390,7 +393,7 @@ impl Store {
             ..limits
         };
         std::fs::create_dir_all(data_dir)?;
-        let kv = Kv::open(&data_dir.join(crate::DATABASE_FILE))?;
+        let kv = Kv::open_with_cache(&data_dir.join(crate::DATABASE_FILE), limits.db_cache_size)?;
         Store::assemble(kv, data_dir, &StoreSet::default(), limits)
     }
 
