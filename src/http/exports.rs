@@ -181,7 +181,24 @@ async fn raw_disk(
     })
 }
 
-/// `GET /ocellus/v1/images/{id}/extents[?view=raw]`.
+/// The most extents one `/extents` answer lists; `next_offset` continues.
+const EXTENTS_PAGE: usize = 65_536;
+
+/// The `offset` a paged `/extents` request starts at (default 0); 400 if it is not a number.
+fn extents_offset(query: Option<&str>) -> Result<u64, Error> {
+    for (key, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        if key == "offset" {
+            return value.parse().map_err(|_| {
+                Error::bad_request(format!("offset must be a number of bytes, not {value:?}"))
+            });
+        }
+    }
+    Ok(0)
+}
+
+/// `GET /ocellus/v1/images/{id}/extents[?view=raw][&offset=N]`: data and zero extents from
+/// `offset`, at most `EXTENTS_PAGE` of them (and, for a raw view, a bounded walk of its
+/// tables); `next_offset` says where the next answer starts, `null` at the end.
 pub async fn extents(
     State(state): State<AppState>,
     caller: Caller,
@@ -189,32 +206,44 @@ pub async fn extents(
     RawQuery(query): RawQuery,
 ) -> Result<Response, Error> {
     let raw = raw_view(query.as_deref())?;
+    let start = extents_offset(query.as_deref())?;
     let (record, data) = readable(&state, &caller, &image_id).await?;
     let (size, recorded, stretches) = if raw {
         let open = state.store.open_data(&data).await?;
         let disk = raw_disk(&state, &record, &open).await?;
+        let size = disk.size();
+        if start > size {
+            return Err(offset_past_end(start, size));
+        }
         let stretches = disk
-            .describe(&state.store, &open, 0, disk.size(), usize::MAX)
+            .describe(&state.store, &open, start, size - start, EXTENTS_PAGE)
             .await
             .map_err(|error| {
                 tracing::error!(image = %record.id, %error, "could not read the qcow2 mapping");
                 Error::internal()
             })?;
-        (disk.size(), true, stretches)
+        (size, true, stretches)
     } else {
+        if start > data.size {
+            return Err(offset_past_end(start, data.size));
+        }
         match state.store.extents(data.digest).await? {
-            Some(map) => (data.size, true, map.describe(0, data.size, usize::MAX)),
+            Some(map) => (
+                data.size,
+                true,
+                map.describe(start, data.size - start, EXTENTS_PAGE),
+            ),
             None => (
                 data.size,
                 false,
                 vec![Stretch {
-                    length: data.size,
+                    length: data.size - start,
                     zero: false,
                 }],
             ),
         }
     };
-    let mut offset = 0;
+    let mut offset = start;
     let mut zero_bytes = 0;
     let list: Vec<_> = stretches
         .iter()
@@ -234,11 +263,19 @@ pub async fn extents(
         "size": size,
         "block_size": if raw { None } else { Some(crate::blob::zeros::BLOCK) },
         "recorded": recorded,
-        "data_bytes": size - zero_bytes,
+        "offset": start,
+        "data_bytes": offset - start - zero_bytes,
         "zero_bytes": zero_bytes,
         "extents": list,
+        "next_offset": (offset < size).then_some(offset),
     }))
     .into_response())
+}
+
+fn offset_past_end(offset: u64, size: u64) -> Error {
+    Error::bad_request(format!(
+        "offset {offset} is past the end of the disk ({size} bytes)"
+    ))
 }
 
 /// `GET /ocellus/v1/images/{id}/raw`: the guest-visible disk, every stored byte verified.

@@ -39,6 +39,8 @@ pub struct Export {
     /// The key behind the capability it was opened with (keys mode), checked again while
     /// the connection lasts.
     pub key_id: Option<String>,
+    /// Who reads: the lab's default caller, or the key's.
+    caller: Caller,
 }
 
 /// The caller a lab-mode NBD client stands for: the same as an HTTP request without headers.
@@ -85,6 +87,7 @@ pub async fn open(state: &AppState, name: &str) -> Option<Export> {
     if !readable(&caller, &record) {
         return None;
     }
+    caller.memberships.clear();
     let data = record.data.clone()?;
     let store = state.store.clone();
     let open = match store.open_data(&data).await {
@@ -117,10 +120,45 @@ pub async fn open(state: &AppState, name: &str) -> Option<Export> {
         open,
         view,
         key_id,
+        caller,
     })
 }
 
 impl Export {
+    /// Whether the connection may go on reading: its key (if any) still live, the image
+    /// still there, with the same bytes, and readable by the caller as the rules stand now.
+    pub async fn still_readable(&self, state: &AppState) -> bool {
+        if let Some(key_id) = &self.key_id
+            && !state.identity.key_is_live(key_id).await.unwrap_or(false)
+        {
+            return false;
+        }
+        let store = state.store.clone();
+        let (id, project) = (self.image, self.caller.project_id.clone());
+        let found = tokio::task::spawn_blocking(move || {
+            Some((store.image(id).ok()??, store.memberships(&project).ok()?))
+        })
+        .await
+        .ok()
+        .flatten();
+        let Some((record, memberships)) = found else {
+            return false;
+        };
+        let mut caller = self.caller.clone();
+        caller.memberships = memberships;
+        readable(&caller, &record)
+            && record.data.as_ref().map(|data| data.digest) == Some(self.open.data.digest)
+    }
+
+    /// The buffer memory a read of `length` bytes may hold: its length, or for a raw view at
+    /// least two clusters (a compressed cluster read and inflated for a few bytes of it).
+    pub fn read_cost(&self, length: u64) -> u64 {
+        match &self.view {
+            View::Stored { .. } => length,
+            View::Raw(disk) => length.max(2 * disk.cluster_size()),
+        }
+    }
+
     /// The size clients see.
     pub fn size(&self) -> u64 {
         match &self.view {

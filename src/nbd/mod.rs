@@ -6,20 +6,26 @@
 //! (`Store::open_data`: the first store that has it, pinned against removal), and each read
 //! (`Store::read_open`) takes a download slot and checks every byte against the blob's
 //! verification tree, on the transfer pool, before anything is sent; a read that fails
-//! verification is answered `EIO` and nothing of it leaves. Block status answers from the extent map recorded at upload (`kv::Extents`), or,
-//! for the raw view of a qcow2 image, from its L2 tables.
+//! verification is answered `EIO` and nothing of it leaves. Block status answers from the
+//! extent map recorded at upload (`kv::Extents`), or, for the raw view of a qcow2 image, from
+//! its L2 tables.
 //!
-//! Bounds: `nbd_max_connections` connections (more are closed at once), `nbd_idle_timeout`
-//! without a request closes a connection, each connection has at most
-//! [`IN_FLIGHT`] requests being served (it stops reading requests meanwhile), and all reads
-//! together hold at most [`READ_BUDGET`] bytes of buffers.
+//! Bounds: `nbd_max_connections` connections (more are closed at once); `nbd_idle_timeout`
+//! without a request closes a connection; a handshake has 30 s and [`MAX_OPTIONS`] options;
+//! each connection has at most [`IN_FLIGHT`] requests being served (it stops reading requests
+//! meanwhile) and a quarter of [`READ_BUDGET`], the buffer memory of all reads together; a
+//! reply not written within a minute (the client stopped reading) ends the connection; and
+//! every [`ACCESS_RECHECK`] of requests the connection checks that its key, its image and
+//! the rules still let it read.
 //!
 //! Choices where the protocol leaves room: reads of zero length and requests past the end
 //! answer `EINVAL`; reads above the 32 MiB maximum answer `EINVAL` (`EOVERFLOW` with
-//! `NBD_CMD_FLAG_DF`); `NBD_CMD_FLUSH` succeeds (there is nothing to flush); writes, trims and
-//! write-zeroes answer `EPERM`; extended headers and `NBD_OPT_EXPORT_NAME` of an unknown name
-//! follow the protocol (the latter closes the connection, as it must). `NBD_OPT_LIST` lists
-//! exports only in lab mode; with keys it answers `NBD_REP_ERR_POLICY`.
+//! `NBD_CMD_FLAG_DF`); block status may describe less than was asked (a bounded walk of a raw
+//! view's tables, at most 1024 descriptors); `NBD_CMD_FLUSH` succeeds (there is nothing to
+//! flush); writes, trims and write-zeroes answer `EPERM`; extended headers are not offered
+//! (`NBD_REP_ERR_UNSUP`), and `NBD_OPT_EXPORT_NAME` of an unknown name closes the
+//! connection, as it must. `NBD_OPT_LIST` lists exports only in lab mode; with keys it
+//! answers `NBD_REP_ERR_POLICY`.
 
 pub mod export;
 pub mod names;
@@ -45,10 +51,17 @@ pub const IN_FLIGHT: usize = 16;
 pub const READ_BUDGET: usize = 256 << 20;
 /// Time allowed for the whole handshake, from the greeting to the export.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
-/// How often a connection opened with a capability checks that its key still exists.
-pub const KEY_RECHECK: Duration = Duration::from_secs(2);
+/// How often (at most, as requests come) a connection checks that it may still read its
+/// image: the key behind its capability still live, the image still there and readable.
+pub const ACCESS_RECHECK: Duration = Duration::from_secs(2);
 /// The most exports `NBD_OPT_LIST` names (lab mode).
 const LIST_LIMIT: usize = 1000;
+/// Most options one handshake may send (each may open an export).
+pub const MAX_OPTIONS: usize = 64;
+/// How long one reply may take to write before the client is deemed gone.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
+/// The share of `READ_BUDGET` one connection may hold.
+const CONNECTION_BUDGET: usize = READ_BUDGET / 4;
 /// Most block status descriptors in one reply.
 const STATUS_LIMIT: usize = 1024;
 
@@ -153,34 +166,44 @@ async fn connection(
 }
 
 /// Reads one option: its number and payload. `Ok(None)`: the client went away or broke the
-/// protocol, and the connection is to be closed.
+/// protocol, and the connection is to be closed. Options too long to be real are skipped
+/// with `NBD_REP_ERR_TOO_BIG` (or end the connection if too long to skip).
 async fn read_option(stream: &mut Stream) -> std::io::Result<Option<(u32, Vec<u8>)>> {
-    let mut head = [0u8; 16];
-    if stream.read_exact(&mut head).await.is_err() {
-        return Ok(None);
-    }
-    let magic = u64::from_be_bytes(head[..8].try_into().expect("8 bytes"));
-    let option = u32::from_be_bytes(head[8..12].try_into().expect("4 bytes"));
-    let length = u32::from_be_bytes(head[12..].try_into().expect("4 bytes"));
-    if magic != IHAVEOPT {
-        return Ok(None);
-    }
-    if length > MAX_OPTION_LEN {
-        // Too long to be a real option; skip it only if it is short enough to skip.
+    loop {
+        let mut head = [0u8; 16];
+        if stream.read_exact(&mut head).await.is_err() {
+            return Ok(None);
+        }
+        let magic = u64::from_be_bytes(head[..8].try_into().expect("8 bytes"));
+        let option = u32::from_be_bytes(head[8..12].try_into().expect("4 bytes"));
+        let length = u32::from_be_bytes(head[12..].try_into().expect("4 bytes"));
+        if magic != IHAVEOPT {
+            return Ok(None);
+        }
+        if length <= MAX_OPTION_LEN {
+            let mut payload = vec![0u8; length as usize];
+            if stream.read_exact(&mut payload).await.is_err() {
+                return Ok(None);
+            }
+            return Ok(Some((option, payload)));
+        }
         if length > 16 * MAX_OPTION_LEN {
             return Ok(None);
         }
         let mut rest = (&mut *stream).take(u64::from(length));
         tokio::io::copy(&mut rest, &mut tokio::io::sink()).await?;
-        let reply = option_reply(option, REP_ERR_TOO_BIG, b"option payload too long");
-        stream.write_all(&reply).await?;
-        return Box::pin(read_option(stream)).await;
+        send(
+            stream,
+            &option_reply(option, REP_ERR_TOO_BIG, b"option payload too long"),
+        )
+        .await?;
     }
-    let mut payload = vec![0u8; length as usize];
-    if stream.read_exact(&mut payload).await.is_err() {
-        return Ok(None);
-    }
-    Ok(Some((option, payload)))
+}
+
+/// Writes and flushes (under TLS, bytes written may otherwise wait in the session's buffer).
+async fn send(stream: &mut Stream, bytes: &[u8]) -> std::io::Result<()> {
+    stream.write_all(bytes).await?;
+    stream.flush().await
 }
 
 /// The handshake: greeting, client flags, then options until the client picks an export
@@ -190,7 +213,7 @@ async fn negotiate(
     state: &AppState,
     tls: Option<tokio_rustls::TlsAcceptor>,
 ) -> std::io::Result<Option<(Stream, Negotiated)>> {
-    stream.write_all(&greeting()).await?;
+    send(&mut stream, &greeting()).await?;
     let mut flags = [0u8; 4];
     stream.read_exact(&mut flags).await?;
     let flags = u32::from_be_bytes(flags);
@@ -204,7 +227,9 @@ async fn negotiate(
     let mut structured = false;
     // The export `NBD_OPT_SET_META_CONTEXT` selected `base:allocation` for.
     let mut allocation_for: Option<String> = None;
-    loop {
+    for _ in 0..MAX_OPTIONS {
+        // Replies are written as they come; whatever is buffered goes out before waiting.
+        stream.flush().await?;
         let Some((option, payload)) = read_option(&mut stream).await? else {
             return Ok(None);
         };
@@ -235,7 +260,7 @@ async fn negotiate(
                 if !no_zeroes {
                     out.extend_from_slice(&[0; 124]);
                 }
-                stream.write_all(&out).await?;
+                send(&mut stream, &out).await?;
                 let negotiated = Negotiated::new(opened, &export, structured, &allocation_for);
                 return Ok(Some((stream, negotiated)));
             }
@@ -285,7 +310,7 @@ async fn negotiate(
                         .await?;
                     continue;
                 }
-                stream.write_all(&reply(REP_ACK, &[])).await?;
+                send(&mut stream, &reply(REP_ACK, &[])).await?;
                 stream = Box::new(acceptor.accept(stream).await?);
                 secured = true;
                 // Whatever was negotiated in the clear does not count.
@@ -313,7 +338,7 @@ async fn negotiate(
                         .write_all(&reply(REP_INFO, &info_block_size()))
                         .await?;
                 }
-                stream.write_all(&reply(REP_ACK, &[])).await?;
+                send(&mut stream, &reply(REP_ACK, &[])).await?;
                 if option == OPT_GO {
                     let negotiated =
                         Negotiated::new(opened, &request.name, structured, &allocation_for);
@@ -335,6 +360,10 @@ async fn negotiate(
             }
             OPT_LIST_META_CONTEXT | OPT_SET_META_CONTEXT => {
                 let listing = option == OPT_LIST_META_CONTEXT;
+                if !listing {
+                    // A SET replaces the selection, even when it fails.
+                    allocation_for = None;
+                }
                 let Some(request) = parse_meta_request(&payload).filter(|_| structured) else {
                     stream
                         .write_all(&reply(
@@ -356,11 +385,10 @@ async fn negotiate(
                         .iter()
                         .any(|query| selects_base_allocation(query, listing));
                 if selected {
+                    // A listing's context ids mean nothing; the protocol asks for 0 there.
+                    let id = if listing { 0 } else { BASE_ALLOCATION_ID };
                     stream
-                        .write_all(&reply(
-                            REP_META_CONTEXT,
-                            &meta_context(BASE_ALLOCATION_ID, BASE_ALLOCATION),
-                        ))
+                        .write_all(&reply(REP_META_CONTEXT, &meta_context(id, BASE_ALLOCATION)))
                         .await?;
                 }
                 if !listing {
@@ -375,6 +403,8 @@ async fn negotiate(
             }
         }
     }
+    tracing::debug!("NBD client sent {MAX_OPTIONS} options without choosing an export");
+    Ok(None)
 }
 
 /// The exports `NBD_OPT_LIST` names in lab mode: images the lab's caller may read, and the
@@ -412,8 +442,87 @@ async fn list_exports(state: &AppState) -> Vec<String> {
 /// The reply side of a connection, shared by the tasks serving its requests.
 type Writer = Arc<Mutex<WriteHalf<Stream>>>;
 
+/// What a connection's request tasks share: the reply side, and a signal that a reply could
+/// not be written (the client stopped reading), which ends the connection.
+#[derive(Clone)]
+struct Replies {
+    writer: Writer,
+    broken: Arc<tokio::sync::Notify>,
+}
+
+impl Replies {
+    /// Writes one whole reply (the lock keeps replies from interleaving) and flushes it,
+    /// within `WRITE_TIMEOUT`; a failure marks the connection broken.
+    async fn send(&self, parts: &[&[u8]]) -> std::io::Result<()> {
+        let written = tokio::time::timeout(WRITE_TIMEOUT, async {
+            let mut writer = self.writer.lock().await;
+            for part in parts {
+                writer.write_all(part).await?;
+            }
+            writer.flush().await
+        })
+        .await
+        .unwrap_or_else(|_| {
+            Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the client took no reply bytes",
+            ))
+        });
+        if written.is_err() {
+            self.broken.notify_one();
+        }
+        written
+    }
+
+    /// The reply to a successful read: one final `OFFSET_DATA` chunk, or a simple reply.
+    async fn data(
+        &self,
+        request: &Request,
+        pieces: &[bytes::Bytes],
+        structured: bool,
+    ) -> std::io::Result<()> {
+        let header;
+        let offset = request.offset.to_be_bytes();
+        let simple;
+        let mut parts: Vec<&[u8]> = Vec::with_capacity(pieces.len() + 2);
+        if structured {
+            header = chunk_header(
+                request.cookie,
+                REPLY_FLAG_DONE,
+                REPLY_TYPE_OFFSET_DATA,
+                8 + request.length,
+            );
+            parts.push(&header);
+            parts.push(&offset);
+        } else {
+            simple = simple_reply(request.cookie, 0);
+            parts.push(&simple);
+        }
+        parts.extend(pieces.iter().map(|piece| &piece[..]));
+        self.send(&parts).await
+    }
+
+    /// An error reply: a final `NBD_REPLY_TYPE_ERROR` chunk for reads and block status under
+    /// structured replies, a simple reply otherwise.
+    async fn error(
+        &self,
+        request: &Request,
+        errno: u32,
+        structured: bool,
+        message: &str,
+    ) -> std::io::Result<()> {
+        if structured && matches!(request.kind, CMD_READ | CMD_BLOCK_STATUS) {
+            self.send(&[&error_chunk(request.cookie, errno, message)])
+                .await
+        } else {
+            self.send(&[&simple_reply(request.cookie, errno)]).await
+        }
+    }
+}
+
 /// The transmission phase: requests until the client disconnects, breaks the protocol,
-/// idles too long or (with a capability) loses its key.
+/// idles too long, stops taking replies, or loses its access (the key revoked, the image
+/// gone or no longer readable for it).
 async fn transmission(
     stream: Stream,
     state: &AppState,
@@ -421,21 +530,36 @@ async fn transmission(
     negotiated: Negotiated,
 ) -> std::io::Result<()> {
     let (mut reader, writer): (ReadHalf<Stream>, _) = tokio::io::split(stream);
-    let writer: Writer = Arc::new(Mutex::new(writer));
+    let replies = Replies {
+        writer: Arc::new(Mutex::new(writer)),
+        broken: Arc::new(tokio::sync::Notify::new()),
+    };
     let export = Arc::new(negotiated.export);
     let structured = negotiated.structured;
     let in_flight = Arc::new(Semaphore::new(IN_FLIGHT));
+    let own_budget = Arc::new(Semaphore::new(CONNECTION_BUDGET >> 10));
     let mut tasks = tokio::task::JoinSet::new();
-    let mut key_checked = Instant::now();
+    let mut access_checked = Instant::now();
     let idle = state.config.nbd.idle_timeout;
-    loop {
-        while tasks.try_join_next().is_some() {}
+    'requests: loop {
+        while let Some(joined) = tasks.try_join_next() {
+            if joined.is_err() {
+                // A request task that panicked left its request without an answer.
+                break 'requests;
+            }
+        }
         let mut head = [0u8; 28];
-        match tokio::time::timeout(idle, reader.read_exact(&mut head)).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(_)) => break,
-            Err(_) => {
-                tracing::info!(image = %export.image, "NBD connection idle too long; closing it");
+        tokio::select! {
+            read = tokio::time::timeout(idle, reader.read_exact(&mut head)) => match read {
+                Ok(Ok(_)) => {}
+                Ok(Err(_)) => break,
+                Err(_) => {
+                    tracing::info!(image = %export.image, "NBD connection idle too long; closing it");
+                    break;
+                }
+            },
+            () = replies.broken.notified() => {
+                tracing::info!(image = %export.image, "NBD client stopped taking replies; closing it");
                 break;
             }
         }
@@ -443,27 +567,20 @@ async fn transmission(
             tracing::debug!("NBD request with a bad magic; closing the connection");
             break;
         };
-        if let Some(key_id) = &export.key_id
-            && key_checked.elapsed() >= KEY_RECHECK
-        {
-            if !state.identity.key_is_live(key_id).await.unwrap_or(false) {
-                tracing::info!(image = %export.image, key = %key_id, "NBD connection's key is gone; closing it");
+        if access_checked.elapsed() >= ACCESS_RECHECK {
+            if !export.still_readable(state).await {
+                tracing::info!(image = %export.image, "NBD connection lost its access to the image; closing it");
                 break;
             }
-            key_checked = Instant::now();
+            access_checked = Instant::now();
         }
         match request.kind {
             CMD_DISC => break,
             CMD_READ => {
                 if let Err(errno) = check_range(&request, export.size(), true) {
-                    reply_error(
-                        &writer,
-                        &request,
-                        errno,
-                        structured,
-                        "read outside the export",
-                    )
-                    .await?;
+                    replies
+                        .error(&request, errno, structured, "read outside the export")
+                        .await?;
                     continue;
                 }
                 let slot = in_flight
@@ -471,35 +588,43 @@ async fn transmission(
                     .acquire_owned()
                     .await
                     .expect("never closed");
-                let kib = (request.length as usize).div_ceil(1024) as u32;
+                // Memory: the read's buffers (a raw view may inflate a compressed cluster for
+                // a few bytes of it), from this connection's share and from the whole budget.
+                let kib = (export.read_cost(u64::from(request.length)).div_ceil(1024) as u32)
+                    .min((CONNECTION_BUDGET >> 10) as u32);
+                let own = own_budget
+                    .clone()
+                    .acquire_many_owned(kib)
+                    .await
+                    .expect("never closed");
                 let memory = budget
                     .clone()
                     .acquire_many_owned(kib)
                     .await
                     .expect("never closed");
-                let (writer, export, state) = (writer.clone(), export.clone(), state.clone());
+                let (replies, export, state) = (replies.clone(), export.clone(), state.clone());
                 tasks.spawn(async move {
-                    let _held = (slot, memory);
+                    let _held = (slot, own, memory);
                     let read = export
                         .read(&state.store, request.offset, u64::from(request.length))
-                        .await;
-                    let read = read.and_then(|pieces| {
-                        let total: usize = pieces.iter().map(|piece| piece.len()).sum();
-                        if total == request.length as usize {
-                            Ok(pieces)
-                        } else {
-                            Err(std::io::Error::other("the read came back short"))
-                        }
-                    });
+                        .await
+                        .and_then(|pieces| {
+                            let total: usize = pieces.iter().map(|piece| piece.len()).sum();
+                            if total == request.length as usize {
+                                Ok(pieces)
+                            } else {
+                                Err(std::io::Error::other("the read came back short"))
+                            }
+                        });
                     let sent = match read {
                         Ok(pieces) => {
                             state.metrics.nbd.read_bytes.inc_by(u64::from(request.length));
-                            reply_data(&writer, &request, &pieces, structured).await
+                            replies.data(&request, &pieces, structured).await
                         }
                         Err(error) => {
                             state.metrics.nbd.read_failures.inc();
                             tracing::error!(image = %export.image, offset = request.offset, length = request.length, %error, "NBD read failed; answered EIO");
-                            reply_error(&writer, &request, EIO, structured, "the stored bytes could not be read or failed verification").await
+                            replies.error(&request, EIO, structured, "the stored bytes could not be read or failed verification").await
                         }
                     };
                     if let Err(error) = sent {
@@ -509,27 +634,25 @@ async fn transmission(
             }
             CMD_BLOCK_STATUS => {
                 if !negotiated.allocation {
-                    reply_error(
-                        &writer,
-                        &request,
-                        EINVAL,
-                        structured,
-                        "no metadata context negotiated",
-                    )
-                    .await?;
+                    replies
+                        .error(
+                            &request,
+                            EINVAL,
+                            structured,
+                            "no metadata context negotiated",
+                        )
+                        .await?;
                     continue;
                 }
-                let length =
-                    u64::from(request.length).min(export.size().saturating_sub(request.offset));
-                if request.length == 0 || request.offset >= export.size() {
-                    reply_error(
-                        &writer,
-                        &request,
-                        EINVAL,
-                        structured,
-                        "block status outside the export",
-                    )
-                    .await?;
+                if let Err(errno) = check_range(&request, export.size(), false) {
+                    replies
+                        .error(
+                            &request,
+                            errno,
+                            structured,
+                            "block status outside the export",
+                        )
+                        .await?;
                     continue;
                 }
                 let limit = if request.flags & CMD_FLAG_REQ_ONE != 0 {
@@ -537,36 +660,43 @@ async fn transmission(
                 } else {
                     STATUS_LIMIT
                 };
+                let length = u64::from(request.length);
                 match export
                     .describe(&state.store, request.offset, length, limit)
                     .await
                 {
                     Ok(stretches) => {
-                        let descriptors: Vec<(u32, u32)> = stretches
+                        let mut descriptors: Vec<(u32, u32)> = stretches
                             .iter()
+                            .filter(|stretch| stretch.length > 0)
                             .map(|stretch| {
                                 let flags = if stretch.zero {
                                     STATE_HOLE | STATE_ZERO
                                 } else {
                                     0
                                 };
-                                // Lengths are capped by the request's u32 length.
-                                (stretch.length as u32, flags)
+                                // Within the request, so within its u32 length.
+                                (stretch.length.min(length) as u32, flags)
                             })
                             .collect();
-                        let chunk = block_status_chunk(request.cookie, &descriptors);
-                        writer.lock().await.write_all(&chunk).await?;
+                        if descriptors.is_empty() {
+                            // At least one descriptor is required; data is always true.
+                            descriptors.push((request.length, 0));
+                        }
+                        replies
+                            .send(&[&block_status_chunk(request.cookie, &descriptors)])
+                            .await?;
                     }
                     Err(error) => {
                         tracing::error!(image = %export.image, %error, "NBD block status failed; answered EIO");
-                        reply_error(
-                            &writer,
-                            &request,
-                            EIO,
-                            structured,
-                            "the image's mapping could not be read",
-                        )
-                        .await?;
+                        replies
+                            .error(
+                                &request,
+                                EIO,
+                                structured,
+                                "the image's mapping could not be read",
+                            )
+                            .await?;
                     }
                 }
             }
@@ -577,81 +707,39 @@ async fn transmission(
                         break;
                     }
                     let mut skip = (&mut reader).take(u64::from(request.length));
-                    tokio::io::copy(&mut skip, &mut tokio::io::sink()).await?;
+                    let skipped = tokio::time::timeout(
+                        WRITE_TIMEOUT,
+                        tokio::io::copy(&mut skip, &mut tokio::io::sink()),
+                    )
+                    .await;
+                    if !matches!(skipped, Ok(Ok(count)) if count == u64::from(request.length)) {
+                        break;
+                    }
                 }
-                reply_error(
-                    &writer,
-                    &request,
-                    EPERM,
-                    structured,
-                    "the export is read-only",
-                )
-                .await?;
-            }
-            CMD_FLUSH => {
-                writer
-                    .lock()
-                    .await
-                    .write_all(&simple_reply(request.cookie, 0))
+                replies
+                    .error(&request, EPERM, structured, "the export is read-only")
                     .await?;
             }
+            CMD_FLUSH => {
+                replies.send(&[&simple_reply(request.cookie, 0)]).await?;
+            }
             _ => {
-                reply_error(&writer, &request, EINVAL, structured, "unknown command").await?;
+                replies
+                    .error(&request, EINVAL, structured, "unknown command")
+                    .await?;
             }
         }
     }
     // Replies already being prepared are sent before the connection closes (`NBD_CMD_DISC`
-    // asks for that); a broken connection ends them as they write.
-    while tasks.join_next().await.is_some() {}
-    let _ = writer.lock().await.shutdown().await;
+    // asks for that); each write is bounded by `WRITE_TIMEOUT`, and a task still running
+    // after that is cut.
+    let drained = tokio::time::timeout(WRITE_TIMEOUT, async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tasks.abort_all();
+    }
+    let _ = replies.writer.lock().await.shutdown().await;
     Ok(())
-}
-
-/// A successful read's reply: one final `OFFSET_DATA` chunk, or a simple reply.
-async fn reply_data(
-    writer: &Writer,
-    request: &Request,
-    pieces: &[bytes::Bytes],
-    structured: bool,
-) -> std::io::Result<()> {
-    let mut writer = writer.lock().await;
-    if structured {
-        let header = chunk_header(
-            request.cookie,
-            REPLY_FLAG_DONE,
-            REPLY_TYPE_OFFSET_DATA,
-            8 + request.length,
-        );
-        writer.write_all(&header).await?;
-        writer.write_all(&request.offset.to_be_bytes()).await?;
-    } else {
-        writer.write_all(&simple_reply(request.cookie, 0)).await?;
-    }
-    for piece in pieces {
-        writer.write_all(piece).await?;
-    }
-    writer.flush().await
-}
-
-/// An error reply: a final `NBD_REPLY_TYPE_ERROR` chunk for reads and block status under
-/// structured replies, a simple reply otherwise.
-async fn reply_error(
-    writer: &Writer,
-    request: &Request,
-    errno: u32,
-    structured: bool,
-    message: &str,
-) -> std::io::Result<()> {
-    let chunked = structured && matches!(request.kind, CMD_READ | CMD_BLOCK_STATUS);
-    let mut writer = writer.lock().await;
-    if chunked {
-        writer
-            .write_all(&error_chunk(request.cookie, errno, message))
-            .await?;
-    } else {
-        writer
-            .write_all(&simple_reply(request.cookie, errno))
-            .await?;
-    }
-    writer.flush().await
 }

@@ -27,6 +27,11 @@ pub struct OpenData {
 /// with 64 KiB clusters (they map 64 GiB), 4 with 2 MiB ones; at least 2 whatever the size.
 const L2_CACHE_BYTES: u64 = 8 << 20;
 
+/// The most clusters (or unallocated tables) one `describe` walks; it then describes less
+/// than was asked, which NBD's block status and the paged `/extents` both allow. A hostile
+/// image (every L1 entry naming one table of alternating clusters) thus costs a bounded walk.
+const DESCRIBE_WALK: usize = 65_536;
+
 impl Store {
     /// Opens an image's bytes for `read_open`: the first store in download order that opens
     /// them (a blob marked damaged is not opened in the data directory).
@@ -153,6 +158,10 @@ impl RawDisk {
         self.map.size()
     }
 
+    pub fn cluster_size(&self) -> u64 {
+        self.map.header.cluster_size()
+    }
+
     /// The L2 table for L1 index `index`, read (verified) on first use.
     async fn table(
         &self,
@@ -192,9 +201,10 @@ impl RawDisk {
             .cloned()
     }
 
-    /// Reads `length` guest bytes from `offset` as pieces in order: zeros for unallocated and
-    /// zero clusters, stored bytes (runs of adjacent clusters in one read) and inflated
-    /// compressed clusters.
+    /// Reads `length` guest bytes from `offset` into one buffer (so that a fragmented image
+    /// holds no more memory than the read's length): zeros for unallocated and zero clusters,
+    /// stored bytes (runs of adjacent clusters in one read; past the end of the file, zeros,
+    /// as QEMU reads them) and inflated compressed clusters.
     pub async fn read(
         &self,
         store: &Arc<Store>,
@@ -204,14 +214,7 @@ impl RawDisk {
     ) -> std::io::Result<Vec<Bytes>> {
         let end = offset.saturating_add(length).min(self.size());
         let cluster = self.map.header.cluster_size();
-        let mut out = Vec::new();
-        let mut zeros = 0u64;
-        let flush_zeros = |out: &mut Vec<Bytes>, zeros: &mut u64| {
-            if *zeros > 0 {
-                out.push(Bytes::from(vec![0u8; *zeros as usize]));
-                *zeros = 0;
-            }
-        };
+        let mut out = BytesMut::with_capacity(end.saturating_sub(offset) as usize);
         let mut guest = offset;
         while guest < end {
             let index = self.map.l1_index(guest);
@@ -220,9 +223,8 @@ impl RawDisk {
             let within = guest % cluster;
             let take = (cluster - within).min(end - guest);
             match self.map.cluster(l2, guest).map_err(invalid)? {
-                Cluster::Zero => zeros += take,
+                Cluster::Zero => out.resize(out.len() + take as usize, 0),
                 Cluster::Data(host) => {
-                    flush_zeros(&mut out, &mut zeros);
                     // Extend the read over the following clusters while they are stored
                     // right after this one (and mapped by the same table).
                     let start = host + within;
@@ -235,7 +237,13 @@ impl RawDisk {
                             _ => break,
                         }
                     }
-                    out.extend(store.read_open(open, start, run).await?);
+                    let stored = open.data.size.saturating_sub(start).min(run);
+                    if stored > 0 {
+                        for piece in store.read_open(open, start, stored).await? {
+                            out.extend_from_slice(&piece);
+                        }
+                    }
+                    out.resize(out.len() + (run - stored) as usize, 0);
                     guest += run;
                     continue;
                 }
@@ -243,7 +251,6 @@ impl RawDisk {
                     offset: host,
                     length,
                 } => {
-                    flush_zeros(&mut out, &mut zeros);
                     // The last sector may run past the end of the file.
                     let until = host.saturating_add(length).min(open.data.size);
                     let bytes = store
@@ -254,18 +261,16 @@ impl RawDisk {
                         .await
                         .map_err(|error| std::io::Error::other(error.to_string()))?
                         .map_err(invalid)?;
-                    out.push(
-                        Bytes::from(inflated).slice(within as usize..(within + take) as usize),
-                    );
+                    out.extend_from_slice(&inflated[within as usize..(within + take) as usize]);
                 }
             }
             guest += take;
         }
-        flush_zeros(&mut out, &mut zeros);
-        Ok(out)
+        Ok(vec![out.freeze()])
     }
 
-    /// Describes `[offset, offset + length)` as data and zero stretches, at most `limit`.
+    /// Describes `[offset, offset + length)` as data and zero stretches from `offset`, at most
+    /// `limit` of them and at most `DESCRIBE_WALK` clusters' worth: possibly less than asked.
     pub async fn describe(
         &self,
         store: &Arc<Store>,
@@ -279,7 +284,9 @@ impl RawDisk {
         let span = self.map.header.l1_span();
         let mut stretches: Vec<Stretch> = Vec::new();
         let mut guest = offset;
-        while guest < end {
+        let mut walked = 0;
+        while guest < end && walked < DESCRIBE_WALK {
+            walked += 1;
             let index = self.map.l1_index(guest);
             let table = self.table(store, open, index).await?;
             let Some(l2) = table.as_deref() else {

@@ -522,7 +522,7 @@ async fn with_keys_a_capability_is_needed_and_revoking_the_key_ends_it() {
         client.go_reply(&export).await.unwrap(),
         proto::REP_ERR_UNKNOWN
     );
-    tokio::time::sleep(ocellus::nbd::KEY_RECHECK + std::time::Duration::from_millis(200)).await;
+    tokio::time::sleep(ocellus::nbd::ACCESS_RECHECK + std::time::Duration::from_millis(200)).await;
     assert!(
         open.read(0, 512).await.is_err(),
         "the open connection must end"
@@ -630,6 +630,176 @@ async fn connections_are_capped_and_idle_ones_closed() {
     assert_eq!(
         third.read(100, 100).await.unwrap(),
         Ok(bytes[100..200].to_vec())
+    );
+}
+
+/// A qcow2 image whose mapping takes more than one bounded walk to describe (512-byte
+/// clusters, one data cluster in every 32 KiB L2 span of a 64 MiB disk): `/extents` pages
+/// through it with `next_offset`, and NBD block status answers in parts that `nbdinfo`
+/// joins; both give every data cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_mappings_are_described_in_bounded_parts() {
+    let server = Server::start().await;
+    let address = server.start_nbd().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut guest = vec![0u8; 64 << 20];
+    for (index, span) in guest.chunks_mut(32 * 1024).enumerate() {
+        span[..512].fill((index % 250 + 1) as u8);
+    }
+    let raw = dir.path().join("guest.raw");
+    std::fs::write(&raw, &guest).unwrap();
+    let image = dir.path().join("guest.qcow2");
+    ok(
+        &tool(
+            "qemu-img",
+            &[
+                "convert",
+                "-f",
+                "raw",
+                "-O",
+                "qcow2",
+                "-o",
+                "cluster_size=512",
+                raw.to_str().unwrap(),
+                image.to_str().unwrap(),
+            ],
+        )
+        .await,
+        "qemu-img convert",
+    );
+    let id = upload(&server, std::fs::read(&image).unwrap(), "qcow2", None).await;
+    // What QEMU itself says is allocated (qemu-img writes whole 4 KiB runs), as data runs.
+    let map = tool(
+        "qemu-img",
+        &["map", "--output=json", image.to_str().unwrap()],
+    )
+    .await;
+    ok(&map, "qemu-img map");
+    let mut expected: Vec<(u64, u64)> = Vec::new();
+    for entry in serde_json::from_slice::<Value>(&map.stdout)
+        .unwrap()
+        .as_array()
+        .unwrap()
+    {
+        if entry["data"] != json!(true) {
+            continue;
+        }
+        let (start, length) = (
+            entry["start"].as_u64().unwrap(),
+            entry["length"].as_u64().unwrap(),
+        );
+        match expected.last_mut() {
+            Some((at, run)) if *at + *run == start => *run += length,
+            _ => expected.push((start, length)),
+        }
+    }
+    assert_eq!(expected.len(), 2048, "one data run per 32 KiB span");
+
+    let mut data = Vec::new();
+    let mut offset = Some(0u64);
+    let mut answers = 0;
+    while let Some(at) = offset {
+        let (status, page) = server
+            .json(server.request(
+                Method::GET,
+                &format!("/ocellus/v1/images/{id}/extents?view=raw&offset={at}"),
+            ))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        for extent in page["extents"].as_array().unwrap() {
+            if extent["zero"] == json!(false) {
+                data.push((
+                    extent["offset"].as_u64().unwrap(),
+                    extent["length"].as_u64().unwrap(),
+                ));
+            }
+        }
+        offset = page["next_offset"].as_u64();
+        answers += 1;
+        assert!(answers < 100, "paging must end");
+    }
+    assert!(answers > 1, "one walk cannot describe this image");
+    assert_eq!(data, expected);
+    let (status, _) = server
+        .json(server.request(
+            Method::GET,
+            &format!(
+                "/ocellus/v1/images/{id}/extents?view=raw&offset={}",
+                (64u64 << 20) + 1
+            ),
+        ))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+
+    let map = tool(
+        "nbdinfo",
+        &["--map", "--json", &uri(address, &format!("{id}:raw"))],
+    )
+    .await;
+    ok(&map, "nbdinfo --map of the raw view");
+    let map: Value = serde_json::from_slice(&map.stdout).unwrap();
+    let nbd_data: Vec<(u64, u64)> = map
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|extent| extent["type"] == json!(0))
+        .map(|extent| {
+            (
+                extent["offset"].as_u64().unwrap(),
+                extent["length"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(nbd_data, expected);
+}
+
+/// A client that asks for much and reads nothing holds at most its connection's share of
+/// the read buffers: another client is served at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_cannot_starve_the_others() {
+    let server = Server::start().await;
+    let address = server.start_nbd().await;
+    let bytes = random_bytes(32 << 20, 51);
+    let id = upload(&server, bytes.clone(), "raw", None).await;
+    let mut greedy = Client::go(address, &id).await.unwrap();
+    // Sixteen 32 MiB reads (512 MiB, twice the whole budget), none of them read back.
+    for _ in 0..16 {
+        greedy.cookie += 1;
+        let mut out = Vec::new();
+        out.extend_from_slice(&proto::REQUEST_MAGIC.to_be_bytes());
+        out.extend_from_slice(&0u16.to_be_bytes());
+        out.extend_from_slice(&proto::CMD_READ.to_be_bytes());
+        out.extend_from_slice(&greedy.cookie.to_be_bytes());
+        out.extend_from_slice(&0u64.to_be_bytes());
+        out.extend_from_slice(&(32u32 << 20).to_be_bytes());
+        greedy.stream.write_all(&out).await.unwrap();
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let mut other = Client::go(address, &id).await.unwrap();
+    let read = tokio::time::timeout(std::time::Duration::from_secs(10), other.read(4096, 4096))
+        .await
+        .expect("another client is served while the greedy one stalls");
+    assert_eq!(read.unwrap(), Ok(bytes[4096..8192].to_vec()));
+}
+
+/// An open connection ends once its image is deleted (checked every `ACCESS_RECHECK` as
+/// requests come), even in lab mode.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_connection_ends_when_its_image_goes() {
+    let server = Server::start().await;
+    let address = server.start_nbd().await;
+    let bytes = random_bytes(100_000, 61);
+    let id = upload(&server, bytes.clone(), "raw", None).await;
+    let mut client = Client::go(address, &id).await.unwrap();
+    assert_eq!(
+        client.read(0, 100).await.unwrap(),
+        Ok(bytes[..100].to_vec())
+    );
+    assert_eq!(server.delete(&id).await, StatusCode::NO_CONTENT);
+    tokio::time::sleep(ocellus::nbd::ACCESS_RECHECK + std::time::Duration::from_millis(200)).await;
+    assert!(
+        client.read(0, 100).await.is_err(),
+        "the connection must end"
     );
 }
 
