@@ -469,6 +469,29 @@ impl Kv {
         Ok(InsertOutcome::Inserted)
     }
 
+    /// Inserts many new images in one transaction (each with its index entries and blob
+    /// references, as `insert_image` does); ids already taken are skipped. Returns how many
+    /// were inserted.
+    pub fn insert_images(&self, records: &[ImageRecord]) -> Result<usize, KvError> {
+        let transaction = self.begin_write()?;
+        let mut inserted = 0;
+        {
+            let deleted = transaction.open_table(DELETED_IMAGES)?;
+            let mut images = transaction.open_table(IMAGES)?;
+            let mut sort_index = transaction.open_table(IMAGE_SORT_INDEX)?;
+            let mut data = DataTables::open(&transaction)?;
+            for record in records {
+                if deleted.get(record.id)?.is_some() || images.get(record.id)?.is_some() {
+                    continue;
+                }
+                write_record(&mut images, &mut sort_index, &mut data, None, record)?;
+                inserted += 1;
+            }
+        }
+        self.commit(transaction)?;
+        Ok(inserted)
+    }
+
     /// Applies `change` to an image in one transaction. Returns `None` if there is no such image;
     /// if `change` fails, nothing is written and its error is returned.
     pub fn update_image<E: From<KvError>>(

@@ -50,11 +50,13 @@ use crate::blob::local::LocalDir;
 use crate::blob::pool::TransferPool;
 use crate::blob::{Backend, BlobError, BlobStore, ReceiveLimits, Received, Space};
 use crate::kv::{
-    AddMember, CreateKey, Digest, ImageData, ImageRecord, InsertOutcome, KeyRecord, Kv, KvError,
-    ListOutcome, ListRequest, MemberRecord, MemberStatus, NewKey, UiSession,
+    AddMember, CreateKey, Digest, InsertOutcome, KeyRecord, Kv, KvError, ListOutcome, ListRequest,
+    MemberRecord, MemberStatus, NewKey, UiSession,
 };
 
-pub use crate::kv::{ImageId, ImageStatus, KvError as MetadataError};
+pub use crate::kv::{
+    ImageData, ImageId, ImageRecord, ImageStatus, KvError as MetadataError, Visibility,
+};
 
 /// How long a transfer waits for a free slot before it is refused with 503.
 pub const TRANSFER_WAIT: Duration = Duration::from_secs(2);
@@ -719,6 +721,12 @@ impl Store {
 
     pub fn insert_image(&self, record: &ImageRecord) -> Result<InsertOutcome, KvError> {
         self.kv.insert_image(record)
+    }
+
+    /// Inserts many new images in one transaction, ids already taken skipped (the benchmark's
+    /// bulk path to a large catalog: `examples/catalog.rs`). Blocks.
+    pub fn insert_images(&self, records: &[ImageRecord]) -> Result<usize, KvError> {
+        self.kv.insert_images(records)
     }
 
     pub fn list_images(
