@@ -1501,4 +1501,25 @@ mod tests {
             .unwrap();
         assert_eq!(kv.extents(digest).unwrap(), None);
     }
+
+    /// The bulk path writes what one-by-one inserts write: records, blob references, and it
+    /// skips ids already taken.
+    #[test]
+    fn bulk_inserts_count_references_and_skip_taken_ids() {
+        let dir = tempfile::tempdir().unwrap();
+        let kv = Kv::open(&dir.path().join("kv.redb")).unwrap();
+        let digest = Digest([7; 32]);
+        kv.insert_image(&image(1, digest, &["fs"])).unwrap();
+        let batch = [
+            image(1, digest, &["fs"]),
+            image(2, digest, &["fs"]),
+            image(3, digest, &["fs"]),
+        ];
+        assert_eq!(kv.insert_images(&batch).unwrap(), 2);
+        assert_eq!(kv.blob_references(digest).unwrap(), 3);
+        assert_eq!(kv.copy_references(digest, "fs").unwrap(), 3);
+        assert!(kv.image(ImageId([3; 16])).unwrap().is_some());
+        assert_eq!(kv.insert_images(&batch).unwrap(), 0);
+        assert_eq!(kv.blob_references(digest).unwrap(), 3);
+    }
 }
