@@ -121,6 +121,15 @@ pub fn all_index_keys(record: &ImageRecord) -> Vec<Vec<u8>> {
         .collect()
 }
 
+/// The range of the status index holding the images in `status` (the `group_of` their keys).
+pub fn status_range(status: super::records::ImageStatus) -> (Vec<u8>, Vec<u8>) {
+    let mut start = vec![SortKey::Status.tag()];
+    encode_optional_text(Some(status.as_str()), &mut start);
+    let mut end = start.clone();
+    end.extend_from_slice(&[0xff; SUFFIX_LEN + 1]);
+    (start, end)
+}
+
 /// The image id at the end of an index key.
 pub fn id_of(index_key: &[u8]) -> Option<ImageId> {
     let start = index_key.len().checked_sub(16)?;

@@ -414,15 +414,31 @@ impl Kv {
     /// Puts back to `queued` every image left in `saving` by a crash, and returns their ids.
     /// Run at startup, before serving.
     pub fn requeue_interrupted_uploads(&self) -> Result<Vec<ImageId>, KvError> {
+        // Only images in `saving`, `uploading` or `importing` can be receiving: their groups
+        // of the status index are read, not the whole catalog (a cold start of a million
+        // images otherwise decodes every record).
         let stuck: Vec<ImageRecord> = {
             let transaction = self.begin_read()?;
             let images = transaction.open_table(IMAGES)?;
+            let sort_index = transaction.open_table(IMAGE_SORT_INDEX)?;
             let mut stuck = Vec::new();
-            for entry in images.iter()? {
-                let (_, bytes) = entry?;
-                let record = ImageRecord::decode(bytes.value())?;
-                if crate::store::receiving(&record) {
-                    stuck.push(record);
+            for status in [
+                ImageStatus::Saving,
+                ImageStatus::Uploading,
+                ImageStatus::Importing,
+            ] {
+                let (start, end) = index::status_range(status);
+                for entry in sort_index.range::<&[u8]>(start.as_slice()..end.as_slice())? {
+                    let (key, _) = entry?;
+                    let id = index::id_of(key.value())
+                        .ok_or_else(|| KvError::Corrupt("short index key".into()))?;
+                    let Some(bytes) = images.get(id)? else {
+                        return Err(KvError::Corrupt(format!("index names missing image {id}")));
+                    };
+                    let record = ImageRecord::decode(bytes.value())?;
+                    if crate::store::receiving(&record) {
+                        stuck.push(record);
+                    }
                 }
             }
             stuck
@@ -1521,5 +1537,47 @@ mod tests {
         assert!(kv.image(ImageId([3; 16])).unwrap().is_some());
         assert_eq!(kv.insert_images(&batch).unwrap(), 0);
         assert_eq!(kv.blob_references(digest).unwrap(), 3);
+    }
+
+    /// Interrupted uploads are found through the status index: exactly the images still
+    /// receiving (`saving`, or `uploading`/`importing` without data) go back to `queued`.
+    #[test]
+    fn interrupted_uploads_are_found_by_status() {
+        let dir = tempfile::tempdir().unwrap();
+        let kv = Kv::open(&dir.path().join("kv.redb")).unwrap();
+        let digest = Digest([8; 32]);
+        let with = |id: u8, status: ImageStatus, data: bool| {
+            let mut record = image(id, digest, &["fs"]);
+            record.status = status;
+            if !data {
+                record.data = None;
+            }
+            record
+        };
+        let records = [
+            with(1, ImageStatus::Saving, false),
+            with(2, ImageStatus::Uploading, false),
+            with(3, ImageStatus::Uploading, true),
+            with(4, ImageStatus::Importing, false),
+            with(5, ImageStatus::Active, true),
+            with(6, ImageStatus::Queued, false),
+        ];
+        assert_eq!(kv.insert_images(&records).unwrap(), 6);
+        let mut requeued = kv.requeue_interrupted_uploads().unwrap();
+        requeued.sort();
+        assert_eq!(
+            requeued,
+            vec![ImageId([1; 16]), ImageId([2; 16]), ImageId([4; 16])]
+        );
+        for (id, status) in [
+            (1, ImageStatus::Queued),
+            (2, ImageStatus::Queued),
+            (3, ImageStatus::Uploading),
+            (4, ImageStatus::Queued),
+            (5, ImageStatus::Active),
+        ] {
+            assert_eq!(kv.image(ImageId([id; 16])).unwrap().unwrap().status, status);
+        }
+        assert!(kv.requeue_interrupted_uploads().unwrap().is_empty());
     }
 }
