@@ -16,7 +16,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-use super::image_data::{RangeRefusal, parse_range};
+use super::image_data::requested_range;
 use super::images::load_visible;
 use super::{AppState, BaseUrl, Error};
 use crate::config::AuthMode;
@@ -293,25 +293,8 @@ pub async fn raw(
         Some(raw_disk(&state, &record, &open).await?)
     };
     let size = disk.as_ref().map_or(data.size, |disk| disk.size());
-    let (status, first, length) = match parse_range(&headers, size) {
-        Ok(None) => (StatusCode::OK, 0, size),
-        Ok(Some((first, last))) => (StatusCode::PARTIAL_CONTENT, first, last - first + 1),
-        Err(RangeRefusal::Several) => {
-            return Err(Error::bad_request(
-                "Only one range per request is served; ask for each range separately",
-            ));
-        }
-        Err(_) => {
-            let mut error = Error::new(
-                StatusCode::RANGE_NOT_SATISFIABLE,
-                format!("The requested range is not within the disk ({size} bytes)"),
-            );
-            error.header = HeaderValue::from_str(&format!("bytes */{size}"))
-                .ok()
-                .map(|value| (header::CONTENT_RANGE, value));
-            return Err(error);
-        }
-    };
+    let beyond = format!("The requested range is not within the disk ({size} bytes)");
+    let (status, first, length) = requested_range(&headers, size, &beyond, &beyond)?;
     // The first step is read before answering, so that a disk whose tables cannot be read
     // gets a status code rather than a cut body.
     let store = state.store.clone();

@@ -255,7 +255,7 @@ pub(super) fn check_format(
 
 /// Why a `Range` header is refused.
 #[derive(Debug, PartialEq, Eq)]
-pub(super) enum RangeRefusal {
+enum RangeRefusal {
     /// More than one range: 400, as Glance serves one range per request.
     Several,
     /// A `bytes` range that does not parse or ends before it starts: 416, as in Glance.
@@ -266,10 +266,7 @@ pub(super) enum RangeRefusal {
 
 /// The byte range to serve, `(first, last)` inclusive; `Ok(None)` means everything (no Range
 /// header, or one in a unit other than bytes, which RFC 9110 says to ignore).
-pub(super) fn parse_range(
-    headers: &HeaderMap,
-    size: u64,
-) -> Result<Option<(u64, u64)>, RangeRefusal> {
+fn parse_range(headers: &HeaderMap, size: u64) -> Result<Option<(u64, u64)>, RangeRefusal> {
     let Some(value) = headers.get(header::RANGE) else {
         return Ok(None);
     };
@@ -311,6 +308,35 @@ pub(super) fn parse_range(
         return Err(RangeRefusal::Unsatisfiable);
     }
     Ok(Some((first, last.min(size - 1))))
+}
+
+/// The status, first byte and length a download of `size` bytes answers its `Range` header
+/// with (200 and everything without one); the refusals as Glance gives them: 400 for several
+/// ranges, 416 with `Content-Range: bytes */size` and the given message otherwise.
+pub(super) fn requested_range(
+    headers: &HeaderMap,
+    size: u64,
+    malformed: &str,
+    unsatisfiable: &str,
+) -> Result<(StatusCode, u64, u64), Error> {
+    let message = match parse_range(headers, size) {
+        Ok(None) => return Ok((StatusCode::OK, 0, size)),
+        Ok(Some((first, last))) => {
+            return Ok((StatusCode::PARTIAL_CONTENT, first, last - first + 1));
+        }
+        Err(RangeRefusal::Several) => {
+            return Err(Error::bad_request(
+                "Only one range per request is served; ask for each range separately",
+            ));
+        }
+        Err(RangeRefusal::Malformed) => malformed,
+        Err(RangeRefusal::Unsatisfiable) => unsatisfiable,
+    };
+    let mut error = Error::new(StatusCode::RANGE_NOT_SATISFIABLE, message);
+    error.header = HeaderValue::from_str(&format!("bytes */{size}"))
+        .ok()
+        .map(|value| (header::CONTENT_RANGE, value));
+    Err(error)
 }
 
 /// https://docs.openstack.org/api-ref/image/v2/index.html#download-binary-image-data
@@ -369,27 +395,12 @@ async fn serve_data(
         return Ok(response);
     }
     let size = data.size;
-    let (status, first, length) = match parse_range(headers, size) {
-        Ok(None) => (StatusCode::OK, 0, size),
-        Ok(Some((first, last))) => (StatusCode::PARTIAL_CONTENT, first, last - first + 1),
-        Err(RangeRefusal::Several) => {
-            return Err(Error::bad_request(
-                "Only one range per request is served; ask for each range separately",
-            ));
-        }
-        Err(refusal) => {
-            let message = if refusal == RangeRefusal::Malformed {
-                "The Range header is not a valid byte range".to_owned()
-            } else {
-                format!("The requested range is outside the image data ({size} bytes)")
-            };
-            let mut error = Error::new(StatusCode::RANGE_NOT_SATISFIABLE, message);
-            error.header = HeaderValue::from_str(&format!("bytes */{size}"))
-                .ok()
-                .map(|value| (header::CONTENT_RANGE, value));
-            return Err(error);
-        }
-    };
+    let (status, first, length) = requested_range(
+        headers,
+        size,
+        "The Range header is not a valid byte range",
+        &format!("The requested range is outside the image data ({size} bytes)"),
+    )?;
     // Any read of the whole image is verified, a `Range: bytes=0-` one included.
     let stream = state.store.download(data, first, length).await?;
     let mut response = Response::new(Body::from_stream(stream));
