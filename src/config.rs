@@ -45,7 +45,7 @@ pub struct ServeArgs {
     /// image_stage_total, image_count_total, image_count_uploading, image_tag_quota,
     /// image_property_quota, image_member_quota, enable_v1_api, mirror_catalog,
     /// mirror_refresher, nbd_listen, nbd_max_connections, nbd_idle_timeout, db_cache_size,
-    /// default_store, one [stores.ID] table per store (type = "file" |
+    /// indexed_properties, default_store, one [stores.ID] table per store (type = "file" |
     /// "s3"; see the README, "Storing images in S3"), and a `[ui]` table (enabled,
     /// allowed_hosts; see the README, "Web UI")
     #[arg(long, env = "OCELLUS_CONFIG", value_name = "FILE")]
@@ -226,6 +226,16 @@ pub struct ServeArgs {
     /// faster to list, less bounds the server's memory [default: 64MiB]
     #[arg(long, env = "OCELLUS_DB_CACHE_SIZE", value_name = "SIZE")]
     pub db_cache_size: Option<String>,
+    /// Custom properties the list filter index covers, comma-separated; `prefix*` covers every
+    /// property starting with prefix; changing the list rebuilds the index at start
+    /// [default: os_distro,os_version,architecture,hw_*]
+    #[arg(
+        long,
+        env = "OCELLUS_INDEXED_PROPERTIES",
+        value_name = "NAMES",
+        value_delimiter = ','
+    )]
+    pub indexed_properties: Option<Vec<String>>,
     /// Address and port of the read-only NBD export of every image, e.g. 127.0.0.1:10809
     /// [default: off]
     #[arg(long, env = "OCELLUS_NBD_LISTEN", value_name = "ADDRESS:PORT")]
@@ -422,6 +432,7 @@ pub struct FileConfig {
     pub nbd_max_connections: Option<usize>,
     pub nbd_idle_timeout: Option<u64>,
     pub db_cache_size: Option<SizeSetting>,
+    pub indexed_properties: Option<Vec<String>>,
 }
 
 /// The `[ui]` table.
@@ -796,6 +807,11 @@ impl Config {
                     },
                     None => defaults.store.db_cache_size,
                 },
+                indexed_properties: Some(indexed_properties(
+                    args.indexed_properties
+                        .clone()
+                        .or(file.indexed_properties.clone()),
+                )?),
                 quarantine_grace: args
                     .quarantine_days
                     .or(file.quarantine_days)
@@ -1034,6 +1050,30 @@ fn read_file(path: &Path) -> Result<FileConfig, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|error| format!("cannot read {}: {error}", path.display()))?;
     toml::from_str(&text).map_err(|error| format!("{}: {error}", path.display()))
+}
+
+/// The `indexed_properties` setting: property names, or prefixes ending in `*`.
+fn indexed_properties(
+    setting: Option<Vec<String>>,
+) -> Result<crate::kv::IndexedProperties, String> {
+    let Some(patterns) = setting else {
+        return Ok(crate::kv::IndexedProperties::default_set());
+    };
+    let mut checked = Vec::new();
+    for pattern in patterns {
+        let pattern = pattern.trim().to_owned();
+        if pattern.is_empty() {
+            continue;
+        }
+        let name = pattern.strip_suffix('*').unwrap_or(&pattern);
+        if name.contains('*') || pattern.chars().any(char::is_control) || pattern.len() > 255 {
+            return Err(format!(
+                "indexed_properties: {pattern:?} is not a property name or a prefix ending in *"
+            ));
+        }
+        checked.push(pattern);
+    }
+    Ok(crate::kv::IndexedProperties::new(checked))
 }
 
 #[cfg(test)]
@@ -1291,6 +1331,39 @@ mod tests {
                     .contains("db_cache_size"),
                 "{bad}"
             );
+        }
+    }
+
+    #[test]
+    fn indexed_properties_default_and_validate() {
+        let resolve = |flag: Option<Vec<&str>>, file: &str| {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("c.toml");
+            std::fs::write(&path, file).unwrap();
+            Config::resolve(&ServeArgs {
+                config: Some(path),
+                indexed_properties: flag.map(|list| list.into_iter().map(str::to_owned).collect()),
+                ..ServeArgs::default()
+            })
+        };
+        let indexed = |config: Config| config.store.indexed_properties.unwrap();
+        assert_eq!(
+            indexed(resolve(None, "").unwrap()),
+            crate::kv::IndexedProperties::default_set()
+        );
+        let chosen = indexed(resolve(Some(vec!["os_distro", " ci_* "]), "").unwrap());
+        assert!(chosen.covers("ci_branch") && chosen.covers("os_distro"));
+        assert!(!chosen.covers("hw_disk_bus"));
+        let from_file = indexed(resolve(None, "indexed_properties = [\"a\", \"b*\"]\n").unwrap());
+        assert_eq!(from_file.patterns(), ["a", "b*"]);
+        assert!(
+            indexed(resolve(Some(vec![]), "").unwrap())
+                .patterns()
+                .is_empty()
+        );
+        for bad in ["a*b", "*x*", "line\nbreak"] {
+            let error = resolve(Some(vec![bad]), "").unwrap_err();
+            assert!(error.contains("indexed_properties"), "{bad}: {error}");
         }
     }
 }

@@ -65,7 +65,7 @@ pub fn open(config: config::Config) -> Result<AppState, OpenError> {
         None => None,
     };
     let store = Arc::new(
-        store::Store::open_on(&config.data_dir, config.store, &config.stores)
+        store::Store::open_on(&config.data_dir, config.store.clone(), &config.stores)
             .map_err(OpenError::Store)?,
     );
     let kv_error = |error: kv::KvError| OpenError::Store(store::StoreError::Kv(error));

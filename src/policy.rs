@@ -38,7 +38,7 @@ pub enum MemberStatusFilter {
 }
 
 impl MemberStatusFilter {
-    fn admits(self, status: MemberStatus) -> bool {
+    pub fn admits(self, status: MemberStatus) -> bool {
         match self {
             MemberStatusFilter::All => true,
             MemberStatusFilter::Only(wanted) => wanted == status,

@@ -260,6 +260,7 @@ pub async fn list_page(
             tiebreak: flip(params.tiebreak),
             marker: params.marker,
             limit: params.limit,
+            candidates: params.filters.candidates(&caller),
         };
         let visible = |record: &ImageRecord| caller.can_see(record);
         let matches = |record: &ImageRecord| params.filters.matches(record, &caller);

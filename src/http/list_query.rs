@@ -12,7 +12,9 @@ use time::macros::format_description;
 
 use super::Error;
 use crate::kv::MemberStatus;
-use crate::kv::{Direction, ImageId, ImageRecord, ImageStatus, SortKey, Visibility};
+use crate::kv::{
+    Candidates, Direction, ImageId, ImageRecord, ImageStatus, Lookup, SortKey, Span, Visibility,
+};
 use crate::policy::{Caller, MemberStatusFilter, VisibilityFilter};
 
 /// Glance's `limit_param_default` and `api_limit_max`.
@@ -132,6 +134,176 @@ impl Filters {
                 .iter()
                 .all(|(key, value)| record.properties.get(key) == Some(value))
     }
+}
+
+impl Filters {
+    /// Sets of images that hold every image these filters admit for `caller`, most selective
+    /// first, for the store's query planner (`kv::list`). `matches` still judges each image.
+    pub fn candidates(&self, caller: &Caller) -> Vec<Candidates> {
+        let one = |lookup: Lookup| Candidates(vec![Span::Lookup(lookup)]);
+        let any_of =
+            |lookups: Vec<Lookup>| Candidates(lookups.into_iter().map(Span::Lookup).collect());
+        let mut sets = Vec::new();
+        if let Some(ids) = &self.ids {
+            // Only the canonical spelling of an id can equal one.
+            let ids = ids
+                .iter()
+                .filter_map(|text| ImageId::parse(text).filter(|id| &id.to_string() == text))
+                .collect();
+            sets.push(Candidates(vec![Span::Ids(ids)]));
+        }
+        if let Some(sum) = &self.checksum {
+            sets.push(match lowercase_hex::<16>(sum) {
+                Some(md5) => one(Lookup::Checksum(md5)),
+                None => Candidates::default(),
+            });
+        }
+        if let Some(hash) = &self.os_hash_value {
+            sets.push(match lowercase_hex::<64>(hash) {
+                Some(sha512) => one(Lookup::OsHashValue(sha512)),
+                None => Candidates::default(),
+            });
+        }
+        if let Some(names) = &self.names {
+            sets.push(any_of(names.iter().cloned().map(Lookup::Name).collect()));
+        }
+        for tag in &self.tags {
+            sets.push(one(Lookup::Tag(tag.clone())));
+        }
+        for (name, value) in &self.properties {
+            sets.push(one(Lookup::Property(name.clone(), value.clone())));
+        }
+        if let Some(owner) = &self.owner {
+            sets.push(one(Lookup::Owner(owner.clone())));
+        }
+        let visibility = self.visibility.unwrap_or(VisibilityFilter::Default);
+        if !caller.is_admin() {
+            // What a project may list: its own images, public ones, community ones when asked
+            // for, and those shared with it in an admitted member status.
+            let member_status = self
+                .member_status
+                .unwrap_or(MemberStatusFilter::Only(MemberStatus::Accepted));
+            let mut spans = vec![Span::Lookup(Lookup::Owner(caller.project_id.clone()))];
+            if matches!(
+                visibility,
+                VisibilityFilter::Default
+                    | VisibilityFilter::All
+                    | VisibilityFilter::Only(Visibility::Public)
+            ) {
+                spans.push(Span::Lookup(Lookup::Visibility(Visibility::Public)));
+            }
+            if matches!(
+                visibility,
+                VisibilityFilter::All | VisibilityFilter::Only(Visibility::Community)
+            ) {
+                spans.push(Span::Lookup(Lookup::Visibility(Visibility::Community)));
+            }
+            if matches!(
+                visibility,
+                VisibilityFilter::Default
+                    | VisibilityFilter::All
+                    | VisibilityFilter::Only(Visibility::Shared)
+            ) {
+                let mut shared: Vec<ImageId> = caller
+                    .memberships
+                    .iter()
+                    .filter(|(_, status)| member_status.admits(**status))
+                    .map(|(id, _)| *id)
+                    .collect();
+                shared.sort();
+                spans.push(Span::Ids(shared));
+            }
+            sets.push(Candidates(spans));
+        }
+        if let Some(span) = time_span(&self.created_at, |from, to| Span::CreatedAt { from, to }) {
+            sets.push(span);
+        }
+        if let Some(span) = time_span(&self.updated_at, |from, to| Span::UpdatedAt { from, to }) {
+            sets.push(span);
+        }
+        if let VisibilityFilter::Only(wanted) = visibility {
+            sets.push(one(Lookup::Visibility(wanted)));
+        }
+        if self.os_hidden {
+            sets.push(one(Lookup::Hidden));
+        }
+        if let Some(formats) = &self.disk_formats {
+            sets.push(any_of(
+                formats.iter().cloned().map(Lookup::DiskFormat).collect(),
+            ));
+        }
+        if let Some(formats) = &self.container_formats {
+            sets.push(any_of(
+                formats
+                    .iter()
+                    .cloned()
+                    .map(Lookup::ContainerFormat)
+                    .collect(),
+            ));
+        }
+        if let Some(statuses) = &self.statuses {
+            sets.push(any_of(
+                statuses.iter().copied().map(Lookup::Status).collect(),
+            ));
+        }
+        sets
+    }
+}
+
+/// The microsecond range `[from, to)` that time conditions (at one-second resolution) allow,
+/// as a candidate set: `None` if they set no bound, an empty set if no time satisfies them.
+fn time_span(conditions: &[(TimeOp, i64)], span: impl Fn(i64, i64) -> Span) -> Option<Candidates> {
+    let second = |seconds: i64| seconds.saturating_mul(1_000_000);
+    let mut from = i64::MIN;
+    let mut to = i64::MAX;
+    let mut bounded = false;
+    for &(op, seconds) in conditions {
+        let (low, high) = match op {
+            TimeOp::Gt => (Some(second(seconds.saturating_add(1))), None),
+            TimeOp::Gte => (Some(second(seconds)), None),
+            TimeOp::Lt => (None, Some(second(seconds))),
+            TimeOp::Lte => (None, Some(second(seconds.saturating_add(1)))),
+            TimeOp::Eq => (
+                Some(second(seconds)),
+                Some(second(seconds.saturating_add(1))),
+            ),
+            TimeOp::Neq => (None, None),
+        };
+        if let Some(low) = low {
+            from = from.max(low);
+            bounded = true;
+        }
+        if let Some(high) = high {
+            to = to.min(high);
+            bounded = true;
+        }
+    }
+    if !bounded {
+        return None;
+    }
+    Some(if from < to {
+        Candidates(vec![span(from, to)])
+    } else {
+        Candidates::default()
+    })
+}
+
+/// `text` as `N` bytes if it is exactly their lowercase hex (how checksums are shown).
+fn lowercase_hex<const N: usize>(text: &str) -> Option<[u8; N]> {
+    let digits = text.as_bytes();
+    if digits.len() != 2 * N {
+        return None;
+    }
+    let value = |digit: u8| match digit {
+        b'0'..=b'9' => Some(digit - b'0'),
+        b'a'..=b'f' => Some(digit - b'a' + 10),
+        _ => None,
+    };
+    let mut bytes = [0u8; N];
+    for (byte, pair) in bytes.iter_mut().zip(digits.chunks(2)) {
+        *byte = value(pair[0])? << 4 | value(pair[1])?;
+    }
+    Some(bytes)
 }
 
 fn time_matches(conditions: &[(TimeOp, i64)], micros: i64) -> bool {

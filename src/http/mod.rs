@@ -16,6 +16,8 @@ mod identity;
 mod image_data;
 mod images;
 mod import;
+#[cfg(test)]
+mod list_plan_tests;
 mod list_query;
 pub mod listener;
 mod members;

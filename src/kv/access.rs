@@ -11,8 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::records::ImageRecord;
 use super::tables::{
-    API_KEY_NAMES, API_KEYS, IMAGE_SORT_INDEX, IMAGES, ImageId, MEMBERS, MEMBERSHIPS, PROJECTS,
-    SECRETS,
+    API_KEY_NAMES, API_KEYS, IMAGES, ImageId, MEMBERS, MEMBERSHIPS, PROJECTS, SECRETS,
 };
 use super::{Kv, KvError};
 
@@ -402,11 +401,9 @@ impl Kv {
             let mut new = old.clone();
             prepare(&mut new)?;
             if new != old {
-                let mut sort_index = transaction
-                    .open_table(IMAGE_SORT_INDEX)
-                    .map_err(KvError::from)?;
+                let mut indexes = super::Indexes::open(&transaction, &self.indexed)?;
                 let mut data = super::DataTables::open(&transaction)?;
-                super::write_record(&mut images, &mut sort_index, &mut data, Some(&old), &new)?;
+                super::write_record(&mut images, &mut indexes, &mut data, Some(&old), &new)?;
             }
             let mut members = transaction.open_table(MEMBERS).map_err(KvError::from)?;
             let mut memberships = transaction.open_table(MEMBERSHIPS).map_err(KvError::from)?;
@@ -740,7 +737,7 @@ mod tests {
         assert!(kv.bad_blobs().unwrap().is_empty());
         let transaction = kv.begin_read().unwrap();
         let meta = transaction.open_table(META).unwrap();
-        assert_eq!(meta.get("schema_version").unwrap().unwrap().value(), 9);
+        assert_eq!(meta.get("schema_version").unwrap().unwrap().value(), 10);
     }
 
     #[test]

@@ -143,13 +143,13 @@ pub fn group_of(index_key: &[u8]) -> &[u8] {
 }
 
 /// Signed microseconds, mapped to big-endian bytes that sort like the numbers.
-fn encode_time(micros: i64) -> [u8; 8] {
+pub(super) fn encode_time(micros: i64) -> [u8; 8] {
     ((micros as u64) ^ (1 << 63)).to_be_bytes()
 }
 
 /// `0` for null, else `1`, the text with NUL escaped as `00 ff`, and the terminator `00 00`,
 /// which sorts below any continuation so that "a" < "ab".
-fn encode_optional_text(text: Option<&str>, out: &mut Vec<u8>) {
+pub(super) fn encode_optional_text(text: Option<&str>, out: &mut Vec<u8>) {
     let Some(text) = text else {
         out.push(0);
         return;

@@ -15,7 +15,9 @@
 
 mod access;
 mod extents;
+mod filter;
 mod index;
+mod list;
 mod metadefs;
 mod records;
 mod sessions;
@@ -37,7 +39,11 @@ pub use access::{
     Role,
 };
 pub use extents::{Extents, Stretch};
+pub use filter::{IndexedProperties, Lookup};
 pub use index::{Direction, SortKey};
+pub use list::{Candidates, Span};
+#[cfg(test)]
+pub use list::{PROBE, compare_records};
 pub use metadefs::{
     AssociationRecord, Catalog, NamespaceRecord, ObjectRecord, PropertyRecord, ReadCatalog,
     ResourceTypeRecord, TagRecord, WriteCatalog,
@@ -49,10 +55,10 @@ pub use tasks::{QuotaRecord, TaskKind, TaskRecord, TaskStatus, Usage};
 
 use tables::{
     API_KEY_NAMES, API_KEYS, BAD_BLOBS, BLOB_COPIES, BLOB_EXTENTS, BLOB_REMOVALS, BLOBS,
-    DELETED_IMAGES, IMAGE_SORT_INDEX, IMAGE_TASKS, IMAGES, MEMBERS, MEMBERSHIPS, META,
-    METADEF_ASSOCIATIONS, METADEF_NAMESPACES, METADEF_OBJECTS, METADEF_PROPERTIES,
-    METADEF_RESOURCE_TYPES, METADEF_TAGS, MIRROR_EVIDENCE, MIRROR_SOURCES, PROJECTS, QUOTAS,
-    SECRETS, TASKS, UI_SESSIONS,
+    DELETED_IMAGES, IMAGE_FILTER_INDEX, IMAGE_SORT_INDEX, IMAGE_TASKS, IMAGES, MEMBERS,
+    MEMBERSHIPS, META, METADEF_ASSOCIATIONS, METADEF_NAMESPACES, METADEF_OBJECTS,
+    METADEF_PROPERTIES, METADEF_RESOURCE_TYPES, METADEF_TAGS, MIRROR_EVIDENCE, MIRROR_SOURCES,
+    PROJECTS, QUOTAS, SECRETS, SETTINGS, TASKS, UI_SESSIONS,
 };
 
 /// The schema version this build writes. Older databases are upgraded at open.
@@ -64,7 +70,10 @@ use tables::{
 ///   in the store `fs` (the data directory), where all bytes were until then.
 /// - 7: adds the mirror's sources and evidence (new, empty tables).
 /// - 8: adds the web UI's sessions (a new, empty table).
-const SCHEMA_VERSION: u64 = 9;
+/// - 9: adds blob extent maps (blobs stored before have none, and are described as all data).
+/// - 10: adds the filter index, built from the records at open (see `build_filter_index`),
+///   and the settings it was built with.
+const SCHEMA_VERSION: u64 = 10;
 
 /// What can go wrong in the metadata store.
 #[derive(Debug)]
@@ -243,6 +252,9 @@ pub struct ListRequest<'a> {
     pub marker: Option<ImageId>,
     /// Page size.
     pub limit: usize,
+    /// Sets of images that hold every image the filters admit, most selective first (see
+    /// `kv::list`); none: only the sort index helps.
+    pub candidates: Vec<Candidates>,
 }
 
 /// The metadata store.
@@ -259,6 +271,8 @@ pub struct Kv {
     /// `None` only between dropping a failed handle and a reopen that has not yet worked.
     database: RwLock<Option<Arc<Database>>>,
     failed: AtomicBool,
+    /// The custom properties the filter index covers (as built; see `build_filter_index`).
+    indexed: IndexedProperties,
 }
 
 impl Kv {
@@ -266,17 +280,25 @@ impl Kv {
     /// the default cache (`DEFAULT_CACHE_SIZE`).
     #[cfg(test)]
     pub fn open(path: &Path) -> Result<Kv, KvError> {
-        Kv::open_with_cache(path, DEFAULT_CACHE_SIZE)
+        Kv::open_with_cache(path, DEFAULT_CACHE_SIZE, None)
     }
 
     /// `open` with a cache of `cache_size` bytes: the most memory redb keeps of the file's
     /// pages (redb's own default, 1 GiB, is more than a small appliance has to spare).
-    pub fn open_with_cache(path: &Path, cache_size: usize) -> Result<Kv, KvError> {
-        let kv = Kv {
+    /// `indexed` names the custom properties to index; when it differs from what the filter
+    /// index was built with, the index is rebuilt here. `None` keeps what the database has
+    /// (the default set for a database without a filter index).
+    pub fn open_with_cache(
+        path: &Path,
+        cache_size: usize,
+        indexed: Option<&IndexedProperties>,
+    ) -> Result<Kv, KvError> {
+        let mut kv = Kv {
             path: path.to_owned(),
             cache_size,
             database: RwLock::new(Some(Arc::new(open_database(path, cache_size)?))),
             failed: AtomicBool::new(false),
+            indexed: IndexedProperties::default_set(),
         };
         let transaction = kv.begin_write()?;
         {
@@ -310,6 +332,8 @@ impl Kv {
             transaction.open_table(BLOB_REMOVALS)?;
             transaction.open_table(IMAGES)?;
             transaction.open_table(IMAGE_SORT_INDEX)?;
+            transaction.open_table(IMAGE_FILTER_INDEX)?;
+            transaction.open_table(SETTINGS)?;
             transaction.open_table(DELETED_IMAGES)?;
             transaction.open_table(BLOBS)?;
             transaction.open_table(BLOB_EXTENTS)?;
@@ -334,7 +358,90 @@ impl Kv {
             transaction.open_table(UI_SESSIONS)?;
         }
         kv.commit(transaction)?;
+        let built = {
+            let transaction = kv.begin_read()?;
+            let settings = transaction.open_table(SETTINGS)?;
+            settings
+                .get("indexed_properties")?
+                .map(|value| IndexedProperties::from_text(value.value()))
+        };
+        match (built, indexed) {
+            (Some(built), Some(wanted)) if &built == wanted => kv.indexed = built,
+            (Some(built), None) => kv.indexed = built,
+            (_, wanted) => {
+                kv.indexed = wanted
+                    .cloned()
+                    .unwrap_or_else(IndexedProperties::default_set);
+                kv.build_filter_index()?;
+            }
+        }
         Ok(kv)
+    }
+
+    /// Images per write transaction while the filter index is built.
+    const BUILD_BATCH: usize = 20_000;
+
+    /// Builds the filter index from the image records, for `self.indexed`: at the upgrade to
+    /// schema version 10 and when `indexed_properties` changes. The settings row naming what
+    /// the index covers is removed first and written last, so an interrupted build (a crash,
+    /// a full disk) is started again at the next open; batches of records keep each write
+    /// transaction's memory bounded.
+    fn build_filter_index(&self) -> Result<(), KvError> {
+        let started = std::time::Instant::now();
+        let transaction = self.begin_write()?;
+        transaction
+            .open_table(SETTINGS)?
+            .remove("indexed_properties")?;
+        transaction.delete_table(IMAGE_FILTER_INDEX)?;
+        transaction.open_table(IMAGE_FILTER_INDEX)?;
+        self.commit(transaction)?;
+        let mut after: Option<ImageId> = None;
+        let mut images_indexed = 0u64;
+        loop {
+            let batch: Vec<ImageRecord> = {
+                let transaction = self.begin_read()?;
+                let images = transaction.open_table(IMAGES)?;
+                let range = match after {
+                    None => images.range::<ImageId>(..)?,
+                    Some(id) => images.range::<ImageId>((Bound::Excluded(id), Bound::Unbounded))?,
+                };
+                let mut batch = Vec::new();
+                for entry in range.take(Self::BUILD_BATCH) {
+                    let (_, bytes) = entry?;
+                    batch.push(ImageRecord::decode(bytes.value())?);
+                }
+                batch
+            };
+            let Some(last) = batch.last() else {
+                break;
+            };
+            after = Some(last.id);
+            let mut transaction = self.begin_write()?;
+            // Durable only with the settings row below: a crash before it rebuilds anyway.
+            transaction.set_durability(Durability::None)?;
+            {
+                let mut filter_index = transaction.open_table(IMAGE_FILTER_INDEX)?;
+                for record in &batch {
+                    for key in filter::filter_keys(record, &self.indexed) {
+                        filter_index.insert(key.as_slice(), ())?;
+                    }
+                }
+            }
+            self.commit(transaction)?;
+            images_indexed += batch.len() as u64;
+        }
+        let transaction = self.begin_write()?;
+        transaction
+            .open_table(SETTINGS)?
+            .insert("indexed_properties", self.indexed.to_text().as_str())?;
+        self.commit(transaction)?;
+        tracing::info!(
+            images = images_indexed,
+            indexed_properties = %self.indexed.patterns().join(","),
+            seconds = started.elapsed().as_secs_f64(),
+            "built the filter index"
+        );
+        Ok(())
     }
 
     /// Whether writes are failing; `recover` is due.
@@ -477,9 +584,9 @@ impl Kv {
             if deleted.get(record.id)?.is_some() || images.get(record.id)?.is_some() {
                 return Ok(InsertOutcome::IdTaken);
             }
-            let mut sort_index = transaction.open_table(IMAGE_SORT_INDEX)?;
+            let mut indexes = Indexes::open(&transaction, &self.indexed)?;
             let mut data = DataTables::open(&transaction)?;
-            write_record(&mut images, &mut sort_index, &mut data, None, record)?;
+            write_record(&mut images, &mut indexes, &mut data, None, record)?;
         }
         self.commit(transaction)?;
         Ok(InsertOutcome::Inserted)
@@ -494,13 +601,13 @@ impl Kv {
         {
             let deleted = transaction.open_table(DELETED_IMAGES)?;
             let mut images = transaction.open_table(IMAGES)?;
-            let mut sort_index = transaction.open_table(IMAGE_SORT_INDEX)?;
+            let mut indexes = Indexes::open(&transaction, &self.indexed)?;
             let mut data = DataTables::open(&transaction)?;
             for record in records {
                 if deleted.get(record.id)?.is_some() || images.get(record.id)?.is_some() {
                     continue;
                 }
-                write_record(&mut images, &mut sort_index, &mut data, None, record)?;
+                write_record(&mut images, &mut indexes, &mut data, None, record)?;
                 inserted += 1;
             }
         }
@@ -526,11 +633,9 @@ impl Kv {
             };
             let mut new = old.clone();
             change(&mut new)?;
-            let mut sort_index = transaction
-                .open_table(IMAGE_SORT_INDEX)
-                .map_err(KvError::from)?;
+            let mut indexes = Indexes::open(&transaction, &self.indexed)?;
             let mut data = DataTables::open(&transaction)?;
-            unreferenced = write_record(&mut images, &mut sort_index, &mut data, Some(&old), &new)?;
+            unreferenced = write_record(&mut images, &mut indexes, &mut data, Some(&old), &new)?;
             record = new;
         }
         self.commit(transaction)?;
@@ -578,12 +683,8 @@ impl Kv {
             };
             check(&old)?;
             images.remove(id).map_err(KvError::from)?;
-            let mut sort_index = transaction
-                .open_table(IMAGE_SORT_INDEX)
-                .map_err(KvError::from)?;
-            for key in index::all_index_keys(&old) {
-                sort_index.remove(key.as_slice()).map_err(KvError::from)?;
-            }
+            let mut indexes = Indexes::open(&transaction, &self.indexed)?;
+            indexes.remove(&old)?;
             let mut data = DataTables::open(&transaction)?;
             unreferenced = release_data(&mut data, old.data.as_ref())?;
             if let Some(deleted_at) = deleted_at {
@@ -631,9 +732,7 @@ impl Kv {
             let mut deleted = transaction
                 .open_table(DELETED_IMAGES)
                 .map_err(KvError::from)?;
-            let mut sort_index = transaction
-                .open_table(IMAGE_SORT_INDEX)
-                .map_err(KvError::from)?;
+            let mut indexes = Indexes::open(&transaction, &self.indexed)?;
             let mut data = DataTables::open(&transaction)?;
             for record in &batch.insert {
                 let taken = deleted.get(record.id).map_err(KvError::from)?.is_some()
@@ -641,7 +740,7 @@ impl Kv {
                 if taken {
                     return Ok(None);
                 }
-                write_record(&mut images, &mut sort_index, &mut data, None, record)?;
+                write_record(&mut images, &mut indexes, &mut data, None, record)?;
             }
             for record in &batch.update {
                 let Some(old) = selected.iter().find(|old| old.id == record.id) else {
@@ -652,7 +751,7 @@ impl Kv {
                 };
                 unreferenced.extend(write_record(
                     &mut images,
-                    &mut sort_index,
+                    &mut indexes,
                     &mut data,
                     Some(old),
                     record,
@@ -665,9 +764,7 @@ impl Kv {
                     ))));
                 };
                 images.remove(*id).map_err(KvError::from)?;
-                for key in index::all_index_keys(old) {
-                    sort_index.remove(key.as_slice()).map_err(KvError::from)?;
-                }
+                indexes.remove(old)?;
                 unreferenced.extend(release_data(&mut data, old.data.as_ref())?);
                 deleted
                     .insert(*id, batch.deleted_at)
@@ -1033,143 +1130,6 @@ impl Kv {
         }
         Ok(audit)
     }
-
-    /// One page of images in the requested order, starting after the marker, keeping those for
-    /// which `matches` holds. The marker must exist and satisfy `visible`.
-    ///
-    /// A single sort key (with tie-breakers in its direction) is answered straight from the
-    /// index. Several keys scan the index of the first key one group of equal values at a time
-    /// and order each group in memory by the remaining keys.
-    pub fn list_images(
-        &self,
-        request: &ListRequest<'_>,
-        visible: &dyn Fn(&ImageRecord) -> bool,
-        matches: &dyn Fn(&ImageRecord) -> bool,
-    ) -> Result<ListOutcome, KvError> {
-        let transaction = self.begin_read()?;
-        let images = transaction.open_table(IMAGES)?;
-        let sort_index = transaction.open_table(IMAGE_SORT_INDEX)?;
-        let (first_key, first_direction) = request.sort[0];
-
-        let marker_key = match request.marker {
-            None => None,
-            Some(marker) => match images.get(marker)? {
-                Some(bytes) => {
-                    let record = ImageRecord::decode(bytes.value())?;
-                    if !visible(&record) {
-                        return Ok(ListOutcome::MarkerNotFound);
-                    }
-                    Some(index::index_key(first_key, &record))
-                }
-                None => return Ok(ListOutcome::MarkerNotFound),
-            },
-        };
-
-        let single = request.sort.len() == 1 && request.tiebreak == first_direction;
-        let range_start = first_key.range_start();
-        let range_end = first_key.range_end();
-        // For several keys, the scan starts at the beginning of the marker's group (or ends at
-        // its end, scanning backwards) and skips up to the marker inside that group.
-        let group_bound = marker_key.as_ref().map(|key| {
-            let group = index::group_of(key).to_vec();
-            let mut group_end = group.clone();
-            group_end.extend_from_slice(&[0xff; index::SUFFIX_LEN + 1]);
-            (group, group_end)
-        });
-        let lower: Bound<&[u8]>;
-        let upper: Bound<&[u8]>;
-        match (first_direction, &marker_key, &group_bound, single) {
-            (_, None, _, _) => {
-                lower = Bound::Included(&range_start);
-                upper = Bound::Excluded(&range_end);
-            }
-            (Direction::Asc, Some(key), _, true) => {
-                lower = Bound::Excluded(key.as_slice());
-                upper = Bound::Excluded(&range_end);
-            }
-            (Direction::Desc, Some(key), _, true) => {
-                lower = Bound::Included(&range_start);
-                upper = Bound::Excluded(key.as_slice());
-            }
-            (Direction::Asc, Some(_), Some((group, _)), false) => {
-                lower = Bound::Included(group.as_slice());
-                upper = Bound::Excluded(&range_end);
-            }
-            (Direction::Desc, Some(_), Some((_, group_end)), false) => {
-                lower = Bound::Included(&range_start);
-                upper = Bound::Excluded(group_end.as_slice());
-            }
-            (_, Some(_), None, _) => unreachable!("a marker key always has a group bound"),
-        }
-        let range = sort_index.range::<&[u8]>((lower, upper))?;
-        let entries: Box<dyn Iterator<Item = _>> = match first_direction {
-            Direction::Asc => Box::new(range),
-            Direction::Desc => Box::new(range.rev()),
-        };
-
-        let wanted = request.limit.saturating_add(1);
-        let mut page: Vec<ImageRecord> = Vec::new();
-        let load = |key: &[u8]| -> Result<ImageRecord, KvError> {
-            let id = index::id_of(key).ok_or_else(|| KvError::Corrupt("short index key".into()))?;
-            match images.get(id)? {
-                Some(bytes) => Ok(ImageRecord::decode(bytes.value())?),
-                None => Err(KvError::Corrupt(format!("index names missing image {id}"))),
-            }
-        };
-
-        if single {
-            for entry in entries {
-                let (key, _) = entry?;
-                let record = load(key.value())?;
-                if matches(&record) {
-                    page.push(record);
-                    if page.len() == wanted {
-                        break;
-                    }
-                }
-            }
-        } else {
-            let comparator =
-                |left: &ImageRecord, right: &ImageRecord| compare_records(request, left, right);
-            let mut skipping_to = request.marker;
-            let mut group_key: Vec<u8> = Vec::new();
-            let mut group: Vec<ImageRecord> = Vec::new();
-            let mut flush = |group: &mut Vec<ImageRecord>, page: &mut Vec<ImageRecord>| {
-                group.sort_by(comparator);
-                for record in group.drain(..) {
-                    if page.len() == wanted {
-                        break;
-                    }
-                    if let Some(marker) = skipping_to {
-                        if record.id == marker {
-                            skipping_to = None;
-                        }
-                        continue;
-                    }
-                    if matches(&record) {
-                        page.push(record);
-                    }
-                }
-            };
-            for entry in entries {
-                let (key, _) = entry?;
-                let key = key.value();
-                if index::group_of(key) != group_key.as_slice() {
-                    flush(&mut group, &mut page);
-                    if page.len() == wanted {
-                        break;
-                    }
-                    group_key = index::group_of(key).to_vec();
-                }
-                group.push(load(key)?);
-            }
-            flush(&mut group, &mut page);
-        }
-
-        let more = page.len() > request.limit;
-        page.truncate(request.limit);
-        Ok(ListOutcome::Page { images: page, more })
-    }
 }
 
 /// Opens (creating if needed) the database file, telling a lock held by another process apart.
@@ -1184,34 +1144,64 @@ fn open_database(path: &Path, cache_size: usize) -> Result<Database, KvError> {
     }
 }
 
-/// Orders two records by every requested key, then the tie-breakers.
-fn compare_records(
-    request: &ListRequest<'_>,
-    left: &ImageRecord,
-    right: &ImageRecord,
-) -> std::cmp::Ordering {
-    let keys = request.sort.iter().copied().chain([
-        (SortKey::CreatedAt, request.tiebreak),
-        (SortKey::Id, request.tiebreak),
-    ]);
-    for (key, direction) in keys {
-        let mut left_value = Vec::new();
-        let mut right_value = Vec::new();
-        key.encode_value(left, &mut left_value);
-        key.encode_value(right, &mut right_value);
-        let ordering = match direction {
-            Direction::Asc => left_value.cmp(&right_value),
-            Direction::Desc => right_value.cmp(&left_value),
-        };
-        if ordering.is_ne() {
-            return ordering;
-        }
-    }
-    std::cmp::Ordering::Equal
+type ImagesTable<'t> = redb::Table<'t, ImageId, &'static [u8]>;
+type IndexTableMut<'t> = redb::Table<'t, &'static [u8], ()>;
+
+/// The index tables a change of image records keeps in step with them.
+pub(super) struct Indexes<'t> {
+    sort: IndexTableMut<'t>,
+    filter: IndexTableMut<'t>,
+    properties: IndexedProperties,
 }
 
-type ImagesTable<'t> = redb::Table<'t, ImageId, &'static [u8]>;
-type SortIndexTable<'t> = redb::Table<'t, &'static [u8], ()>;
+impl<'t> Indexes<'t> {
+    pub(super) fn open(
+        transaction: &'t WriteTransaction,
+        properties: &IndexedProperties,
+    ) -> Result<Indexes<'t>, KvError> {
+        Ok(Indexes {
+            sort: transaction.open_table(IMAGE_SORT_INDEX)?,
+            filter: transaction.open_table(IMAGE_FILTER_INDEX)?,
+            properties: properties.clone(),
+        })
+    }
+
+    /// Moves the entries of `old` (if any) to those of `new`.
+    fn replace(&mut self, old: Option<&ImageRecord>, new: &ImageRecord) -> Result<(), KvError> {
+        let new_sort = index::all_index_keys(new);
+        let new_filter = filter::filter_keys(new, &self.properties);
+        if let Some(old) = old {
+            for key in index::all_index_keys(old) {
+                if !new_sort.contains(&key) {
+                    self.sort.remove(key.as_slice())?;
+                }
+            }
+            for key in filter::filter_keys(old, &self.properties) {
+                if !new_filter.contains(&key) {
+                    self.filter.remove(key.as_slice())?;
+                }
+            }
+        }
+        for key in &new_sort {
+            self.sort.insert(key.as_slice(), ())?;
+        }
+        for key in &new_filter {
+            self.filter.insert(key.as_slice(), ())?;
+        }
+        Ok(())
+    }
+
+    /// Removes every entry of a deleted record.
+    fn remove(&mut self, old: &ImageRecord) -> Result<(), KvError> {
+        for key in index::all_index_keys(old) {
+            self.sort.remove(key.as_slice())?;
+        }
+        for key in filter::filter_keys(old, &self.properties) {
+            self.filter.remove(key.as_slice())?;
+        }
+        Ok(())
+    }
+}
 
 /// Copies every row of one table between databases.
 fn copy_table<K: redb::Key + 'static, V: Value + 'static>(
@@ -1232,23 +1222,13 @@ fn copy_table<K: redb::Key + 'static, V: Value + 'static>(
 /// Returns the copies that lost their last reference.
 pub(super) fn write_record(
     images: &mut ImagesTable<'_>,
-    sort_index: &mut SortIndexTable<'_>,
+    indexes: &mut Indexes<'_>,
     data: &mut DataTables<'_>,
     old: Option<&ImageRecord>,
     new: &ImageRecord,
 ) -> Result<Vec<BlobCopy>, KvError> {
     images.insert(new.id, new.encode().as_slice())?;
-    let new_keys = index::all_index_keys(new);
-    if let Some(old) = old {
-        for key in index::all_index_keys(old) {
-            if !new_keys.contains(&key) {
-                sort_index.remove(key.as_slice())?;
-            }
-        }
-    }
-    for key in &new_keys {
-        sort_index.insert(key.as_slice(), ())?;
-    }
+    indexes.replace(old, new)?;
     let old_data = old.and_then(|record| record.data.as_ref());
     let new_data = new.data.as_ref();
     if old_data.map(|data| data.digest) != new_data.map(|data| data.digest) {
@@ -1579,5 +1559,84 @@ mod tests {
             assert_eq!(kv.image(ImageId([id; 16])).unwrap().unwrap().status, status);
         }
         assert!(kv.requeue_interrupted_uploads().unwrap().is_empty());
+    }
+
+    /// The images a candidate set names according to the index alone (`matches` admits all):
+    /// a set whose lookup is not indexed is skipped, so then every image comes back.
+    fn indexed_ids(kv: &Kv, lookup: Lookup) -> Vec<u8> {
+        let sort = [(SortKey::CreatedAt, Direction::Asc)];
+        let request = ListRequest {
+            sort: &sort,
+            tiebreak: Direction::Asc,
+            marker: None,
+            limit: 100,
+            candidates: vec![Candidates(vec![Span::Lookup(lookup)])],
+        };
+        match kv.list_images(&request, &|_| true, &|_| true).unwrap() {
+            ListOutcome::Page { images, .. } => images.iter().map(|image| image.id.0[0]).collect(),
+            ListOutcome::MarkerNotFound => unreachable!(),
+        }
+    }
+
+    /// The filter index covers the configured properties, is rebuilt when they change, keeps
+    /// what it has when opened without a setting, and a build that did not finish (no settings
+    /// row) is done again at the next open.
+    #[test]
+    fn the_filter_index_follows_indexed_properties_and_finishes_its_build() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kv.redb");
+        let records: Vec<ImageRecord> = (1..=4u8)
+            .map(|id| {
+                let mut record = image(id, Digest([id; 32]), &["fs"]);
+                record.created_at = i64::from(id);
+                record.properties.insert(
+                    "note".into(),
+                    if id % 2 == 0 { "even" } else { "odd" }.into(),
+                );
+                record.properties.insert(
+                    "os_distro".into(),
+                    if id < 3 { "debian" } else { "ubuntu" }.into(),
+                );
+                record
+            })
+            .collect();
+        let note = || Lookup::Property("note".into(), "even".into());
+        let distro = || Lookup::Property("os_distro".into(), "debian".into());
+        {
+            let kv = Kv::open(&path).unwrap();
+            kv.insert_images(&records).unwrap();
+            assert_eq!(indexed_ids(&kv, distro()), vec![1, 2]);
+            assert_eq!(indexed_ids(&kv, note()), vec![1, 2, 3, 4]);
+        }
+        let notes = IndexedProperties::new(vec!["no*".into()]);
+        {
+            let kv = Kv::open_with_cache(&path, DEFAULT_CACHE_SIZE, Some(&notes)).unwrap();
+            assert_eq!(indexed_ids(&kv, note()), vec![2, 4]);
+            assert_eq!(indexed_ids(&kv, distro()), vec![1, 2, 3, 4]);
+        }
+        {
+            // Offline commands keep what the index was built with.
+            let kv = Kv::open_with_cache(&path, DEFAULT_CACHE_SIZE, None).unwrap();
+            assert_eq!(indexed_ids(&kv, note()), vec![2, 4]);
+            // An interrupted build: no settings row, a stray entry left behind.
+            let transaction = kv.begin_write().unwrap();
+            transaction
+                .open_table(SETTINGS)
+                .unwrap()
+                .remove("indexed_properties")
+                .unwrap();
+            let mut stray = Lookup::Tag("t".into()).prefix(&notes).unwrap().1;
+            stray.extend_from_slice(&filter::suffix_of(&records[0]));
+            transaction
+                .open_table(IMAGE_FILTER_INDEX)
+                .unwrap()
+                .insert(stray.as_slice(), ())
+                .unwrap();
+            kv.commit(transaction).unwrap();
+            assert_eq!(indexed_ids(&kv, Lookup::Tag("t".into())), vec![1]);
+        }
+        let kv = Kv::open_with_cache(&path, DEFAULT_CACHE_SIZE, Some(&notes)).unwrap();
+        assert!(indexed_ids(&kv, Lookup::Tag("t".into())).is_empty());
+        assert_eq!(indexed_ids(&kv, note()), vec![2, 4]);
     }
 }

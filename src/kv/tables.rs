@@ -19,6 +19,13 @@ pub const IMAGES: TableDefinition<ImageId, &[u8]> = TableDefinition::new("images
 pub const IMAGE_SORT_INDEX: TableDefinition<&[u8], ()> =
     TableDefinition::new("image_sort_index_v1");
 
+/// The filter index (see `kv::filter`): key = field tag, value, `created_at`, image id.
+pub const IMAGE_FILTER_INDEX: TableDefinition<&[u8], ()> =
+    TableDefinition::new("image_filter_index_v1");
+
+/// What the database's indexes were built with: `indexed_properties` (patterns, one per line).
+pub const SETTINGS: TableDefinition<&str, &str> = TableDefinition::new("settings_v1");
+
 /// Ids of deleted images with their deletion time (unix microseconds), so an id is never reused.
 pub const DELETED_IMAGES: TableDefinition<ImageId, i64> = TableDefinition::new("deleted_images_v1");
 

@@ -420,6 +420,7 @@ async fn list_exports(state: &AppState) -> Vec<String> {
             tiebreak: Direction::Desc,
             marker: None,
             limit: LIST_LIMIT,
+            candidates: Vec::new(),
         };
         let readable = |record: &crate::kv::ImageRecord| export::readable(&caller, record);
         match store.list_images(&request, &|_| true, &readable) {

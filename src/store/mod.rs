@@ -144,7 +144,7 @@ impl From<std::io::Error> for StoreError {
 }
 
 /// Limits of the store, from the server's settings.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct StoreLimits {
     /// Concurrent uploads.
     pub max_uploads: usize,
@@ -162,6 +162,9 @@ pub struct StoreLimits {
     pub task_time_to_live: Duration,
     /// The metadata database's cache, in bytes (`db_cache_size`).
     pub db_cache_size: usize,
+    /// The custom properties the filter index covers (`indexed_properties`); `None` keeps
+    /// what the database was built with (offline commands).
+    pub indexed_properties: Option<crate::kv::IndexedProperties>,
 }
 
 impl StoreLimits {
@@ -181,6 +184,7 @@ impl Default for StoreLimits {
             quotas: Quotas::default(),
             task_time_to_live: Duration::from_secs(48 * 3600),
             db_cache_size: crate::kv::DEFAULT_CACHE_SIZE,
+            indexed_properties: None,
         }
     }
 }
@@ -352,7 +356,11 @@ impl Store {
         stores: &StoreSet,
     ) -> Result<Store, StoreError> {
         std::fs::create_dir_all(data_dir)?;
-        let kv = Kv::open_with_cache(&data_dir.join(crate::DATABASE_FILE), limits.db_cache_size)?;
+        let kv = Kv::open_with_cache(
+            &data_dir.join(crate::DATABASE_FILE),
+            limits.db_cache_size,
+            limits.indexed_properties.as_ref(),
+        )?;
         let store = Store::assemble(kv, data_dir, stores, limits)?;
         let missing: Vec<String> = store
             .kv
@@ -395,7 +403,11 @@ impl Store {
             ..limits
         };
         std::fs::create_dir_all(data_dir)?;
-        let kv = Kv::open_with_cache(&data_dir.join(crate::DATABASE_FILE), limits.db_cache_size)?;
+        let kv = Kv::open_with_cache(
+            &data_dir.join(crate::DATABASE_FILE),
+            limits.db_cache_size,
+            limits.indexed_properties.as_ref(),
+        )?;
         Store::assemble(kv, data_dir, &StoreSet::default(), limits)
     }
 
@@ -432,9 +444,9 @@ impl Store {
             places,
             default_place,
             home,
-            limits,
             uploads: Arc::new(Semaphore::new(limits.max_uploads.max(1))),
             downloads: Arc::new(Semaphore::new(limits.max_downloads.max(1))),
+            limits,
             reserved: AtomicU64::new(0),
             pins: Mutex::new(HashMap::new()),
             scrub: ScrubState::default(),

@@ -242,3 +242,139 @@ async fn paging_is_stable_under_concurrent_creates() {
         assert!(original.is_subset(&unique), "missing images with {sort}");
     }
 }
+
+/// A data directory written at schema version 9 (before the filter index; made by
+/// `tests/fixtures/make-v9-catalog.py` with the build of 90d51c7) opens, gains the index, and
+/// every filter answers what the images' own fields say, in the order of the full listing.
+#[tokio::test]
+async fn a_version_9_catalog_gains_the_filter_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let fixture = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/v9-catalog.tar.gz"
+    );
+    let untar = std::process::Command::new("tar")
+        .args(["xzf", fixture, "-C"])
+        .arg(dir.path())
+        .status()
+        .unwrap();
+    assert!(untar.success());
+    let server = Server::start_in(dir, |_| {}).await;
+
+    // The full catalog, in listing order (the sort index alone answers these).
+    let mut all: Vec<serde_json::Value> = Vec::new();
+    for hidden in ["false", "true"] {
+        let (status, body) = server
+            .json(server.request(
+                reqwest::Method::GET,
+                &format!("/v2/images?visibility=all&os_hidden={hidden}&limit=1000"),
+            ))
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        all.extend(body["images"].as_array().unwrap().iter().cloned());
+    }
+    assert_eq!(all.len(), 40);
+    let with_data = all
+        .iter()
+        .find(|image| image["checksum"].is_string())
+        .unwrap()
+        .clone();
+
+    let field = |image: &serde_json::Value, name: &str| image[name].as_str().map(str::to_owned);
+    type Check = Box<dyn Fn(&serde_json::Value) -> bool>;
+    let checksum = field(&with_data, "checksum").unwrap();
+    let hash = field(&with_data, "os_hash_value").unwrap();
+    let cases: Vec<(String, Check)> = vec![
+        (
+            "tag=nightly".into(),
+            Box::new(|i| i["tags"].as_array().unwrap().contains(&json!("nightly"))),
+        ),
+        (
+            "tag=nightly&tag=release".into(),
+            Box::new(|i| {
+                let tags = i["tags"].as_array().unwrap();
+                tags.contains(&json!("nightly")) && tags.contains(&json!("release"))
+            }),
+        ),
+        (
+            "os_distro=debian".into(),
+            Box::new(move |i| field(i, "os_distro").as_deref() == Some("debian")),
+        ),
+        (
+            "hw_disk_bus=virtio".into(),
+            Box::new(move |i| field(i, "hw_disk_bus").as_deref() == Some("virtio")),
+        ),
+        (
+            "note=free%20text".into(),
+            Box::new(move |i| field(i, "note").as_deref() == Some("free text")),
+        ),
+        (
+            "owner=p2".into(),
+            Box::new(move |i| field(i, "owner").as_deref() == Some("p2")),
+        ),
+        (
+            "visibility=community".into(),
+            Box::new(move |i| field(i, "visibility").as_deref() == Some("community")),
+        ),
+        (
+            "name=ubuntu".into(),
+            Box::new(move |i| field(i, "name").as_deref() == Some("ubuntu")),
+        ),
+        (
+            "name=in:ubuntu,debian".into(),
+            Box::new(move |i| matches!(field(i, "name").as_deref(), Some("ubuntu" | "debian"))),
+        ),
+        (
+            format!("checksum={checksum}"),
+            Box::new(move |i| field(i, "checksum") == Some(checksum.clone())),
+        ),
+        (
+            format!("os_hash_value={hash}"),
+            Box::new(move |i| field(i, "os_hash_value") == Some(hash.clone())),
+        ),
+        (
+            "status=queued".into(),
+            Box::new(move |i| field(i, "status").as_deref() == Some("queued")),
+        ),
+        (
+            "disk_format=qcow2".into(),
+            Box::new(move |i| field(i, "disk_format").as_deref() == Some("qcow2")),
+        ),
+    ];
+    for hidden in [false, true] {
+        for (query, check) in &cases {
+            let query = format!("?visibility=all&os_hidden={hidden}&limit=1000&{query}");
+            let (status, ids, body) = server.list_ids(&query).await;
+            assert_eq!(status, StatusCode::OK, "{query}: {body}");
+            let expected: Vec<String> = all
+                .iter()
+                .filter(|image| image["os_hidden"] == json!(hidden) && check(image))
+                .map(|image| image["id"].as_str().unwrap().to_owned())
+                .collect();
+            assert_eq!(ids, expected, "{query}");
+        }
+    }
+    // Some filters must have found images, or the comparison says little.
+    let (_, tagged, _) = server.list_ids("?tag=nightly&visibility=all").await;
+    let (_, debian, _) = server.list_ids("?os_distro=debian&visibility=all").await;
+    assert!(!tagged.is_empty() && !debian.is_empty());
+
+    // The index follows changes made after the upgrade.
+    let target = &tagged[0];
+    let (status, _) = server
+        .json(
+            server
+                .request(reqwest::Method::PATCH, &format!("/v2/images/{target}"))
+                .header(
+                    "Content-Type",
+                    "application/openstack-images-v2.1-json-patch",
+                )
+                .body(r#"[{"op": "replace", "path": "/tags", "value": ["moved"]}]"#),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, now_tagged, _) = server.list_ids("?tag=nightly&visibility=all").await;
+    assert!(!now_tagged.contains(target));
+    let (_, moved, _) = server.list_ids("?tag=moved&visibility=all").await;
+    assert_eq!(&moved, &[target.clone()]);
+}

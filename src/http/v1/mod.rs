@@ -286,6 +286,7 @@ async fn list(
             tiebreak: params.sort_dir,
             marker: params.marker,
             limit: params.limit,
+            candidates: Vec::new(),
         };
         let visible = |record: &ImageRecord| caller.can_see(record);
         let matches = |record: &ImageRecord| params.filters.matches(record, &caller);
