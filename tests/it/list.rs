@@ -376,5 +376,5 @@ async fn a_version_9_catalog_gains_the_filter_index() {
     let (_, now_tagged, _) = server.list_ids("?tag=nightly&visibility=all").await;
     assert!(!now_tagged.contains(target));
     let (_, moved, _) = server.list_ids("?tag=moved&visibility=all").await;
-    assert_eq!(&moved, &[target.clone()]);
+    assert_eq!(moved, std::slice::from_ref(target));
 }
