@@ -31,6 +31,10 @@ import run as bench  # noqa: E402
 EXAMPLE = bench.ROOT / "target" / "release" / "examples" / "catalog"
 
 
+# Lab mode takes the caller from headers: a member of project-7, not an admin.
+PROJECT = {"X-Project-Id": "project-7", "X-Roles": "member,reader"}
+
+
 def queries(size):
     # The newest tenth of the catalog (created one second apart, ending now).
     since = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(seconds=size // 10)
@@ -47,15 +51,25 @@ def queries(size):
         ("os_distro= (10 %)", "/v2/images?os_distro=alpine"),
         ("os_distro= & tag=", "/v2/images?os_distro=alpine&tag=branch-7"),
         ("created_at=gte: (10 %)", "/v2/images?created_at=gte:" + since.strftime("%Y-%m-%dT%H:%M:%SZ")),
+        ("updated_at=gte: (10 %)", "/v2/images?updated_at=gte:" + since.strftime("%Y-%m-%dT%H:%M:%SZ")),
+        ("name=in: (2 names)", "/v2/images?name=in:ubuntu-24.04,ci-17"),
+        ("checksum= (miss)", "/v2/images?checksum=" + "0" * 32),
+        ("hw_disk_bus= (10 %)", "/v2/images?hw_disk_bus=virtio"),
+        ("name=, sort_key=name", "/v2/images?name=ubuntu-24.04&sort_key=name&sort_dir=asc"),
+        ("tag=, sort_key=name", "/v2/images?tag=branch-7&sort_key=name&sort_dir=asc"),
+        # A project that is not admin: its own images (1 %), public ones (5 %), none shared.
+        ("project: default page", "/v2/images", PROJECT),
+        ("project: status=active", "/v2/images?status=active", PROJECT),
+        ("project: os_distro=", "/v2/images?os_distro=alpine", PROJECT),
     ]
 
 
-def timed_list(connection, path, requests):
+def timed_list(connection, path, requests, headers=None):
     latencies = []
     count = 0
     for _ in range(requests + 1):
         started = time.perf_counter()
-        connection.request("GET", path)
+        connection.request("GET", path, headers=headers or {})
         response = connection.getresponse()
         body = response.read()
         elapsed = time.perf_counter() - started
@@ -93,10 +107,16 @@ def measure(size, work, requests):
     figures = {"startup_s": server.startup_seconds, "make_s": made["seconds"]}
     connection = bench.connect(server)
     results = {}
-    for label, path in queries(size):
-        results[label] = timed_list(connection, path, requests)
+    for label, path, *headers in queries(size):
+        results[label] = timed_list(connection, path, requests, *headers)
     figures["rss_mib"] = server.rss_kib() / 1024
+    figures["peak_rss_mib"] = server.rss_kib("VmHWM") / 1024
     figures["db_mib"] = os.path.getsize(data_dir / "ocellus.redb") / (1 << 20)
+    server.stop()
+    # A changed indexed_properties rebuilds the filter index at start (as the upgrade does).
+    server = bench.Server(data_dir, ["--indexed-properties", "os_distro,hw_*"], ready_within=1800)
+    figures["rebuild_s"] = server.startup_seconds
+    figures["rebuild_peak_rss_mib"] = server.rss_kib("VmHWM") / 1024
     server.stop()
     shutil.rmtree(data_dir, ignore_errors=True)
     return results, figures
@@ -117,17 +137,22 @@ def main():
         measured = {size: measure(size, work, args.requests) for size in sizes}
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    header = "query".ljust(26) + "".join(f"{size:>24,}" for size in sizes)
+    largest = sizes[-1]
+    header = "query".ljust(26) + "".join(f"{size:>26,}" for size in sizes) + "   ratio at " + f"{largest:,}"
     print(header)
-    print(" " * 26 + "".join(f"{'median / p99 ms (n)':>24}" for _ in sizes))
-    for label, _ in queries(sizes[0]):
+    print(" " * 26 + "".join(f"{'median / p99 ms (n)':>26}" for _ in sizes) + "   to the default page")
+    baseline = measured[largest][0]["default page (25)"][0]
+    for label, *_ in queries(sizes[0]):
         cells = []
         for size in sizes:
             median, p99, count = measured[size][0][label]
-            cells.append(f"{median:8.1f} / {p99:7.1f} ({count:>4})")
-        print(label.ljust(26) + "".join(f"{cell:>24}" for cell in cells))
-    for name, unit in (("make_s", "s to make"), ("startup_s", "s cold start"), ("rss_mib", "MiB RSS"),
-                       ("db_mib", "MiB database")):
+            cells.append(f"{median:8.2f} / {p99:7.2f} ({count:>4})")
+        ratio = measured[largest][0][label][0] / baseline
+        print(label.ljust(26) + "".join(f"{cell:>26}" for cell in cells) + f"{ratio:>10.2f}")
+    for name, unit in (("make_s", "s to make"), ("startup_s", "s cold start"),
+                       ("rss_mib", "MiB RSS after queries"), ("peak_rss_mib", "MiB peak RSS"),
+                       ("db_mib", "MiB database"), ("rebuild_s", "s to rebuild the index"),
+                       ("rebuild_peak_rss_mib", "MiB peak RSS, rebuild")):
         print(unit.ljust(26) + "".join(f"{measured[size][1][name]:>24.2f}" for size in sizes))
 
 

@@ -74,7 +74,7 @@ def run(argv, **kwargs):
 class Server:
     """One ocellus process on a loopback port."""
 
-    def __init__(self, data_dir, extra=()):
+    def __init__(self, data_dir, extra=(), ready_within=30):
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.log = open(Path(data_dir).parent / f"server-{self.port}.log", "w")
@@ -85,10 +85,10 @@ class Server:
             [str(BIN), "serve", "--listen", f"127.0.0.1:{self.port}", "--data-dir", str(data_dir), *extra],
             stdout=self.log, stderr=subprocess.STDOUT, env=env,
         )
-        self.startup_seconds = self.wait_ready(started)
+        self.startup_seconds = self.wait_ready(started, ready_within)
 
-    def wait_ready(self, started):
-        deadline = started + 30
+    def wait_ready(self, started, ready_within=30):
+        deadline = started + ready_within
         while time.perf_counter() < deadline:
             try:
                 connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=1)
@@ -100,12 +100,12 @@ class Server:
             if self.process.poll() is not None:
                 raise RuntimeError("the server exited during startup")
             time.sleep(0.002)
-        raise RuntimeError("the server did not answer within 30 s")
+        raise RuntimeError(f"the server did not answer within {ready_within} s")
 
-    def rss_kib(self):
+    def rss_kib(self, field="VmRSS"):
         with open(f"/proc/{self.process.pid}/status") as status:
             for line in status:
-                if line.startswith("VmRSS:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1])
         return 0
 

@@ -240,6 +240,7 @@ impl Kv {
                 Some(position) => merged_walk(
                     &tables,
                     &sets[position],
+                    &Prefilter::new(&sets, Some(position)),
                     request.tiebreak,
                     marker.as_ref(),
                     wanted,
@@ -247,6 +248,8 @@ impl Kv {
                 )?,
                 None => index_walk(&tables, request, &sets, marker.as_ref(), wanted, matches)?,
             }
+        } else if single_key_groups(request, &sets) {
+            index_walk(&tables, request, &sets, marker.as_ref(), wanted, matches)?
         } else if let Some((position, _)) = smallest {
             in_memory(
                 &tables,
@@ -269,11 +272,25 @@ impl Kv {
 /// The `[created_at][id]` suffixes of one span, in walk order.
 type SuffixWalk<'a> = Box<dyn Iterator<Item = Result<[u8; 24], KvError>> + 'a>;
 
+/// Whether a set names values of the only sort key (`name=x&sort_key=name`): walking those
+/// groups of the sort index yields the candidates already in order.
+fn single_key_groups(request: &ListRequest<'_>, sets: &[Vec<Source>]) -> bool {
+    match request.sort {
+        [(key, direction)] if *direction == request.tiebreak => sets.iter().any(|sources| {
+            sources.iter().all(|source| {
+                matches!(source, Source::Range { table: IndexTable::Sort, start, order: RangeOrder::Group(_), .. } if start[0] == key.range_start()[0])
+            })
+        }),
+        _ => false,
+    }
+}
+
 /// Walks the spans of one candidate set in creation order (merged, each image once), from
 /// the marker, until `wanted` images match.
 fn merged_walk(
     tables: &Tables,
     sources: &[Source],
+    prefilter: &Prefilter,
     direction: Direction,
     marker: Option<&ImageRecord>,
     wanted: usize,
@@ -400,6 +417,9 @@ fn merged_walk(
             continue;
         }
         last = Some(suffix);
+        if !prefilter.admits(tables, suffix)? {
+            continue;
+        }
         let id = ImageId(suffix[8..].try_into().expect("16 bytes"));
         let Some(record) = tables.load(id)? else {
             return Err(KvError::Corrupt(format!("index names missing image {id}")));
@@ -478,8 +498,8 @@ fn index_walk(
         group_end.extend_from_slice(&[0xff; index::SUFFIX_LEN + 1]);
         (group, group_end)
     });
-    let mut lower: Bound<&[u8]>;
-    let mut upper: Bound<&[u8]>;
+    let lower: Bound<&[u8]>;
+    let upper: Bound<&[u8]>;
     match (first_direction, &marker_key, &group_bound, single) {
         (_, None, _, _) => {
             lower = Bound::Included(&range_start);
@@ -503,35 +523,40 @@ fn index_walk(
         }
         (_, Some(_), None, _) => unreachable!("a marker key always has a group bound"),
     }
-    // A time range on the first key narrows the walk.
-    let time_range = sets.iter().find_map(|sources| match sources.as_slice() {
-        [
-            Source::Range {
-                table: IndexTable::Sort,
-                start,
-                end,
-                order: RangeOrder::CreatedAt | RangeOrder::Unordered,
-            },
-        ] if start[0] == first_key.range_start()[0] => Some((start, end)),
-        _ => None,
-    });
-    if let Some((start, end)) = time_range {
-        lower = tighter_lower(lower, Bound::Included(start.as_slice()));
-        upper = tighter_upper(upper, Bound::Excluded(end.as_slice()));
-    }
-    if !bounds_ordered(lower, upper) {
-        return Ok(Vec::new());
-    }
-    let range = tables.sort.range::<&[u8]>((lower, upper))?;
-    let entries: Box<dyn Iterator<Item = _>> = match first_direction {
-        Direction::Asc => Box::new(range),
-        Direction::Desc => Box::new(range.rev()),
+    // The parts of the first key's index to walk, in walk order: the groups of a set that
+    // names values of the first key (`status=in:…` sorted by status), or a time range on it,
+    // or the whole key.
+    let (walked, mut ranges) = match first_key_ranges(sets, first_key) {
+        Some((position, ranges)) => (Some(position), ranges),
+        None => (None, vec![(range_start.as_slice(), range_end.as_slice())]),
     };
+    let prefilter = Prefilter::new(sets, walked);
+    if first_direction == Direction::Desc {
+        ranges.reverse();
+    }
+    let mut walks = Vec::new();
+    for (start, end) in ranges {
+        let low = tighter_lower(lower, Bound::Included(start));
+        let high = tighter_upper(upper, Bound::Excluded(end));
+        if !bounds_ordered(low, high) {
+            continue;
+        }
+        let range = tables.sort.range::<&[u8]>((low, high))?;
+        let walk: Box<dyn Iterator<Item = _>> = match first_direction {
+            Direction::Asc => Box::new(range),
+            Direction::Desc => Box::new(range.rev()),
+        };
+        walks.push(walk);
+    }
+    let entries = walks.into_iter().flatten();
 
     let mut page: Vec<ImageRecord> = Vec::new();
     if single {
         for entry in entries {
             let (key, _) = entry?;
+            if !prefilter.admits(tables, suffix_of_key(key.value())?)? {
+                continue;
+            }
             let record = tables.load_indexed(key.value())?;
             if matches(&record) {
                 page.push(record);
@@ -578,6 +603,98 @@ fn index_walk(
     }
     flush(&mut group, &mut page);
     Ok(page)
+}
+
+/// `[start, end)` of index keys.
+type KeyRange<'a> = (&'a [u8], &'a [u8]);
+
+/// The ranges of the first sort key's index that hold every candidate, if a set gives them:
+/// groups of values of that key (`status=in:…` when sorting by status), or a time range on
+/// `created_at` or `updated_at`. In ascending order; with the set's position.
+fn first_key_ranges(
+    sets: &[Vec<Source>],
+    first_key: SortKey,
+) -> Option<(usize, Vec<KeyRange<'_>>)> {
+    let tag = first_key.range_start()[0];
+    sets.iter().enumerate().find_map(|(position, sources)| {
+        let mut ranges = Vec::new();
+        for source in sources {
+            match source {
+                Source::Range {
+                    table: IndexTable::Sort,
+                    start,
+                    end,
+                    ..
+                } if start[0] == tag => ranges.push((start.as_slice(), end.as_slice())),
+                _ => return None,
+            }
+        }
+        ranges.sort();
+        Some((position, ranges))
+    })
+}
+
+/// The `[created_at][id]` suffix of an index key.
+fn suffix_of_key(key: &[u8]) -> Result<[u8; 24], KvError> {
+    key.len()
+        .checked_sub(index::SUFFIX_LEN)
+        .and_then(|start| key[start..].try_into().ok())
+        .ok_or_else(|| KvError::Corrupt("short index key".into()))
+}
+
+/// Point lookups that rule a candidate out before its record is read: for each other set
+/// made only of indexed values, whether the image has an entry under one of them. Cheaper
+/// than loading and decoding the record when the walked set is broad and another filter is
+/// narrow (`tag=x&sort_key=name`).
+struct Prefilter {
+    sets: Vec<Vec<(IndexTable, Vec<u8>)>>,
+}
+
+impl Prefilter {
+    fn new(sets: &[Vec<Source>], walked: Option<usize>) -> Prefilter {
+        let mut checks = Vec::new();
+        for (position, sources) in sets.iter().enumerate() {
+            if Some(position) == walked {
+                continue;
+            }
+            let prefixes: Option<Vec<(IndexTable, Vec<u8>)>> = sources
+                .iter()
+                .map(|source| match source {
+                    Source::Range {
+                        table,
+                        start,
+                        order: RangeOrder::Group(length),
+                        ..
+                    } => Some((*table, start[..*length].to_vec())),
+                    _ => None,
+                })
+                .collect();
+            if let Some(prefixes) = prefixes {
+                checks.push(prefixes);
+            }
+        }
+        Prefilter { sets: checks }
+    }
+
+    fn admits(&self, tables: &Tables, suffix: [u8; 24]) -> Result<bool, KvError> {
+        let mut key = Vec::new();
+        for prefixes in &self.sets {
+            let mut found = false;
+            for (table, prefix) in prefixes {
+                key.clear();
+                key.extend_from_slice(prefix);
+                key.extend_from_slice(&suffix);
+                if tables.index(*table).get(key.as_slice())?.is_some() {
+                    found = true;
+                    break;
+                }
+            }
+            if !found {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
 }
 
 /// Whether a range with these bounds is non-empty-shaped (redb refuses reversed ranges).
