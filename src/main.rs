@@ -141,8 +141,21 @@ fn serve(args: &ServeArgs) -> ExitCode {
     let listen = config.listen;
     let data_dir = config.data_dir.clone();
     let result = runtime.block_on(async move {
-        let state = tokio::task::spawn_blocking(move || ocellus::open(config))
-            .await
+        // Opening can take long once: a schema upgrade (or a changed indexed_properties)
+        // builds the filter index, about a minute per million images. Under systemd, the start
+        // timeout is extended while the open is still working.
+        let opening = tokio::spawn(async {
+            loop {
+                notify(&[
+                    sd_notify::NotifyState::ExtendTimeoutUsec(60_000_000),
+                    sd_notify::NotifyState::Status("opening the data directory"),
+                ]);
+                tokio::time::sleep(std::time::Duration::from_secs(20)).await;
+            }
+        });
+        let opened = tokio::task::spawn_blocking(move || ocellus::open(config)).await;
+        opening.abort();
+        let state = opened
             .map_err(|error| error.to_string())?
             .map_err(|error| format!("cannot open {}: {error}", data_dir.display()))?;
         let listener = tokio::net::TcpListener::bind(listen)

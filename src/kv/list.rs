@@ -21,7 +21,7 @@
 use std::collections::HashSet;
 use std::ops::Bound;
 
-use redb::ReadOnlyTable;
+use redb::{ReadOnlyTable, ReadableTableMetadata};
 
 use super::filter::{IndexTable, IndexedProperties, Lookup};
 use super::index::{self, Direction, SortKey};
@@ -220,6 +220,7 @@ impl Kv {
             }
         }
 
+        let catalog = tables.images.len()?;
         let mut smallest: Option<(usize, usize)> = None;
         for (position, sources) in sets.iter().enumerate() {
             let cap = smallest.map_or(PROBE, |(_, count)| count);
@@ -250,7 +251,15 @@ impl Kv {
             }
         } else if single_key_groups(request, &sets) {
             index_walk(&tables, request, &sets, marker.as_ref(), wanted, matches)?
-        } else if let Some((position, _)) = smallest {
+        } else if let Some((position, _)) = smallest.filter(|&(_, count)| {
+            // Sorting a set in memory reads and decodes each of its records; the walk instead
+            // steps through about wanted * catalog / count index entries (if the matches
+            // are spread evenly), each a key and a point lookup, about a quarter of a read.
+            (count as u64)
+                .saturating_mul(count as u64)
+                .saturating_mul(4)
+                <= (wanted as u64).saturating_mul(catalog)
+        }) {
             in_memory(
                 &tables,
                 request,
@@ -642,12 +651,20 @@ fn suffix_of_key(key: &[u8]) -> Result<[u8; 24], KvError> {
         .ok_or_else(|| KvError::Corrupt("short index key".into()))
 }
 
-/// Point lookups that rule a candidate out before its record is read: for each other set
-/// made only of indexed values, whether the image has an entry under one of them. Cheaper
-/// than loading and decoding the record when the walked set is broad and another filter is
-/// narrow (`tag=x&sort_key=name`).
+/// Checks that rule a candidate out before its record is read: for each other set made of
+/// indexed values, ids or a creation-time range, whether the image is in it (a point lookup
+/// of `[prefix][created_at][id]`, a hash lookup, a comparison of the suffix). Cheaper than
+/// loading and decoding the record when the walked set is broad and another is narrow
+/// (`tag=x&sort_key=name`).
 struct Prefilter {
-    sets: Vec<Vec<(IndexTable, Vec<u8>)>>,
+    sets: Vec<Vec<Check>>,
+}
+
+enum Check {
+    Entry(IndexTable, Vec<u8>),
+    Ids(HashSet<ImageId>),
+    /// Encoded `created_at` bounds, `[from, to)`.
+    Created([u8; 8], [u8; 8]),
 }
 
 impl Prefilter {
@@ -657,7 +674,7 @@ impl Prefilter {
             if Some(position) == walked {
                 continue;
             }
-            let prefixes: Option<Vec<(IndexTable, Vec<u8>)>> = sources
+            let set: Option<Vec<Check>> = sources
                 .iter()
                 .map(|source| match source {
                     Source::Range {
@@ -665,12 +682,22 @@ impl Prefilter {
                         start,
                         order: RangeOrder::Group(length),
                         ..
-                    } => Some((*table, start[..*length].to_vec())),
-                    _ => None,
+                    } => Some(Check::Entry(*table, start[..*length].to_vec())),
+                    Source::Range {
+                        start,
+                        end,
+                        order: RangeOrder::CreatedAt,
+                        ..
+                    } => Some(Check::Created(
+                        start.get(1..9)?.try_into().ok()?,
+                        end.get(1..9)?.try_into().ok()?,
+                    )),
+                    Source::Ids(ids) => Some(Check::Ids(ids.iter().copied().collect())),
+                    Source::Range { .. } => None,
                 })
                 .collect();
-            if let Some(prefixes) = prefixes {
-                checks.push(prefixes);
+            if let Some(set) = set {
+                checks.push(set);
             }
         }
         Prefilter { sets: checks }
@@ -678,14 +705,25 @@ impl Prefilter {
 
     fn admits(&self, tables: &Tables, suffix: [u8; 24]) -> Result<bool, KvError> {
         let mut key = Vec::new();
-        for prefixes in &self.sets {
+        for set in &self.sets {
             let mut found = false;
-            for (table, prefix) in prefixes {
-                key.clear();
-                key.extend_from_slice(prefix);
-                key.extend_from_slice(&suffix);
-                if tables.index(*table).get(key.as_slice())?.is_some() {
-                    found = true;
+            for check in set {
+                found = match check {
+                    Check::Entry(table, prefix) => {
+                        key.clear();
+                        key.extend_from_slice(prefix);
+                        key.extend_from_slice(&suffix);
+                        tables.index(*table).get(key.as_slice())?.is_some()
+                    }
+                    Check::Ids(ids) => {
+                        ids.contains(&ImageId(suffix[8..].try_into().expect("16 bytes")))
+                    }
+                    Check::Created(from, to) => {
+                        let created = &suffix[..8];
+                        created >= from.as_slice() && created < to.as_slice()
+                    }
+                };
+                if found {
                     break;
                 }
             }
