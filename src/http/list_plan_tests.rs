@@ -123,9 +123,9 @@ fn random_query(rng: &mut StdRng, ids: &[ImageId]) -> String {
     for _ in 0..filters {
         let part = match rng.gen_range(0..22) {
             0 => "name=a".to_owned(),
-            1 => "name=in:a,ab,zzz".to_owned(),
+            1 => "name=in:a,ab,zzz,a".to_owned(),
             2 => "status=active".to_owned(),
-            3 => "status=in:queued,saving".to_owned(),
+            3 => "status=in:queued,saving,queued".to_owned(),
             4 => format!("visibility={}", pick(rng, &VISIBILITIES).as_str()),
             5 => "visibility=all".to_owned(),
             6 => format!("owner={}", pick(rng, &["p1", "p2", "nobody"])),
@@ -256,6 +256,52 @@ fn brute_force(
     records.into_iter().map(|record| record.id).collect()
 }
 
+/// The images brute force lists after `marker` (not necessarily one of them).
+fn brute_force_after(
+    kv: &Kv,
+    ids: &[ImageId],
+    params: &list_query::ListParams,
+    caller: &Caller,
+    marker: &ImageRecord,
+) -> Vec<ImageId> {
+    let request = ListRequest {
+        sort: &params.sort,
+        tiebreak: params.tiebreak,
+        marker: None,
+        limit: 0,
+        candidates: Vec::new(),
+    };
+    brute_force(kv, ids, params, caller)
+        .into_iter()
+        .filter(|&id| {
+            let record = kv.image(id).unwrap().unwrap();
+            crate::kv::compare_records(&request, marker, &record) == std::cmp::Ordering::Less
+        })
+        .collect()
+}
+
+/// One planned page after `marker`, and whether more follow.
+fn first_page(
+    kv: &Kv,
+    params: &list_query::ListParams,
+    caller: &Caller,
+    marker: ImageId,
+) -> (Vec<ImageId>, bool) {
+    let request = ListRequest {
+        sort: &params.sort,
+        tiebreak: params.tiebreak,
+        marker: Some(marker),
+        limit: params.limit,
+        candidates: params.filters.candidates(caller),
+    };
+    let visible = |record: &ImageRecord| caller.can_see(record);
+    let matches = |record: &ImageRecord| params.filters.matches(record, caller);
+    match kv.list_images(&request, &visible, &matches).unwrap() {
+        ListOutcome::Page { images, more } => (images.iter().map(|image| image.id).collect(), more),
+        ListOutcome::MarkerNotFound => panic!("the marker {marker} was not found"),
+    }
+}
+
 fn check_catalog(seed: u64) {
     let mut rng = StdRng::seed_from_u64(seed);
     let dir = tempfile::tempdir().unwrap();
@@ -343,6 +389,20 @@ fn check_catalog(seed: u64) {
                 );
                 let scanned = planned(&kv, &params, caller, false);
                 assert_eq!(scanned, expected, "unplanned: seed {seed}, query {query}");
+                // A marker anywhere (any image the caller can see, matching or not, as when
+                // an image changed since the client's last page): the page after it.
+                let marker = kv.image(pick(&mut rng, &ids)).unwrap();
+                if let Some(marker) = marker.filter(|record| caller.can_see(record)) {
+                    let mut after = brute_force_after(&kv, &ids, &params, caller, &marker);
+                    let more = after.len() > params.limit;
+                    after.truncate(params.limit);
+                    assert_eq!(
+                        first_page(&kv, &params, caller, marker.id),
+                        (after, more),
+                        "seed {seed}, query {query}, marker {}",
+                        marker.id
+                    );
+                }
             }
         }
     }

@@ -143,6 +143,11 @@ impl Filters {
         let one = |lookup: Lookup| Candidates(vec![Span::Lookup(lookup)]);
         let any_of =
             |lookups: Vec<Lookup>| Candidates(lookups.into_iter().map(Span::Lookup).collect());
+        // One span per distinct value: `in:a,a,…` must not multiply the work.
+        let distinct = |values: &[String]| -> Vec<String> {
+            let set: std::collections::BTreeSet<&String> = values.iter().collect();
+            set.into_iter().cloned().collect()
+        };
         let mut sets = Vec::new();
         if let Some(ids) = &self.ids {
             // Only the canonical spelling of an id can equal one.
@@ -165,7 +170,9 @@ impl Filters {
             });
         }
         if let Some(names) = &self.names {
-            sets.push(any_of(names.iter().cloned().map(Lookup::Name).collect()));
+            sets.push(any_of(
+                distinct(names).into_iter().map(Lookup::Name).collect(),
+            ));
         }
         for tag in &self.tags {
             sets.push(one(Lookup::Tag(tag.clone())));
@@ -229,21 +236,29 @@ impl Filters {
         }
         if let Some(formats) = &self.disk_formats {
             sets.push(any_of(
-                formats.iter().cloned().map(Lookup::DiskFormat).collect(),
+                distinct(formats)
+                    .into_iter()
+                    .map(Lookup::DiskFormat)
+                    .collect(),
             ));
         }
         if let Some(formats) = &self.container_formats {
             sets.push(any_of(
-                formats
-                    .iter()
-                    .cloned()
+                distinct(formats)
+                    .into_iter()
                     .map(Lookup::ContainerFormat)
                     .collect(),
             ));
         }
         if let Some(statuses) = &self.statuses {
+            let mut distinct_statuses: Vec<ImageStatus> = Vec::new();
+            for status in statuses {
+                if !distinct_statuses.contains(status) {
+                    distinct_statuses.push(*status);
+                }
+            }
             sets.push(any_of(
-                statuses.iter().copied().map(Lookup::Status).collect(),
+                distinct_statuses.into_iter().map(Lookup::Status).collect(),
             ));
         }
         sets

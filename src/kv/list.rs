@@ -81,8 +81,14 @@ impl Source {
         let time_range = |key: SortKey, from: i64, to: i64, order| {
             let mut start = key.range_start();
             start.extend_from_slice(&index::encode_time(from));
-            let mut end = key.range_start();
-            end.extend_from_slice(&index::encode_time(to));
+            // No upper bound: to the end of the key's entries (`to` is exclusive).
+            let end = if to == i64::MAX {
+                key.range_end()
+            } else {
+                let mut end = key.range_start();
+                end.extend_from_slice(&index::encode_time(to));
+                end
+            };
             Source::Range {
                 table: IndexTable::Sort,
                 start,
@@ -306,7 +312,7 @@ fn merged_walk(
     matches: &dyn Fn(&ImageRecord) -> bool,
 ) -> Result<Vec<ImageRecord>, KvError> {
     let after = marker.map(super::filter::suffix_of);
-    let mut walks: Vec<std::iter::Peekable<SuffixWalk<'_>>> = Vec::new();
+    let mut walks: Vec<SuffixWalk<'_>> = Vec::new();
     for source in sources {
         let walk: SuffixWalk<'_> = match source {
             Source::Ids(ids) => {
@@ -390,38 +396,30 @@ fn merged_walk(
                 }
             }
         };
-        walks.push(walk.peekable());
+        walks.push(walk);
     }
 
+    // The next suffix of every walk in a max-heap, so that a step costs the logarithm of the
+    // number of spans; ascending walks push the complemented bytes, which order the other way.
+    let ordered = |suffix: [u8; 24]| match direction {
+        Direction::Asc => suffix.map(|byte| !byte),
+        Direction::Desc => suffix,
+    };
+    let mut heads = std::collections::BinaryHeap::new();
+    for (position, walk) in walks.iter_mut().enumerate() {
+        if let Some(suffix) = walk.next().transpose()? {
+            heads.push((ordered(suffix), position, suffix));
+        }
+    }
     let mut page = Vec::new();
     let mut last: Option<[u8; 24]> = None;
     while page.len() < wanted {
-        // The next suffix of all walks in the walk's direction.
-        let mut next: Option<(usize, [u8; 24])> = None;
-        for (position, walk) in walks.iter_mut().enumerate() {
-            let suffix = match walk.peek() {
-                None => continue,
-                Some(Ok(suffix)) => *suffix,
-                Some(Err(_)) => {
-                    return Err(walk
-                        .next()
-                        .and_then(Result::err)
-                        .unwrap_or_else(|| KvError::Corrupt("index walk".into())));
-                }
-            };
-            let better = match (next, direction) {
-                (None, _) => true,
-                (Some((_, best)), Direction::Asc) => suffix < best,
-                (Some((_, best)), Direction::Desc) => suffix > best,
-            };
-            if better {
-                next = Some((position, suffix));
-            }
-        }
-        let Some((position, suffix)) = next else {
+        let Some((_, position, suffix)) = heads.pop() else {
             break;
         };
-        walks[position].next();
+        if let Some(next) = walks[position].next().transpose()? {
+            heads.push((ordered(next), position, next));
+        }
         if last == Some(suffix) {
             continue;
         }
@@ -578,19 +576,19 @@ fn index_walk(
     }
     let comparator =
         |left: &ImageRecord, right: &ImageRecord| compare_records(request, left, right);
-    let mut skipping_to = marker.map(|record| record.id);
     let mut group_key: Vec<u8> = Vec::new();
     let mut group: Vec<ImageRecord> = Vec::new();
-    let mut flush = |group: &mut Vec<ImageRecord>, page: &mut Vec<ImageRecord>| {
+    let flush = |group: &mut Vec<ImageRecord>, page: &mut Vec<ImageRecord>| {
         group.sort_by(comparator);
         for record in group.drain(..) {
             if page.len() == wanted {
                 break;
             }
-            if let Some(marker) = skipping_to {
-                if record.id == marker {
-                    skipping_to = None;
-                }
+            // Only what comes after the marker in the listing's order (the marker itself need
+            // not be among the walked images: the walk may be narrowed past its group).
+            if marker.is_some_and(|marker| {
+                compare_records(request, marker, &record) != std::cmp::Ordering::Less
+            }) {
                 continue;
             }
             if matches(&record) {
@@ -639,6 +637,7 @@ fn first_key_ranges(
             }
         }
         ranges.sort();
+        ranges.dedup();
         Some((position, ranges))
     })
 }
