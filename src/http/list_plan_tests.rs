@@ -234,19 +234,24 @@ fn planned(kv: &Kv, params: &list_query::ListParams, caller: &Caller, plan: bool
     panic!("paging did not end");
 }
 
+/// A request carrying only the order of `params`, for `compare_records`.
+fn order_of(params: &list_query::ListParams) -> ListRequest<'_> {
+    ListRequest {
+        sort: &params.sort,
+        tiebreak: params.tiebreak,
+        marker: None,
+        limit: 0,
+        candidates: Vec::new(),
+    }
+}
+
 fn brute_force(
     kv: &Kv,
     ids: &[ImageId],
     params: &list_query::ListParams,
     caller: &Caller,
 ) -> Vec<ImageId> {
-    let request = ListRequest {
-        sort: &params.sort,
-        tiebreak: params.tiebreak,
-        marker: None,
-        limit: 0,
-        candidates: Vec::new(),
-    };
+    let request = order_of(params);
     let mut records: Vec<ImageRecord> = ids
         .iter()
         .filter_map(|&id| kv.image(id).unwrap())
@@ -264,13 +269,7 @@ fn brute_force_after(
     caller: &Caller,
     marker: &ImageRecord,
 ) -> Vec<ImageId> {
-    let request = ListRequest {
-        sort: &params.sort,
-        tiebreak: params.tiebreak,
-        marker: None,
-        limit: 0,
-        candidates: Vec::new(),
-    };
+    let request = order_of(params);
     brute_force(kv, ids, params, caller)
         .into_iter()
         .filter(|&id| {
