@@ -929,6 +929,9 @@ impl Kv {
         copy_table(&source, &target, META)?;
         copy_table(&source, &target, IMAGES)?;
         copy_table(&source, &target, IMAGE_SORT_INDEX)?;
+        // With its settings row, so a restore starts without rebuilding the filter index.
+        copy_table(&source, &target, IMAGE_FILTER_INDEX)?;
+        copy_table(&source, &target, SETTINGS)?;
         copy_table(&source, &target, DELETED_IMAGES)?;
         copy_table(&source, &target, BLOBS)?;
         copy_table(&source, &target, BLOB_COPIES)?;
@@ -1638,5 +1641,34 @@ mod tests {
         let kv = Kv::open_with_cache(&path, DEFAULT_CACHE_SIZE, Some(&notes)).unwrap();
         assert!(indexed_ids(&kv, Lookup::Tag("t".into())).is_empty());
         assert_eq!(indexed_ids(&kv, note()), vec![2, 4]);
+    }
+
+    /// A backup's database copy carries the filter index and what it was built with, so the
+    /// restored directory starts without rebuilding it.
+    #[test]
+    fn snapshots_carry_the_filter_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let kv = Kv::open(&dir.path().join("kv.redb")).unwrap();
+        let mut record = image(1, Digest([1; 32]), &["fs"]);
+        record.tags = vec!["nightly".into()];
+        kv.insert_images(&[record]).unwrap();
+        let copy = dir.path().join("copy.redb");
+        kv.snapshot(&copy).unwrap();
+        let database = Database::open(&copy).unwrap();
+        let transaction = database.begin_read().unwrap();
+        let settings = transaction.open_table(SETTINGS).unwrap();
+        assert_eq!(
+            settings.get("indexed_properties").unwrap().unwrap().value(),
+            IndexedProperties::default_set().to_text()
+        );
+        let filter_index = transaction.open_table(IMAGE_FILTER_INDEX).unwrap();
+        let (_, tag) = Lookup::Tag("nightly".into())
+            .prefix(&IndexedProperties::default_set())
+            .unwrap();
+        let mut key = tag;
+        key.extend_from_slice(&filter::suffix_of(
+            &kv.image(ImageId([1; 16])).unwrap().unwrap(),
+        ));
+        assert!(filter_index.get(key.as_slice()).unwrap().is_some());
     }
 }
