@@ -77,6 +77,8 @@ pub struct Metrics {
     blob_bytes: Gauge,
     dedupe_saved: Gauge,
     quarantined: Gauge,
+    download_reads: Gauge,
+    shared_download_reads: Gauge,
     scrub_passes: Gauge,
     scrub_checked: Gauge,
     scrub_checked_bytes: Gauge,
@@ -201,6 +203,18 @@ impl Metrics {
             "Blobs no image references, kept in quarantine until their grace ends",
             None,
         );
+        let download_reads = gauge(
+            &mut registry,
+            "download_reads",
+            "Reads of stored bytes done for downloads since the server started, each verified",
+            None,
+        );
+        let shared_download_reads = gauge(
+            &mut registry,
+            "download_shared_reads",
+            "Download reads answered with the verified bytes of another download of the same image, since the server started",
+            None,
+        );
         let scrub_passes = gauge(
             &mut registry,
             "scrub_passes",
@@ -318,6 +332,8 @@ impl Metrics {
             blob_bytes,
             dedupe_saved,
             quarantined,
+            download_reads,
+            shared_download_reads,
             scrub_passes,
             scrub_checked,
             scrub_checked_bytes,
@@ -427,6 +443,9 @@ impl Metrics {
         self.blob_bytes.set(signed(store.blob_bytes));
         self.dedupe_saved.set(signed(store.dedupe_saved_bytes));
         self.quarantined.set(signed(store.quarantined_blobs));
+        self.download_reads.set(signed(store.download_reads));
+        self.shared_download_reads
+            .set(signed(store.shared_download_reads));
         self.scrub_passes.set(signed(scrub.passes));
         self.scrub_checked.set(signed(scrub.checked_blobs));
         self.scrub_checked_bytes.set(signed(scrub.checked_bytes));

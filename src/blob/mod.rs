@@ -30,6 +30,7 @@ pub mod outboard;
 pub mod pool;
 pub mod qcow2;
 pub mod s3;
+mod shared;
 mod writer;
 pub mod zeros;
 
@@ -63,6 +64,8 @@ const PREFETCH_AHEAD: u64 = 32 << 20;
 /// The window moves in steps of this size: one hint per 4 MiB read, so the kernel submits
 /// requests as large as the device takes (`max_sectors_kb`) rather than one per 256 KiB read.
 const PREFETCH_STEP: u64 = 4 << 20;
+/// The most recently read bytes kept for concurrent downloads of the same blob to share.
+const SHARED_READS: usize = 64 << 20;
 /// Read buffers kept for reuse per download: those in flight, the channel's, and a few held by
 /// the HTTP layer while it writes them.
 const READ_POOL: usize = READ_AHEAD + CHANNEL_DEPTH + 4;
@@ -323,6 +326,8 @@ pub struct BlobStore {
     backend: Arc<dyn Backend>,
     pool: Arc<TransferPool>,
     locks: Vec<Mutex<()>>,
+    /// Reads shared by concurrent downloads of one blob.
+    shared: Arc<shared::SharedReads>,
     /// `SEND_STALL`, shortened by tests.
     send_stall: std::time::Duration,
 }
@@ -333,8 +338,15 @@ impl BlobStore {
             backend,
             pool,
             locks: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
+            shared: shared::SharedReads::new(SHARED_READS, READ_SIZE),
             send_stall: SEND_STALL,
         }
+    }
+
+    /// Reads done for downloads since start, and those answered with the bytes another
+    /// download of the same blob read (see `shared`).
+    pub fn download_reads(&self) -> (u64, u64) {
+        self.shared.counts()
     }
 
     pub fn backend(&self) -> &dyn Backend {
@@ -600,6 +612,9 @@ impl BlobStore {
             size: blob.verifier.size(),
             verifier: Arc::new(Mutex::new(blob.verifier)),
             pool: self.pool.clone(),
+            reader: self.shared.reader(digest),
+            shared: self.shared.clone(),
+            digest,
             offset,
             length,
             stall: self.send_stall,
@@ -700,6 +715,10 @@ struct Reading {
     size: u64,
     verifier: Arc<Mutex<Verifier<StoredOutboard>>>,
     pool: Arc<TransferPool>,
+    /// This download's registration with `shared`, and the blob's digest.
+    reader: shared::Reader,
+    shared: Arc<shared::SharedReads>,
+    digest: Digest,
     offset: u64,
     length: u64,
     stall: std::time::Duration,
@@ -719,42 +738,76 @@ impl Reading {
         let mut in_flight = VecDeque::new();
         loop {
             while in_flight.len() < READ_AHEAD && next < end {
-                let want = READ_SIZE.min(usize::try_from(end - next).unwrap_or(READ_SIZE));
-                let mut buffer = buffers.take();
+                // Reads end on multiples of READ_SIZE, so that downloads of different ranges
+                // meet on the same reads (a range's first read may be shorter).
+                let to_boundary = READ_SIZE as u64 - next % READ_SIZE as u64;
+                let want = usize::try_from(to_boundary.min(end - next)).unwrap_or(READ_SIZE);
                 let source = self.source.clone();
                 let verifier = self.verifier.clone();
                 let at = next;
-                let first = at == span.start;
-                in_flight.push_back((
-                    at,
-                    self.pool.spawn(move || {
-                        // The first read asks for the whole window; each read that starts a
-                        // new step asks for the step that enters it, so the window slides
-                        // along with the reads.
-                        if first {
-                            source.prefetch(at, PREFETCH_AHEAD.min(end - at));
-                        } else if (at - span.start).is_multiple_of(PREFETCH_STEP)
-                            && at + PREFETCH_AHEAD - PREFETCH_STEP < end
-                        {
-                            let from = at + PREFETCH_AHEAD - PREFETCH_STEP;
-                            source.prefetch(from, PREFETCH_STEP.min(end - from));
-                        }
-                        read_verified(
-                            source.as_ref(),
-                            &verifier,
-                            &mut buffer.window()[..want],
-                            at,
-                        )?;
-                        Ok::<_, io::Error>((buffer, want))
-                    }),
-                ));
+                // The first read asks for the whole prefetch window; each read that starts a
+                // new step asks for the step that enters it, so the window slides along.
+                let prefetch = if at == span.start {
+                    Some((at, PREFETCH_AHEAD.min(end - at)))
+                } else if at.is_multiple_of(PREFETCH_STEP)
+                    && at + PREFETCH_AHEAD - PREFETCH_STEP < end
+                {
+                    let from = at + PREFETCH_AHEAD - PREFETCH_STEP;
+                    Some((from, PREFETCH_STEP.min(end - from)))
+                } else {
+                    None
+                };
+                let read = move |bytes: &mut [u8]| {
+                    if let Some((from, length)) = prefetch {
+                        source.prefetch(from, length);
+                    }
+                    read_verified(source.as_ref(), &verifier, bytes, at)
+                };
+                if self.shared.crowded(&self.reader) {
+                    // Other downloads of this blob run: read and verify once for all of them,
+                    // into a buffer of its own that they share.
+                    let (shared, pool, digest) =
+                        (self.shared.clone(), self.pool.clone(), self.digest);
+                    in_flight.push_back((
+                        at,
+                        InFlight::Shared(tokio::spawn(async move {
+                            let buffers = shared.clone();
+                            let load = async move {
+                                pool.spawn(move || {
+                                    let mut buffer = buffers.take();
+                                    read(&mut buffer.window()[..want])?;
+                                    Ok::<_, io::Error>(buffers.lend(buffer, want))
+                                })
+                                .wait()
+                                .await?
+                            };
+                            shared.read(digest, at, want, load).await
+                        })),
+                    ));
+                } else {
+                    self.shared.count_own_read();
+                    let mut buffer = buffers.take();
+                    in_flight.push_back((
+                        at,
+                        InFlight::Own(self.pool.spawn(move || {
+                            read(&mut buffer.window()[..want])?;
+                            Ok::<_, io::Error>((buffer, want))
+                        })),
+                    ));
+                }
                 next += want as u64;
             }
             let Some((at, job)) = in_flight.pop_front() else {
                 return Ok(());
             };
-            let (buffer, read) = job.wait().await??;
-            let bytes = buffers.lend(buffer, read);
+            let bytes = match job {
+                InFlight::Own(job) => {
+                    let (buffer, read) = job.wait().await??;
+                    buffers.lend(buffer, read)
+                }
+                InFlight::Shared(task) => task.await.map_err(io::Error::other)??,
+            };
+            let read = bytes.len();
             let from = wanted.start.max(at) - at;
             let to = wanted.end.min(at + read as u64) - at;
             if !give(
@@ -768,6 +821,12 @@ impl Reading {
             }
         }
     }
+}
+
+/// A read under way for a download: on its own buffer, or shared with other downloads.
+enum InFlight {
+    Own(pool::Pending<io::Result<(buffers::Buffer, usize)>>),
+    Shared(tokio::task::JoinHandle<io::Result<Bytes>>),
 }
 
 /// Fills `bytes` from the blob at `at` and checks them against the outboard; a blob that ends

@@ -239,6 +239,10 @@ pub struct StoreStats {
     pub quarantined_blobs: u64,
     pub uploads_in_flight: u64,
     pub downloads_in_flight: u64,
+    /// Reads of stored bytes done for downloads since start (each verified), and reads that
+    /// concurrent downloads of one image took from another's verified read instead.
+    pub download_reads: u64,
+    pub shared_download_reads: u64,
 }
 
 /// One project's use of the store.
@@ -626,6 +630,16 @@ impl Store {
             quarantined_blobs: self.backend().quarantined()? as u64,
             uploads_in_flight: in_flight(&self.uploads, self.limits.max_uploads.max(1)),
             downloads_in_flight: in_flight(&self.downloads, self.limits.max_downloads.max(1)),
+            download_reads: self
+                .places
+                .iter()
+                .map(|place| place.blobs.download_reads().0)
+                .sum(),
+            shared_download_reads: self
+                .places
+                .iter()
+                .map(|place| place.blobs.download_reads().1)
+                .sum(),
         })
     }
 

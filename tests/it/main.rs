@@ -3,6 +3,7 @@
 
 mod common;
 mod data;
+mod fanout;
 mod formats;
 mod images;
 mod import;
