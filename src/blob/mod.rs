@@ -65,7 +65,7 @@ const PREFETCH_AHEAD: u64 = 32 << 20;
 /// requests as large as the device takes (`max_sectors_kb`) rather than one per 256 KiB read.
 const PREFETCH_STEP: u64 = 4 << 20;
 /// The most recently read bytes kept for concurrent downloads of the same blob to share.
-const SHARED_READS: usize = 64 << 20;
+const SHARED_READS: usize = 256 << 20;
 /// Read buffers kept for reuse per download: those in flight, the channel's, and a few held by
 /// the HTTP layer while it writes them.
 const READ_POOL: usize = READ_AHEAD + CHANNEL_DEPTH + 4;

@@ -31,6 +31,10 @@ type Key = (Digest, u64, usize);
 /// One read's outcome, shared by every download waiting for it.
 type Outcome = Result<Bytes, Arc<io::Error>>;
 
+/// Buffers kept for reuse (8 MiB of 256 KiB reads); more are allocated while a fan-out
+/// needs them and freed after.
+const KEEP_BUFFERS: usize = 32;
+
 /// The shared reads of one store's blobs.
 pub struct SharedReads {
     inner: Mutex<Inner>,
@@ -90,10 +94,7 @@ impl SharedReads {
         Arc::new(SharedReads {
             inner: Mutex::new(Inner::default()),
             capacity,
-            buffers: Mutex::new(BufferPool::new(
-                buffer_size,
-                capacity / buffer_size.max(1) + 8,
-            )),
+            buffers: Mutex::new(BufferPool::new(buffer_size, KEEP_BUFFERS)),
             loads: AtomicU64::new(0),
             shares: AtomicU64::new(0),
         })
