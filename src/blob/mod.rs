@@ -612,7 +612,7 @@ impl BlobStore {
             size: blob.verifier.size(),
             verifier: Arc::new(Mutex::new(blob.verifier)),
             pool: self.pool.clone(),
-            reader: self.shared.reader(digest),
+            reader: self.shared.reader(digest, offset),
             shared: self.shared.clone(),
             digest,
             offset,
@@ -800,6 +800,7 @@ impl Reading {
             let Some((at, job)) = in_flight.pop_front() else {
                 return Ok(());
             };
+            self.reader.passed(at);
             let bytes = match job {
                 InFlight::Own(job) => {
                     let (buffer, read) = job.wait().await??;

@@ -49,8 +49,8 @@ pub struct SharedReads {
 
 #[derive(Default)]
 struct Inner {
-    /// Downloads running per blob.
-    readers: HashMap<Digest, usize>,
+    /// Downloads running per blob, each with the offset it has read up to.
+    readers: HashMap<Digest, Vec<Arc<AtomicU64>>>,
     /// Reads by blob, offset and length: done, or being done by one download.
     reads: HashMap<Key, Arc<OnceCell<Outcome>>>,
     /// The same keys in the order they were added, for eviction.
@@ -58,18 +58,60 @@ struct Inner {
     bytes: usize,
 }
 
+impl Inner {
+    /// Forgets the reads that end before every running download of their blob.
+    fn forget_passed(&mut self) {
+        let slowest: HashMap<Digest, u64> = self
+            .readers
+            .iter()
+            .map(|(digest, positions)| {
+                let least = positions
+                    .iter()
+                    .map(|position| position.load(Ordering::Relaxed))
+                    .min()
+                    .unwrap_or(u64::MAX);
+                (*digest, least)
+            })
+            .collect();
+        let passed = |&(digest, at, size): &Key| {
+            at + size as u64 <= slowest.get(&digest).copied().unwrap_or(u64::MAX)
+        };
+        let mut freed = 0;
+        let reads = &mut self.reads;
+        self.order.retain(|key| {
+            if passed(key) {
+                reads.remove(key);
+                freed += key.2;
+                false
+            } else {
+                true
+            }
+        });
+        self.bytes -= freed;
+    }
+}
+
 /// A download's registration as a reader of its blob; dropping it ends the registration.
 pub struct Reader {
     reads: Arc<SharedReads>,
     digest: Digest,
+    /// Where the download is: it needs no read that ends before this offset.
+    position: Arc<AtomicU64>,
+}
+
+impl Reader {
+    /// The download has what it needs from before `offset`.
+    pub fn passed(&self, offset: u64) {
+        self.position.store(offset, Ordering::Relaxed);
+    }
 }
 
 impl Drop for Reader {
     fn drop(&mut self) {
         let mut inner = self.reads.lock();
-        if let Some(count) = inner.readers.get_mut(&self.digest) {
-            *count -= 1;
-            if *count == 0 {
+        if let Some(positions) = inner.readers.get_mut(&self.digest) {
+            positions.retain(|position| !Arc::ptr_eq(position, &self.position));
+            if positions.is_empty() {
                 inner.readers.remove(&self.digest);
                 // The last reader gone: its blob's kept reads go too.
                 let digest = self.digest;
@@ -136,12 +178,18 @@ impl SharedReads {
         )
     }
 
-    /// Registers a download of `digest` for as long as the `Reader` lives.
-    pub fn reader(self: &Arc<Self>, digest: Digest) -> Reader {
-        *self.lock().readers.entry(digest).or_default() += 1;
+    /// Registers a download of `digest` from `offset` for as long as the `Reader` lives.
+    pub fn reader(self: &Arc<Self>, digest: Digest, offset: u64) -> Reader {
+        let position = Arc::new(AtomicU64::new(offset));
+        self.lock()
+            .readers
+            .entry(digest)
+            .or_default()
+            .push(position.clone());
         Reader {
             reads: self.clone(),
             digest,
+            position,
         }
     }
 
@@ -150,7 +198,7 @@ impl SharedReads {
         self.lock()
             .readers
             .get(&reader.digest)
-            .is_some_and(|&count| count > 1)
+            .is_some_and(|positions| positions.len() > 1)
     }
 
     /// The read of `size` bytes at `at` of the reader's blob: the one already done or under
@@ -169,8 +217,11 @@ impl SharedReads {
                     inner.reads.insert(key, cell.clone());
                     inner.order.push_back(key);
                     inner.bytes += size;
-                    // Forget the oldest reads past the capacity; downloads holding their bytes
-                    // keep them alive until sent.
+                    // Past the capacity, forget first the reads every download of their blob
+                    // has passed, then the oldest; downloads holding bytes keep them until sent.
+                    if inner.bytes > self.capacity {
+                        inner.forget_passed();
+                    }
                     while inner.bytes > self.capacity {
                         let Some(old) = inner.order.pop_front() else {
                             break;
@@ -222,9 +273,9 @@ mod tests {
     async fn concurrent_readers_share_one_load_and_failures_are_retried() {
         let reads = SharedReads::new(1 << 20, 8);
         let digest = Digest([3; 32]);
-        let first = reads.reader(digest);
+        let first = reads.reader(digest, 0);
         assert!(!reads.crowded(&first));
-        let second = reads.reader(digest);
+        let second = reads.reader(digest, 0);
         assert!(reads.crowded(&first));
         let loads = Arc::new(AtomicUsize::new(0));
         let load = |loads: Arc<AtomicUsize>| async move {
@@ -262,7 +313,7 @@ mod tests {
     async fn kept_reads_stay_within_the_capacity() {
         let reads = SharedReads::new(16, 8);
         let digest = Digest([4; 32]);
-        let _reader = reads.reader(digest);
+        let _reader = reads.reader(digest, 0);
         for at in 0..10u64 {
             reads
                 .read(digest, at * 8, 8, async { Ok(Bytes::from(vec![0u8; 8])) })
@@ -272,5 +323,40 @@ mod tests {
         let inner = reads.lock();
         assert_eq!(inner.bytes, 16);
         assert_eq!(inner.reads.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn reads_every_download_has_passed_go_first() {
+        // Room for three reads of 8 bytes.
+        let reads = SharedReads::new(24, 8);
+        let digest = Digest([5; 32]);
+        let ahead = reads.reader(digest, 0);
+        let behind = reads.reader(digest, 0);
+        let read = |at: u64| {
+            let reads = &reads;
+            async move {
+                reads
+                    .read(digest, at, 8, async { Ok(Bytes::from(vec![0u8; 8])) })
+                    .await
+                    .unwrap()
+            }
+        };
+        for at in [0, 8, 16] {
+            read(at).await;
+        }
+        // Both have passed the first read; the one behind still needs the second.
+        ahead.passed(24);
+        behind.passed(8);
+        read(24).await;
+        let kept = |reads: &SharedReads| {
+            let mut offsets: Vec<u64> = reads.lock().reads.keys().map(|key| key.1).collect();
+            offsets.sort();
+            offsets
+        };
+        assert_eq!(kept(&reads), vec![8, 16, 24]);
+        // Nothing passed by both: the oldest goes.
+        read(32).await;
+        assert_eq!(kept(&reads), vec![16, 24, 32]);
+        drop((ahead, behind));
     }
 }
