@@ -42,20 +42,6 @@ class ConcurrentSendfileServer(bench.SendfileServer):
                 return
             threading.Thread(target=self.answer, args=(connection,), daemon=True).start()
 
-    def answer(self, connection):
-        with connection:
-            connection.settimeout(bench.TIMEOUT)
-            received = b""
-            while b"\r\n\r\n" not in received:
-                more = connection.recv(4096)
-                if not more:
-                    return
-                received += more
-            head = f"HTTP/1.1 200 OK\r\nContent-Length: {self.size}\r\nConnection: close\r\n\r\n"
-            connection.sendall(head.encode())
-            with open(self.path, "rb") as file:
-                connection.sendfile(file)
-
 
 def fan_out(url, clients, size):
     """Starts `clients` downloads at once; returns (aggregate MiB/s, completion times)."""

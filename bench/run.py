@@ -254,18 +254,22 @@ class SendfileServer:
                 connection, _ = self.listener.accept()
             except OSError:
                 return
-            with connection:
-                connection.settimeout(TIMEOUT)
-                received = b""
-                while b"\r\n\r\n" not in received:
-                    more = connection.recv(4096)
-                    if not more:
-                        break
-                    received += more
-                head = f"HTTP/1.1 200 OK\r\nContent-Length: {self.size}\r\nConnection: close\r\n\r\n"
-                connection.sendall(head.encode())
-                with open(self.path, "rb") as file:
-                    connection.sendfile(file)
+            self.answer(connection)
+
+    def answer(self, connection):
+        """Reads one request head and answers it with the whole file."""
+        with connection:
+            connection.settimeout(TIMEOUT)
+            received = b""
+            while b"\r\n\r\n" not in received:
+                more = connection.recv(4096)
+                if not more:
+                    return
+                received += more
+            head = f"HTTP/1.1 200 OK\r\nContent-Length: {self.size}\r\nConnection: close\r\n\r\n"
+            connection.sendall(head.encode())
+            with open(self.path, "rb") as file:
+                connection.sendfile(file)
 
     def close(self):
         # shutdown wakes the accept() blocked in the serving thread; close alone does not.
