@@ -215,22 +215,9 @@ mod tests {
 
     fn image(owner: &str, visibility: Visibility) -> ImageRecord {
         ImageRecord {
-            id: ImageId([1; 16]),
-            name: None,
             status: ImageStatus::Active,
             visibility,
-            protected: false,
-            os_hidden: false,
-            owner: Some(owner.into()),
-            disk_format: None,
-            container_format: None,
-            min_ram: 0,
-            min_disk: 0,
-            data: None,
-            created_at: 0,
-            updated_at: 0,
-            tags: Vec::new(),
-            properties: Default::default(),
+            ..ImageRecord::new(ImageId([1; 16]), Some(owner.into()), 0)
         }
     }
 

@@ -13,9 +13,7 @@ use super::wire::{
 use super::{
     AppState, BaseUrl, Error, JsonBody, blocking, list_query, no_content, read_small_body,
 };
-use crate::kv::{
-    ImageId, ImageRecord, ImageStatus, InsertOutcome, ListOutcome, ListRequest, Visibility,
-};
+use crate::kv::{ImageId, ImageRecord, ImageStatus, InsertOutcome, ListOutcome, ListRequest};
 use crate::policy::Caller;
 
 /// The JSON-patch media types Glance accepts on PATCH.
@@ -81,24 +79,7 @@ pub fn new_image(
     limits: &crate::config::PerImageQuotas,
 ) -> Result<ImageRecord, Error> {
     let now = now_micros();
-    let mut record = ImageRecord {
-        id: ImageId::random(),
-        name: None,
-        status: ImageStatus::Queued,
-        visibility: Visibility::Shared,
-        protected: false,
-        os_hidden: false,
-        owner: Some(caller.project_id.clone()),
-        disk_format: None,
-        container_format: None,
-        min_ram: 0,
-        min_disk: 0,
-        data: None,
-        created_at: now,
-        updated_at: now,
-        tags: Vec::new(),
-        properties: Default::default(),
-    };
+    let mut record = ImageRecord::new(ImageId::random(), Some(caller.project_id.clone()), now);
     for (key, value) in fields {
         check_writable(key)?;
         apply_property(&mut record, key, value, caller)?;

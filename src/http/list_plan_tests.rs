@@ -94,22 +94,13 @@ fn randomize(rng: &mut StdRng, record: &mut ImageRecord) {
 
 fn new_image(rng: &mut StdRng) -> ImageRecord {
     let mut record = ImageRecord {
-        id: ImageId(rng.r#gen()),
-        name: None,
-        status: ImageStatus::Queued,
         visibility: Visibility::Private,
-        protected: false,
-        os_hidden: false,
-        owner: None,
-        disk_format: None,
-        container_format: None,
-        min_ram: 0,
-        min_disk: 0,
-        data: None,
-        created_at: rng.gen_range(0..8i64) * 1_000_000 + rng.gen_range(0..3) * 250_000,
         updated_at: 0,
-        tags: Vec::new(),
-        properties: Default::default(),
+        ..ImageRecord::new(
+            ImageId(rng.r#gen()),
+            None,
+            rng.gen_range(0..8i64) * 1_000_000 + rng.gen_range(0..3) * 250_000,
+        )
     };
     randomize(rng, &mut record);
     record

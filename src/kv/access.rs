@@ -863,22 +863,8 @@ mod tests {
         let kv = Kv::open(&dir.path().join("db.redb")).unwrap();
         let image = ImageId([9; 16]);
         let record = ImageRecord {
-            id: image,
-            name: None,
-            status: crate::kv::ImageStatus::Queued,
             visibility: crate::kv::Visibility::Private,
-            protected: false,
-            os_hidden: false,
-            owner: Some("alpha".into()),
-            disk_format: None,
-            container_format: None,
-            min_ram: 0,
-            min_disk: 0,
-            data: None,
-            created_at: 0,
-            updated_at: 0,
-            tags: Vec::new(),
-            properties: Default::default(),
+            ..ImageRecord::new(image, Some("alpha".into()), 0)
         };
         kv.insert_image(&record).unwrap();
         let share = |record: &mut ImageRecord| {

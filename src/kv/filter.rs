@@ -218,20 +218,8 @@ mod tests {
     #[test]
     fn keys_follow_the_record_and_share_its_suffix() {
         let mut record = ImageRecord {
-            id: ImageId([7; 16]),
             name: Some("n".into()),
-            status: ImageStatus::Queued,
-            visibility: Visibility::Shared,
-            protected: false,
             os_hidden: true,
-            owner: Some("alpha".into()),
-            disk_format: None,
-            container_format: None,
-            min_ram: 0,
-            min_disk: 0,
-            data: None,
-            created_at: 5,
-            updated_at: 5,
             tags: vec!["x".into(), "x".into(), "y".into()],
             properties: [
                 ("os_distro".to_owned(), "debian".to_owned()),
@@ -239,6 +227,7 @@ mod tests {
             ]
             .into_iter()
             .collect(),
+            ..ImageRecord::new(ImageId([7; 16]), Some("alpha".into()), 5)
         };
         let indexed = IndexedProperties::default_set();
         let keys = filter_keys(&record, &indexed);

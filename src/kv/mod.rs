@@ -1344,21 +1344,12 @@ fn unix_seconds() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::BTreeMap;
 
     fn image(id: u8, digest: Digest, stores: &[&str]) -> ImageRecord {
         ImageRecord {
-            id: ImageId([id; 16]),
-            name: None,
             status: ImageStatus::Active,
-            visibility: Visibility::Shared,
-            protected: false,
-            os_hidden: false,
-            owner: Some("lab".into()),
             disk_format: Some("raw".into()),
             container_format: Some("bare".into()),
-            min_ram: 0,
-            min_disk: 0,
             data: Some(ImageData {
                 digest,
                 size: 10,
@@ -1368,10 +1359,7 @@ mod tests {
                 stores: stores.iter().map(|store| (*store).to_owned()).collect(),
                 zeros: None,
             }),
-            created_at: 1,
-            updated_at: 1,
-            tags: Vec::new(),
-            properties: BTreeMap::new(),
+            ..ImageRecord::new(ImageId([id; 16]), Some("lab".into()), 1)
         }
     }
 

@@ -231,6 +231,30 @@ struct ImageRecordV2 {
 pub struct DecodeError(pub String);
 
 impl ImageRecord {
+    /// A new image as `POST /v2/images` makes one before the client's fields: queued, no data,
+    /// name or formats, `shared`, unprotected and listed, created and updated at `now`
+    /// (microseconds since the epoch). Other makers change what differs with `..`.
+    pub fn new(id: ImageId, owner: Option<String>, now: i64) -> ImageRecord {
+        ImageRecord {
+            id,
+            name: None,
+            status: ImageStatus::Queued,
+            visibility: Visibility::Shared,
+            protected: false,
+            os_hidden: false,
+            owner,
+            disk_format: None,
+            container_format: None,
+            min_ram: 0,
+            min_disk: 0,
+            data: None,
+            created_at: now,
+            updated_at: now,
+            tags: Vec::new(),
+            properties: BTreeMap::new(),
+        }
+    }
+
     /// The versioned encoding stored in the images table.
     pub fn encode(&self) -> Vec<u8> {
         let stored = ImageRecordV2 {

@@ -491,22 +491,17 @@ async fn import_one(
     properties.insert(super::sync::PROP_TRUST.to_owned(), trust.clone());
     let now = time::OffsetDateTime::now_utc().unix_timestamp_nanos() as i64 / 1000;
     let record = ImageRecord {
-        id,
         name: Some(image.name.clone()),
         status: ImageStatus::Active,
         visibility: Visibility::parse(&image.visibility).unwrap_or(Visibility::Public),
-        protected: false,
-        os_hidden: false,
-        owner: Some(mirror.owner().to_owned()),
         disk_format: Some(image.disk_format.clone()),
         container_format: Some(image.container_format.clone()),
         min_ram: image.min_ram,
         min_disk: image.min_disk,
-        data: None,
-        created_at: image.created_at,
         updated_at: now,
         tags: image.tags.clone(),
         properties,
+        ..ImageRecord::new(id, Some(mirror.owner().to_owned()), image.created_at)
     };
     let evidence = serde_json::to_vec(&image.evidence).map_err(|error| error.to_string())?;
     let (keep, hide_old) = (source.keep as usize, source.hide_old);

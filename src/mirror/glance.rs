@@ -479,22 +479,9 @@ impl Mirror {
     fn blank(&self, id: ImageId) -> ImageRecord {
         let now = now_micros();
         ImageRecord {
-            id,
-            name: None,
             status: ImageStatus::Active,
             visibility: Visibility::Public,
-            protected: false,
-            os_hidden: false,
-            owner: Some(self.owner().to_owned()),
-            disk_format: None,
-            container_format: None,
-            min_ram: 0,
-            min_disk: 0,
-            data: None,
-            created_at: now,
-            updated_at: now,
-            tags: Vec::new(),
-            properties: BTreeMap::new(),
+            ..ImageRecord::new(id, Some(self.owner().to_owned()), now)
         }
     }
 

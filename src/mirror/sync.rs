@@ -942,22 +942,14 @@ impl Mirror {
         tags.retain(|tag| tag != LATEST_TAG);
         tags.push(LATEST_TAG.to_owned());
         ImageRecord {
-            id,
             name: Some(source.name.clone()),
             status: ImageStatus::Active,
             visibility: Visibility::parse(&source.visibility).unwrap_or(Visibility::Public),
-            protected: false,
-            os_hidden: false,
-            owner: Some(self.owner.clone()),
             disk_format: Some(source.disk_format.clone()),
             container_format: Some(source.container_format.clone()),
-            min_ram: 0,
-            min_disk: 0,
-            data: None,
-            created_at: now,
-            updated_at: now,
             tags,
             properties,
+            ..ImageRecord::new(id, Some(self.owner.clone()), now)
         }
     }
 

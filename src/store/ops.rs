@@ -307,7 +307,6 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
 
     use super::*;
     use crate::kv::{ImageData, ImageId, ImageRecord, ImageStatus, Visibility};
@@ -325,17 +324,10 @@ mod tests {
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(path, bytes).unwrap();
         let record = ImageRecord {
-            id: ImageId([id; 16]),
-            name: None,
             status: ImageStatus::Active,
             visibility: Visibility::Private,
-            protected: false,
-            os_hidden: false,
-            owner: Some("ops".into()),
             disk_format: Some("raw".into()),
             container_format: Some("bare".into()),
-            min_ram: 0,
-            min_disk: 0,
             data: Some(ImageData {
                 digest,
                 size: bytes.len() as u64,
@@ -345,10 +337,7 @@ mod tests {
                 stores: vec![crate::store::DEFAULT_STORE.into()],
                 zeros: None,
             }),
-            created_at: 1,
-            updated_at: 1,
-            tags: Vec::new(),
-            properties: BTreeMap::new(),
+            ..ImageRecord::new(ImageId([id; 16]), Some("ops".into()), 1)
         };
         store.kv.insert_image(&record).unwrap();
         digest

@@ -1,5 +1,6 @@
 //! Starting and stopping a real server for a test.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -115,6 +116,19 @@ impl Server {
     }
 
     /// Creates a queued raw/bare image, ready for data, and returns its id.
+    /// One scrape of `/metrics`, which must answer 200 in the Prometheus text format.
+    pub async fn metrics(&self) -> Metrics {
+        let response = self.request(Method::GET, "/metrics").send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert!(
+            response.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("text/plain; version=0.0.4")
+        );
+        Metrics::parse(response.text().await.unwrap())
+    }
+
     pub async fn create_raw(&self) -> String {
         let image = self
             .create(serde_json::json!({"disk_format": "raw", "container_format": "bare"}))
@@ -291,4 +305,42 @@ pub async fn eventually(mut check: impl AsyncFnMut() -> bool) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     panic!("condition not reached in time");
+}
+
+/// A scrape of `/metrics`: its text, and each sample's value keyed by its name and labels as the
+/// server printed them (`ocellus_images{status="active"}`).
+pub struct Metrics {
+    pub text: String,
+    samples: HashMap<String, f64>,
+}
+
+impl Metrics {
+    pub fn parse(text: String) -> Metrics {
+        let samples = text
+            .lines()
+            .filter(|line| !line.starts_with('#') && !line.is_empty())
+            .filter_map(|line| {
+                let (name, value) = line.rsplit_once(' ')?;
+                Some((name.to_owned(), value.parse().ok()?))
+            })
+            .collect();
+        Metrics { text, samples }
+    }
+
+    /// The sample's value, if the scrape has it.
+    pub fn find(&self, name: &str) -> Option<f64> {
+        self.samples.get(name).copied()
+    }
+
+    /// The sample's value; a missing sample fails the test with the whole scrape.
+    pub fn get(&self, name: &str) -> f64 {
+        self.find(name)
+            .unwrap_or_else(|| panic!("no sample {name} in:\n{}", self.text))
+    }
+
+    /// The sum of the samples whose name and labels satisfy `wanted`.
+    pub fn sum(&self, wanted: impl Fn(&str) -> bool) -> f64 {
+        let chosen = self.samples.iter().filter(|(name, _)| wanted(name));
+        chosen.map(|(_, value)| value).sum()
+    }
 }

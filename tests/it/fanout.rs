@@ -97,23 +97,10 @@ async fn concurrent_whole_and_ranged_downloads_get_the_right_bytes() {
     }
     // The downloads shared their reads: alone, the 16 whole ones would have read the image's
     // 64 reads of 256 KiB each 16 times.
-    let metrics = server
-        .request(Method::GET, "/metrics")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let sample = |name: &str| -> f64 {
-        metrics
-            .lines()
-            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-            .unwrap_or_else(|| panic!("no {name} in /metrics"))
-    };
+    let metrics = server.metrics().await;
     let (reads, shared) = (
-        sample("ocellus_download_reads"),
-        sample("ocellus_download_shared_reads"),
+        metrics.get("ocellus_download_reads"),
+        metrics.get("ocellus_download_shared_reads"),
     );
     assert!(
         shared > reads && reads < 400.0,

@@ -873,20 +873,12 @@ async fn the_refresher_syncs_by_itself_and_counts_in_the_metrics() {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     assert_eq!(named(&server, "ubuntu-24.04").await.len(), 1);
-    let metrics = server
-        .request(Method::GET, "/metrics")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(
-        metrics
-            .contains(r#"ocellus_mirror_syncs_total{source="ubuntu-24.04",outcome="published"} 1"#),
-        "{metrics}"
+    let metrics = server.metrics().await;
+    assert_eq!(
+        metrics.get(r#"ocellus_mirror_syncs_total{source="ubuntu-24.04",outcome="published"}"#),
+        1.0
     );
-    assert!(metrics.contains(r#"ocellus_mirror_fetched_bytes_total{source="ubuntu-24.04"}"#));
+    metrics.get(r#"ocellus_mirror_fetched_bytes_total{source="ubuntu-24.04"}"#);
     server.stop().await;
 }
 
@@ -1280,24 +1272,13 @@ allow_hosts = ["127.0.0.1"]
 
 /// GETs of image files the upstream answered 200, from its own metrics.
 async fn file_downloads(upstream: &Server) -> u64 {
-    let metrics = upstream
-        .request(Method::GET, "/metrics")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    metrics
-        .lines()
-        .find(|line| {
-            line.starts_with("ocellus_http_requests_total{")
-                && line.contains(r#"method="GET""#)
-                && line.contains(r#"route="/v2/images/{image_id}/file""#)
-                && line.contains(r#"status="200""#)
-        })
-        .and_then(|line| line.rsplit(' ').next())
-        .map_or(0, |count| count.parse().unwrap())
+    let counted = upstream.metrics().await.sum(|sample| {
+        sample.starts_with("ocellus_http_requests_total{")
+            && sample.contains(r#"method="GET""#)
+            && sample.contains(r#"route="/v2/images/{image_id}/file""#)
+            && sample.contains(r#"status="200""#)
+    });
+    counted as u64
 }
 
 #[tokio::test]
@@ -1444,15 +1425,7 @@ allow_hosts = ["127.0.0.1"]
         status["edge"]["cached_bytes"].as_u64().unwrap() <= size * 2 + size / 2,
         "{status}"
     );
-    let metrics = edge_a
-        .request(Method::GET, "/metrics")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(metrics.contains("ocellus_edge_hits_total"), "{metrics}");
+    edge_a.metrics().await.get("ocellus_edge_hits_total");
     // An evicted image is fetched again when asked for.
     assert_eq!(edge_a.download(id).await.1, *bytes);
 

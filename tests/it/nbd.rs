@@ -175,29 +175,14 @@ async fn real_clients_read_every_byte_and_skip_the_holes() {
     )
     .await;
     assert!(!unknown.status.success());
-    let metrics = metrics_text(&server).await;
-    let read = metric(&metrics, "ocellus_nbd_read_bytes_total");
-    assert!(read >= 2 * (1 << 20), "nbd bytes read: {read}");
+    let read = server.metrics().await.get("ocellus_nbd_read_bytes_total");
+    assert!(read >= f64::from(2 << 20), "nbd bytes read: {read}");
 }
 
 /// Bytes a file has on disk (`du`), not its length.
 fn allocated_bytes(path: &Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
     std::fs::metadata(path).unwrap().blocks() * 512
-}
-
-async fn metrics_text(server: &Server) -> String {
-    let response = server.request(Method::GET, "/metrics").send().await;
-    response.unwrap().text().await.unwrap()
-}
-
-fn metric(text: &str, name: &str) -> u64 {
-    text.lines()
-        .find_map(|line| {
-            line.strip_prefix(name)
-                .and_then(|rest| rest.trim().parse().ok())
-        })
-        .unwrap_or_else(|| panic!("no {name} in the metrics"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -360,8 +345,11 @@ async fn a_flipped_stored_byte_gives_the_client_eio_not_data() {
         client.read(1 << 20, 4096).await.unwrap(),
         Ok(bytes[1 << 20..(1 << 20) + 4096].to_vec())
     );
-    let metrics = metrics_text(&server).await;
-    assert!(metric(&metrics, "ocellus_nbd_read_failures_total") >= 2);
+    let failures = server
+        .metrics()
+        .await
+        .get("ocellus_nbd_read_failures_total");
+    assert!(failures >= 2.0, "{failures} failed reads");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

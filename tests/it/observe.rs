@@ -1,7 +1,6 @@
 //! Issue 10: what an operator sees: /metrics after known traffic, who may read it, the health
 //! check under its reserve, JSON log lines carrying the request id, and the scrub.
 
-use std::collections::HashMap;
 use std::io::BufRead;
 
 use reqwest::{Method, StatusCode};
@@ -12,38 +11,6 @@ use crate::common::{Server, eventually, random_bytes};
 use crate::keys_support::{create_key, read_bootstrap_key};
 
 /// The samples of a Prometheus text page, by their full name with labels.
-fn samples(text: &str) -> HashMap<String, f64> {
-    text.lines()
-        .filter(|line| !line.starts_with('#') && !line.is_empty())
-        .filter_map(|line| {
-            let (name, value) = line.rsplit_once(' ')?;
-            Some((name.to_owned(), value.parse().ok()?))
-        })
-        .collect()
-}
-
-async fn scrape(server: &Server) -> HashMap<String, f64> {
-    let response = server
-        .request(Method::GET, "/metrics")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
-    assert!(
-        response.headers()["content-type"]
-            .to_str()
-            .unwrap()
-            .starts_with("text/plain; version=0.0.4")
-    );
-    samples(&response.text().await.unwrap())
-}
-
-fn sample(samples: &HashMap<String, f64>, name: &str) -> f64 {
-    *samples
-        .get(name)
-        .unwrap_or_else(|| panic!("no sample {name} in {samples:#?}"))
-}
-
 #[tokio::test]
 async fn metrics_count_known_traffic() {
     let server = Server::start().await;
@@ -67,71 +34,62 @@ async fn metrics_count_known_traffic() {
         StatusCode::NO_CONTENT
     );
     let file = "route=\"/v2/images/{image_id}/file\"";
-    let mut seen = HashMap::new();
+    let mut seen = server.metrics().await;
     // A request is counted when its response body ends, which may be just after the client
     // has read it.
     eventually(async || {
-        seen = scrape(&server).await;
-        seen.get(&format!(
+        seen = server.metrics().await;
+        seen.find(&format!(
             "ocellus_http_requests_total{{method=\"GET\",{file},status=\"200\"}}"
-        )) == Some(&2.0)
-            && seen.get(&format!(
+        )) == Some(2.0)
+            && seen.find(&format!(
                 "ocellus_http_requests_total{{method=\"PUT\",{file},status=\"204\"}}"
-            )) == Some(&2.0)
+            )) == Some(2.0)
     })
     .await;
     assert_eq!(
-        sample(
-            &seen,
+        seen.get(
             "ocellus_http_requests_total{method=\"POST\",route=\"/v2/images\",status=\"201\"}"
         ),
         2.0
     );
     assert_eq!(
-        sample(
-            &seen,
-            "ocellus_http_requests_total{method=\"GET\",route=\"/v2/images/{image_id}\",status=\"404\"}"
+        seen.get("ocellus_http_requests_total{method=\"GET\",route=\"/v2/images/{image_id}\",status=\"404\"}"
         ),
         1.0
     );
     assert_eq!(
-        sample(
-            &seen,
-            &format!("ocellus_http_sent_bytes_total{{method=\"GET\",{file}}}")
-        ),
+        seen.get(&format!(
+            "ocellus_http_sent_bytes_total{{method=\"GET\",{file}}}"
+        )),
         2.0 * bytes.len() as f64
     );
     assert_eq!(
-        sample(
-            &seen,
-            &format!("ocellus_http_received_bytes_total{{method=\"PUT\",{file}}}")
-        ),
+        seen.get(&format!(
+            "ocellus_http_received_bytes_total{{method=\"PUT\",{file}}}"
+        )),
         2.0 * bytes.len() as f64
     );
     assert_eq!(
-        sample(
-            &seen,
-            &format!("ocellus_http_request_duration_seconds_count{{method=\"GET\",{file}}}")
-        ),
+        seen.get(&format!(
+            "ocellus_http_request_duration_seconds_count{{method=\"GET\",{file}}}"
+        )),
         2.0
     );
-    assert_eq!(sample(&seen, "ocellus_images{status=\"active\"}"), 2.0);
-    assert_eq!(sample(&seen, "ocellus_images{status=\"queued\"}"), 0.0);
-    assert_eq!(sample(&seen, "ocellus_blobs"), 1.0);
-    assert_eq!(sample(&seen, "ocellus_blob_data_bytes"), bytes.len() as f64);
+    assert_eq!(seen.get("ocellus_images{status=\"active\"}"), 2.0);
+    assert_eq!(seen.get("ocellus_images{status=\"queued\"}"), 0.0);
+    assert_eq!(seen.get("ocellus_blobs"), 1.0);
+    assert_eq!(seen.get("ocellus_blob_data_bytes"), bytes.len() as f64);
     assert_eq!(
-        sample(&seen, "ocellus_image_data_bytes"),
+        seen.get("ocellus_image_data_bytes"),
         2.0 * bytes.len() as f64
     );
+    assert_eq!(seen.get("ocellus_dedupe_saved_bytes"), bytes.len() as f64);
     assert_eq!(
-        sample(&seen, "ocellus_dedupe_saved_bytes"),
-        bytes.len() as f64
-    );
-    assert_eq!(
-        sample(&seen, "ocellus_transfers_in_flight{kind=\"upload\"}"),
+        seen.get("ocellus_transfers_in_flight{kind=\"upload\"}"),
         0.0
     );
-    assert_eq!(sample(&seen, "ocellus_quarantined_blobs"), 0.0);
+    assert_eq!(seen.get("ocellus_quarantined_blobs"), 0.0);
 }
 
 /// A request as if from another host, straight into the router.
@@ -420,12 +378,12 @@ async fn scrub_marks_a_rotten_blob_and_an_upload_heals_it() {
     std::fs::write(&blob, rotten).unwrap();
 
     eventually(async || {
-        let seen = scrape(&server).await;
-        seen.get("ocellus_scrub_failed_blobs") == Some(&1.0)
+        let seen = server.metrics().await;
+        seen.find("ocellus_scrub_failed_blobs") == Some(1.0)
     })
     .await;
-    let seen = scrape(&server).await;
-    assert!(sample(&seen, "ocellus_scrub_checked_blobs") >= 1.0);
+    let seen = server.metrics().await;
+    assert!(seen.get("ocellus_scrub_checked_blobs") >= 1.0);
     let (status, body) = server
         .json(
             server
@@ -443,6 +401,6 @@ async fn scrub_marks_a_rotten_blob_and_an_upload_heals_it() {
         StatusCode::NO_CONTENT
     );
     assert_eq!(server.download(&id).await, (StatusCode::OK, bytes.clone()));
-    eventually(async || scrape(&server).await.get("ocellus_scrub_failed_blobs") == Some(&0.0))
+    eventually(async || server.metrics().await.find("ocellus_scrub_failed_blobs") == Some(0.0))
         .await;
 }

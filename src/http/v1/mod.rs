@@ -590,23 +590,13 @@ pub async fn create_image(
     };
     let now = now_micros();
     let mut record = ImageRecord {
-        id: meta.id.unwrap_or_else(ImageId::random),
-        name: None,
-        status: ImageStatus::Queued,
         // v1 images are private unless made public.
         visibility: Visibility::Private,
-        protected: false,
-        os_hidden: false,
-        owner: Some(caller.project_id.clone()),
-        disk_format: None,
-        container_format: None,
-        min_ram: 0,
-        min_disk: 0,
-        data: None,
-        created_at: now,
-        updated_at: now,
-        tags: Vec::new(),
-        properties: Default::default(),
+        ..ImageRecord::new(
+            meta.id.unwrap_or_else(ImageId::random),
+            Some(caller.project_id.clone()),
+            now,
+        )
     };
     meta.apply(&mut record, &caller, &state.config.per_image)?;
     if !caller.can_create(record.owner.as_deref()) {
