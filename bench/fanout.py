@@ -2,6 +2,8 @@
 """Many clients, one image: fan-out downloads against a sendfile(2) fan-out of the same bytes.
 
     python3 bench/fanout.py [--size-mib 1024] [--clients 1,16,64] [--rounds 3] [--binary PATH]
+                            [--temperatures warm,cold] [--tls]
+                            [--glance URL [--glance-store DIR]]
 
 One random image is uploaded to the release server (lab mode). Then, for each fan-out N and
 round, N `curl` processes start together and download it whole to /dev/null, and right after,
@@ -11,13 +13,25 @@ machine's loopback and page cache). Warm: the blob is in the page cache. Cold: t
 its outboard) are evicted first, and the server's reads from the device during the fan-out are
 taken from /proc/PID/io, in multiples of the image's size.
 
+With --glance, the same bytes are also uploaded to an unauthenticated Glance-compatible API at
+URL (for example Glance 33 under its shipped uWSGI settings, set up by hand: none of it is part
+of this project) and fanned out in each round as a third server. Its cold runs need
+--glance-store, the directory of its file store, to evict the image's file; without it they are
+left out.
+
+With --tls, ocellus serves HTTPS with a self-signed certificate for 127.0.0.1 made by openssl,
+and curl checks it; the references stay plain HTTP, so the ratio is what TLS costs.
+
 Prints, per N and temperature: the aggregate MiB/s (N x size / time until the last client
 ends), its ratio to the reference's, the median and p99 of the clients' completion times and
-their spread (p99 / median), and for cold runs the device bytes read per image size.
+their spread (p99 / median) beside the reference's spread, and for cold runs the device bytes read per image size; with
+--glance, Glance's aggregate, p99 and spread, and ocellus's ratio to its aggregate.
 """
 
 import argparse
+import http.client
 import os
+import ssl
 import statistics
 import subprocess
 import sys
@@ -26,6 +40,7 @@ import threading
 import time
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import run as bench  # noqa: E402
@@ -41,6 +56,40 @@ class ConcurrentSendfileServer(bench.SendfileServer):
             except OSError:
                 return
             threading.Thread(target=self.answer, args=(connection,), daemon=True).start()
+
+
+class TlsServer(bench.Server):
+    """The ocellus server on HTTPS, with `certificate` and `key` (PEM files)."""
+
+    def __init__(self, data_dir, certificate, key):
+        self.context = ssl.create_default_context(cafile=str(certificate))
+        super().__init__(data_dir, extra=["--tls-cert", str(certificate), "--tls-key", str(key)])
+        self.base = f"https://127.0.0.1:{self.port}"
+
+    def wait_ready(self, started, ready_within=30):
+        deadline = started + ready_within
+        while time.perf_counter() < deadline:
+            try:
+                connection = http.client.HTTPSConnection("127.0.0.1", self.port, timeout=1, context=self.context)
+                connection.request("GET", "/versions")
+                if connection.getresponse().status == 200:
+                    return time.perf_counter() - started
+            except OSError:
+                pass
+            if self.process.poll() is not None:
+                raise RuntimeError("the server exited during startup")
+            time.sleep(0.01)
+        raise RuntimeError(f"the server did not answer within {ready_within} s")
+
+
+def self_signed(directory):
+    """A certificate and key for 127.0.0.1, which curl is told to trust (CURL_CA_BUNDLE)."""
+    certificate, key = directory / "cert.pem", directory / "key.pem"
+    bench.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+               "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+               "-keyout", str(key), "-out", str(certificate)])
+    os.environ["CURL_CA_BUNDLE"] = str(certificate)
+    return certificate, key
 
 
 def fan_out(url, clients, size):
@@ -76,12 +125,22 @@ def percentile(values, fraction):
     return values[min(len(values) - 1, int(fraction * (len(values) - 1) + 0.5))]
 
 
+def spread(rows):
+    """p99 / median of the completion times of every client in `rows`."""
+    times = sorted(t for row in rows for t in row[2])
+    return percentile(times, 0.99) / statistics.median(times)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size-mib", type=int, default=1024, help="image size (default 1024)")
     parser.add_argument("--clients", default="1,16,64", help="fan-outs (default 1,16,64)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds per fan-out and temperature (default 3)")
     parser.add_argument("--binary", help="ocellus binary (default: the release build)")
+    parser.add_argument("--temperatures", default="warm,cold", help="warm, cold or both (default warm,cold)")
+    parser.add_argument("--tls", action="store_true", help="ocellus serves HTTPS")
+    parser.add_argument("--glance", metavar="URL", help="also fan out from this unauthenticated Glance API")
+    parser.add_argument("--glance-store", metavar="DIR", help="its file store's directory, for cold runs")
     args = parser.parse_args()
     if args.binary:
         bench.BIN = Path(args.binary).resolve()
@@ -97,39 +156,55 @@ def main():
         with open(source, "wb") as file:
             for _ in range(args.size_mib):
                 file.write(os.urandom(bench.MIB))
-        server = bench.Server(work / "data")
-        connection = bench.connect(server)
+        if args.tls:
+            server = TlsServer(work / "data", *self_signed(work))
+            connection = http.client.HTTPSConnection("127.0.0.1", server.port, timeout=60, context=server.context)
+        else:
+            server = bench.Server(work / "data")
+            connection = bench.connect(server)
         image = bench.create_image(connection, "fanout")
         bench.curl_upload(server, image, source)
         blob = bench.blob_paths(work / "data")[0]
         outboards = [path for path in bench.blob_paths(work / "data", outboards=True) if path.suffix == ".obao"]
+        targets = [("ocellus", f"{server.base}/v2/images/{image}/file")]
+        glance_file = None
+        if args.glance:
+            glance = SimpleNamespace(base=args.glance.rstrip("/"))
+            glance.port = int(glance.base.rsplit(":", 1)[1])
+            glance_image = bench.create_image(bench.connect(glance), "fanout")
+            bench.curl_upload(glance, glance_image, source)
+            targets.append(("glance", f"{glance.base}/v2/images/{glance_image}/file"))
+            if args.glance_store:
+                glance_file = Path(args.glance_store) / glance_image
         source.unlink()
         reference = ConcurrentSendfileServer(blob)
-        url = f"{server.base}/v2/images/{image}/file"
+        targets.append(("sendfile", reference.url))
 
         results = {}
-        for temperature in ("warm", "cold"):
+        for temperature in args.temperatures.split(","):
             for clients in fan_outs:
                 rows = []
                 for _ in range(args.rounds):
-                    for name, target in (("ocellus", url), ("sendfile", reference.url)):
+                    for name, target in targets:
+                        if name == "glance" and temperature == "cold" and glance_file is None:
+                            continue
                         if temperature == "cold":
-                            for path in [blob, *outboards]:
+                            for path in [blob, *outboards, *([glance_file] if glance_file else [])]:
                                 bench.evict(path)
                         else:
                             bench.warm(blob)
+                            if glance_file:
+                                bench.warm(glance_file)
                         before = device_reads(server.process.pid)
                         rate, times = fan_out(target, clients, size)
                         reads = device_reads(server.process.pid) - before if name == "ocellus" else 0
                         rows.append((name, rate, times, reads))
                 results[(temperature, clients)] = rows
-                ours = [row for row in rows if row[0] == "ocellus"]
-                refs = [row for row in rows if row[0] == "sendfile"]
-                bench.log(f"{temperature} x{clients}: ocellus {[round(r[1]) for r in ours]} MiB/s, "
-                          f"sendfile {[round(r[1]) for r in refs]} MiB/s")
+                bench.log(f"{temperature} x{clients}: " + ", ".join(
+                    f"{name} {[round(row[1]) for row in rows if row[0] == name]} MiB/s" for name, _ in targets))
 
         print(f"{'fan-out':<12}{'ocellus MiB/s':>15}{'sendfile MiB/s':>16}{'ratio':>8}"
-              f"{'median s':>10}{'p99 s':>8}{'spread':>8}{'reads/size':>12}")
+              f"{'median s':>10}{'p99 s':>8}{'spread':>8}{'sendfile spread':>17}{'reads/size':>12}")
         for (temperature, clients), rows in results.items():
             ours = [row for row in rows if row[0] == "ocellus"]
             refs = [row for row in rows if row[0] == "sendfile"]
@@ -141,7 +216,20 @@ def main():
             reads = statistics.median(row[3] for row in ours) / size
             reads_cell = f"{reads:.2f}" if temperature == "cold" else "-"
             print(f"{temperature + ' x' + str(clients):<12}{rate:>15.0f}{ref_rate:>16.0f}{ratio:>8.2f}"
-                  f"{median:>10.2f}{p99:>8.2f}{p99 / median:>8.2f}{reads_cell:>12}")
+                  f"{median:>10.2f}{p99:>8.2f}{p99 / median:>8.2f}{spread(refs):>17.2f}{reads_cell:>12}")
+        glance_rows = {key: [row for row in rows if row[0] == "glance"] for key, rows in results.items()}
+        if any(glance_rows.values()):
+            print(f"\n{'fan-out':<12}{'glance MiB/s':>14}{'median s':>10}{'p99 s':>8}{'spread':>8}"
+                  f"{'ocellus / glance':>18}")
+            for (temperature, clients), theirs in glance_rows.items():
+                if not theirs:
+                    continue
+                ours = [row for row in results[(temperature, clients)] if row[0] == "ocellus"]
+                times = sorted(t for row in theirs for t in row[2])
+                median, p99 = statistics.median(times), percentile(times, 0.99)
+                ratio = statistics.median(o[1] / g[1] for o, g in zip(ours, theirs))
+                print(f"{temperature + ' x' + str(clients):<12}{statistics.median(row[1] for row in theirs):>14.0f}"
+                      f"{median:>10.2f}{p99:>8.2f}{p99 / median:>8.2f}{ratio:>18.2f}")
     finally:
         if reference:
             reference.close()
