@@ -66,20 +66,8 @@ class TlsServer(bench.Server):
         super().__init__(data_dir, extra=["--tls-cert", str(certificate), "--tls-key", str(key)])
         self.base = f"https://127.0.0.1:{self.port}"
 
-    def wait_ready(self, started, ready_within=30):
-        deadline = started + ready_within
-        while time.perf_counter() < deadline:
-            try:
-                connection = http.client.HTTPSConnection("127.0.0.1", self.port, timeout=1, context=self.context)
-                connection.request("GET", "/versions")
-                if connection.getresponse().status == 200:
-                    return time.perf_counter() - started
-            except OSError:
-                pass
-            if self.process.poll() is not None:
-                raise RuntimeError("the server exited during startup")
-            time.sleep(0.01)
-        raise RuntimeError(f"the server did not answer within {ready_within} s")
+    def connection(self, timeout=60):
+        return http.client.HTTPSConnection("127.0.0.1", self.port, timeout=timeout, context=self.context)
 
 
 def self_signed(directory):
@@ -156,13 +144,8 @@ def main():
         with open(source, "wb") as file:
             for _ in range(args.size_mib):
                 file.write(os.urandom(bench.MIB))
-        if args.tls:
-            server = TlsServer(work / "data", *self_signed(work))
-            connection = http.client.HTTPSConnection("127.0.0.1", server.port, timeout=60, context=server.context)
-        else:
-            server = bench.Server(work / "data")
-            connection = bench.connect(server)
-        image = bench.create_image(connection, "fanout")
+        server = TlsServer(work / "data", *self_signed(work)) if args.tls else bench.Server(work / "data")
+        image = bench.create_image(server.connection(), "fanout")
         bench.curl_upload(server, image, source)
         blob = bench.blob_paths(work / "data")[0]
         outboards = [path for path in bench.blob_paths(work / "data", outboards=True) if path.suffix == ".obao"]

@@ -87,11 +87,14 @@ class Server:
         )
         self.startup_seconds = self.wait_ready(started, ready_within)
 
+    def connection(self, timeout=60):
+        return http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+
     def wait_ready(self, started, ready_within=30):
         deadline = started + ready_within
         while time.perf_counter() < deadline:
             try:
-                connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=1)
+                connection = self.connection(timeout=1)
                 connection.request("GET", "/versions")
                 if connection.getresponse().status == 200:
                     return time.perf_counter() - started
