@@ -49,13 +49,8 @@ import run as bench  # noqa: E402
 class ConcurrentSendfileServer(bench.SendfileServer):
     """The reference server, answering every connection on a thread of its own."""
 
-    def serve(self):
-        while True:
-            try:
-                connection, _ = self.listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=self.answer, args=(connection,), daemon=True).start()
+    def dispatch(self, connection):
+        threading.Thread(target=self.answer, args=(connection,), daemon=True).start()
 
 
 class TlsServer(bench.Server):

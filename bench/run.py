@@ -257,7 +257,11 @@ class SendfileServer:
                 connection, _ = self.listener.accept()
             except OSError:
                 return
-            self.answer(connection)
+            self.dispatch(connection)
+
+    def dispatch(self, connection):
+        """Answers connections one at a time, on the server's thread."""
+        self.answer(connection)
 
     def answer(self, connection):
         """Reads one request head and answers it with the whole file."""
