@@ -8,8 +8,9 @@ template), then `examples/catalog.rs` adds the rest through the store's own bulk
 its header for the catalog's shape); the release server then starts on it (lab mode, default
 `db_cache_size`), and each list query below runs --requests times on one keep-alive
 connection. Prints, per query and size, the median and p99 latency and the images returned,
-then the cold start (to the first answered request), the server's RSS after the queries and
-the data directory's database size.
+then the time to make the catalog and to count its running totals afresh (the upgrade to
+schema 11), a scrape of /metrics, the cold start (to the first answered request), the
+server's RSS after the queries and the data directory's database size.
 """
 
 import argparse
@@ -82,6 +83,20 @@ def timed_list(connection, path, requests, headers=None):
     return statistics.median(latencies), p99, count
 
 
+def timed_get(connection, path, requests):
+    """The median milliseconds of `requests` GETs of `path` (after one to warm up)."""
+    latencies = []
+    for _ in range(requests + 1):
+        started = time.perf_counter()
+        connection.request("GET", path)
+        response = connection.getresponse()
+        body = response.read()
+        if response.status != 200:
+            raise RuntimeError(f"GET {path}: {response.status} {body[:200]!r}")
+        latencies.append((time.perf_counter() - started) * 1000)
+    return statistics.median(latencies[1:])
+
+
 def build(args):
     subprocess.run(["cargo", "build", "--release", "--quiet", "--example", "catalog"], cwd=bench.ROOT, check=True)
     if not args.binary:
@@ -104,11 +119,13 @@ def measure(size, work, requests):
     made = json.loads(bench.run([str(EXAMPLE), str(data_dir), str(size - 1), template]).stdout)
     bench.log(f"{size}: catalog made in {made['seconds']} s")
     server = bench.Server(data_dir)
-    figures = {"startup_s": server.startup_seconds, "make_s": made["seconds"]}
+    figures = {"startup_s": server.startup_seconds, "make_s": made["seconds"],
+               "count_totals_s": made["count_totals_seconds"]}
     connection = bench.connect(server)
     results = {}
     for label, path, *headers in queries(size):
         results[label] = timed_list(connection, path, requests, *headers)
+    figures["metrics_ms"] = timed_get(connection, "/metrics", requests)
     figures["rss_mib"] = server.rss_kib() / 1024
     figures["peak_rss_mib"] = server.rss_kib("VmHWM") / 1024
     figures["db_mib"] = os.path.getsize(data_dir / "ocellus.redb") / (1 << 20)
@@ -149,7 +166,8 @@ def main():
             cells.append(f"{median:8.2f} / {p99:7.2f} ({count:>4})")
         ratio = measured[largest][0][label][0] / baseline
         print(label.ljust(26) + "".join(f"{cell:>26}" for cell in cells) + f"{ratio:>10.2f}")
-    for name, unit in (("make_s", "s to make"), ("startup_s", "s cold start"),
+    for name, unit in (("make_s", "s to make"), ("count_totals_s", "s to count the totals"),
+                       ("metrics_ms", "ms per GET /metrics"), ("startup_s", "s cold start"),
                        ("rss_mib", "MiB RSS after queries"), ("peak_rss_mib", "MiB peak RSS"),
                        ("db_mib", "MiB database"), ("rebuild_s", "s to rebuild the index"),
                        ("rebuild_peak_rss_mib", "MiB peak RSS, rebuild")):

@@ -737,7 +737,7 @@ mod tests {
         assert!(kv.bad_blobs().unwrap().is_empty());
         let transaction = kv.begin_read().unwrap();
         let meta = transaction.open_table(META).unwrap();
-        assert_eq!(meta.get("schema_version").unwrap().unwrap().value(), 10);
+        assert_eq!(meta.get("schema_version").unwrap().unwrap().value(), 11);
     }
 
     #[test]

@@ -23,6 +23,7 @@ mod records;
 mod sessions;
 mod tables;
 mod tasks;
+mod usage;
 
 use std::collections::HashSet;
 use std::ops::Bound;
@@ -52,13 +53,14 @@ pub use records::{ImageData, ImageRecord, ImageStatus, LEGACY_STORE, Visibility}
 pub use sessions::{SESSION_ABSOLUTE_SECS, UiSession};
 pub use tables::{Digest, ImageId};
 pub use tasks::{QuotaRecord, TaskKind, TaskRecord, TaskStatus, Usage};
+pub use usage::CatalogTotals;
 
 use tables::{
     API_KEY_NAMES, API_KEYS, BAD_BLOBS, BLOB_COPIES, BLOB_EXTENTS, BLOB_REMOVALS, BLOBS,
     DELETED_IMAGES, IMAGE_FILTER_INDEX, IMAGE_SORT_INDEX, IMAGE_TASKS, IMAGES, MEMBERS,
     MEMBERSHIPS, META, METADEF_ASSOCIATIONS, METADEF_NAMESPACES, METADEF_OBJECTS,
     METADEF_PROPERTIES, METADEF_RESOURCE_TYPES, METADEF_TAGS, MIRROR_EVIDENCE, MIRROR_SOURCES,
-    PROJECTS, QUOTAS, SECRETS, SETTINGS, TASKS, UI_SESSIONS,
+    PROJECTS, QUOTAS, SECRETS, SETTINGS, TASKS, UI_SESSIONS, USAGE,
 };
 
 /// The schema version this build writes. Older databases are upgraded at open.
@@ -73,7 +75,12 @@ use tables::{
 /// - 9: adds blob extent maps (blobs stored before have none, and are described as all data).
 /// - 10: adds the filter index, built from the records at open (see `build_filter_index`),
 ///   and the settings it was built with.
-const SCHEMA_VERSION: u64 = 10;
+/// - 11: adds the catalog's running totals (`kv::usage`), counted from the records at open in
+///   the transaction that writes `meta_v1`'s `usage_totals` row.
+const SCHEMA_VERSION: u64 = 11;
+
+/// The `meta_v1` row present once the usage totals have been built.
+const USAGE_BUILT: &str = "usage_totals";
 
 /// What can go wrong in the metadata store.
 #[derive(Debug)]
@@ -356,8 +363,17 @@ impl Kv {
             transaction.open_table(MIRROR_SOURCES)?;
             transaction.open_table(MIRROR_EVIDENCE)?;
             transaction.open_table(UI_SESSIONS)?;
+            transaction.open_table(USAGE)?;
         }
         kv.commit(transaction)?;
+        let counted = kv
+            .begin_read()?
+            .open_table(META)?
+            .get(USAGE_BUILT)?
+            .is_some();
+        if !counted {
+            kv.rebuild_usage_totals()?;
+        }
         let built = {
             let transaction = kv.begin_read()?;
             let settings = transaction.open_table(SETTINGS)?;
@@ -686,7 +702,7 @@ impl Kv {
             let mut indexes = Indexes::open(&transaction, &self.indexed)?;
             indexes.remove(&old)?;
             let mut data = DataTables::open(&transaction)?;
-            unreferenced = release_data(&mut data, old.data.as_ref())?;
+            unreferenced = release_data(&mut data, &mut indexes, old.data.as_ref())?;
             if let Some(deleted_at) = deleted_at {
                 let mut deleted = transaction
                     .open_table(DELETED_IMAGES)
@@ -765,7 +781,7 @@ impl Kv {
                 };
                 images.remove(*id).map_err(KvError::from)?;
                 indexes.remove(old)?;
-                unreferenced.extend(release_data(&mut data, old.data.as_ref())?);
+                unreferenced.extend(release_data(&mut data, &mut indexes, old.data.as_ref())?);
                 deleted
                     .insert(*id, batch.deleted_at)
                     .map_err(KvError::from)?;
@@ -953,6 +969,12 @@ impl Kv {
         copy_table(&source, &target, METADEF_TAGS)?;
         copy_table(&source, &target, METADEF_ASSOCIATIONS)?;
         copy_table(&source, &target, METADEF_RESOURCE_TYPES)?;
+        // The mirror's per-source state and its evidence: without them a restored mirror
+        // cannot `verify` or bundle its images. Web UI sessions are left out on purpose: a
+        // restore signs everybody out rather than reviving old cookies.
+        copy_table(&source, &target, MIRROR_SOURCES)?;
+        copy_table(&source, &target, MIRROR_EVIDENCE)?;
+        copy_table(&source, &target, USAGE)?;
         target.commit()?;
         let blobs = source.open_table(BLOBS)?;
         let mut referenced = Vec::new();
@@ -974,14 +996,23 @@ impl Kv {
         let transaction = self.begin_write()?;
         let had = {
             let mut blobs = transaction.open_table(BLOBS)?;
-            let had = blobs.get(digest)?.map_or(0, |value| value.value().1);
+            let had = blobs.get(digest)?.map(|value| value.value());
             if count == 0 {
                 blobs.remove(digest)?;
                 transaction.open_table(BLOB_EXTENTS)?.remove(digest)?;
             } else {
                 blobs.insert(digest, (size, count))?;
             }
-            had
+            let mut totals = usage::Totals::open(&transaction)?;
+            match had {
+                Some((size, references)) if references > 0 && count == 0 => {
+                    totals.blob(size, false)?
+                }
+                Some((_, references)) if references > 0 => {}
+                _ if count > 0 => totals.blob(size, true)?,
+                _ => {}
+            }
+            had.map_or(0, |(_, references)| references)
         };
         self.commit(transaction)?;
         Ok(had)
@@ -1079,6 +1110,51 @@ impl Kv {
         self.commit(transaction)
     }
 
+    /// Counts the usage totals afresh from the records and writes them, with `meta_v1`'s
+    /// `usage_totals` row, in one transaction: when a database gains them (schema 11) and at
+    /// `ocellus check --repair`.
+    pub fn rebuild_usage_totals(&self) -> Result<(), KvError> {
+        let transaction = self.begin_write()?;
+        usage::rebuild(&transaction)?;
+        transaction.open_table(META)?.insert(USAGE_BUILT, 1)?;
+        self.commit(transaction)
+    }
+
+    /// The catalog's running totals: a few rows, whatever the catalog's size.
+    pub fn totals(&self) -> Result<CatalogTotals, KvError> {
+        let transaction = self.begin_read()?;
+        CatalogTotals::read(&transaction.open_table(USAGE)?)
+    }
+
+    /// The running totals and the same totals counted afresh from every record, from one
+    /// snapshot, for `ocellus check`.
+    pub fn totals_and_count(&self) -> Result<(CatalogTotals, CatalogTotals), KvError> {
+        let transaction = self.begin_read()?;
+        let kept = CatalogTotals::read(&transaction.open_table(USAGE)?)?;
+        let counted = CatalogTotals::count(
+            &transaction.open_table(IMAGES)?,
+            &transaction.open_table(BLOBS)?,
+        )?;
+        Ok((kept, counted))
+    }
+
+    /// Empties the running totals, and with `forget_built` also the row saying they were
+    /// built: what a database from before schema 11, or a damaged one, looks like.
+    #[cfg(test)]
+    pub(crate) fn forget_usage_totals(&self, forget_built: bool) {
+        let transaction = self.begin_write().unwrap();
+        transaction.delete_table(USAGE).unwrap();
+        transaction.open_table(USAGE).unwrap();
+        if forget_built {
+            transaction
+                .open_table(META)
+                .unwrap()
+                .remove(USAGE_BUILT)
+                .unwrap();
+        }
+        self.commit(transaction).unwrap();
+    }
+
     /// Reads every image and blob row for a consistency check: how many records name each
     /// digest against the stored reference count, and which images are `saving`.
     pub fn audit(&self) -> Result<Audit, KvError> {
@@ -1155,6 +1231,7 @@ pub(super) struct Indexes<'t> {
     sort: IndexTableMut<'t>,
     filter: IndexTableMut<'t>,
     properties: IndexedProperties,
+    totals: usage::Totals<'t>,
 }
 
 impl<'t> Indexes<'t> {
@@ -1166,11 +1243,13 @@ impl<'t> Indexes<'t> {
             sort: transaction.open_table(IMAGE_SORT_INDEX)?,
             filter: transaction.open_table(IMAGE_FILTER_INDEX)?,
             properties: properties.clone(),
+            totals: usage::Totals::open(transaction)?,
         })
     }
 
     /// Moves the entries of `old` (if any) to those of `new`.
     fn replace(&mut self, old: Option<&ImageRecord>, new: &ImageRecord) -> Result<(), KvError> {
+        self.totals.replace(old, Some(new))?;
         let new_sort = index::all_index_keys(new);
         let new_filter = filter::filter_keys(new, &self.properties);
         if let Some(old) = old {
@@ -1196,6 +1275,7 @@ impl<'t> Indexes<'t> {
 
     /// Removes every entry of a deleted record.
     fn remove(&mut self, old: &ImageRecord) -> Result<(), KvError> {
+        self.totals.replace(Some(old), None)?;
         for key in index::all_index_keys(old) {
             self.sort.remove(key.as_slice())?;
         }
@@ -1242,6 +1322,9 @@ pub(super) fn write_record(
                 .map(|value| value.value())
                 .unwrap_or((added.size, 0));
             data.blobs.insert(added.digest, (size, references + 1))?;
+            if references == 0 {
+                indexes.totals.blob(size, true)?;
+            }
             if let Some(zeros) = &added.zeros
                 && data.extents.get(added.digest)?.is_none()
             {
@@ -1252,7 +1335,7 @@ pub(super) fn write_record(
                 add_copy(data, added.digest, store)?;
             }
         }
-        return release_data(data, old_data);
+        return release_data(data, indexes, old_data);
     }
     // The same blob: only the stores holding it may have changed.
     let (Some(old_data), Some(new_data)) = (old_data, new_data) else {
@@ -1275,6 +1358,7 @@ pub(super) fn write_record(
 /// Drops an image's references to its blob and the blob's copies.
 fn release_data(
     data: &mut DataTables<'_>,
+    indexes: &mut Indexes<'_>,
     old: Option<&ImageData>,
 ) -> Result<Vec<BlobCopy>, KvError> {
     let Some(old) = old else {
@@ -1289,6 +1373,9 @@ fn release_data(
     if references <= 1 {
         data.blobs.remove(old.digest)?;
         data.extents.remove(old.digest)?;
+        if references == 1 {
+            indexes.totals.blob(size, false)?;
+        }
     } else {
         data.blobs.insert(old.digest, (size, references - 1))?;
     }
@@ -1629,6 +1716,111 @@ mod tests {
         let kv = Kv::open_with_cache(&path, DEFAULT_CACHE_SIZE, Some(&notes)).unwrap();
         assert!(indexed_ids(&kv, Lookup::Tag("t".into())).is_empty());
         assert_eq!(indexed_ids(&kv, note()), vec![2, 4]);
+    }
+
+    /// A database without running totals (from before schema 11) has them counted at open,
+    /// and every later write keeps them: images per status and project, shared blobs.
+    #[test]
+    fn usage_totals_are_built_at_open_and_kept_by_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kv.redb");
+        let shared = Digest([1; 32]);
+        {
+            let kv = Kv::open(&path).unwrap();
+            let mut queued = image(3, Digest([0; 32]), &[]);
+            queued.status = ImageStatus::Queued;
+            queued.data = None;
+            kv.insert_images(&[image(1, shared, &["fs"]), image(2, shared, &["fs"]), queued])
+                .unwrap();
+            kv.forget_usage_totals(true);
+        }
+        let kv = Kv::open(&path).unwrap();
+        let totals = kv.totals().unwrap();
+        assert_eq!(totals.images(), (3, 20));
+        assert_eq!(totals.by_status["active"], (2, 20));
+        assert_eq!(totals.by_status["queued"], (1, 0));
+        assert_eq!(totals.blobs, (1, 10));
+        assert_eq!(totals.projects["lab"].count_total, 3);
+        assert_eq!(totals.projects["lab"].size_total, 20);
+
+        // An upload under way counts as staged and receiving for its project.
+        kv.update_image(ImageId([3; 16]), |record| {
+            record.status = ImageStatus::Uploading;
+            record.owner = Some("other".into());
+            record.data = image(3, Digest([2; 32]), &["fs"]).data;
+            Ok::<(), KvError>(())
+        })
+        .unwrap();
+        let other = kv.usage("other").unwrap();
+        assert_eq!(
+            (
+                other.count_total,
+                other.size_total,
+                other.stage_total,
+                other.count_uploading
+            ),
+            (1, 10, 10, 1)
+        );
+        assert_eq!(kv.totals().unwrap().blobs, (2, 20));
+        // Deleting one of two images of a blob keeps the blob; the second removes it.
+        kv.delete_image(ImageId([1; 16]), 5, |_| Ok::<(), KvError>(()))
+            .unwrap();
+        assert_eq!(kv.totals().unwrap().blobs, (2, 20));
+        kv.delete_image(ImageId([2; 16]), 5, |_| Ok::<(), KvError>(()))
+            .unwrap();
+        let totals = kv.totals().unwrap();
+        assert_eq!(totals.blobs, (1, 10));
+        assert!(!totals.projects.contains_key("lab"), "{totals:?}");
+        let (kept, counted) = kv.totals_and_count().unwrap();
+        assert_eq!(kept, counted);
+    }
+
+    /// A backup's database copy has every table of the database but the web UI's sessions,
+    /// with their rows: a table added later and forgotten in `snapshot` fails this.
+    #[test]
+    fn snapshots_hold_every_table_but_the_ui_sessions() {
+        use redb::{ReadableTableMetadata, TableHandle};
+        let dir = tempfile::tempdir().unwrap();
+        let kv = Kv::open(&dir.path().join("kv.redb")).unwrap();
+        let id = ImageId([1; 16]);
+        kv.insert_images(&[image(1, Digest([1; 32]), &["fs"])])
+            .unwrap();
+        let transaction = kv.begin_write().unwrap();
+        {
+            let mut sources = transaction.open_table(MIRROR_SOURCES).unwrap();
+            sources.insert("ubuntu", b"{}".as_slice()).unwrap();
+            let mut evidence = transaction.open_table(MIRROR_EVIDENCE).unwrap();
+            evidence.insert(id, b"{}".as_slice()).unwrap();
+            let mut sessions = transaction.open_table(UI_SESSIONS).unwrap();
+            sessions
+                .insert([9u8; 32].as_slice(), b"s".as_slice())
+                .unwrap();
+        }
+        kv.commit(transaction).unwrap();
+        let copy = dir.path().join("copy.redb");
+        kv.snapshot(&copy).unwrap();
+
+        let names = |transaction: &redb::ReadTransaction| -> Vec<String> {
+            let mut names: Vec<String> = transaction
+                .list_tables()
+                .unwrap()
+                .map(|table| table.name().to_owned())
+                .collect();
+            names.sort();
+            names
+        };
+        let original = kv.begin_read().unwrap();
+        let database = Database::open(&copy).unwrap();
+        let copied = database.begin_read().unwrap();
+        let mut expected = names(&original);
+        expected.retain(|name| name != "ui_sessions_v1");
+        assert_eq!(names(&copied), expected);
+        assert_eq!(copied.open_table(MIRROR_SOURCES).unwrap().len().unwrap(), 1);
+        assert_eq!(
+            copied.open_table(MIRROR_EVIDENCE).unwrap().len().unwrap(),
+            1
+        );
+        assert_eq!(original.open_table(UI_SESSIONS).unwrap().len().unwrap(), 1);
     }
 
     /// A backup's database copy carries the filter index and what it was built with, so the

@@ -26,6 +26,9 @@ pub const IMAGE_FILTER_INDEX: TableDefinition<&[u8], ()> =
 /// What the database's indexes were built with: `indexed_properties` (patterns, one per line).
 pub const SETTINGS: TableDefinition<&str, &str> = TableDefinition::new("settings_v1");
 
+/// Running totals of the catalog (see `kv::usage`): row name to four counters.
+pub const USAGE: TableDefinition<&str, [u64; 4]> = TableDefinition::new("usage_v1");
+
 /// Ids of deleted images with their deletion time (unix microseconds), so an id is never reused.
 pub const DELETED_IMAGES: TableDefinition<ImageId, i64> = TableDefinition::new("deleted_images_v1");
 

@@ -7,8 +7,7 @@
 use redb::ReadableTable;
 use serde::{Deserialize, Serialize};
 
-use super::records::{ImageRecord, ImageStatus};
-use super::tables::{IMAGE_TASKS, IMAGES, ImageId, QUOTAS, TASKS};
+use super::tables::{IMAGE_TASKS, ImageId, QUOTAS, TASKS, USAGE};
 use super::{Kv, KvError};
 
 const TASK_RECORD_V1: u8 = 1;
@@ -339,29 +338,11 @@ impl Kv {
         self.commit(transaction)
     }
 
-    /// What a project's images hold. Reads every image record.
+    /// What a project's images hold, from the running totals.
     pub fn usage(&self, project: &str) -> Result<Usage, KvError> {
         let transaction = self.begin_read()?;
-        let images = transaction.open_table(IMAGES)?;
-        let mut usage = Usage::default();
-        for entry in images.iter()? {
-            let record = ImageRecord::decode(entry?.1.value())?;
-            if record.owner.as_deref() != Some(project) {
-                continue;
-            }
-            usage.count_total += 1;
-            let size = record.data.as_ref().map_or(0, |data| data.size);
-            usage.size_total += size;
-            match record.status {
-                ImageStatus::Uploading | ImageStatus::Importing => {
-                    usage.stage_total += size;
-                    usage.count_uploading += 1;
-                }
-                ImageStatus::Saving => usage.count_uploading += 1,
-                _ => {}
-            }
-        }
-        Ok(usage)
+        let totals = transaction.open_table(USAGE)?;
+        super::usage::project(&totals, project)
     }
 }
 

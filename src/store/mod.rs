@@ -594,39 +594,34 @@ impl Store {
         self.kv.recover()
     }
 
-    /// Counts images, bytes and transfers. Reads every image record: for a scrape or a
-    /// command, not per request. Blocks.
+    /// Counts images, bytes and transfers, from the catalog's running totals. Blocks.
     pub fn stats(&self) -> Result<StoreStats, StoreError> {
-        let audit = self.kv.audit()?;
-        let blob_bytes: u64 = audit
-            .blobs
-            .iter()
-            .filter(|blob| blob.references > 0)
-            .map(|blob| blob.size)
-            .sum();
+        let totals = self.kv.totals()?;
+        let (images, image_bytes) = totals.images();
+        let (blobs, blob_bytes) = totals.blobs;
         let in_flight = |semaphore: &Semaphore, limit: usize| {
             limit.saturating_sub(semaphore.available_permits()) as u64
         };
         Ok(StoreStats {
-            images: audit.images,
-            images_by_status: audit.by_status,
-            projects: audit
-                .by_owner
+            images,
+            images_by_status: totals
+                .by_status
+                .iter()
+                .map(|(status, (count, _))| (*status, *count))
+                .collect(),
+            projects: totals
+                .projects
                 .into_iter()
-                .map(|(project, (images, bytes))| ProjectUsage {
+                .map(|(project, usage)| ProjectUsage {
                     project,
-                    images,
-                    bytes,
+                    images: usage.count_total,
+                    bytes: usage.size_total,
                 })
                 .collect(),
-            image_bytes: audit.image_bytes,
-            blobs: audit
-                .blobs
-                .iter()
-                .filter(|blob| blob.references > 0)
-                .count() as u64,
+            image_bytes,
+            blobs,
             blob_bytes,
-            dedupe_saved_bytes: audit.image_bytes.saturating_sub(blob_bytes),
+            dedupe_saved_bytes: image_bytes.saturating_sub(blob_bytes),
             quarantined_blobs: self.backend().quarantined()? as u64,
             uploads_in_flight: in_flight(&self.uploads, self.limits.max_uploads.max(1)),
             downloads_in_flight: in_flight(&self.downloads, self.limits.max_downloads.max(1)),

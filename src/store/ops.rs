@@ -110,8 +110,9 @@ impl Drop for RemovalHold<'_> {
 impl Store {
     /// The full check: every referenced blob read and verified against its digest and
     /// outboard (a damaged one is marked, as the scrub does), missing and misplaced blobs,
-    /// reference counts against the images, orphans, images stuck in `saving`, temp files.
-    /// With `repair`, fixes what is safe: reference counts, orphans (to quarantine), missing
+    /// reference counts against the images, orphans, images stuck in `saving`, temp files,
+    /// the running totals against the records.
+    /// With `repair`, fixes what is safe: reference counts, the totals, orphans (to quarantine), missing
     /// blobs still in quarantine (back), damage marks on blobs that verify again and, offline,
     /// uploads left `saving` and their temp files. `progress` gets the bytes verified. Blocks.
     pub fn check_full(
@@ -237,8 +238,32 @@ impl Store {
                     .push(format!("{temps} temp objects are left"));
             }
         }
+        // Last, after any reference counts were set right: the running totals against a
+        // fresh count of the records (one snapshot, so writes meanwhile do not show as drift).
+        let (kept, counted) = self.kv.totals_and_count()?;
+        if kept != counted {
+            let drift = format!(
+                "the catalog's running totals differ from its records (kept {:?} images and {:?} blobs, counted {:?} and {:?})",
+                kept.images(),
+                kept.blobs,
+                counted.images(),
+                counted.blobs
+            );
+            if repair {
+                self.recount_totals()?;
+                report.repaired.push(format!("{drift}: counted again"));
+            } else {
+                report.problems.push(drift);
+            }
+        }
         report.quarantined = self.backend().quarantined()? as u64;
         Ok(report)
+    }
+
+    /// Counts the catalog's running totals afresh from every record, as a database gains them
+    /// at the upgrade to schema 11 (reads every image record). Blocks.
+    pub fn recount_totals(&self) -> Result<(), StoreError> {
+        Ok(self.kv.rebuild_usage_totals()?)
     }
 
     /// Removes quarantined blobs past their grace and temp files no upload owns (offline: all;
@@ -377,5 +402,37 @@ mod tests {
             .check_full(Mode::Offline, false, &mut |bytes| seen += bytes)
             .unwrap();
         assert_eq!(seen, 40_000);
+    }
+
+    #[test]
+    fn usage_totals_drift_is_found_and_repaired() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        stored_image(&store, dir.path(), 1, &[6u8; 30_000]);
+        stored_image(&store, dir.path(), 2, &[7u8; 20_000]);
+        store.kv.forget_usage_totals(false);
+        assert_eq!(store.stats().unwrap().images, 0);
+        let found = store.check_full(Mode::Offline, false, &mut |_| {}).unwrap();
+        assert_eq!(found.problems.len(), 1, "{found:?}");
+        assert!(found.problems[0].contains("running totals"), "{found:?}");
+        let repaired = store.check_full(Mode::Offline, true, &mut |_| {}).unwrap();
+        assert!(repaired.sound(), "{repaired:?}");
+        let stats = store.stats().unwrap();
+        assert_eq!(
+            (
+                stats.images,
+                stats.image_bytes,
+                stats.blobs,
+                stats.blob_bytes
+            ),
+            (2, 50_000, 2, 50_000)
+        );
+        assert_eq!(stats.images_by_status["active"], 2);
+        assert!(
+            store
+                .check_full(Mode::Offline, false, &mut |_| {})
+                .unwrap()
+                .sound()
+        );
     }
 }

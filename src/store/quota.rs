@@ -182,7 +182,7 @@ impl Store {
         Ok(self.limits.quotas.with(&self.kv.quota(project)?))
     }
 
-    /// What a project's images hold. Reads every image record. Blocks.
+    /// What a project's images hold (the running totals). Blocks.
     pub fn usage(&self, project: &str) -> Result<Usage, StoreError> {
         Ok(self.kv.usage(project)?)
     }

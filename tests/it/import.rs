@@ -118,6 +118,21 @@ async fn settled(server: &Server, id: &str) -> Value {
     shown
 }
 
+/// The image's tasks once none is `pending` or `processing`. A task is marked done just after
+/// its image's last change, as Glance's are, so an image that has settled may still show its
+/// task running for a moment.
+async fn ended_tasks(server: &Server, id: &str) -> Vec<Value> {
+    let mut tasks = Vec::new();
+    eventually(async || {
+        tasks = image_tasks(server, id).await;
+        tasks
+            .iter()
+            .all(|task| task["status"] == "success" || task["status"] == "failure")
+    })
+    .await;
+    tasks
+}
+
 async fn image_tasks(server: &Server, id: &str) -> Vec<Value> {
     let (status, body) = server
         .json(server.request(Method::GET, &format!("/v2/images/{id}/tasks")))
@@ -172,7 +187,7 @@ async fn glance_direct_stages_then_imports_with_a_task() {
     // The staged bytes were the blob: nothing was copied.
     assert_eq!(server.blob_files().len(), blobs_after_stage);
 
-    let tasks = image_tasks(&server, id).await;
+    let tasks = ended_tasks(&server, id).await;
     assert_eq!(tasks.len(), 1);
     let task = &tasks[0];
     assert_eq!(task["type"], "api_image_import");
@@ -302,7 +317,7 @@ async fn web_download_from_an_allowed_host_streams_into_the_store() {
     assert_eq!(shown["os_hash_value"], sha512_hex(&bytes));
     assert_eq!(shown["virtual_size"], 4 * 1024 * 1024);
     assert_eq!(server.download(id).await, (StatusCode::OK, bytes));
-    let tasks = image_tasks(&server, id).await;
+    let tasks = ended_tasks(&server, id).await;
     assert_eq!(tasks[0]["status"], "success");
     assert!(server.temp_files().is_empty());
 
@@ -321,7 +336,7 @@ async fn web_download_from_an_allowed_host_streams_into_the_store() {
     let shown = settled(&server, again).await;
     assert_eq!(shown["status"], "queued");
     assert_eq!(shown["os_glance_failed_import"], "fs");
-    let tasks = image_tasks(&server, again).await;
+    let tasks = ended_tasks(&server, again).await;
     assert_eq!(tasks[0]["status"], "failure");
     assert!(
         tasks[0]["message"].as_str().unwrap().contains("404"),
@@ -389,7 +404,7 @@ async fn web_download_refuses_what_it_must_not_reach() {
         assert_eq!(server.blob_files().len(), blobs);
         assert!(server.temp_files().is_empty());
     }
-    let tasks = image_tasks(&server, &id).await;
+    let tasks = ended_tasks(&server, &id).await;
     assert_eq!(tasks.len(), 3);
     assert!(tasks.iter().all(|task| task["status"] == "failure"));
 }

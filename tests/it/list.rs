@@ -274,6 +274,14 @@ async fn a_version_9_catalog_gains_the_filter_index() {
         all.extend(body["images"].as_array().unwrap().iter().cloned());
     }
     assert_eq!(all.len(), 40);
+    // The running totals (schema 11) were counted at the upgrade: what the metrics show.
+    let metrics = server.metrics().await;
+    assert_eq!(
+        metrics.sum(|sample| sample.starts_with("ocellus_images{")),
+        40.0
+    );
+    let bytes: u64 = all.iter().filter_map(|image| image["size"].as_u64()).sum();
+    assert_eq!(metrics.get("ocellus_image_data_bytes"), bytes as f64);
     let with_data = all
         .iter()
         .find(|image| image["checksum"].is_string())

@@ -974,10 +974,14 @@ async fn copy_from_fetches_under_the_web_download_rules() {
     })
     .await;
     assert_eq!(shown["checksum"], md5_hex(&bytes));
-    let (_, tasks) = server
-        .json(server.request(Method::GET, &format!("/v2/images/{id}/tasks")))
-        .await;
-    assert_eq!(tasks["tasks"][0]["status"], "success");
+    // The task is marked done just after the image's last change.
+    eventually(async || {
+        let (_, tasks) = server
+            .json(server.request(Method::GET, &format!("/v2/images/{id}/tasks")))
+            .await;
+        tasks["tasks"][0]["status"] == "success"
+    })
+    .await;
     // Copy-from into an existing queued image through PUT.
     let queued = send(create_v1(&server, &[("x-image-meta-name", "later")], None)).await;
     let queued = queued.body["image"]["id"].as_str().unwrap().to_owned();
