@@ -31,7 +31,7 @@ enum Command {
     Key(KeyCommand),
     /// Check the store: every referenced blob read and verified against its digest and
     /// verification tree, missing and unreferenced blobs, reference counts, images stuck in
-    /// saving, temp files; exit 0 if sound, 1 if problems remain, 2 if the check could not
+    /// saving, temp files, the catalog's running totals; exit 0 if sound, 1 if problems remain, 2 if the check could not
     /// run. `--repair` fixes what is safe. Works on a stopped server's data directory or
     /// through the running server
     Check(ocellus::opcmd::CheckArgs),
