@@ -64,19 +64,21 @@ impl<'t> Totals<'t> {
         })
     }
 
-    /// Adds `add` to a row and takes `take` from it; a row left at zero goes.
+    /// Adds `add` to a row and takes `take` from it; a row left at zero goes. Totals that
+    /// drifted (they never should) stop at zero rather than fail the record's write: the
+    /// totals only report, and `ocellus check` finds and recounts them.
     fn change(&mut self, row: &str, add: Counters, take: Counters) -> Result<(), KvError> {
         let current = self.table.get(row)?.map_or([0; 4], |value| value.value());
         let mut next = [0; 4];
         for (at, slot) in next.iter_mut().enumerate() {
-            *slot = current[at]
-                .checked_add(add[at])
-                .and_then(|sum| sum.checked_sub(take[at]))
-                .ok_or_else(|| {
-                    KvError::Corrupt(format!(
-                        "usage row {row} would leave its range ({current:?} + {add:?} - {take:?})"
-                    ))
-                })?;
+            let sum = current[at].saturating_add(add[at]);
+            if sum < take[at] {
+                tracing::warn!(
+                    row,
+                    "the catalog's running totals drifted; `ocellus check --repair` recounts them"
+                );
+            }
+            *slot = sum.saturating_sub(take[at]);
         }
         if next == [0; 4] {
             self.table.remove(row)?;
