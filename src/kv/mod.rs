@@ -1004,13 +1004,15 @@ impl Kv {
                 blobs.insert(digest, (size, count))?;
             }
             let mut totals = usage::Totals::open(&transaction)?;
-            match had {
-                Some((size, references)) if references > 0 && count == 0 => {
-                    totals.blob(size, false)?
-                }
-                Some((_, references)) if references > 0 => {}
-                _ if count > 0 => totals.blob(size, true)?,
-                _ => {}
+            // The row's old size leaves the totals and the new one enters (they differ only
+            // if a caller passes another size).
+            if let Some((old_size, references)) = had
+                && references > 0
+            {
+                totals.blob(old_size, false)?;
+            }
+            if count > 0 {
+                totals.blob(size, true)?;
             }
             had.map_or(0, |(_, references)| references)
         };
@@ -1773,6 +1775,22 @@ mod tests {
         assert!(!totals.projects.contains_key("lab"), "{totals:?}");
         let (kept, counted) = kv.totals_and_count().unwrap();
         assert_eq!(kept, counted);
+
+        // An image without an owner is reported under the empty name, as statistics always
+        // were, but is no project's: not even one called "".
+        let mut unowned = image(5, Digest([5; 32]), &["fs"]);
+        unowned.owner = None;
+        let mut named_empty = image(6, Digest([5; 32]), &["fs"]);
+        named_empty.owner = Some(String::new());
+        kv.insert_images(&[unowned, named_empty]).unwrap();
+        assert_eq!(kv.usage("").unwrap().count_total, 1);
+        assert_eq!(kv.totals().unwrap().projects[""].count_total, 2);
+        let (kept, counted) = kv.totals_and_count().unwrap();
+        assert_eq!(kept, counted);
+        for id in [5, 6] {
+            kv.delete_image(ImageId([id; 16]), 6, |_| Ok::<(), KvError>(()))
+                .unwrap();
+        }
 
         // Totals that drifted (emptied here) never fail a write: they stop at zero, and a
         // recount sets them right.

@@ -5,8 +5,9 @@
 //! seconds per scrape or per upload.
 //!
 //! Rows of `usage_v1` (values are four counters):
-//! - `project:<owner>`: images, bytes, staged bytes, images receiving data (`Usage`); images
-//!   without an owner count under the empty name;
+//! - `project:<owner>`: images, bytes, staged bytes, images receiving data (`Usage`);
+//! - `unowned`: the same for images without an owner (reported with the empty name, as the
+//!   statistics always have, but never counted against a project called "");
 //! - `status:<status>`: images and their bytes;
 //! - `blobs`: referenced blobs and their bytes.
 //!
@@ -22,6 +23,7 @@ use super::tables::{BLOBS, IMAGES, USAGE};
 use super::{ImageRecord, ImageStatus, KvError, Usage};
 
 const BLOBS_ROW: &str = "blobs";
+const UNOWNED_ROW: &str = "unowned";
 const PROJECT: &str = "project:";
 const STATUS: &str = "status:";
 
@@ -32,7 +34,7 @@ fn status_row(status: ImageStatus) -> String {
 }
 
 fn project_row(owner: Option<&str>) -> String {
-    format!("{PROJECT}{}", owner.unwrap_or_default())
+    owner.map_or_else(|| UNOWNED_ROW.to_owned(), |name| format!("{PROJECT}{name}"))
 }
 
 /// What one record adds to the totals: its project's row and its status's row.
@@ -151,18 +153,18 @@ impl CatalogTotals {
     }
 
     fn add_row(&mut self, row: &str, counters: Counters) -> Result<(), KvError> {
+        let project = match row {
+            UNOWNED_ROW => Some(""),
+            _ => row.strip_prefix(PROJECT),
+        };
         if row == BLOBS_ROW {
             self.blobs = (counters[0], counters[1]);
-        } else if let Some(project) = row.strip_prefix(PROJECT) {
-            self.projects.insert(
-                project.to_owned(),
-                Usage {
-                    count_total: counters[0],
-                    size_total: counters[1],
-                    stage_total: counters[2],
-                    count_uploading: counters[3],
-                },
-            );
+        } else if let Some(project) = project {
+            let usage = self.projects.entry(project.to_owned()).or_default();
+            usage.count_total += counters[0];
+            usage.size_total += counters[1];
+            usage.stage_total += counters[2];
+            usage.count_uploading += counters[3];
         } else if let Some(status) = row
             .strip_prefix(STATUS)
             .and_then(|name| ImageStatus::ALL.iter().find(|s| s.as_str() == name))
@@ -192,30 +194,66 @@ impl CatalogTotals {
         images: &impl ReadableTable<super::ImageId, &'static [u8]>,
         blobs: &impl ReadableTable<super::Digest, (u64, u64)>,
     ) -> Result<CatalogTotals, KvError> {
-        let mut rows: BTreeMap<String, Counters> = BTreeMap::new();
-        for entry in images.iter()? {
-            let record = ImageRecord::decode(entry?.1.value())?;
-            for (row, counters) in contributions(&record) {
-                let total = rows.entry(row).or_default();
-                for (at, value) in counters.into_iter().enumerate() {
-                    total[at] += value;
-                }
-            }
-        }
-        for entry in blobs.iter()? {
-            let (size, references) = entry?.1.value();
-            if references > 0 {
-                let total = rows.entry(BLOBS_ROW.to_owned()).or_default();
-                total[0] += 1;
-                total[1] += size;
-            }
-        }
         let mut totals = CatalogTotals::empty();
-        for (row, counters) in rows {
+        for (row, counters) in count_rows(images, blobs)? {
             totals.add_row(&row, counters)?;
         }
         Ok(totals)
     }
+
+    /// What differs from `other`, row by row (at most `limit` rows named).
+    pub fn differences(&self, other: &CatalogTotals, limit: usize) -> Vec<String> {
+        let mut found = Vec::new();
+        if self.blobs != other.blobs {
+            found.push(format!("blobs {:?} against {:?}", self.blobs, other.blobs));
+        }
+        for (status, kept) in &self.by_status {
+            let counted = other.by_status.get(status).copied().unwrap_or_default();
+            if *kept != counted {
+                found.push(format!("{status} images {kept:?} against {counted:?}"));
+            }
+        }
+        let names: std::collections::BTreeSet<&String> =
+            self.projects.keys().chain(other.projects.keys()).collect();
+        for name in names {
+            let (kept, counted) = (self.projects.get(name), other.projects.get(name));
+            if kept != counted {
+                found.push(format!(
+                    "project {name:?}: {:?} against {:?}",
+                    kept.copied().unwrap_or_default(),
+                    counted.copied().unwrap_or_default()
+                ));
+            }
+        }
+        found.truncate(limit);
+        found
+    }
+}
+
+/// The rows of the totals counted afresh from every image record and blob row.
+fn count_rows(
+    images: &impl ReadableTable<super::ImageId, &'static [u8]>,
+    blobs: &impl ReadableTable<super::Digest, (u64, u64)>,
+) -> Result<BTreeMap<String, Counters>, KvError> {
+    let mut rows: BTreeMap<String, Counters> = BTreeMap::new();
+    for entry in images.iter()? {
+        let record = ImageRecord::decode(entry?.1.value())?;
+        for (row, counters) in contributions(&record) {
+            let total = rows.entry(row).or_default();
+            for (at, value) in counters.into_iter().enumerate() {
+                total[at] += value;
+            }
+        }
+    }
+    for entry in blobs.iter()? {
+        let (size, references) = entry?.1.value();
+        if references > 0 {
+            let total = rows.entry(BLOBS_ROW.to_owned()).or_default();
+            total[0] += 1;
+            total[1] += size;
+        }
+    }
+    Ok(rows)
 }
 
 /// What `project`'s images hold, from its row.
@@ -239,26 +277,12 @@ pub(super) fn rebuild(transaction: &WriteTransaction) -> Result<(), KvError> {
     let rows = {
         let images = transaction.open_table(IMAGES)?;
         let blobs = transaction.open_table(BLOBS)?;
-        CatalogTotals::count(&images, &blobs)?
+        count_rows(&images, &blobs)?
     };
     transaction.delete_table(USAGE)?;
     let mut table = transaction.open_table(USAGE)?;
-    for (status, (count, bytes)) in &rows.by_status {
-        if (*count, *bytes) != (0, 0) {
-            table.insert(format!("{STATUS}{status}").as_str(), [*count, *bytes, 0, 0])?;
-        }
-    }
-    for (project, usage) in &rows.projects {
-        let counters = [
-            usage.count_total,
-            usage.size_total,
-            usage.stage_total,
-            usage.count_uploading,
-        ];
-        table.insert(format!("{PROJECT}{project}").as_str(), counters)?;
-    }
-    if rows.blobs != (0, 0) {
-        table.insert(BLOBS_ROW, [rows.blobs.0, rows.blobs.1, 0, 0])?;
+    for (row, counters) in rows {
+        table.insert(row.as_str(), counters)?;
     }
     Ok(())
 }

@@ -243,11 +243,8 @@ impl Store {
         let (kept, counted) = self.kv.totals_and_count()?;
         if kept != counted {
             let drift = format!(
-                "the catalog's running totals differ from its records (kept {:?} images and {:?} blobs, counted {:?} and {:?})",
-                kept.images(),
-                kept.blobs,
-                counted.images(),
-                counted.blobs
+                "the catalog's running totals differ from its records (kept against counted: {})",
+                kept.differences(&counted, 5).join("; ")
             );
             if repair {
                 self.recount_totals()?;
@@ -414,7 +411,11 @@ mod tests {
         assert_eq!(store.stats().unwrap().images, 0);
         let found = store.check_full(Mode::Offline, false, &mut |_| {}).unwrap();
         assert_eq!(found.problems.len(), 1, "{found:?}");
-        assert!(found.problems[0].contains("running totals"), "{found:?}");
+        assert!(
+            found.problems[0].contains("active images (0, 0) against (2, 50000)")
+                && found.problems[0].contains(r#"project "ops""#),
+            "{found:?}"
+        );
         let repaired = store.check_full(Mode::Offline, true, &mut |_| {}).unwrap();
         assert!(repaired.sound(), "{repaired:?}");
         let stats = store.stats().unwrap();
