@@ -218,12 +218,9 @@ pub struct Audit {
     pub images: u64,
     pub saving: Vec<ImageId>,
     pub blobs: Vec<BlobAudit>,
-    /// Images per status (every status, zero included).
-    pub by_status: std::collections::BTreeMap<&'static str, u64>,
-    /// Images and their data's bytes per owner (`""` for images without one).
-    pub by_owner: std::collections::BTreeMap<String, (u64, u64)>,
-    /// Bytes of image data as the images see it, before deduplication.
-    pub image_bytes: u64,
+    /// The running totals as kept, and as counted from the same snapshot's records.
+    pub totals: CatalogTotals,
+    pub counted: CatalogTotals,
 }
 
 /// One blob as the metadata sees it.
@@ -1128,18 +1125,6 @@ impl Kv {
         CatalogTotals::read(&transaction.open_table(USAGE)?)
     }
 
-    /// The running totals and the same totals counted afresh from every record, from one
-    /// snapshot, for `ocellus check`.
-    pub fn totals_and_count(&self) -> Result<(CatalogTotals, CatalogTotals), KvError> {
-        let transaction = self.begin_read()?;
-        let kept = CatalogTotals::read(&transaction.open_table(USAGE)?)?;
-        let counted = CatalogTotals::count(
-            &transaction.open_table(IMAGES)?,
-            &transaction.open_table(BLOBS)?,
-        )?;
-        Ok((kept, counted))
-    }
-
     /// Empties the running totals, and with `forget_built` also the row saying they were
     /// built: what a database from before schema 11, or a damaged one, looks like.
     #[cfg(test)]
@@ -1158,32 +1143,26 @@ impl Kv {
     }
 
     /// Reads every image and blob row for a consistency check: how many records name each
-    /// digest against the stored reference count, and which images are `saving`.
+    /// digest against the stored reference count, which images are `saving`, and the running
+    /// totals against a fresh count, all from one snapshot.
     pub fn audit(&self) -> Result<Audit, KvError> {
         let transaction = self.begin_read()?;
         let images = transaction.open_table(IMAGES)?;
         let blobs = transaction.open_table(BLOBS)?;
-        let mut audit = Audit::default();
-        for status in ImageStatus::ALL {
-            audit.by_status.insert(status.as_str(), 0);
-        }
+        let mut audit = Audit {
+            totals: CatalogTotals::read(&transaction.open_table(USAGE)?)?,
+            ..Audit::default()
+        };
+        let mut count = usage::Count::default();
         let mut named: std::collections::BTreeMap<Digest, (u64, u64)> = Default::default();
         for entry in images.iter()? {
             let (_, bytes) = entry?;
             let record = ImageRecord::decode(bytes.value())?;
             audit.images += 1;
-            *audit.by_status.entry(record.status.as_str()).or_default() += 1;
+            count.add_record(&record);
             if record.status == ImageStatus::Saving {
                 audit.saving.push(record.id);
             }
-            let size = record.data.as_ref().map_or(0, |data| data.size);
-            let owner = audit
-                .by_owner
-                .entry(record.owner.clone().unwrap_or_default())
-                .or_default();
-            owner.0 += 1;
-            owner.1 += size;
-            audit.image_bytes += size;
             if let Some(data) = &record.data {
                 let entry = named.entry(data.digest).or_insert((data.size, 0));
                 entry.1 += 1;
@@ -1192,6 +1171,7 @@ impl Kv {
         for entry in blobs.iter()? {
             let (digest, value) = entry?;
             let (size, references) = value.value();
+            count.add_blob(size, references);
             let digest = digest.value();
             let counted = named.remove(&digest).map_or(0, |(_, count)| count);
             audit.blobs.push(BlobAudit {
@@ -1209,6 +1189,7 @@ impl Kv {
                 counted,
             });
         }
+        audit.counted = count.totals()?;
         Ok(audit)
     }
 }
@@ -1773,8 +1754,8 @@ mod tests {
         let totals = kv.totals().unwrap();
         assert_eq!(totals.blobs, (1, 10));
         assert!(!totals.projects.contains_key("lab"), "{totals:?}");
-        let (kept, counted) = kv.totals_and_count().unwrap();
-        assert_eq!(kept, counted);
+        let audit = kv.audit().unwrap();
+        assert_eq!(audit.totals, audit.counted);
 
         // An image without an owner is reported under the empty name, as statistics always
         // were, but is no project's: not even one called "".
@@ -1785,8 +1766,8 @@ mod tests {
         kv.insert_images(&[unowned, named_empty]).unwrap();
         assert_eq!(kv.usage("").unwrap().count_total, 1);
         assert_eq!(kv.totals().unwrap().projects[""].count_total, 2);
-        let (kept, counted) = kv.totals_and_count().unwrap();
-        assert_eq!(kept, counted);
+        let audit = kv.audit().unwrap();
+        assert_eq!(audit.totals, audit.counted);
         for id in [5, 6] {
             kv.delete_image(ImageId([id; 16]), 6, |_| Ok::<(), KvError>(()))
                 .unwrap();
@@ -1800,9 +1781,12 @@ mod tests {
         assert_eq!(kv.totals().unwrap().images(), (0, 0));
         kv.insert_images(&[image(4, shared, &["fs"])]).unwrap();
         kv.rebuild_usage_totals().unwrap();
-        let (kept, counted) = kv.totals_and_count().unwrap();
-        assert_eq!((kept.images(), kept.blobs), ((1, 10), (1, 10)));
-        assert_eq!(kept, counted);
+        let audit = kv.audit().unwrap();
+        assert_eq!(
+            (audit.totals.images(), audit.totals.blobs),
+            ((1, 10), (1, 10))
+        );
+        assert_eq!(audit.totals, audit.counted);
     }
 
     /// A backup's database copy has every table of the database but the web UI's sessions,

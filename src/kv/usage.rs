@@ -189,18 +189,6 @@ impl CatalogTotals {
         Ok(totals)
     }
 
-    /// The totals counted afresh from every image record and blob row.
-    pub(super) fn count(
-        images: &impl ReadableTable<super::ImageId, &'static [u8]>,
-        blobs: &impl ReadableTable<super::Digest, (u64, u64)>,
-    ) -> Result<CatalogTotals, KvError> {
-        let mut totals = CatalogTotals::empty();
-        for (row, counters) in count_rows(images, blobs)? {
-            totals.add_row(&row, counters)?;
-        }
-        Ok(totals)
-    }
-
     /// What differs from `other`, row by row (at most `limit` rows named).
     pub fn differences(&self, other: &CatalogTotals, limit: usize) -> Vec<String> {
         let mut found = Vec::new();
@@ -230,30 +218,38 @@ impl CatalogTotals {
     }
 }
 
-/// The rows of the totals counted afresh from every image record and blob row.
-fn count_rows(
-    images: &impl ReadableTable<super::ImageId, &'static [u8]>,
-    blobs: &impl ReadableTable<super::Digest, (u64, u64)>,
-) -> Result<BTreeMap<String, Counters>, KvError> {
-    let mut rows: BTreeMap<String, Counters> = BTreeMap::new();
-    for entry in images.iter()? {
-        let record = ImageRecord::decode(entry?.1.value())?;
-        for (row, counters) in contributions(&record) {
-            let total = rows.entry(row).or_default();
+/// The totals counted afresh, record by record and blob row by blob row (by `audit` and the
+/// rebuild, each in its own pass over the tables).
+#[derive(Default)]
+pub(super) struct Count {
+    rows: BTreeMap<String, Counters>,
+}
+
+impl Count {
+    pub(super) fn add_record(&mut self, record: &ImageRecord) {
+        for (row, counters) in contributions(record) {
+            let total = self.rows.entry(row).or_default();
             for (at, value) in counters.into_iter().enumerate() {
                 total[at] += value;
             }
         }
     }
-    for entry in blobs.iter()? {
-        let (size, references) = entry?.1.value();
+
+    pub(super) fn add_blob(&mut self, size: u64, references: u64) {
         if references > 0 {
-            let total = rows.entry(BLOBS_ROW.to_owned()).or_default();
+            let total = self.rows.entry(BLOBS_ROW.to_owned()).or_default();
             total[0] += 1;
             total[1] += size;
         }
     }
-    Ok(rows)
+
+    pub(super) fn totals(&self) -> Result<CatalogTotals, KvError> {
+        let mut totals = CatalogTotals::empty();
+        for (row, counters) in &self.rows {
+            totals.add_row(row, *counters)?;
+        }
+        Ok(totals)
+    }
 }
 
 /// What `project`'s images hold, from its row.
@@ -274,14 +270,21 @@ pub(super) fn project(
 
 /// Replaces the stored totals with a fresh count, in `transaction`.
 pub(super) fn rebuild(transaction: &WriteTransaction) -> Result<(), KvError> {
-    let rows = {
+    let mut count = Count::default();
+    {
         let images = transaction.open_table(IMAGES)?;
+        for entry in images.iter()? {
+            count.add_record(&ImageRecord::decode(entry?.1.value())?);
+        }
         let blobs = transaction.open_table(BLOBS)?;
-        count_rows(&images, &blobs)?
-    };
+        for entry in blobs.iter()? {
+            let (size, references) = entry?.1.value();
+            count.add_blob(size, references);
+        }
+    }
     transaction.delete_table(USAGE)?;
     let mut table = transaction.open_table(USAGE)?;
-    for (row, counters) in rows {
+    for (row, counters) in count.rows {
         table.insert(row.as_str(), counters)?;
     }
     Ok(())

@@ -602,6 +602,11 @@ impl Store {
         let in_flight = |semaphore: &Semaphore, limit: usize| {
             limit.saturating_sub(semaphore.available_permits()) as u64
         };
+        let (download_reads, shared_download_reads) =
+            self.places.iter().fold((0, 0), |(reads, shared), place| {
+                let (own, others) = place.blobs.download_reads();
+                (reads + own, shared + others)
+            });
         Ok(StoreStats {
             images,
             images_by_status: totals
@@ -625,16 +630,8 @@ impl Store {
             quarantined_blobs: self.backend().quarantined()? as u64,
             uploads_in_flight: in_flight(&self.uploads, self.limits.max_uploads.max(1)),
             downloads_in_flight: in_flight(&self.downloads, self.limits.max_downloads.max(1)),
-            download_reads: self
-                .places
-                .iter()
-                .map(|place| place.blobs.download_reads().0)
-                .sum(),
-            shared_download_reads: self
-                .places
-                .iter()
-                .map(|place| place.blobs.download_reads().1)
-                .sum(),
+            download_reads,
+            shared_download_reads,
         })
     }
 

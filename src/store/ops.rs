@@ -238,13 +238,13 @@ impl Store {
                     .push(format!("{temps} temp objects are left"));
             }
         }
-        // Last, after any reference counts were set right: the running totals against a
-        // fresh count of the records (one snapshot, so writes meanwhile do not show as drift).
-        let (kept, counted) = self.kv.totals_and_count()?;
-        if kept != counted {
+        // The running totals against the audit's fresh count of the same snapshot (so writes
+        // meanwhile do not show as drift); a recount also follows the reference counts set
+        // right above.
+        if audit.totals != audit.counted {
             let drift = format!(
                 "the catalog's running totals differ from its records (kept against counted: {})",
-                kept.differences(&counted, 5).join("; ")
+                audit.totals.differences(&audit.counted, 5).join("; ")
             );
             if repair {
                 self.recount_totals()?;

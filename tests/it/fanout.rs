@@ -62,6 +62,18 @@ async fn slow_download(
     Ok(body)
 }
 
+/// A server holding one active image of `size` random bytes (from `seed`): its id and bytes.
+async fn server_with_image(size: usize, seed: u64) -> (Server, String, Vec<u8>) {
+    let server = Server::start().await;
+    let bytes = random_bytes(size, seed);
+    let id = server.create_raw().await;
+    assert_eq!(
+        server.upload(&id, bytes.clone()).await,
+        StatusCode::NO_CONTENT
+    );
+    (server, id, bytes)
+}
+
 /// The ranges the 32 downloads ask for: 16 whole, 16 ranges of all sizes and alignments.
 fn ranges(size: usize) -> Vec<Option<(usize, usize)>> {
     let mut ranges: Vec<Option<(usize, usize)>> = vec![None; 16];
@@ -75,13 +87,7 @@ fn ranges(size: usize) -> Vec<Option<(usize, usize)>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_whole_and_ranged_downloads_get_the_right_bytes() {
-    let server = Server::start().await;
-    let bytes = random_bytes(SIZE, 18);
-    let id = server.create_raw().await;
-    assert_eq!(
-        server.upload(&id, bytes.clone()).await,
-        StatusCode::NO_CONTENT
-    );
+    let (server, id, bytes) = server_with_image(SIZE, 18).await;
     let arrived = AtomicUsize::new(0);
     let downloads = ranges(SIZE).into_iter().map(|range| {
         let (server, id, arrived) = (&server, &id, &arrived);
@@ -110,13 +116,7 @@ async fn concurrent_whole_and_ranged_downloads_get_the_right_bytes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_byte_rotting_during_a_fan_out_never_ends_a_response_cleanly() {
-    let server = Server::start().await;
-    let bytes = random_bytes(ROT_SIZE, 19);
-    let id = server.create_raw().await;
-    assert_eq!(
-        server.upload(&id, bytes.clone()).await,
-        StatusCode::NO_CONTENT
-    );
+    let (server, id, bytes) = server_with_image(ROT_SIZE, 19).await;
     let blob = server.blob_files().pop().unwrap();
     let flipped_at = ROT_SIZE - 8 * 1_048_576 + 4_321;
     let arrived = AtomicUsize::new(0);
